@@ -1,0 +1,279 @@
+"""The one configuration model for the service, loaded from YAML.
+
+Every field has a type, bounds and a description; cross-field errors name the fields involved, so
+an operator reading a failed start-up knows exactly which line of the YAML to fix. The simulator
+(later) and the live app load this same model.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# Ids become dictionary keys, multiplexed-model ids, and (for local layouts) path components. A
+# strict charset makes path-shaped ids ("../../etc/passwd") impossible by construction.
+MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_MODEL_ID_RE = re.compile(MODEL_ID_PATTERN)
+
+ModelKind = Literal["base", "controlnet", "lora", "discriminator"]
+DType = Literal["float32", "float16", "bfloat16"]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be served; the message names the offending field(s)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelEntry(_Strict):
+    """One model in the registry: a base pipeline, a ControlNet, a LoRA adapter or a discriminator."""
+
+    id: str = Field(description="Registry id used in requests; letters, digits, '.', '_', '-'.")
+    kind: ModelKind = Field(description="What the model is.")
+    path: str | None = Field(
+        default=None, description="Local diffusers folder (or LoRA/discriminator file's folder); "
+        "relative paths resolve under `model_root`.")
+    hub_id: str | None = Field(
+        default=None, description="Hugging Face hub id, used when `path` is not set (needs network).")
+    dtype: DType = Field(default="float32", description="Weights dtype on the device.")
+    size_bytes: int | None = Field(
+        default=None, ge=0, description="Size on disk; measured at start-up when omitted.")
+    arch: Literal["sd15", "sdxl"] = Field(
+        default="sd15", description="Pipeline class for base models: SD 1.x or SDXL.")
+    sizes: list[str] = Field(
+        default_factory=lambda: ["512x512"],
+        description="Image sizes ('WxH') a base model serves; the first is its default.")
+    default_steps: int = Field(default=25, ge=1, le=200, description="Steps when a request omits them.")
+    base_models: list[str] = Field(
+        default_factory=list,
+        description="For LoRAs and ControlNets: base-model ids they apply to (empty: all).")
+    default_preprocessor: str = Field(
+        default="canny", description="For ControlNets: preprocessor used when a request names none.")
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_safe(cls, value: str) -> str:
+        if not _MODEL_ID_RE.match(value):
+            raise ValueError(f"model id {value!r} must match {MODEL_ID_PATTERN}")
+        return value
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes_parse(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one size is required")
+        for size in value:
+            parse_size(size)
+        return value
+
+    @model_validator(mode="after")
+    def _has_source(self) -> "ModelEntry":
+        if not self.path and not self.hub_id:
+            raise ValueError(f"model {self.id!r}: set `path` or `hub_id`")
+        return self
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """'WxH' -> (width, height); both multiples of 8 between 8 and 4096."""
+    match = re.fullmatch(r"(\d{1,4})x(\d{1,4})", size)
+    if not match:
+        raise ValueError(f"size {size!r} is not of the form 'WIDTHxHEIGHT'")
+    width, height = int(match.group(1)), int(match.group(2))
+    if not (8 <= width <= 4096 and 8 <= height <= 4096) or width % 8 or height % 8:
+        raise ValueError(f"size {size!r}: width and height must be multiples of 8 in [8, 4096]")
+    return width, height
+
+
+class AutoscalingBounds(_Strict):
+    min_replicas: int = Field(default=1, ge=0, le=1024)
+    max_replicas: int = Field(default=1, ge=1, le=1024)
+    target_ongoing_requests: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "AutoscalingBounds":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling.min_replicas must not exceed autoscaling.max_replicas")
+        return self
+
+
+class DeploymentOptions(_Strict):
+    """Ray Serve options for one deployment of the DAG."""
+
+    num_replicas: int = Field(default=1, ge=1, le=1024, description="Fixed replica count "
+                              "(ignored when `autoscaling` is set).")
+    autoscaling: AutoscalingBounds | None = Field(default=None, description="Replica bounds.")
+    max_ongoing_requests: int = Field(default=8, ge=1, le=10_000)
+    num_cpus: float = Field(default=0.0, ge=0, description="CPUs reserved per replica.")
+    num_gpus: float = Field(default=0.0, ge=0, description="GPUs reserved per replica.")
+    memory_bytes: int | None = Field(default=None, ge=0, description="Ray memory reservation.")
+
+    def ray_actor_options(self) -> dict:
+        options: dict = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.memory_bytes:
+            options["memory"] = self.memory_bytes
+        return options
+
+
+class Deployments(_Strict):
+    ingress: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    base_model: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_cpus=1.0))
+    controlnet: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    lora_store: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    discriminator: DeploymentOptions = Field(default_factory=DeploymentOptions)
+
+
+class CacheBudgets(_Strict):
+    base_models_per_replica: int = Field(default=2, ge=1, le=64, description="Pipelines a "
+                                         "BaseModel replica keeps loaded (multiplexing capacity).")
+    controlnets_per_replica: int = Field(default=4, ge=1, le=64)
+    lora_slots: int = Field(default=3, ge=1, le=16, description="Pre-allocated LoRA hotswap "
+                            "slots per pipeline: the most LoRAs one request may use.")
+    lora_max_rank: int = Field(default=64, ge=1, le=1024, description="Largest LoRA rank the "
+                               "slots accept (hotswap pads every adapter to this rank).")
+    lora_store_bytes: int = Field(default=2 << 30, ge=1 << 20, description="Host-memory budget "
+                                  "of the LoRA store.")
+
+
+class CascadeConfig(_Strict):
+    enabled: bool = Field(default=False, description="Run every request through the cascade "
+                          "unless it sets `cascade: false`.")
+    light: str | None = Field(default=None, description="Base-model id answering first.")
+    heavy: str | None = Field(default=None, description="Base-model id for rejected queries.")
+    discriminator: str | None = Field(default=None, description="Discriminator id.")
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="Light outputs scoring "
+                             "below this are regenerated by the heavy model.")
+
+
+class Limits(_Strict):
+    max_images_per_request: int = Field(default=4, ge=1, le=16)
+    max_steps: int = Field(default=100, ge=1, le=500)
+    max_guidance_scale: float = Field(default=30.0, gt=0)
+    max_prompt_chars: int = Field(default=4000, ge=1)
+    max_image_bytes: int = Field(default=8 << 20, ge=1024, description="Largest decoded "
+                                 "ControlNet image upload.")
+    max_loras_per_request: int = Field(default=3, ge=0, le=16)
+    max_controlnets_per_request: int = Field(default=2, ge=0, le=4)
+
+
+class SLOs(_Strict):
+    latency_s: float = Field(default=30.0, gt=0, description="End-to-end latency objective.")
+
+
+class ServeConfig(_Strict):
+    """The whole service: where models live, how deployments scale, what requests may ask."""
+
+    host: str = Field(default="127.0.0.1")
+    port: int = Field(default=8000, ge=1, le=65535)
+    app_name: str = Field(default="t2i")
+    model_root: str = Field(default="models/demo", description="Folder that relative model "
+                            "paths resolve under; relative to the working directory.")
+    default_base_model: str | None = Field(default=None, description="Used when a request names "
+                                           "no model; defaults to the first base model.")
+    controlnet_mode: Literal["colocated", "remote"] = Field(
+        default="colocated", description="colocated: the BaseModel replica runs the ControlNet "
+        "module (the ControlNet deployment preprocesses); remote: the ControlNet deployment "
+        "computes residuals, called once per denoising step.")
+    models: list[ModelEntry] = Field(min_length=1)
+    deployments: Deployments = Field(default_factory=Deployments)
+    cache: CacheBudgets = Field(default_factory=CacheBudgets)
+    cascade: CascadeConfig = Field(default_factory=CascadeConfig)
+    limits: Limits = Field(default_factory=Limits)
+    slo: SLOs = Field(default_factory=SLOs)
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "ServeConfig":
+        seen: set[str] = set()
+        for index, entry in enumerate(self.models):
+            if entry.id in seen:
+                raise ValueError(f"models[{index}].id: duplicate model id {entry.id!r}")
+            seen.add(entry.id)
+        bases = {m.id for m in self.models if m.kind == "base"}
+        if not bases:
+            raise ValueError("models: at least one entry with kind 'base' is required")
+        if self.default_base_model is not None and self.default_base_model not in bases:
+            raise ValueError(f"default_base_model: {self.default_base_model!r} is not a base model")
+        for index, entry in enumerate(self.models):
+            for base in entry.base_models:
+                if base not in bases:
+                    raise ValueError(f"models[{index}].base_models: {base!r} is not a base model")
+        for field in ("light", "heavy"):
+            value = getattr(self.cascade, field)
+            if value is not None and value not in bases:
+                raise ValueError(f"cascade.{field}: {value!r} is not a base model")
+        discs = {m.id for m in self.models if m.kind == "discriminator"}
+        if self.cascade.discriminator is not None and self.cascade.discriminator not in discs:
+            raise ValueError(f"cascade.discriminator: {self.cascade.discriminator!r} is not a "
+                             "discriminator")
+        if self.cascade.enabled and None in (self.cascade.light, self.cascade.heavy,
+                                             self.cascade.discriminator):
+            raise ValueError("cascade.enabled needs cascade.light, cascade.heavy and "
+                             "cascade.discriminator")
+        if self.limits.max_loras_per_request > self.cache.lora_slots:
+            raise ValueError("limits.max_loras_per_request must not exceed cache.lora_slots")
+        return self
+
+    # -- lookups -----------------------------------------------------------------------------
+    def entry(self, model_id: str) -> ModelEntry:
+        for entry in self.models:
+            if entry.id == model_id:
+                return entry
+        raise KeyError(model_id)
+
+    def ids(self, kind: ModelKind) -> list[str]:
+        return [m.id for m in self.models if m.kind == kind]
+
+    def base_model_id(self) -> str:
+        return self.default_base_model or self.ids("base")[0]
+
+    def resolve_source(self, entry: ModelEntry) -> str:
+        """Absolute local path for `entry`, or its hub id when it has no path."""
+        if entry.path:
+            path = Path(entry.path)
+            if not path.is_absolute():
+                path = Path(self.model_root) / path
+            return str(path.resolve())
+        assert entry.hub_id is not None
+        return entry.hub_id
+
+    def cascade_ready(self) -> bool:
+        return None not in (self.cascade.light, self.cascade.heavy, self.cascade.discriminator)
+
+
+def load_config(path: str | os.PathLike, overrides: dict | None = None) -> ServeConfig:
+    """Read YAML at `path` into a ServeConfig; `model_root` becomes absolute (relative to cwd).
+
+    Raises ConfigError whose message lists each invalid field by its dotted location.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    raw.update(overrides or {})
+    config = parse_config(raw, source=str(path))
+    root = Path(config.model_root)
+    if not root.is_absolute():
+        config = config.model_copy(update={"model_root": str(root.resolve())})
+    return config
+
+
+def parse_config(raw: dict, source: str = "<config>") -> ServeConfig:
+    try:
+        return ServeConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            lines.append(f"  {where}: {error['msg']}")
+        raise ConfigError(f"invalid config {source}:\n" + "\n".join(lines)) from None

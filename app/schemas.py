@@ -1,0 +1,89 @@
+"""Request and response bodies of the OpenAI-compatible Images API, with this service's extensions.
+
+The OpenAI fields (`prompt`, `model`, `n`, `size`, `response_format`, `user`) keep their meaning;
+the extensions (`base_model`, `loras`, `controlnets`, ...) arrive through the openai client's
+`extra_body`. Unknown fields are rejected, so a misspelt extension fails loudly instead of being
+ignored. Limits that depend on the deployed config are checked by the ingress.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.config import _MODEL_ID_RE, MODEL_ID_PATTERN
+
+
+def _check_id(value: str) -> str:
+    if not _MODEL_ID_RE.match(value):
+        raise ValueError(f"{value[:80]!r} is not a model id (must match {MODEL_ID_PATTERN})")
+    return value
+
+
+class LoraRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(description="Registered LoRA id.")
+    scale: float = Field(default=1.0, ge=-4.0, le=4.0, description="Adapter weight.")
+
+    _id = field_validator("id")(_check_id)
+
+
+class ControlNetRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(description="Registered ControlNet id.")
+    image: str = Field(description="Conditioning source image: base64 PNG or JPEG (a data URL "
+                       "prefix is accepted).")
+    conditioning_scale: float = Field(default=1.0, ge=0.0, le=4.0)
+    preprocessor: str | None = Field(default=None, max_length=64, description="'canny', 'sobel', "
+                                     "'grayscale', 'none' or 'aux:<detector>'; default per model.")
+
+    _id = field_validator("id")(_check_id)
+
+
+class ImageGenerationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(min_length=1)
+    model: str | None = Field(default=None, description="OpenAI field: the base model id.")
+    n: int = Field(default=1, ge=1, description="Images to generate.")
+    size: str | None = Field(default=None, description="'WIDTHxHEIGHT'; default per base model.")
+    response_format: Literal["b64_json", "url"] | None = Field(default=None)
+    user: str | None = Field(default=None, max_length=256)
+    base_model: str | None = Field(default=None, description="Base model id (wins over `model`).")
+    negative_prompt: str | None = Field(default=None)
+    num_inference_steps: int | None = Field(default=None, ge=1)
+    guidance_scale: float | None = Field(default=None, ge=0.0)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    loras: list[LoraRef] = Field(default_factory=list)
+    controlnets: list[ControlNetRef] = Field(default_factory=list)
+    cascade: bool | None = Field(default=None, description="Light model + discriminator + heavy "
+                                 "model for rejected images; default from the config.")
+
+    _ids = field_validator("model", "base_model")(
+        lambda v: v if v is None else _check_id(v))
+
+
+class ImageDatum(BaseModel):
+    b64_json: str
+    revised_prompt: str | None = None
+
+
+class Timings(BaseModel):
+    queue_s: float = 0.0
+    load_s: float = 0.0
+    preprocess_s: float = 0.0
+    inference_s: float = 0.0
+    discriminator_s: float = 0.0
+    total_s: float = 0.0
+
+
+class ImageGenerationResponse(BaseModel):
+    created: int
+    data: list[ImageDatum]
+    model: str
+    timings: Timings
+    t2i: dict = Field(default_factory=dict, description="What ran: seed, adapters, cascade.")
+
+
+def error_body(message: str, param: str | None, kind: str = "invalid_request_error") -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}

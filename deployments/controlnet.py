@@ -1,0 +1,91 @@
+"""ControlNet deployment: preprocessing always, ControlNet residuals in `remote` mode.
+
+Two ways ControlNet outputs can reach the denoising loop (config `controlnet_mode`):
+- colocated (default): this deployment preprocesses the upload; the BaseModel replica loads the
+  ControlNet module next to its UNet and runs it in-process every step.
+- remote: the BaseModel replica holds an empty (meta-device) ControlNet whose forward calls
+  `residuals` here once per denoising step; this deployment owns the weights and scales alone.
+benchmarks/controlnet_placement.py measures both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from app.config import ServeConfig
+from deployments import preprocessors
+from deployments.errors import ModelLoadError
+
+
+class ControlNet:
+    def __init__(self, config: dict | ServeConfig):
+        self.config = config if isinstance(config, ServeConfig) else ServeConfig.model_validate(config)
+        self._models: OrderedDict[str, object] = OrderedDict()
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    async def preprocess(self, image: bytes, preprocessor: str, width: int, height: int) -> np.ndarray:
+        """Uploaded PNG/JPEG bytes -> conditioning image (uint8 HxWx3) at the output size."""
+        decoded = preprocessors.decode_image(image)
+        return await asyncio.to_thread(preprocessors.prepare, decoded, preprocessor, width, height)
+
+    def _model(self, controlnet_id: str):
+        from diffusers import ControlNetModel
+
+        if controlnet_id not in self._models:
+            entry = self.config.entry(controlnet_id)
+            try:
+                model = ControlNetModel.from_pretrained(self.config.resolve_source(entry))
+            except Exception as exc:
+                raise ModelLoadError(controlnet_id, f"{type(exc).__name__}: {exc}") from exc
+            self._models[controlnet_id] = model.to(self.device).eval()
+            while len(self._models) > self.config.cache.controlnets_per_replica:
+                self._models.popitem(last=False)
+        self._models.move_to_end(controlnet_id)
+        return self._models[controlnet_id]
+
+    def config_of(self, controlnet_id: str) -> dict:
+        return dict(self._model(controlnet_id).config)
+
+    def residuals(self, controlnet_id: str, sample: torch.Tensor, timestep, encoder_hidden_states,
+                  controlnet_cond: torch.Tensor, conditioning_scale: float, guess_mode: bool):
+        """One ControlNet forward: (down-block residuals, mid-block residual), on the CPU."""
+        model = self._model(controlnet_id)
+        with torch.inference_mode():
+            down, mid = model(sample.to(self.device), timestep,
+                              encoder_hidden_states=encoder_hidden_states.to(self.device),
+                              controlnet_cond=controlnet_cond.to(self.device),
+                              conditioning_scale=conditioning_scale, guess_mode=guess_mode,
+                              return_dict=False)
+        return [d.cpu() for d in down], mid.cpu()
+
+
+def remote_controlnet(controlnet_id: str, model_config: dict, call) -> torch.nn.Module:
+    """An empty ControlNetModel (no weights) whose forward is `call(...)` on a remote replica.
+
+    It keeps the real class and config so diffusers' ControlNet pipelines accept it unchanged.
+    `call(controlnet_id, sample, timestep, ehs, cond, scale, guess_mode)` returns residuals.
+    """
+    from accelerate import init_empty_weights
+    from diffusers import ControlNetModel
+
+    with init_empty_weights():
+        module = ControlNetModel.from_config(model_config)
+
+    def forward(sample, timestep, encoder_hidden_states=None, controlnet_cond=None,
+                conditioning_scale=1.0, guess_mode=False, return_dict=False, **_):
+        started = time.perf_counter()
+        down, mid = call(controlnet_id, sample, timestep, encoder_hidden_states, controlnet_cond,
+                         float(conditioning_scale), bool(guess_mode))
+        module.remote_seconds += time.perf_counter() - started
+        module.remote_calls += 1
+        return down, mid
+
+    module.forward = forward  # nn.Module.__call__ dispatches to the instance attribute
+    module.remote_seconds = 0.0
+    module.remote_calls = 0
+    return module

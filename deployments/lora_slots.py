@@ -1,0 +1,128 @@
+"""Pre-allocated LoRA hotswap slots on one pipeline's UNet.
+
+At pipeline load every slot gets a zero adapter of the maximum rank over the standard attention
+projections (the "declare max rank up front" of diffusers/peft hotswap), so a request's adapters
+are later copied into existing tensors (`load_lora_weights(..., hotswap=True)`) instead of
+injecting new modules. A slot whose adapter is not used by a request gets scale 0, and a request
+with no adapters runs with LoRA disabled, so its image is bit-identical to the bare base model.
+
+Why scalings are set here rather than with `set_adapters`: peft's `set_scale` multiplies the weight
+by the module's stored `lora_alpha / r`, which a hotswap does not update (it only rewrites
+`scaling`). After swapping in an adapter whose alpha/rank differs from the placeholder's,
+`set_adapters` would silently drop that ratio. So the scaling each module has right after the swap
+(the adapter's own alpha/rank) is kept as the slot's unit scaling, and a request's weight
+multiplies it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+
+import torch
+from peft.tuners.lora import LoraLayer
+
+from deployments.errors import ModelLoadError, RequestError
+
+DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def slot_target_modules(unet: torch.nn.Module, targets: tuple[str, ...] = DEFAULT_TARGETS) -> list[str]:
+    """Module paths of the attention projections the slots cover."""
+    names = []
+    for name, _ in unet.named_modules():
+        for target in targets:
+            parent = name[: -len(target) - 1] if name.endswith("." + target) else ""
+            if parent.rsplit(".", 1)[-1] in ("attn1", "attn2"):
+                names.append(name)
+    return names
+
+
+def zero_adapter(unet: torch.nn.Module, modules: list[str], rank: int) -> dict[str, torch.Tensor]:
+    lookup = dict(unet.named_modules())
+    state = {}
+    for name in modules:
+        layer = lookup[name]
+        state[f"unet.{name}.lora_A.weight"] = torch.zeros(rank, layer.in_features)
+        state[f"unet.{name}.lora_B.weight"] = torch.zeros(layer.out_features, rank)
+    return state
+
+
+class LoraSlots:
+    def __init__(self, pipe, num_slots: int, max_rank: int):
+        self.pipe = pipe
+        self.names = [f"slot{i}" for i in range(num_slots)]
+        self.holding: list[str | None] = [None] * num_slots
+        self._last_used = [0] * num_slots
+        self._clock = itertools.count(1)
+        self.swaps = 0
+        modules = slot_target_modules(pipe.unet)
+        if not modules:
+            raise ValueError("the UNet has no attention projections to put LoRA slots on")
+        for name in self.names:
+            # A fresh zero adapter per slot: peft adopts these tensors as the slot's parameters
+            # without copying, so slots sharing one placeholder would share storage and a swap
+            # into one slot would write through to the others.
+            pipe.load_lora_weights(zero_adapter(pipe.unet, modules, max_rank), adapter_name=name)
+        pipe.set_adapters(self.names, adapter_weights=[1.0] * num_slots)
+        self._layers = [m for m in pipe.unet.modules() if isinstance(m, LoraLayer)]
+        self._unit = {name: self._current_scalings(name) for name in self.names}
+        pipe.disable_lora()
+        self._enabled = False
+
+    def _current_scalings(self, slot: str) -> list[float]:
+        return [float(layer.scaling[slot]) for layer in self._layers]
+
+    def missing(self, adapter_ids: list[str]) -> list[str]:
+        return [a for a in adapter_ids if a not in self.holding]
+
+    def activate(self, loras: list[tuple[str, float]],
+                 state_dicts: Mapping[str, dict[str, torch.Tensor]]) -> int:
+        """Make exactly `loras` (id, scale) active; returns how many adapters were swapped in.
+
+        `state_dicts` must hold every id that `missing()` reported. Raises ModelLoadError naming
+        the adapter when its weights do not fit the slots (other modules, rank above the maximum).
+        """
+        if len(loras) > len(self.names):
+            raise RequestError("loras", f"at most {len(self.names)} adapters per request")
+        if not loras:
+            if self._enabled:
+                self.pipe.disable_lora()
+                self._enabled = False
+            return 0
+        wanted = [a for a, _ in loras]
+        assigned: dict[str, int] = {a: self.holding.index(a) for a in wanted if a in self.holding}
+        free = sorted((i for i in range(len(self.names)) if i not in assigned.values()),
+                      key=lambda i: (self.holding[i] is not None, self._last_used[i]))
+        swapped = 0
+        for adapter_id in wanted:
+            if adapter_id in assigned:
+                continue
+            slot = free.pop(0)
+            self._swap_in(slot, adapter_id, state_dicts[adapter_id])
+            assigned[adapter_id] = slot
+            swapped += 1
+        scales = [0.0] * len(self.names)
+        for adapter_id, scale in loras:
+            scales[assigned[adapter_id]] = scale
+            self._last_used[assigned[adapter_id]] = next(self._clock)
+        for slot, name in enumerate(self.names):
+            for layer, unit in zip(self._layers, self._unit[name]):
+                layer.scaling[name] = unit * scales[slot]
+        if not self._enabled:
+            self.pipe.enable_lora()
+            self._enabled = True
+        return swapped
+
+    def _swap_in(self, slot: int, adapter_id: str, state_dict: dict[str, torch.Tensor]) -> None:
+        name = self.names[slot]
+        # The slot is marked empty first: if the swap fails half-way its tensors are in an
+        # unknown state, and an empty slot is never reused without a fresh swap.
+        self.holding[slot] = None
+        try:
+            self.pipe.load_lora_weights(dict(state_dict), adapter_name=name, hotswap=True)
+        except Exception as exc:  # peft raises RuntimeError/ValueError/NotImplementedError
+            raise ModelLoadError(adapter_id, f"cannot hotswap into a LoRA slot: {exc}") from exc
+        self._unit[name] = self._current_scalings(name)
+        self.holding[slot] = adapter_id
+        self.swaps += 1

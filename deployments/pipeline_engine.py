@@ -1,0 +1,169 @@
+"""The torch/diffusers side of a BaseModel replica, usable without Ray.
+
+Loads base pipelines (SD 1.x or SDXL class) and ControlNets through diffusers' own loaders, puts
+LoRA adapters into pre-allocated hotswap slots, and runs generation. The Ray deployment wraps this
+with multiplexing, the LoRA store and the ControlNet deployment; tests drive it directly.
+Callers serialise `generate` per engine: a pipeline's LoRA slots are replica-wide state.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from app.config import ServeConfig
+from deployments.errors import ModelLoadError
+from deployments.lora_slots import LoraSlots
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """One resolved request for one base model (crosses Ray, so plain data only)."""
+
+    prompt: str
+    base_model: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    seed: int
+    n: int = 1
+    negative_prompt: str | None = None
+    loras: tuple[tuple[str, float], ...] = ()
+    controlnets: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass
+class GenerationResult:
+    images: list[np.ndarray]  # uint8 HxWx3
+    timings: dict[str, float] = field(default_factory=dict)
+    adapters_swapped: int = 0
+
+
+@dataclass
+class LoadedPipeline:
+    model_id: str
+    pipe: object
+    slots: LoraSlots
+    load_seconds: float
+
+    def __del__(self):
+        # serve.multiplexed calls this on eviction; dropping the pipeline frees its weights now
+        # rather than whenever the cycle collector gets to them.
+        self.pipe = None
+        self.slots = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def pick_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class PipelineEngine:
+    def __init__(self, config: ServeConfig, device: str | None = None):
+        self.config = config
+        self.device = device or pick_device()
+        self._controlnets: OrderedDict[str, object] = OrderedDict()
+
+    # -- loading ----------------------------------------------------------------------------
+    def load_pipeline(self, model_id: str) -> LoadedPipeline:
+        """Load base model `model_id` with its LoRA slots; ModelLoadError names it on failure."""
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+        entry = self.config.entry(model_id)
+        started = time.perf_counter()
+        cls = StableDiffusionXLPipeline if entry.arch == "sdxl" else StableDiffusionPipeline
+        source = self.config.resolve_source(entry)
+        try:
+            pipe = cls.from_pretrained(source, torch_dtype=_DTYPES[entry.dtype],
+                                       safety_checker=None, requires_safety_checker=False)
+            pipe.to(self.device)
+            pipe.set_progress_bar_config(disable=True)
+            slots = LoraSlots(pipe, self.config.cache.lora_slots, self.config.cache.lora_max_rank)
+        except Exception as exc:  # diffusers raises OSError/ValueError/EnvironmentError/...
+            raise ModelLoadError(model_id, f"{type(exc).__name__}: {exc}") from exc
+        return LoadedPipeline(model_id, pipe, slots, time.perf_counter() - started)
+
+    def load_controlnet(self, controlnet_id: str):
+        """A ControlNetModel from the per-replica cache, loading (and evicting LRU) as needed."""
+        from diffusers import ControlNetModel
+
+        if controlnet_id in self._controlnets:
+            self._controlnets.move_to_end(controlnet_id)
+            return self._controlnets[controlnet_id]
+        entry = self.config.entry(controlnet_id)
+        try:
+            model = ControlNetModel.from_pretrained(self.config.resolve_source(entry),
+                                                    torch_dtype=_DTYPES[entry.dtype])
+            model.to(self.device)
+        except Exception as exc:
+            raise ModelLoadError(controlnet_id, f"{type(exc).__name__}: {exc}") from exc
+        self._controlnets[controlnet_id] = model
+        while len(self._controlnets) > self.config.cache.controlnets_per_replica:
+            self._controlnets.popitem(last=False)
+        return model
+
+    # -- generation -------------------------------------------------------------------------
+    def generate(self, loaded: LoadedPipeline, spec: GenerationSpec,
+                 lora_weights: Mapping[str, dict[str, torch.Tensor]] | None = None,
+                 control_images: list[np.ndarray] | None = None,
+                 controlnet_factory: Callable[[str], object] | None = None) -> GenerationResult:
+        """Run one request. `lora_weights` holds the adapters `loaded.slots.missing()` named;
+        `control_images` are preprocessed uint8 HxWx3 images, one per spec.controlnets entry;
+        `controlnet_factory` overrides where ControlNet modules come from (remote mode)."""
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        swapped = loaded.slots.activate(list(spec.loras), lora_weights or {})
+        pipe = loaded.pipe
+        kwargs: dict = {}
+        if spec.controlnets:
+            factory = controlnet_factory or self.load_controlnet
+            nets = [factory(cn_id) for cn_id, _ in spec.controlnets]
+            pipe = self._controlnet_pipeline(loaded, nets)
+            images = [_to_pil(img) for img in (control_images or [])]
+            if len(images) != len(nets):
+                raise ValueError("one control image per ControlNet is required")
+            scales = [scale for _, scale in spec.controlnets]
+            kwargs["image"] = images[0] if len(nets) == 1 else images
+            kwargs["controlnet_conditioning_scale"] = scales[0] if len(nets) == 1 else scales
+        timings["load_s"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        generators = [torch.Generator(device="cpu").manual_seed(spec.seed + i) for i in range(spec.n)]
+        with torch.inference_mode():
+            output = pipe(
+                prompt=spec.prompt, negative_prompt=spec.negative_prompt,
+                num_inference_steps=spec.steps, guidance_scale=spec.guidance_scale,
+                height=spec.height, width=spec.width, num_images_per_prompt=spec.n,
+                generator=generators, output_type="np", **kwargs)
+        images = [(np.clip(img, 0.0, 1.0) * 255.0).round().astype(np.uint8) for img in output.images]
+        timings["inference_s"] = time.perf_counter() - started
+        return GenerationResult(images=images, timings=timings, adapters_swapped=swapped)
+
+    def _controlnet_pipeline(self, loaded: LoadedPipeline, nets: list):
+        """A ControlNet pipeline sharing the loaded pipeline's modules (and so its LoRA slots)."""
+        from diffusers import StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
+        from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+        cls = (StableDiffusionXLControlNetPipeline if self.config.entry(loaded.model_id).arch == "sdxl"
+               else StableDiffusionControlNetPipeline)
+        controlnet = nets[0] if len(nets) == 1 else MultiControlNetModel(nets)
+        pipe = cls.from_pipe(loaded.pipe, controlnet=controlnet)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+
+def _to_pil(image: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))

@@ -1,0 +1,142 @@
+"""Eviction policies: given what a cache holds, rank its entries for eviction.
+
+The interface is one pure, vectorised method. A policy receives a read-only ``CacheView`` of
+per-entry statistics, arrays whose last axis is the slots of one cache and whose leading axes
+are any number of independent caches, and returns eviction keys of the same shape; the entry
+with the lexicographically smallest keys is the victim. The store (live) or the simulator
+(``trace_replay.cache_sim``) evicts; the policy keeps no state and mutates nothing.
+
+Why this shape: the live adapter store calls it on one cache of a few entries, and the simulator
+calls the very same code on thousands of caches at once (every instance x every capacity in
+lock-step), which is what makes a 3.5M-request replay take seconds. Cost-aware and coordinator
+policies fit the same mould: ``kind``, ``size_bytes`` and ``load_cost_s`` are in the view, and
+a policy that needs cluster-wide state declares ``independent_caches = False`` so the simulator
+replays every instance in one global time order instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+from policies.registry import Registry
+
+EMPTY = -1  # key of an empty slot
+NEVER = np.iinfo(np.int64).max  # next_seq of an entry that is never used again
+
+
+@dataclass(frozen=True)
+class CacheView:
+    """Per-slot statistics; shape (..., slots). Empty slots have ``key == EMPTY``.
+
+    ``seq`` is the cache's logical clock: the ordinal of the access being served, strictly
+    increasing per cache, so recency is never tied (several adapters of one request share a
+    timestamp but not a sequence number). ``now`` is wall-clock seconds for policies that decay.
+    """
+
+    key: np.ndarray  # int64 adapter id
+    kind: np.ndarray  # int8 component kind (0 ControlNet, 1 LoRA, ...)
+    uses: np.ndarray  # int64 accesses since the entry was loaded (0 for an unused prefetch)
+    last_seq: np.ndarray  # int64 seq of the latest access (or of the load)
+    loaded_seq: np.ndarray  # int64 seq at which the entry was loaded
+    last_time: np.ndarray  # float64 seconds of the latest access
+    seq: np.ndarray  # int64, shape (...,): the access being served
+    now: np.ndarray  # float64, shape (...,): its time in seconds
+    next_seq: np.ndarray | None = None  # offline oracle: seq of the next access, NEVER if none
+    size_bytes: np.ndarray | None = None
+    load_cost_s: np.ndarray | None = None
+
+
+@runtime_checkable
+class EvictionPolicy(Protocol):
+    name: ClassVar[str]
+    needs_future: ClassVar[bool]  # True: the simulator must fill view.next_seq (offline only)
+    independent_caches: ClassVar[bool]  # False: needs one global time order across instances
+
+    def priority(self, view: CacheView) -> tuple[np.ndarray, ...]:
+        """Eviction keys, each shaped like ``view.key``; lexicographically smallest goes first."""
+        ...
+
+
+EVICTION: Registry[EvictionPolicy] = Registry("eviction")
+
+
+@EVICTION.register("lru")
+class LRU:
+    """Least recently used first."""
+
+    name: ClassVar[str] = "lru"
+    needs_future: ClassVar[bool] = False
+    independent_caches: ClassVar[bool] = True
+
+    def priority(self, view: CacheView) -> tuple[np.ndarray, ...]:
+        return (view.last_seq,)
+
+
+@EVICTION.register("lfu")
+class LFU:
+    """Fewest uses since the entry was loaded first; ties to the least recently used."""
+
+    name: ClassVar[str] = "lfu"
+    needs_future: ClassVar[bool] = False
+    independent_caches: ClassVar[bool] = True
+
+    def priority(self, view: CacheView) -> tuple[np.ndarray, ...]:
+        return (view.uses, view.last_seq)
+
+
+@EVICTION.register("belady")
+class Belady:
+    """Belady's MIN: the entry whose next use lies farthest ahead goes first (offline optimum).
+
+    Entries never used again all tie at NEVER; the tie goes to the least recently used so the
+    choice is deterministic (any tie-break gives the same, optimal, miss count).
+    """
+
+    name: ClassVar[str] = "belady"
+    needs_future: ClassVar[bool] = True
+    independent_caches: ClassVar[bool] = True
+
+    def priority(self, view: CacheView) -> tuple[np.ndarray, ...]:
+        if view.next_seq is None:
+            raise ValueError("belady needs the offline next-use oracle (view.next_seq); it cannot run online")
+        return (-view.next_seq, view.last_seq)
+
+
+def lex_argmin(keys: tuple[np.ndarray, ...], allowed: np.ndarray) -> np.ndarray:
+    """Index along the last axis of the lexicographically smallest allowed entry.
+
+    Rows with nothing allowed return 0; callers only ask where something is evictable.
+    """
+    cand = allowed.copy()
+    for k in keys:
+        k = np.asarray(k)
+        if k.dtype.kind == "f":
+            masked = np.where(cand, k, np.inf)
+        else:
+            masked = np.where(cand, k, np.iinfo(k.dtype).max)
+        best = masked.min(axis=-1, keepdims=True)
+        cand &= masked == best
+    return np.argmax(cand, axis=-1)
+
+
+def propose_victims(policy: EvictionPolicy, view: CacheView, n: int = 1,
+                    pinned: np.ndarray | None = None) -> np.ndarray:
+    """Up to ``n`` victim slots of one cache (1-D view), best victim first.
+
+    Only occupied, unpinned slots are proposed; the store decides what to do with them.
+    """
+    if view.key.ndim != 1:
+        raise ValueError("propose_victims takes the view of one cache (1-D arrays)")
+    allowed = view.key != EMPTY
+    if pinned is not None:
+        allowed &= ~pinned
+    keys = policy.priority(view)
+    out: list[int] = []
+    while len(out) < n and allowed.any():
+        slot = int(lex_argmin(keys, allowed))
+        out.append(slot)
+        allowed[slot] = False
+    return np.array(out, dtype=np.int64)
