@@ -1,0 +1,258 @@
+"""Adapter-cache simulation under the rules of ``t2i trace cache``.
+
+Rules: requests in timestamp order (file order breaks ties); a request's adapters are accessed in
+order, ControlNets as listed then LoRAs as listed; one cache of K adapter slots per instance; a
+miss is a load; prefetch loads are loads too. The cache is mechanism only: which slot to free is
+asked of the eviction policy, through the registry, on a ``CacheView``.
+
+Two engines, one semantics (a test holds them equal):
+- ``lockstep``: every (instance, capacity) cache is a row of a 2-D array and all advance one
+  access per round, numpy doing the work; independent caches only, no prefetch.
+- ``sequential``: one access at a time in global time order; handles prefetch and policies that
+  need cross-instance state. The reference the other is checked against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from policies.eviction import EMPTY, EVICTION, NEVER, CacheView, EvictionPolicy, lex_argmin
+from policies.prefetch import PREFETCH, PrefetchContext, PrefetchPolicy
+from trace_replay.progress import progress
+from trace_replay.table import CONTROLNET, RequestTable
+
+
+@dataclass(frozen=True)
+class AccessStream:
+    """Adapter accesses grouped by instance, in time order within each instance."""
+
+    instance: np.ndarray  # int32, non-decreasing
+    key: np.ndarray  # int64: ControlNet id, or n_controlnets + LoRA id
+    kind: np.ndarray  # int8
+    time: np.ndarray  # float64 seconds
+    request: np.ndarray  # int64 request rank in time order
+    seq: np.ndarray  # int64 ordinal of the access within its instance
+    next_seq: np.ndarray  # int64 seq of the next access to the same key on the instance, or NEVER
+    starts: np.ndarray  # int64 per instance: first access
+    lengths: np.ndarray  # int64 per instance: number of accesses
+    n_keys: int
+    n_requests: int
+    instances: list[str]
+
+    @property
+    def n_accesses(self) -> int:
+        return int(self.key.shape[0])
+
+
+def access_stream(table: RequestTable) -> AccessStream:
+    t = table.sorted_by_time()
+    n_cn = len(t.controlnet_ids)
+    req = t.adapter_request()
+    key = np.where(t.adapter_kind == CONTROLNET, t.adapter_id, n_cn + t.adapter_id).astype(np.int64)
+    inst = t.instance[req]
+    order = np.argsort(inst, kind="stable")  # group by instance, time order kept inside
+    inst, key, req = inst[order], key[order], req[order]
+    n_inst = len(t.instances)
+    lengths = np.bincount(inst, minlength=n_inst).astype(np.int64)
+    starts = np.zeros(n_inst, dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    seq = np.arange(key.size, dtype=np.int64) - starts[inst]
+    n_keys = n_cn + len(t.lora_ids)
+    combined = inst.astype(np.int64) * max(n_keys, 1) + key
+    by_key = np.argsort(combined, kind="stable")
+    same = combined[by_key[1:]] == combined[by_key[:-1]]
+    next_seq = np.full(key.size, NEVER, dtype=np.int64)
+    next_seq[by_key[:-1][same]] = seq[by_key[1:][same]]
+    return AccessStream(inst.astype(np.int32), key, t.adapter_kind[order], t.time[req], req, seq,
+                        next_seq, starts, lengths, n_keys, len(t), list(t.instances))
+
+
+@dataclass
+class CacheResult:
+    policy: str
+    prefetch: str
+    capacities: list[int]
+    requests: int
+    accesses: int
+    misses: np.ndarray  # (instances, capacities) demand misses (= demand loads)
+    prefetch_loads: np.ndarray  # (instances, capacities)
+    instance_accesses: np.ndarray  # (instances,)
+    instances: list[str]
+
+    def summary(self, capacity: int) -> dict[str, object]:
+        j = self.capacities.index(capacity)
+        misses, pre = int(self.misses[:, j].sum()), int(self.prefetch_loads[:, j].sum())
+        return {
+            "policy": self.policy, "prefetch": self.prefetch, "capacity": capacity,
+            "requests": self.requests, "accesses": self.accesses, "instances": len(self.instances),
+            "hits": self.accesses - misses, "misses": misses, "prefetch_loads": pre,
+            "loads": misses + pre, "miss_ratio": misses / self.accesses if self.accesses else 0.0,
+        }
+
+
+class _Slots:
+    """Per-slot state of many caches, rows = caches."""
+
+    def __init__(self, rows: int, slots: int) -> None:
+        self.key = np.full((rows, slots), EMPTY, dtype=np.int64)
+        self.kind = np.zeros((rows, slots), dtype=np.int8)
+        self.uses = np.zeros((rows, slots), dtype=np.int64)
+        self.last_seq = np.full((rows, slots), -1, dtype=np.int64)
+        self.loaded_seq = np.full((rows, slots), -1, dtype=np.int64)
+        self.last_time = np.zeros((rows, slots), dtype=np.float64)
+        self.next_seq = np.full((rows, slots), NEVER, dtype=np.int64)
+
+    def view(self, rows: np.ndarray | slice, seq: np.ndarray, now: np.ndarray, future: bool) -> CacheView:
+        return CacheView(self.key[rows], self.kind[rows], self.uses[rows], self.last_seq[rows],
+                         self.loaded_seq[rows], self.last_time[rows], seq, now,
+                         self.next_seq[rows] if future else None)
+
+
+def simulate_lockstep(stream: AccessStream, policy: EvictionPolicy, capacities: list[int],
+                      show_progress: bool = False, label: str = "") -> np.ndarray:
+    """Misses per (instance, capacity) for a policy over independent caches."""
+    if not policy.independent_caches:
+        raise ValueError(f"policy {policy.name!r} needs a global time order: use simulate_sequential")
+    caps = np.asarray(capacities, dtype=np.int64)
+    n_c, width = caps.size, int(caps.max())
+    by_len = np.argsort(-stream.lengths, kind="stable")  # active instances form a prefix each round
+    lengths, starts = stream.lengths[by_len], stream.starts[by_len]
+    rows = lengths.size * n_c
+    s = _Slots(rows, width)
+    allowed = np.arange(width)[None, :] < np.tile(caps, lengths.size)[:, None]
+    misses = np.zeros(rows, dtype=np.int64)
+    future = policy.needs_future
+    rounds = int(lengths.max()) if lengths.size else 0
+    neg_len = -lengths
+    bar = progress(total=rounds, desc=label or f"{policy.name} cache", disable=not show_progress)
+    for r in range(rounds):
+        n_act = int(np.searchsorted(neg_len, -r, side="left"))  # instances with length > r
+        n_rows = n_act * n_c
+        a = starts[:n_act] + r
+        x = np.repeat(stream.key[a], n_c)
+        key = s.key[:n_rows]
+        eq = key == x[:, None]
+        hit = eq.any(axis=1)
+        pos = eq.argmax(axis=1)
+        mi = np.flatnonzero(~hit)
+        if mi.size:
+            free = (key[mi] == EMPTY) & allowed[mi]
+            has_free = free.any(axis=1)
+            pos[mi[has_free]] = free[has_free].argmax(axis=1)
+            ev = mi[~has_free]
+            if ev.size:
+                seq = np.full(ev.size, r, dtype=np.int64)
+                now = np.repeat(stream.time[a], n_c)[ev]
+                pos[ev] = lex_argmin(policy.priority(s.view(ev, seq, now, future)), allowed[ev])
+            misses[mi] += 1
+        lane = np.arange(n_rows)
+        old_uses, old_loaded = s.uses[lane, pos], s.loaded_seq[lane, pos]
+        s.uses[lane, pos] = np.where(hit, old_uses + 1, 1)
+        s.loaded_seq[lane, pos] = np.where(hit, old_loaded, r)
+        s.key[lane, pos] = x
+        s.last_seq[lane, pos] = r
+        s.last_time[lane, pos] = np.repeat(stream.time[a], n_c)
+        s.kind[lane, pos] = np.repeat(stream.kind[a], n_c)
+        if future:
+            s.next_seq[lane, pos] = np.repeat(stream.next_seq[a], n_c)
+        if r % 512 == 0:
+            bar.update(min(512, rounds - r))
+    bar.close()
+    out = np.zeros((lengths.size, n_c), dtype=np.int64)
+    out[by_len] = misses.reshape(lengths.size, n_c)
+    return out
+
+
+def simulate_sequential(stream: AccessStream, policy: EvictionPolicy, capacity: int,
+                        prefetch: PrefetchPolicy | None = None, seed: int = 0,
+                        show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(misses, prefetch loads) per instance, one access at a time in global time order."""
+    n_inst = len(stream.instances)
+    s = _Slots(n_inst, capacity)
+    where: list[dict[int, int]] = [{} for _ in range(n_inst)]  # key -> slot, per instance
+    misses = np.zeros(n_inst, dtype=np.int64)
+    pre = np.zeros(n_inst, dtype=np.int64)
+    future = policy.needs_future
+    rng = np.random.default_rng(seed)
+    key_uses = key_last = None
+    if prefetch is not None:
+        key_uses = np.zeros((n_inst, stream.n_keys), dtype=np.int64)
+        key_last = np.full((n_inst, stream.n_keys), -1, dtype=np.int64)
+    order = np.lexsort((stream.seq, stream.request))  # global time order, adapters as listed
+    n = order.size
+    for idx, a in enumerate(progress(order.tolist(), desc=f"{policy.name} cache", disable=not show_progress)):
+        i, k, q = int(stream.instance[a]), int(stream.key[a]), int(stream.seq[a])
+        slot = where[i].get(k)
+        if slot is None:
+            misses[i] += 1
+            slot = _free_or_victim(s, where[i], i, policy, q, float(stream.time[a]), future)
+            s.uses[i, slot], s.loaded_seq[i, slot] = 1, q
+        else:
+            s.uses[i, slot] += 1
+        s.key[i, slot], s.kind[i, slot] = k, stream.kind[a]
+        s.last_seq[i, slot], s.last_time[i, slot] = q, stream.time[a]
+        s.next_seq[i, slot] = stream.next_seq[a]
+        where[i][k] = slot
+        if prefetch is None:
+            continue
+        key_uses[i, k] += 1
+        key_last[i, k] = q
+        nxt = order[idx + 1] if idx + 1 < n else -1
+        if nxt >= 0 and stream.request[nxt] == stream.request[a] and stream.instance[nxt] == i:
+            continue  # prefetch once the whole request is served
+        now = float(stream.time[a])
+        ctx = PrefetchContext(s.view(i, np.int64(q), np.float64(now), future), key_uses[i], key_last[i], q, now)
+        for pk in prefetch.propose(ctx, rng).tolist():
+            if pk in where[i]:
+                continue
+            slot = _free_or_victim(s, where[i], i, policy, q, now, future)
+            s.key[i, slot], s.uses[i, slot], s.loaded_seq[i, slot] = pk, 0, q
+            s.last_seq[i, slot], s.last_time[i, slot] = q, now
+            s.next_seq[i, slot] = _next_use(stream, i, pk, q) if future else NEVER
+            where[i][pk] = slot
+            pre[i] += 1
+    return misses, pre
+
+
+def _free_or_victim(s: _Slots, where: dict[int, int], i: int, policy: EvictionPolicy,
+                    seq: int, now: float, future: bool) -> int:
+    """A free slot of cache i, or the policy's victim, which is unloaded here (mechanism)."""
+    free = np.flatnonzero(s.key[i] == EMPTY)
+    if free.size:
+        return int(free[0])
+    view = s.view(i, np.int64(seq), np.float64(now), future)
+    slot = int(lex_argmin(policy.priority(view), np.ones(s.key.shape[1], dtype=bool)))
+    del where[int(s.key[i, slot])]
+    return slot
+
+
+def _next_use(stream: AccessStream, inst: int, key: int, seq: int) -> int:
+    lo, hi = stream.starts[inst], stream.starts[inst] + stream.lengths[inst]
+    later = np.flatnonzero(stream.key[lo + seq + 1:hi] == key)
+    return int(seq + 1 + later[0]) if later.size else int(NEVER)
+
+
+def run_cache(table: RequestTable, policy_name: str, capacities: list[int], prefetch_name: str = "none",
+              seed: int = 0, show_progress: bool = False, stream: AccessStream | None = None,
+              engine: str = "auto") -> CacheResult:
+    """Simulate one eviction policy (and prefetch policy) at each capacity, both by registry name."""
+    if any(c < 1 for c in capacities):
+        raise ValueError(f"capacities must be >= 1, got {capacities}")
+    stream = stream or access_stream(table)
+    policy = EVICTION.create(policy_name)
+    prefetch = None if prefetch_name == "none" else PREFETCH.create(prefetch_name)
+    n_inst = len(stream.instances)
+    if engine == "auto":
+        engine = "lockstep" if prefetch is None and policy.independent_caches else "sequential"
+    if engine == "lockstep":
+        misses = simulate_lockstep(stream, policy, capacities, show_progress)
+        pre = np.zeros_like(misses)
+    else:
+        misses = np.zeros((n_inst, len(capacities)), dtype=np.int64)
+        pre = np.zeros_like(misses)
+        for j, c in enumerate(capacities):
+            misses[:, j], pre[:, j] = simulate_sequential(stream, policy, c, prefetch, seed, show_progress)
+    return CacheResult(policy_name, prefetch_name, list(capacities), stream.n_requests, stream.n_accesses,
+                       misses, pre, stream.lengths.copy(), stream.instances)
