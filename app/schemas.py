@@ -58,6 +58,9 @@ class ImageGenerationRequest(BaseModel):
     controlnets: list[ControlNetRef] = Field(default_factory=list)
     cascade: bool | None = Field(default=None, description="Light model + discriminator + heavy "
                                  "model for rejected images; default from the config.")
+    cascade_threshold: float | None = Field(default=None, ge=0.0, le=1.0, description="Override "
+                                            "the configured discriminator threshold for this "
+                                            "request (threshold sweeps, A/B quality checks).")
 
     _ids = field_validator("model", "base_model")(
         lambda v: v if v is None else _check_id(v))

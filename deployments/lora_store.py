@@ -18,7 +18,7 @@ from deployments.errors import ModelLoadError, RequestError
 
 def read_lora_file(adapter_id: str, source: str, max_rank: int) -> dict:
     """Load a UNet LoRA's tensors; ModelLoadError names the adapter and what is wrong."""
-    from safetensors import SafetensorsError
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(source)
@@ -30,7 +30,7 @@ def read_lora_file(adapter_id: str, source: str, max_rank: int) -> dict:
         path = files[0]
     try:
         state = load_file(str(path))
-    except (OSError, SafetensorsError, ValueError) as exc:
+    except (OSError, SafetensorError, ValueError) as exc:
         raise ModelLoadError(adapter_id, f"cannot read {str(path)!r}: {exc}") from exc
     if not state:
         raise ModelLoadError(adapter_id, "the adapter file holds no tensors")

@@ -1,0 +1,54 @@
+"""Config -> bound Ray Serve application. The one place deployments get their Serve options.
+
+`build_app` is used by `t2i serve`; `app_builder` is the import path for `serve deploy` /
+`serve run` on a cluster (`import_path: app.builder:app_builder`, `args: {config: FILE}`).
+"""
+
+from __future__ import annotations
+
+from ray import serve
+from ray.serve import Application
+
+from app.config import DeploymentOptions, ServeConfig, load_config
+from app.ingress import T2IIngress
+from deployments.base_model import BaseModel
+from deployments.controlnet import ControlNet
+from deployments.discriminator import Discriminator
+from deployments.lora_store import LoRAStore
+
+
+def deployment_options(options: DeploymentOptions, name: str) -> dict:
+    kwargs: dict = {"name": name, "max_ongoing_requests": options.max_ongoing_requests,
+                    "ray_actor_options": options.ray_actor_options()}
+    if options.autoscaling is not None:
+        kwargs["autoscaling_config"] = {
+            "min_replicas": options.autoscaling.min_replicas,
+            "max_replicas": options.autoscaling.max_replicas,
+            "target_ongoing_requests": options.autoscaling.target_ongoing_requests,
+        }
+    else:
+        kwargs["num_replicas"] = options.num_replicas
+    return kwargs
+
+
+def build_app(config: ServeConfig) -> Application:
+    raw = config.model_dump(mode="json")
+    d = config.deployments
+    lora_store = serve.deployment(LoRAStore).options(
+        **deployment_options(d.lora_store, "LoRAStore")).bind(raw)
+    controlnet = serve.deployment(ControlNet).options(
+        **deployment_options(d.controlnet, "ControlNet")).bind(raw)
+    base_model = serve.deployment(BaseModel).options(
+        **deployment_options(d.base_model, "BaseModel")).bind(raw, lora_store, controlnet)
+    discriminator = serve.deployment(Discriminator).options(
+        **deployment_options(d.discriminator, "Discriminator")).bind(raw)
+    return serve.deployment(T2IIngress).options(
+        **deployment_options(d.ingress, "Ingress")).bind(
+        raw, base_model, controlnet, lora_store, discriminator)
+
+
+def app_builder(args: dict) -> Application:
+    """Serve application builder: `args` = {"config": path to a t2i config YAML}."""
+    if "config" not in args:
+        raise ValueError("app_builder needs args.config: the path of a t2i config YAML")
+    return build_app(load_config(args["config"]))

@@ -1,0 +1,111 @@
+"""`t2i`: serve the application, build the demo models, work with traces."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "default.yaml")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from app.config import ConfigError, load_config
+    from app.server import missing_local_models, run_server
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if args.model_root:
+        overrides["model_root"] = args.model_root
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"t2i serve: {exc}", file=sys.stderr)
+        return 2
+    missing = missing_local_models(config)
+    if missing:
+        print("t2i serve: these models' folders do not exist under "
+              f"{config.model_root!r}: {', '.join(missing)}.\n"
+              "Build the demo models with `t2i demo-models --out models/demo` (or `make serve`), "
+              "or fix the paths in the config.", file=sys.stderr)
+        return 2
+    return run_server(config, address=args.address, num_cpus=args.num_cpus)
+
+
+def _demo_models(args: argparse.Namespace) -> int:
+    from app.demo_models import build_demo_models
+
+    out = Path(args.out)
+    if (out / "manifest.json").exists() and not args.force:
+        print(f"{out}/manifest.json exists; use --force to rebuild")
+        return 0
+    manifest = build_demo_models(out, seed=args.seed, progress=not args.quiet)
+    total = sum(m["size_bytes"] for m in manifest["models"])
+    print(f"built {len(manifest['models'])} models ({total / 1e6:.1f} MB) in "
+          f"{manifest['build_seconds']} s under {out}")
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from app.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    kinds = {k: len(config.ids(k)) for k in ("base", "controlnet", "lora", "discriminator")}
+    print(f"{args.config}: valid; models: {kinds}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="t2i", description="Text-to-image serving on Ray Serve: Stable-Diffusion-class "
+        "pipelines with LoRAs, ControlNets and cascades behind an OpenAI-compatible API.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="start Ray (or join a cluster) and serve until Ctrl-C",
+                           description="Serve the config's models at http://HOST:PORT "
+                           "(POST /v1/images/generations, GET /v1/models, GET /healthz). "
+                           "Ctrl-C or SIGTERM shuts Serve and Ray down cleanly.")
+    serve.add_argument("--config", default=DEFAULT_CONFIG, help="t2i config YAML "
+                       "(default: the embedded tiny-model demo, %(default)s)")
+    serve.add_argument("--host", help="override the config's host")
+    serve.add_argument("--port", type=int, help="override the config's port")
+    serve.add_argument("--model-root", help="override the config's model_root")
+    serve.add_argument("--address", help="join a running Ray cluster (e.g. 'auto') instead of "
+                       "starting a local Ray instance")
+    serve.add_argument("--num-cpus", type=int, default=None,
+                       help="CPUs for the local Ray instance (default: all)")
+    serve.set_defaults(func=_serve)
+
+    demo = sub.add_parser("demo-models", help="build the tiny random-weight demo models",
+                          description="Build deterministic random-weight models in diffusers "
+                          "layout: light and heavy SD base models, two ControlNets, eight LoRAs "
+                          "of ranks 1-32, and a discriminator (a few seconds, ~17 MB).")
+    demo.add_argument("--out", default="models/demo", help="output folder (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=0, help="weights seed (default: %(default)s)")
+    demo.add_argument("--force", action="store_true", help="rebuild even if present")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.set_defaults(func=_demo_models)
+
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("config", help="t2i config YAML")
+    check.set_defaults(func=_check_config)
+
+    sub.add_parser("trace", add_help=False, help="trace tooling (see `t2i trace --help`)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "trace":
+        from trace_replay.cli import main as trace_main
+
+        return trace_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Ingress: FastAPI under Ray Serve. Validates, resolves the pipeline, calls the DAG, encodes PNGs.
+
+Every request the service cannot serve as asked gets a 4xx in the OpenAI error shape whose `param`
+names the field; a model that fails to load is a 500 naming the model, and the replica keeps
+serving everything else.
+"""
+
+
+import asyncio
+import base64
+import binascii
+import io
+import logging
+import secrets
+import time
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from app.config import ServeConfig
+from app.resolve import resolve_request
+from app.schemas import ImageGenerationRequest, error_body
+from deployments.errors import ModelLoadError, RequestError
+from deployments.pipeline_engine import GenerationSpec
+
+logger = logging.getLogger("ray.serve")
+api = FastAPI(title="t2i", description="OpenAI-compatible text-to-image serving on Ray Serve")
+
+
+def _param(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
+    return out or "body"
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0]
+    param = _param(tuple(first.get("loc", ())))
+    message = f"{param}: {first.get('msg', 'invalid value')}"
+    if first.get("type") == "extra_forbidden":
+        message = f"{param}: unknown field (not part of this API)"
+    return JSONResponse(status_code=400, content=error_body(message, param))
+
+
+@api.exception_handler(RequestError)
+async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
+    return JSONResponse(status_code=400, content=error_body(str(exc), exc.field))
+
+
+@api.exception_handler(ModelLoadError)
+async def _load_error(_: Request, exc: ModelLoadError) -> JSONResponse:
+    return JSONResponse(status_code=500, content=error_body(str(exc), None, "model_load_error"))
+
+
+@api.exception_handler(Exception)
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    # Ray re-raises replica errors as subclasses of the original type, so the typed handlers
+    # above still match them; anything else is a server fault, reported as JSON, never a hang.
+    logger.exception("request failed")
+    return JSONResponse(status_code=500, content=error_body(
+        f"internal error: {type(exc).__name__}: {str(exc)[:500]}", None, "server_error"))
+
+
+def encode_png(image: np.ndarray) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_b64_image(data: str, field: str, max_bytes: int) -> bytes:
+    if data.startswith("data:"):
+        _, _, data = data.partition(",")
+    if len(data) * 3 // 4 > max_bytes:
+        raise RequestError(field, f"image is larger than limits.max_image_bytes={max_bytes}")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(field, "is not valid base64") from None
+
+
+class Ingress:
+    def __init__(self, config: "dict | ServeConfig", base_model, controlnet=None, lora_store=None,
+                 discriminator=None):
+        self.config = config if isinstance(config, ServeConfig) else ServeConfig.model_validate(config)
+        self.base_model = base_model
+        self.controlnet = controlnet
+        self.lora_store = lora_store
+        self.discriminator = discriminator
+        self.started = time.time()
+
+    async def models(self) -> dict:
+        data = [{"id": m.id, "object": "model", "owned_by": "t2i", "kind": m.kind,
+                 "base_models": m.base_models} for m in self.config.models]
+        return {"object": "list", "data": data}
+
+    async def healthz(self) -> dict:
+        return {"status": "ok", "uptime_s": round(time.time() - self.started, 1)}
+
+    async def _control_images(self, body: ImageGenerationRequest, width: int, height: int):
+        uploads = []
+        for index, ref in enumerate(body.controlnets):
+            field = f"controlnets[{index}].image"
+            raw = decode_b64_image(ref.image, field, self.config.limits.max_image_bytes)
+            preprocessor = ref.preprocessor or self.config.entry(ref.id).default_preprocessor
+            uploads.append(self.controlnet.preprocess.remote(raw, preprocessor, width, height))
+        return list(await asyncio.gather(*uploads))
+
+    async def _generate(self, spec: GenerationSpec, control_images) -> object:
+        handle = self.base_model.options(multiplexed_model_id=spec.base_model)
+        return await handle.generate.remote(spec, control_images)
+
+    async def generate(self, body: ImageGenerationRequest) -> tuple[dict, dict]:
+        started = time.perf_counter()
+        plan = resolve_request(self.config, body, seed=secrets.randbelow(2**31))
+        timings = {"queue_s": 0.0, "load_s": 0.0, "preprocess_s": 0.0, "inference_s": 0.0,
+                   "discriminator_s": 0.0}
+        first = plan.specs[0]
+        t0 = time.perf_counter()
+        controls = await self._control_images(body, first.width, first.height) if body.controlnets else None
+        timings["preprocess_s"] = time.perf_counter() - t0
+
+        result = await self._generate(first, controls)
+        _add(timings, result.timings)
+        images, answered_by = list(result.images), [first.base_model] * len(result.images)
+        cascade_info = None
+        if plan.cascade:
+            t0 = time.perf_counter()
+            scores = await self.discriminator.score.remote(images, self.config.cascade.discriminator)
+            timings["discriminator_s"] = time.perf_counter() - t0
+            rejected = [i for i, s in enumerate(scores) if s < plan.threshold]
+            heavy = plan.specs[1]
+            reruns = await asyncio.gather(*(
+                self._generate(_single(heavy, heavy.seed + i), controls) for i in rejected))
+            for i, rerun in zip(rejected, reruns):
+                _add(timings, rerun.timings)
+                images[i], answered_by[i] = rerun.images[0], heavy.base_model
+            cascade_info = {"light": first.base_model, "heavy": heavy.base_model,
+                            "threshold": plan.threshold, "scores": [round(s, 6) for s in scores],
+                            "deferred": rejected, "answered_by": answered_by}
+        timings["total_s"] = time.perf_counter() - started
+        response = {
+            "created": int(time.time()),
+            "data": [{"b64_json": encode_png(img), "revised_prompt": None} for img in images],
+            "model": answered_by[0],
+            "timings": {k: round(v, 6) for k, v in timings.items()},
+            "t2i": {"seed": first.seed, "base_model": first.base_model, "size": f"{first.width}x{first.height}",
+                    "steps": first.steps, "loras": [list(x) for x in first.loras],
+                    "controlnets": [list(x) for x in first.controlnets], "cascade": cascade_info,
+                    "adapters_swapped": result.adapters_swapped},
+        }
+        headers = {"Server-Timing": ", ".join(
+            f"{k.removesuffix('_s')};dur={v * 1000:.1f}" for k, v in timings.items())}
+        return response, headers
+
+
+def _add(timings: dict, replica: dict) -> None:
+    for key in ("queue_s", "load_s", "inference_s"):
+        timings[key] += replica.get(key, 0.0)
+
+
+def _single(spec: GenerationSpec, seed: int) -> GenerationSpec:
+    from dataclasses import replace
+
+    return replace(spec, n=1, seed=seed)
+
+
+@serve.ingress(api)
+class T2IIngress(Ingress):
+    """The Serve ingress: FastAPI routes bound to an Ingress instance."""
+
+    @api.post("/v1/images/generations")
+    async def images_generations(self, body: ImageGenerationRequest) -> JSONResponse:
+        response, headers = await self.generate(body)
+        return JSONResponse(content=response, headers=headers)
+
+    @api.get("/v1/models")
+    async def list_models(self) -> dict:
+        return await self.models()
+
+    @api.get("/healthz", include_in_schema=False)
+    async def health(self) -> dict:
+        return await self.healthz()

@@ -1,0 +1,60 @@
+"""Process lifecycle for `t2i serve`: Ray up, Serve app up, wait for a signal, everything down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import threading
+from pathlib import Path
+
+from app.config import ServeConfig
+
+
+def missing_local_models(config: ServeConfig) -> list[str]:
+    return [m.id for m in config.models
+            if m.path and not Path(config.resolve_source(m)).exists()]
+
+
+def start_serve(config: ServeConfig, address: str | None = None, num_cpus: int | None = None,
+                blocking_ready: bool = True):
+    """Start (or join) Ray and deploy the app; returns the Serve app handle."""
+    import ray
+    from ray import serve
+
+    from app.builder import build_app
+
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address)
+        else:
+            # A fresh temp dir per run: a stale `ray_current_cluster` file from an earlier
+            # `ray stop` makes a later ray.init(num_cpus=...) fail (ENVIRONMENT.md).
+            ray.init(num_cpus=num_cpus, include_dashboard=False,
+                     _temp_dir=tempfile.mkdtemp(prefix="t2i-ray-"),
+                     runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    serve.start(http_options={"host": config.host, "port": config.port})
+    return serve.run(build_app(config), name=config.app_name, route_prefix="/",
+                     blocking=False)
+
+
+def run_server(config: ServeConfig, address: str | None = None, num_cpus: int | None = None) -> int:
+    import ray
+    from ray import serve
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        start_serve(config, address=address, num_cpus=num_cpus)
+        print(f"t2i: serving {len(config.models)} models at http://{config.host}:{config.port} "
+              "(POST /v1/images/generations, GET /v1/models). Ctrl-C to stop.", flush=True)
+        stop.wait()
+        print("t2i: shutting down", flush=True)
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            if ray.is_initialized():
+                ray.shutdown()
+    return 0
