@@ -31,6 +31,7 @@ DISCRIMINATOR_ID = "tiny-disc"
 class LoraSpec:
     id: str
     rank: int
+    alpha: float
     # Which attention projections the adapter patches; several subsets so hotswap into the
     # pre-allocated slots is exercised with partial targets too.
     targets: tuple[str, ...]
@@ -38,16 +39,17 @@ class LoraSpec:
 
 
 LORA_SPECS: tuple[LoraSpec, ...] = tuple(
-    LoraSpec(f"tiny-lora-{name}", rank, targets, 100 + index)
-    for index, (name, rank, targets) in enumerate([
-        ("ink", 1, ("to_q", "to_k", "to_v", "to_out.0")),
-        ("pastel", 2, ("to_q", "to_v")),
-        ("neon", 4, ("to_q", "to_k", "to_v", "to_out.0")),
-        ("sketch", 4, ("to_k", "to_out.0")),
-        ("film", 8, ("to_q", "to_k", "to_v", "to_out.0")),
-        ("pixel", 8, ("to_q", "to_v")),
-        ("clay", 16, ("to_q", "to_k", "to_v", "to_out.0")),
-        ("noir", 32, ("to_q", "to_k", "to_v", "to_out.0")),
+    LoraSpec(f"tiny-lora-{name}", rank, alpha, targets, 100 + index)
+    # alpha != rank for some, as real LoRAs often have: the hotswap path must honour alpha/rank.
+    for index, (name, rank, alpha, targets) in enumerate([
+        ("ink", 1, 1, ("to_q", "to_k", "to_v", "to_out.0")),
+        ("pastel", 2, 2, ("to_q", "to_v")),
+        ("neon", 4, 8, ("to_q", "to_k", "to_v", "to_out.0")),
+        ("sketch", 4, 4, ("to_k", "to_out.0")),
+        ("film", 8, 4, ("to_q", "to_k", "to_v", "to_out.0")),
+        ("pixel", 8, 8, ("to_q", "to_v")),
+        ("clay", 16, 16, ("to_q", "to_k", "to_v", "to_out.0")),
+        ("noir", 32, 16, ("to_q", "to_k", "to_v", "to_out.0")),
     ])
 )
 
@@ -122,7 +124,8 @@ def build_base_pipeline(out: Path, seed: int, transformer_layers: int, tokenizer
         vocab_size=520, max_position_embeddings=77,
     ))
     scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="trailing")
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="trailing",
+        steps_offset=1)
     pipe = StableDiffusionPipeline(
         unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=_tokenizer(tokenizer_dir),
         scheduler=scheduler, safety_checker=None, feature_extractor=None,
@@ -152,22 +155,30 @@ def attention_modules(unet) -> list[str]:
     return [name for name, _ in unet.named_modules() if name.endswith((".attn1", ".attn2"))]
 
 
-def build_lora(out_file: Path, spec: LoraSpec, unet) -> None:
-    from safetensors.torch import save_file
+def build_lora(out_dir: Path, spec: LoraSpec, unet) -> None:
+    """A random UNet LoRA written by diffusers' own LoRA writer, with peft adapter metadata."""
+    from diffusers import StableDiffusionPipeline
 
     generator = torch.Generator().manual_seed(spec.seed)
     state: dict[str, torch.Tensor] = {}
     modules = dict(unet.named_modules())
+    targets = []
     for attn in attention_modules(unet):
         for target in spec.targets:
             layer = modules[f"{attn}.{target}"]
             fan_in, fan_out = layer.in_features, layer.out_features
+            # Effective update is (alpha / rank) * B @ A; scale B so every adapter changes the
+            # image by a similar, visible amount whatever its rank and alpha.
             a = torch.randn(spec.rank, fan_in, generator=generator) / fan_in ** 0.5
-            b = torch.randn(fan_out, spec.rank, generator=generator) * (0.6 / spec.rank ** 0.5)
-            state[f"unet.{attn}.{target}.lora_A.weight"] = a.contiguous()
-            state[f"unet.{attn}.{target}.lora_B.weight"] = b.contiguous()
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out_file), metadata={"format": "pt", "rank": str(spec.rank)})
+            b = torch.randn(fan_out, spec.rank, generator=generator) * (
+                0.6 * spec.rank ** 0.5 / spec.alpha)
+            state[f"{attn}.{target}.lora_A.weight"] = a.contiguous()
+            state[f"{attn}.{target}.lora_B.weight"] = b.contiguous()
+            targets.append(f"{attn}.{target}")
+    StableDiffusionPipeline.save_lora_weights(
+        str(out_dir), unet_lora_layers=state, safe_serialization=True,
+        unet_lora_adapter_metadata={"r": spec.rank, "lora_alpha": spec.alpha,
+                                    "target_modules": targets})
 
 
 def build_discriminator(out: Path, seed: int) -> None:
@@ -202,8 +213,7 @@ def build_demo_models(out: str | Path, seed: int = 0, progress: bool = True) -> 
         steps.append((f"controlnet {cn_id}", lambda i=index, c=cn_id: build_controlnet(
             out / "controlnet" / c, light_dir / "unet", seed + 30 + i)))
     steps.append(("loras", lambda: [build_lora(
-        out / "lora" / spec.id / "pytorch_lora_weights.safetensors",
-        spec, UNet2DConditionModel.from_pretrained(str(light_dir / "unet")))
+        out / "lora" / spec.id, spec, UNet2DConditionModel.from_pretrained(str(light_dir / "unet")))
         for spec in LORA_SPECS]))
     steps.append(("discriminator", lambda: build_discriminator(
         out / "discriminator" / DISCRIMINATOR_ID, seed + 40)))
@@ -213,7 +223,8 @@ def build_demo_models(out: str | Path, seed: int = 0, progress: bool = True) -> 
     models = [{"id": LIGHT_ID, "kind": "base", "path": f"base/{LIGHT_ID}"},
               {"id": HEAVY_ID, "kind": "base", "path": f"base/{HEAVY_ID}"}]
     models += [{"id": c, "kind": "controlnet", "path": f"controlnet/{c}"} for c in CONTROLNET_IDS]
-    models += [{"id": s.id, "kind": "lora", "path": f"lora/{s.id}", "rank": s.rank}
+    models += [{"id": s.id, "kind": "lora", "path": f"lora/{s.id}", "rank": s.rank,
+               "alpha": s.alpha}
                for s in LORA_SPECS]
     models.append({"id": DISCRIMINATOR_ID, "kind": "discriminator",
                    "path": f"discriminator/{DISCRIMINATOR_ID}"})

@@ -56,19 +56,33 @@ class LoraSlots:
         self._last_used = [0] * num_slots
         self._clock = itertools.count(1)
         self.swaps = 0
-        modules = slot_target_modules(pipe.unet)
-        if not modules:
+        self.max_rank = max_rank
+        self._modules = slot_target_modules(pipe.unet)
+        if not self._modules:
             raise ValueError("the UNet has no attention projections to put LoRA slots on")
+        self._covered = set(self._modules)
+        self._unit: dict[str, list[float]] = {}
         for name in self.names:
-            # A fresh zero adapter per slot: peft adopts these tensors as the slot's parameters
-            # without copying, so slots sharing one placeholder would share storage and a swap
-            # into one slot would write through to the others.
-            pipe.load_lora_weights(zero_adapter(pipe.unet, modules, max_rank), adapter_name=name)
-        pipe.set_adapters(self.names, adapter_weights=[1.0] * num_slots)
-        self._layers = [m for m in pipe.unet.modules() if isinstance(m, LoraLayer)]
-        self._unit = {name: self._current_scalings(name) for name in self.names}
+            self._allocate(name)
+        self._finish_allocation()
         pipe.disable_lora()
         self._enabled = False
+
+    def _allocate(self, name: str) -> None:
+        # A fresh zero adapter per slot: peft adopts these tensors as the slot's parameters
+        # without copying, so slots sharing one placeholder would share storage and a swap
+        # into one slot would write through to the others.
+        self.pipe.load_lora_weights(zero_adapter(self.pipe.unet, self._modules, self.max_rank),
+                                    adapter_name=name)
+
+    def _finish_allocation(self, only: str | None = None) -> None:
+        """Make every slot active and record unit scalings (for `only`, when one slot was
+        rebuilt: set_adapters just reset all scalings to the placeholder's alpha/r, and the
+        other slots' recorded units are the ones their resident adapters need)."""
+        self.pipe.set_adapters(self.names, adapter_weights=[1.0] * len(self.names))
+        self._layers = [m for m in self.pipe.unet.modules() if isinstance(m, LoraLayer)]
+        for name in [only] if only else self.names:
+            self._unit[name] = self._current_scalings(name)
 
     def _current_scalings(self, slot: str) -> list[float]:
         return [float(layer.scaling[slot]) for layer in self._layers]
@@ -76,11 +90,11 @@ class LoraSlots:
     def missing(self, adapter_ids: list[str]) -> list[str]:
         return [a for a in adapter_ids if a not in self.holding]
 
-    def activate(self, loras: list[tuple[str, float]],
-                 state_dicts: Mapping[str, dict[str, torch.Tensor]]) -> int:
+    def activate(self, loras: list[tuple[str, float]], weights: Mapping[str, dict]) -> int:
         """Make exactly `loras` (id, scale) active; returns how many adapters were swapped in.
 
-        `state_dicts` must hold every id that `missing()` reported. Raises ModelLoadError naming
+        `weights` maps every id that `missing()` reported to a LoRA as the store hands it out:
+        {"state_dict": diffusers-format tensors, "network_alphas": ..., "metadata": ...}. Raises ModelLoadError naming
         the adapter when its weights do not fit the slots (other modules, rank above the maximum).
         """
         if len(loras) > len(self.names):
@@ -99,7 +113,7 @@ class LoraSlots:
             if adapter_id in assigned:
                 continue
             slot = free.pop(0)
-            self._swap_in(slot, adapter_id, state_dicts[adapter_id])
+            self._swap_in(slot, adapter_id, weights[adapter_id])
             assigned[adapter_id] = slot
             swapped += 1
         scales = [0.0] * len(self.names)
@@ -114,14 +128,34 @@ class LoraSlots:
             self._enabled = True
         return swapped
 
-    def _swap_in(self, slot: int, adapter_id: str, state_dict: dict[str, torch.Tensor]) -> None:
+    def check_fits(self, adapter_id: str, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Raise ModelLoadError naming the adapter unless it fits the slots (modules, rank)."""
+        for key, tensor in state_dict.items():
+            module = key.removeprefix("unet.").split(".lora_")[0]
+            if module not in self._covered:
+                raise ModelLoadError(adapter_id, f"cannot hotswap into a LoRA slot: it patches "
+                                     f"{module!r}, outside the slots' attention projections")
+            if ".lora_A." in key and tensor.ndim >= 2 and tensor.shape[0] > self.max_rank:
+                raise ModelLoadError(adapter_id, f"rank {tensor.shape[0]} exceeds the slots' "
+                                     f"maximum rank {self.max_rank}")
+
+    def _swap_in(self, slot: int, adapter_id: str, weights: dict) -> None:
         name = self.names[slot]
+        self.check_fits(adapter_id, weights["state_dict"])
         # The slot is marked empty first: if the swap fails half-way its tensors are in an
         # unknown state, and an empty slot is never reused without a fresh swap.
         self.holding[slot] = None
         try:
-            self.pipe.load_lora_weights(dict(state_dict), adapter_name=name, hotswap=True)
+            self.pipe.load_lora_into_unet(
+                dict(weights["state_dict"]), network_alphas=weights.get("network_alphas"),
+                unet=self.pipe.unet, adapter_name=name, metadata=weights.get("metadata"),
+                _pipeline=self.pipe, hotswap=True)
         except Exception as exc:  # peft raises RuntimeError/ValueError/NotImplementedError
+            # diffusers deletes the adapter name from the model when a swap fails; put a fresh
+            # zero adapter back so the slot (and the replica) keep working.
+            if name not in getattr(self.pipe.unet, "peft_config", {}):
+                self._allocate(name)
+                self._finish_allocation(only=name)
             raise ModelLoadError(adapter_id, f"cannot hotswap into a LoRA slot: {exc}") from exc
         self._unit[name] = self._current_scalings(name)
         self.holding[slot] = adapter_id

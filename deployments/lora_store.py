@@ -16,10 +16,12 @@ from app.config import ServeConfig
 from deployments.errors import ModelLoadError, RequestError
 
 
-def read_lora_file(adapter_id: str, source: str, max_rank: int) -> dict:
-    """Load a UNet LoRA's tensors; ModelLoadError names the adapter and what is wrong."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def read_lora_file(adapter_id: str, source: str, max_rank: int, arch: str = "sd15") -> dict:
+    """Read a LoRA in any layout diffusers reads (peft with header metadata, kohya/A1111, older
+    diffusers) and convert it once, here in the host tier, to what the UNet swap needs:
+    {"state_dict", "network_alphas", "metadata"}. ModelLoadError names the adapter on failure.
+    """
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     path = Path(source)
     if path.is_dir():
@@ -28,20 +30,26 @@ def read_lora_file(adapter_id: str, source: str, max_rank: int) -> dict:
             raise ModelLoadError(adapter_id, f"expected one .safetensors file in {source!r}, "
                                  f"found {len(files)}")
         path = files[0]
+    loader = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
     try:
-        state = load_file(str(path))
-    except (OSError, SafetensorError, ValueError) as exc:
-        raise ModelLoadError(adapter_id, f"cannot read {str(path)!r}: {exc}") from exc
+        state, alphas, metadata = loader.lora_state_dict(
+            str(path.parent), weight_name=path.name, return_lora_metadata=True)
+    except Exception as exc:  # safetensors, OSError, format errors from the converters
+        raise ModelLoadError(adapter_id, f"cannot read {str(path)!r}: {type(exc).__name__}: {exc}") from exc
     if not state:
         raise ModelLoadError(adapter_id, "the adapter file holds no tensors")
     foreign = [k for k in state if not k.startswith("unet.")]
     if foreign:
-        raise ModelLoadError(adapter_id, "only UNet LoRAs in diffusers format ('unet.' keys) can "
-                             f"go into hotswap slots; found {foreign[0]!r}")
+        raise ModelLoadError(adapter_id, "only UNet LoRAs can go into hotswap slots (text-encoder "
+                             f"hotswap is unsupported by diffusers); found {foreign[0]!r}")
     ranks = {v.shape[0] for k, v in state.items() if "lora_A" in k and v.ndim >= 2}
     if ranks and max(ranks) > max_rank:
         raise ModelLoadError(adapter_id, f"rank {max(ranks)} exceeds cache.lora_max_rank={max_rank}")
-    return state
+    return {"state_dict": state, "network_alphas": alphas, "metadata": metadata}
+
+
+def weights_bytes(weights: dict) -> int:
+    return sum(t.numel() * t.element_size() for t in weights["state_dict"].values())
 
 
 class LoRAStore:
@@ -66,10 +74,10 @@ class LoRAStore:
 
         entry = self._entry(adapter_id)
         started = time.perf_counter()
-        state = read_lora_file(adapter_id, self.config.resolve_source(entry),
-                               self.config.cache.lora_max_rank)
-        size = sum(t.numel() * t.element_size() for t in state.values())
-        ref = ray.put(state) if ray.is_initialized() else state
+        weights = read_lora_file(adapter_id, self.config.resolve_source(entry),
+                                 self.config.cache.lora_max_rank, entry.arch)
+        size = weights_bytes(weights)
+        ref = ray.put(weights) if ray.is_initialized() else weights
         self.read_seconds += time.perf_counter() - started
         return ref, size
 
