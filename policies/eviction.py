@@ -25,6 +25,7 @@ from policies.registry import Registry
 
 EMPTY = -1  # key of an empty slot
 NEVER = np.iinfo(np.int64).max  # next_seq of an entry that is never used again
+_NEVER_BASE = np.iinfo(np.int64).min + 1  # Belady: below every -next_seq, room for last_seq
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ class EvictionPolicy(Protocol):
     needs_future: ClassVar[bool]  # True: the simulator must fill view.next_seq (offline only)
     independent_caches: ClassVar[bool]  # False: needs one global time order across instances
 
+    # Optional: ``fields: ClassVar[tuple[str, ...]]`` names the CacheView fields the policy reads,
+    # so the simulator can skip maintaining the others; absent means all of them.
+
     def priority(self, view: CacheView) -> tuple[np.ndarray, ...]:
         """Eviction keys, each shaped like ``view.key``; lexicographically smallest goes first."""
         ...
@@ -70,6 +74,7 @@ class LRU:
     name: ClassVar[str] = "lru"
     needs_future: ClassVar[bool] = False
     independent_caches: ClassVar[bool] = True
+    fields: ClassVar[tuple[str, ...]] = ("last_seq",)
 
     def priority(self, view: CacheView) -> tuple[np.ndarray, ...]:
         return (view.last_seq,)
@@ -82,6 +87,7 @@ class LFU:
     name: ClassVar[str] = "lfu"
     needs_future: ClassVar[bool] = False
     independent_caches: ClassVar[bool] = True
+    fields: ClassVar[tuple[str, ...]] = ("uses", "last_seq")
 
     def priority(self, view: CacheView) -> tuple[np.ndarray, ...]:
         return (view.uses, view.last_seq)
@@ -98,28 +104,40 @@ class Belady:
     name: ClassVar[str] = "belady"
     needs_future: ClassVar[bool] = True
     independent_caches: ClassVar[bool] = True
+    fields: ClassVar[tuple[str, ...]] = ("next_seq", "last_seq")
 
     def priority(self, view: CacheView) -> tuple[np.ndarray, ...]:
         if view.next_seq is None:
             raise ValueError("belady needs the offline next-use oracle (view.next_seq); it cannot run online")
-        return (-view.next_seq, view.last_seq)
+        # one key instead of two (the simulator calls this every round): finite next uses rank
+        # by -next_seq, never-again entries sit below all of them, ordered by recency
+        never = view.next_seq == NEVER
+        return (np.where(never, _NEVER_BASE + view.last_seq, -view.next_seq),)
 
 
 def lex_argmin(keys: tuple[np.ndarray, ...], allowed: np.ndarray) -> np.ndarray:
     """Index along the last axis of the lexicographically smallest allowed entry.
 
-    Rows with nothing allowed return 0; callers only ask where something is evictable.
+    Rows with nothing allowed return 0; callers only ask where something is evictable. Keys
+    must stay below their dtype's maximum (finite for floats): that value marks "not allowed".
     """
-    cand = allowed.copy()
-    for k in keys:
+    cand = allowed
+    for i, k in enumerate(keys):
         k = np.asarray(k)
-        if k.dtype.kind == "f":
-            masked = np.where(cand, k, np.inf)
-        else:
-            masked = np.where(cand, k, np.iinfo(k.dtype).max)
-        best = masked.min(axis=-1, keepdims=True)
-        cand &= masked == best
+        masked = np.where(cand, k, np.inf if k.dtype.kind == "f" else _max_of(k.dtype))
+        if i == len(keys) - 1:
+            return np.argmin(masked, axis=-1)
+        cand = cand & (masked == masked.min(axis=-1, keepdims=True))
     return np.argmax(cand, axis=-1)
+
+
+_MAX: dict[np.dtype, int] = {}
+
+
+def _max_of(dtype: np.dtype) -> int:
+    if dtype not in _MAX:  # np.iinfo is slow enough to show up in a 50k-round simulation
+        _MAX[dtype] = int(np.iinfo(dtype).max)
+    return _MAX[dtype]
 
 
 def propose_victims(policy: EvictionPolicy, view: CacheView, n: int = 1,

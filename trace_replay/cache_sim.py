@@ -110,20 +110,36 @@ class _Slots:
                          self.next_seq[rows] if future else None)
 
 
+ALL_FIELDS = ("kind", "uses", "last_seq", "loaded_seq", "last_time", "next_seq")
+
+
 def simulate_lockstep(stream: AccessStream, policy: EvictionPolicy, capacities: list[int],
-                      show_progress: bool = False, label: str = "") -> np.ndarray:
-    """Misses per (instance, capacity) for a policy over independent caches."""
+                      show_progress: bool = False, label: str = "",
+                      subset: np.ndarray | None = None) -> np.ndarray:
+    """Misses per (instance, capacity) for a policy over independent caches.
+
+    Row ``i * len(capacities) + j`` is instance i's cache at capacity j; instances are ordered by
+    stream length so the caches still active in a round are a prefix, and every array operation
+    works on a view, never a gathered copy. Only the fields the policy reads are maintained.
+    """
     if not policy.independent_caches:
         raise ValueError(f"policy {policy.name!r} needs a global time order: use simulate_sequential")
     caps = np.asarray(capacities, dtype=np.int64)
     n_c, width = caps.size, int(caps.max())
-    by_len = np.argsort(-stream.lengths, kind="stable")  # active instances form a prefix each round
+    inst = np.arange(stream.lengths.size) if subset is None else np.asarray(subset, dtype=np.int64)
+    by_len = inst[np.argsort(-stream.lengths[inst], kind="stable")]
     lengths, starts = stream.lengths[by_len], stream.starts[by_len]
     rows = lengths.size * n_c
     s = _Slots(rows, width)
+    fields = set(getattr(policy, "fields", ALL_FIELDS))
+    future = policy.needs_future
+    if future:
+        fields.add("next_seq")
     allowed = np.arange(width)[None, :] < np.tile(caps, lengths.size)[:, None]
     misses = np.zeros(rows, dtype=np.int64)
-    future = policy.needs_future
+    flat = {f: getattr(s, f).reshape(-1) for f in ALL_FIELDS if f in fields}
+    key_flat = s.key.reshape(-1)
+    row_base = np.arange(rows, dtype=np.int64) * width
     rounds = int(lengths.max()) if lengths.size else 0
     neg_len = -lengths
     bar = progress(total=rounds, desc=label or f"{policy.name} cache", disable=not show_progress)
@@ -136,32 +152,77 @@ def simulate_lockstep(stream: AccessStream, policy: EvictionPolicy, capacities: 
         eq = key == x[:, None]
         hit = eq.any(axis=1)
         pos = eq.argmax(axis=1)
-        mi = np.flatnonzero(~hit)
-        if mi.size:
-            free = (key[mi] == EMPTY) & allowed[mi]
-            has_free = free.any(axis=1)
-            pos[mi[has_free]] = free[has_free].argmax(axis=1)
-            ev = mi[~has_free]
-            if ev.size:
-                seq = np.full(ev.size, r, dtype=np.int64)
-                now = np.repeat(stream.time[a], n_c)[ev]
-                pos[ev] = lex_argmin(policy.priority(s.view(ev, seq, now, future)), allowed[ev])
-            misses[mi] += 1
-        lane = np.arange(n_rows)
-        old_uses, old_loaded = s.uses[lane, pos], s.loaded_seq[lane, pos]
-        s.uses[lane, pos] = np.where(hit, old_uses + 1, 1)
-        s.loaded_seq[lane, pos] = np.where(hit, old_loaded, r)
-        s.key[lane, pos] = x
-        s.last_seq[lane, pos] = r
-        s.last_time[lane, pos] = np.repeat(stream.time[a], n_c)
-        s.kind[lane, pos] = np.repeat(stream.kind[a], n_c)
-        if future:
-            s.next_seq[lane, pos] = np.repeat(stream.next_seq[a], n_c)
+        miss = ~hit
+        if not hit.all():
+            free = (key == EMPTY) & allowed[:n_rows]
+            first_free = free.argmax(axis=1)
+            has_free = free[np.arange(n_rows), first_free]
+            pos = np.where(miss & has_free, first_free, pos)
+            evict = miss & ~has_free
+            if evict.any():
+                now = np.repeat(stream.time[a], n_c)
+                view = s.view(slice(0, n_rows), np.full(n_rows, r, np.int64), now, future)
+                victim = lex_argmin(policy.priority(view), allowed[:n_rows])
+                pos = np.where(evict, victim, pos)
+            misses[:n_rows] += miss
+        fi = row_base[:n_rows] + pos
+        key_flat[fi] = x
+        if "uses" in flat:
+            flat["uses"][fi] = np.where(hit, flat["uses"][fi] + 1, 1)
+        if "loaded_seq" in flat:
+            flat["loaded_seq"][fi] = np.where(hit, flat["loaded_seq"][fi], r)
+        if "last_seq" in flat:
+            flat["last_seq"][fi] = r
+        if "last_time" in flat:
+            flat["last_time"][fi] = np.repeat(stream.time[a], n_c)
+        if "kind" in flat:
+            flat["kind"][fi] = np.repeat(stream.kind[a], n_c)
+        if "next_seq" in flat:
+            flat["next_seq"][fi] = np.repeat(stream.next_seq[a], n_c)
         if r % 512 == 0:
             bar.update(min(512, rounds - r))
     bar.close()
-    out = np.zeros((lengths.size, n_c), dtype=np.int64)
+    out = np.zeros((stream.lengths.size, n_c), dtype=np.int64)
     out[by_len] = misses.reshape(lengths.size, n_c)
+    return out
+
+
+_SHARED: AccessStream | None = None  # handed to forked workers without pickling 100s of MB
+
+
+def _sweep_task(args: tuple[str, list[int], np.ndarray]) -> tuple[str, np.ndarray]:
+    name, capacities, subset = args
+    assert _SHARED is not None
+    return name, simulate_lockstep(_SHARED, EVICTION.create(name), capacities, subset=subset)
+
+
+def sweep(stream: AccessStream, policy_names: list[str], capacities: list[int], workers: int = 1,
+          show_progress: bool = False) -> dict[str, np.ndarray]:
+    """Misses per (instance, capacity) for several independent-cache policies.
+
+    With workers > 1, each policy's instances are dealt into two halves (alternating by length,
+    so both halves take about as many rounds) and the pieces run in forked processes.
+    """
+    global _SHARED
+    out = {name: np.zeros((stream.lengths.size, len(capacities)), dtype=np.int64) for name in policy_names}
+    if workers <= 1 or stream.lengths.size < 2:
+        for name in progress(policy_names, desc="policies", disable=not show_progress):
+            out[name] = simulate_lockstep(stream, EVICTION.create(name), capacities,
+                                          show_progress=show_progress)
+        return out
+    import multiprocessing as mp
+
+    by_len = np.argsort(-stream.lengths, kind="stable")
+    halves = [by_len[0::2], by_len[1::2]]
+    tasks = [(name, list(capacities), half) for name in policy_names for half in halves]
+    _SHARED = stream
+    try:
+        with mp.get_context("fork").Pool(workers) as pool:
+            for name, misses in progress(pool.imap_unordered(_sweep_task, tasks), total=len(tasks),
+                                         desc="cache sweeps", disable=not show_progress):
+                out[name] += misses  # each half fills its own rows, the rest are zero
+    finally:
+        _SHARED = None
     return out
 
 

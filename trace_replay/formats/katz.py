@@ -44,18 +44,28 @@ def load_katz(path: str | Path, lenient: bool = False) -> RequestTable:
 
 
 def _fast(path: Path, data: bytes) -> RequestTable:
+    first, last = data.find(b"["), data.rfind(b"]")
+    if first < 0 or last < first or data[:first].strip() or data[last + 1:].strip():
+        raise _FastPathRejected
+    # Cheap layout first (one object per line, as `t2i trace synth` writes); then any layout:
+    # raw newlines are never inside JSON strings, so they can go and each separator becomes one.
+    lines = data.replace(b"},\n{", b"}\n{")
+    tbl = _arrow_read(memoryview(lines)[lines.find(b"[") + 1:lines.rfind(b"]")])
+    del lines
+    if tbl is None:
+        body = data[first + 1:last].replace(b"\r", b"").replace(b"\n", b"")
+        tbl = _arrow_read(_SEPARATOR.sub(b"}\n{", body)) if body.strip() else None
+    del data
+    if tbl is None:
+        raise _FastPathRejected
+    return _from_arrow(path, tbl)
+
+
+def _arrow_read(body: bytes | memoryview):
+    """Arrow table of the request objects, or None if Arrow rejects the text."""
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.json as pj
 
-    body = data.strip()
-    if not (body.startswith(b"[") and body.endswith(b"]")):
-        raise _FastPathRejected
-    body = body[1:-1].replace(b"\r", b"").replace(b"\n", b"")  # raw newlines are never in strings
-    del data
-    if not body.strip():
-        raise _FastPathRejected
-    body = _SEPARATOR.sub(b"}\n{", body)
     tbl = None
     # ids are strings in the published schema; an all-integer anonymisation is read as int64 and
     # cast, anything mixed goes to the exact path
@@ -73,13 +83,19 @@ def _fast(path: Path, data: bytes) -> RequestTable:
             break
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             continue
-    del body
-    if tbl is None:
-        raise _FastPathRejected
+    if tbl is None or tbl.num_rows == 0:
+        return None
     if tbl.schema.field("ip").type != pa.string():
         tbl = tbl.cast(pa.schema([(f.name, f.type if f.name == "timestamp" else
                                    (pa.list_(pa.string()) if pa.types.is_list(f.type) else pa.string()))
                                   for f in tbl.schema]))
+    return tbl
+
+
+def _from_arrow(path: Path, tbl) -> RequestTable:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     n = tbl.num_rows
     ts = tbl.column("timestamp").to_numpy(zero_copy_only=False)
     if tbl.column("timestamp").null_count or not np.all(np.isfinite(ts)):
@@ -155,8 +171,10 @@ def _exact(path: Path, text: str, lenient: bool) -> RequestTable:
     rows: list[tuple] = []
     cn_ids: dict[str, int] = {}
     lora_ids: dict[str, int] = {}
+    line, counted_to = 1, 0  # line counting is incremental: a recount per row is quadratic
     while pos < len(text) and text[pos] != "]":
-        line = text.count("\n", 0, pos) + 1
+        line += text.count("\n", counted_to, pos)
+        counted_to = pos
         try:
             obj, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
