@@ -21,8 +21,8 @@ class PrefetchContext:
     """What one cache knows after serving a request."""
 
     view: CacheView  # 1-D: the cache's slots
-    key_uses: np.ndarray  # int64, uses of every adapter key on this instance so far (index = key)
-    key_last_seq: np.ndarray  # int64, seq of each key's latest access, -1 if never
+    key_uses: np.ndarray  # int64, cluster-wide uses of every adapter key so far (index = key)
+    key_last_time: np.ndarray  # float64, time of each key's latest access anywhere, -inf if never
     seq: int
     now: float
 
@@ -49,7 +49,9 @@ class NoPrefetch:
 
 @PREFETCH.register("fill-popular")
 class FillPopular:
-    """Fill free slots with the most used adapters not cached; never evicts to prefetch.
+    """Fill free slots with the adapters most used cluster-wide that this cache lacks.
+
+    Never evicts to prefetch.
 
     A simple frequency baseline that the bandit prefetcher of a later issue has to beat.
     """
@@ -63,5 +65,5 @@ class FillPopular:
         uses = ctx.key_uses.astype(np.float64)
         cached = ctx.view.key[ctx.view.key != EMPTY]
         uses[cached] = 0.0
-        order = np.lexsort((-ctx.key_last_seq, -uses))  # most used, then most recent
+        order = np.lexsort((-ctx.key_last_time, -uses))  # most used, then most recent
         return order[uses[order] > 0][:free].astype(np.int64)

@@ -237,10 +237,8 @@ def simulate_sequential(stream: AccessStream, policy: EvictionPolicy, capacity: 
     pre = np.zeros(n_inst, dtype=np.int64)
     future = policy.needs_future
     rng = np.random.default_rng(seed)
-    key_uses = key_last = None
-    if prefetch is not None:
-        key_uses = np.zeros((n_inst, stream.n_keys), dtype=np.int64)
-        key_last = np.full((n_inst, stream.n_keys), -1, dtype=np.int64)
+    key_uses = np.zeros(stream.n_keys, dtype=np.int64)  # cluster-wide, for prefetchers
+    key_last = np.full(stream.n_keys, -np.inf)
     order = np.lexsort((stream.seq, stream.request))  # global time order, adapters as listed
     n = order.size
     for idx, a in enumerate(progress(order.tolist(), desc=f"{policy.name} cache", disable=not show_progress)):
@@ -258,13 +256,13 @@ def simulate_sequential(stream: AccessStream, policy: EvictionPolicy, capacity: 
         where[i][k] = slot
         if prefetch is None:
             continue
-        key_uses[i, k] += 1
-        key_last[i, k] = q
+        key_uses[k] += 1
+        key_last[k] = stream.time[a]
         nxt = order[idx + 1] if idx + 1 < n else -1
         if nxt >= 0 and stream.request[nxt] == stream.request[a] and stream.instance[nxt] == i:
             continue  # prefetch once the whole request is served
         now = float(stream.time[a])
-        ctx = PrefetchContext(s.view(i, np.int64(q), np.float64(now), future), key_uses[i], key_last[i], q, now)
+        ctx = PrefetchContext(s.view(i, np.int64(q), np.float64(now), future), key_uses, key_last, q, now)
         for pk in prefetch.propose(ctx, rng).tolist():
             if pk in where[i]:
                 continue

@@ -47,5 +47,6 @@ def save(fig: plt.Figure, out_dir: str | Path, name: str) -> list[str]:
 
 
 def new_figure(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float = 3.6):
+    plt.rcParams.update({"axes.titlesize": 10, "axes.labelsize": 9})
     fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
     return fig, axes.ravel()

@@ -43,7 +43,8 @@ def adapter_loading(table: RequestTable, policies: list[str], capacities: list[i
                                label=f"{LABELS.get(p, p)}, median")
                 a.fill_between(capacities, np.percentile(m, 10, axis=0), np.percentile(m, 90, axis=0),
                                color=line.get_color(), alpha=0.15)
-            a.set(title=f"Adapter loads per instance, service {svc} (band: p10-p90)",
+            a.plot([], [], color="grey", alpha=0.3, lw=6, label="p10-p90 across instances")
+            a.set(title=f"Service {svc}: adapter loads per instance",
                   xlabel="cache capacity (adapters per instance)", ylabel="loads per instance", yscale="log")
             a.legend(fontsize=8)
         paths = save(fig, out_dir, "adapter_loading")

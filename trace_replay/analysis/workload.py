@@ -65,6 +65,7 @@ def service_stats(table: RequestTable, out_dir: str | Path | None = None) -> tup
 def invocation(table: RequestTable, kind: int, out_dir: str | Path | None = None) -> tuple[list[dict], list[str]]:
     """Popularity CDF, count per request and share over time of one adapter kind."""
     label = ADAPTER_KINDS[kind]
+    shown = {"controlnet": "ControlNet", "lora": "LoRA"}[label]
     count_col = table.n_controlnets if kind == CONTROLNET else table.n_loras
     rows, curves = [], []
     for name, t in _per_service(table):
@@ -97,11 +98,12 @@ def invocation(table: RequestTable, kind: int, out_dir: str | Path | None = None
                 withk = np.bincount(slot, weights=(counts > 0).astype(float), minlength=tot.size)
                 share = np.divide(withk, tot, out=np.full(tot.size, np.nan), where=tot > 0)
                 ax[2].plot(np.arange(tot.size) * b / 3600, share, lw=0.8, label=name)
-        ax[0].set(xscale="log", title=f"{label} popularity CDF", xlabel=f"{label}s ranked by invocations",
+        ax[0].set(xscale="log", title=f"{shown} popularity CDF", xlabel=f"{shown}s ranked by invocations",
                   ylabel="cumulative share of invocations")
-        ax[1].set(yscale="log", title=f"{label}s per request", xlabel=f"{label}s in the request",
+        ax[1].set(yscale="log", title=f"{shown}s per request", xlabel=f"{shown}s in the request",
                   ylabel="share of requests")
-        ax[2].set(title=f"requests with a {label} over time", xlabel="time since trace start (h)",
+        ax[1].xaxis.get_major_locator().set_params(integer=True)
+        ax[2].set(title=f"Requests with a {shown}, per {b / 3600:g} h", xlabel="time since trace start (h)",
                   ylabel="share of requests", ylim=(0, 1))
         for a in ax:
             a.legend(fontsize=8)
