@@ -155,11 +155,11 @@ def attention_modules(unet) -> list[str]:
     return [name for name, _ in unet.named_modules() if name.endswith((".attn1", ".attn2"))]
 
 
-def build_lora(out_dir: Path, spec: LoraSpec, unet) -> None:
+def build_lora(out_dir: Path, spec: LoraSpec, unet, seed: int) -> None:
     """A random UNet LoRA written by diffusers' own LoRA writer, with peft adapter metadata."""
     from diffusers import StableDiffusionPipeline
 
-    generator = torch.Generator().manual_seed(spec.seed)
+    generator = torch.Generator().manual_seed(seed * 1000 + spec.seed)
     state: dict[str, torch.Tensor] = {}
     modules = dict(unet.named_modules())
     targets = []
@@ -213,7 +213,8 @@ def build_demo_models(out: str | Path, seed: int = 0, progress: bool = True) -> 
         steps.append((f"controlnet {cn_id}", lambda i=index, c=cn_id: build_controlnet(
             out / "controlnet" / c, light_dir / "unet", seed + 30 + i)))
     steps.append(("loras", lambda: [build_lora(
-        out / "lora" / spec.id, spec, UNet2DConditionModel.from_pretrained(str(light_dir / "unet")))
+        out / "lora" / spec.id, spec, UNet2DConditionModel.from_pretrained(str(light_dir / "unet")),
+        seed)
         for spec in LORA_SPECS]))
     steps.append(("discriminator", lambda: build_discriminator(
         out / "discriminator" / DISCRIMINATOR_ID, seed + 40)))

@@ -59,7 +59,8 @@ class BaseModel:
             # Runs in the pipeline's worker thread, where blocking on a response is allowed.
             return handle.residuals.remote(*args).result()
 
-        return lambda cn_id: remote_controlnet(cn_id, self._controlnet_configs[cn_id], call)
+        return lambda cn_id: remote_controlnet(cn_id, self._controlnet_configs[cn_id], call,
+                                               self.engine.device)
 
     async def generate(self, spec: GenerationSpec, control_images=None) -> GenerationResult:
         started = time.perf_counter()

@@ -64,7 +64,8 @@ class ControlNet:
         return [d.cpu() for d in down], mid.cpu()
 
 
-def remote_controlnet(controlnet_id: str, model_config: dict, call) -> torch.nn.Module:
+def remote_controlnet(controlnet_id: str, model_config: dict, call,
+                      device: str = "cpu") -> torch.nn.Module:
     """An empty ControlNetModel (no weights) whose forward is `call(...)` on a remote replica.
 
     It keeps the real class and config so diffusers' ControlNet pipelines accept it unchanged.
@@ -73,19 +74,24 @@ def remote_controlnet(controlnet_id: str, model_config: dict, call) -> torch.nn.
     from accelerate import init_empty_weights
     from diffusers import ControlNetModel
 
+    class RemoteControlNetModel(ControlNetModel):
+        def forward(self, sample, timestep, encoder_hidden_states=None, controlnet_cond=None,
+                    conditioning_scale=1.0, guess_mode=False, return_dict=False, **_):
+            started = time.perf_counter()
+            down, mid = call(controlnet_id, sample, timestep, encoder_hidden_states,
+                             controlnet_cond, float(conditioning_scale), bool(guess_mode))
+            self.remote_seconds += time.perf_counter() - started
+            self.remote_calls += 1
+            return down, mid
+
     with init_empty_weights():
-        module = ControlNetModel.from_config(model_config)
-
-    def forward(sample, timestep, encoder_hidden_states=None, controlnet_cond=None,
-                conditioning_scale=1.0, guess_mode=False, return_dict=False, **_):
-        started = time.perf_counter()
-        down, mid = call(controlnet_id, sample, timestep, encoder_hidden_states, controlnet_cond,
-                         float(conditioning_scale), bool(guess_mode))
-        module.remote_seconds += time.perf_counter() - started
-        module.remote_calls += 1
-        return down, mid
-
-    module.forward = forward  # nn.Module.__call__ dispatches to the instance attribute
+        module = RemoteControlNetModel.from_config(model_config)
+    # Drop the (meta-device) layers and keep one empty parameter where the pipeline computes:
+    # pipelines infer their device and dtype from components' parameters ("controlnet" sorts
+    # first), and a meta device there sends the prompt's token ids to meta.
+    module._modules.clear()
+    module.register_parameter("anchor", torch.nn.Parameter(torch.empty(0, device=device),
+                                                           requires_grad=False))
     module.remote_seconds = 0.0
     module.remote_calls = 0
     return module

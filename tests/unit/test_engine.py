@@ -1,0 +1,128 @@
+"""PipelineEngine on tiny real models: determinism, ControlNets (local and per-step remote), errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from deployments.controlnet import ControlNet, remote_controlnet
+from deployments.errors import ModelLoadError
+from deployments.lora_store import read_lora_file
+from deployments.pipeline_engine import GenerationSpec, PipelineEngine
+from deployments.preprocessors import canny
+
+
+def _spec(**overrides) -> GenerationSpec:
+    values = dict(prompt="a small boat", base_model="tiny-sd-light", width=32, height=32, steps=2,
+                  guidance_scale=5.0, seed=7)
+    values.update(overrides)
+    return GenerationSpec(**values)
+
+
+@pytest.fixture(scope="module")
+def engine(demo_config):
+    return PipelineEngine(demo_config, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def light(engine):
+    return engine.load_pipeline("tiny-sd-light")
+
+
+@pytest.fixture(scope="module")
+def control_image() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[8:24, 8:24] = 255
+    image[rng.random((32, 32)) > 0.9] = 128
+    return canny(image)
+
+
+def test_same_seed_same_pixels_other_seed_differs(engine, light):
+    first = engine.generate(light, _spec()).images[0]
+    again = engine.generate(light, _spec()).images[0]
+    other = engine.generate(light, _spec(seed=8)).images[0]
+    assert first.shape == (32, 32, 3) and first.dtype == np.uint8
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_n_images_use_consecutive_seeds(engine, light):
+    pair = engine.generate(light, _spec(n=2)).images
+    assert len(pair) == 2
+    assert np.array_equal(pair[1], engine.generate(light, _spec(seed=8)).images[0])
+
+
+def test_sizes_and_timings(engine, light):
+    result = engine.generate(light, _spec(width=64, height=32))
+    assert result.images[0].shape == (32, 64, 3)
+    assert result.timings["inference_s"] > 0 and result.timings["load_s"] >= 0
+
+
+def test_lora_request_then_plain_request_does_not_leak(engine, light, demo_dir):
+    weights = {"tiny-lora-noir": read_lora_file("tiny-lora-noir", str(demo_dir / "lora/tiny-lora-noir"), 32)}
+    baseline = engine.generate(light, _spec()).images[0]
+    styled = engine.generate(light, _spec(loras=(("tiny-lora-noir", 1.0),)), weights).images[0]
+    after = engine.generate(light, _spec()).images[0]
+    assert not np.array_equal(styled, baseline)
+    assert np.array_equal(after, baseline)
+
+
+def test_controlnets_change_the_image(engine, light, control_image):
+    plain = engine.generate(light, _spec()).images[0]
+    one = engine.generate(light, _spec(controlnets=(("tiny-cn-canny", 1.0),)),
+                          control_images=[control_image]).images[0]
+    two = engine.generate(light, _spec(controlnets=(("tiny-cn-canny", 1.0), ("tiny-cn-edges", 0.8))),
+                          control_images=[control_image, control_image]).images[0]
+    assert not np.array_equal(plain, one) and not np.array_equal(one, two)
+    # scale 0 switches the ControlNet's contribution off
+    off = engine.generate(light, _spec(controlnets=(("tiny-cn-canny", 0.0),)),
+                          control_images=[control_image]).images[0]
+    assert np.abs(off.astype(int) - plain.astype(int)).max() <= 1
+
+
+def test_controlnet_applies_to_the_heavy_model_too(engine, control_image):
+    heavy = engine.load_pipeline("tiny-sd-heavy")
+    result = engine.generate(heavy, _spec(base_model="tiny-sd-heavy", controlnets=(("tiny-cn-canny", 1.0),)),
+                             control_images=[control_image])
+    assert result.images[0].shape == (32, 32, 3)
+
+
+def test_remote_controlnet_gives_the_colocated_image(engine, light, demo_config, control_image):
+    """The per-step remote design computes the same residuals, just elsewhere."""
+    service = ControlNet(demo_config)
+    calls = []
+
+    def call(*args):
+        calls.append(args[0])
+        return service.residuals(*args)
+
+    spec = _spec(controlnets=(("tiny-cn-canny", 1.0), ("tiny-cn-edges", 0.5)))
+    local = engine.generate(light, spec, control_images=[control_image] * 2).images[0]
+    remote = engine.generate(
+        light, spec, control_images=[control_image] * 2,
+        controlnet_factory=lambda cn: remote_controlnet(cn, service.config_of(cn), call)).images[0]
+    assert np.abs(local.astype(int) - remote.astype(int)).max() <= 1
+    assert calls.count("tiny-cn-canny") == spec.steps and calls.count("tiny-cn-edges") == spec.steps
+
+
+def test_wrong_number_of_control_images_is_an_error(engine, light, control_image):
+    with pytest.raises(ValueError, match="one control image per ControlNet"):
+        engine.generate(light, _spec(controlnets=(("tiny-cn-canny", 1.0),)), control_images=[])
+
+
+def test_corrupt_model_fails_with_its_name_and_engine_keeps_serving(demo_config, demo_dir, tmp_path, light):
+    broken = tmp_path / "broken"
+    shutil.copytree(demo_dir / "base" / "tiny-sd-light", broken)
+    weights = next((broken / "unet").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    models = [m.model_dump() for m in demo_config.models] + [
+        {"id": "broken-sd", "kind": "base", "path": str(broken), "sizes": ["32x32"]}]
+    config = demo_config.model_copy(update={"models": demo_config.model_validate(
+        {**demo_config.model_dump(), "models": models}).models})
+    engine = PipelineEngine(config, device="cpu")
+    with pytest.raises(ModelLoadError, match="'broken-sd' failed to load"):
+        engine.load_pipeline("broken-sd")
+    assert engine.generate(engine.load_pipeline("tiny-sd-light"), _spec()).images[0].shape == (32, 32, 3)
