@@ -11,8 +11,16 @@ from trace_replay.report import new_figure, save
 from trace_replay.table import ADAPTER_KINDS, CONTROLNET, LORA, RequestTable
 
 
+MAX_SERVICES = 8  # GenTD26 has ~4,000 tenants: show the busiest, fold the rest into "all"
+
+
 def _per_service(table: RequestTable) -> list[tuple[str, RequestTable]]:
-    parts = [(name, table.take(table.service == i)) for i, name in enumerate(table.services)]
+    counts = np.bincount(table.service, minlength=len(table.services))
+    busiest = np.argsort(-counts, kind="stable")[:MAX_SERVICES]
+    parts = [(table.services[i], table.take(table.service == i)) for i in sorted(busiest) if counts[i]]
+    if len(table.services) > MAX_SERVICES:
+        parts = [(f"{n} (top {MAX_SERVICES} of {len(table.services)})" if j == 0 else n, t)
+                 for j, (n, t) in enumerate(parts)]
     return parts + [("all", table)] if len(parts) > 1 else parts
 
 
