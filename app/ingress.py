@@ -110,7 +110,7 @@ class Ingress:
             field = f"controlnets[{index}].image"
             raw = decode_b64_image(ref.image, field, self.config.limits.max_image_bytes)
             preprocessor = ref.preprocessor or self.config.entry(ref.id).default_preprocessor
-            uploads.append(self.controlnet.preprocess.remote(raw, preprocessor, width, height))
+            uploads.append(self.controlnet.preprocess.remote(raw, preprocessor, width, height, field))
         return list(await asyncio.gather(*uploads))
 
     async def _generate(self, spec: GenerationSpec, control_images) -> object:

@@ -28,9 +28,11 @@ class ControlNet:
         self._models: OrderedDict[str, object] = OrderedDict()
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
 
-    async def preprocess(self, image: bytes, preprocessor: str, width: int, height: int) -> np.ndarray:
-        """Uploaded PNG/JPEG bytes -> conditioning image (uint8 HxWx3) at the output size."""
-        decoded = preprocessors.decode_image(image)
+    async def preprocess(self, image: bytes, preprocessor: str, width: int, height: int,
+                         field: str = "controlnets.image") -> np.ndarray:
+        """Uploaded PNG/JPEG bytes -> conditioning image (uint8 HxWx3) at the output size;
+        a RequestError names `field` when the bytes are not an image."""
+        decoded = preprocessors.decode_image(image, field)
         return await asyncio.to_thread(preprocessors.prepare, decoded, preprocessor, width, height)
 
     def _model(self, controlnet_id: str):
