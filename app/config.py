@@ -46,11 +46,15 @@ class ModelEntry(_Strict):
     size_bytes: int | None = Field(
         default=None, ge=0, description="Size on disk; measured at start-up when omitted.")
     arch: Literal["sd15", "sdxl"] = Field(
-        default="sd15", description="Pipeline class for base models: SD 1.x or SDXL.")
+        default="sd15", description="SD 1.x or SDXL: picks the pipeline class for base models and "
+        "the format converter for LoRAs.")
     sizes: list[str] = Field(
         default_factory=lambda: ["512x512"],
         description="Image sizes ('WxH') a base model serves; the first is its default.")
     default_steps: int = Field(default=25, ge=1, le=200, description="Steps when a request omits them.")
+    default_guidance_scale: float = Field(
+        default=5.0, ge=0.0, le=100.0, description="Classifier-free guidance when a request "
+        "omits it (distilled models such as SD-Turbo want 0).")
     base_models: list[str] = Field(
         default_factory=list,
         description="For LoRAs and ControlNets: base-model ids they apply to (empty: all).")

@@ -24,7 +24,7 @@ from app.config import ServeConfig
 from app.resolve import resolve_request
 from app.schemas import ImageGenerationRequest, error_body
 from deployments.errors import ModelLoadError, RequestError
-from deployments.pipeline_engine import GenerationSpec
+from deployments.spec import GenerationSpec
 
 logger = logging.getLogger("ray.serve")
 api = FastAPI(title="t2i", description="OpenAI-compatible text-to-image serving on Ray Serve")

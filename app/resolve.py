@@ -12,10 +12,7 @@ from app.config import ServeConfig, parse_size
 from app.schemas import ImageGenerationRequest
 from deployments import preprocessors
 from deployments.errors import RequestError
-from deployments.pipeline_engine import GenerationSpec
-
-DEFAULT_GUIDANCE = 5.0
-
+from deployments.spec import GenerationSpec
 
 @dataclass(frozen=True)
 class Plan:
@@ -82,11 +79,11 @@ def resolve_request(config: ServeConfig, body: ImageGenerationRequest, seed: int
             raise RequestError(f"controlnets[{index}].preprocessor", f"unknown preprocessor {name!r}; "
                                f"choose one of {sorted(preprocessors.BUILTIN)} or 'aux:<detector>'")
 
-    guidance = DEFAULT_GUIDANCE if body.guidance_scale is None else body.guidance_scale
-    if guidance > limits.max_guidance_scale:
+    if body.guidance_scale is not None and body.guidance_scale > limits.max_guidance_scale:
         raise RequestError("guidance_scale", f"must be at most {limits.max_guidance_scale}")
     specs = []
     for entry in entries:
+        guidance = entry.default_guidance_scale if body.guidance_scale is None else body.guidance_scale
         size = body.size or entry.sizes[0]
         if size not in entry.sizes:
             raise RequestError("size", f"{size!r} is not served by {entry.id!r}; "

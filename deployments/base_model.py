@@ -12,7 +12,8 @@ import asyncio
 import time
 
 from app.config import ServeConfig
-from deployments.pipeline_engine import GenerationResult, GenerationSpec, LoadedPipeline, PipelineEngine
+from deployments.pipeline_engine import LoadedPipeline, PipelineEngine
+from deployments.spec import GenerationResult, GenerationSpec
 
 
 class BaseModel:

@@ -12,7 +12,7 @@ import gc
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,32 +20,9 @@ import torch
 from app.config import ServeConfig
 from deployments.errors import ModelLoadError
 from deployments.lora_slots import LoraSlots
+from deployments.spec import GenerationResult, GenerationSpec
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class GenerationSpec:
-    """One resolved request for one base model (crosses Ray, so plain data only)."""
-
-    prompt: str
-    base_model: str
-    width: int
-    height: int
-    steps: int
-    guidance_scale: float
-    seed: int
-    n: int = 1
-    negative_prompt: str | None = None
-    loras: tuple[tuple[str, float], ...] = ()
-    controlnets: tuple[tuple[str, float], ...] = ()
-
-
-@dataclass
-class GenerationResult:
-    images: list[np.ndarray]  # uint8 HxWx3
-    timings: dict[str, float] = field(default_factory=dict)
-    adapters_swapped: int = 0
 
 
 @dataclass

@@ -10,7 +10,8 @@ import pytest
 from deployments.controlnet import ControlNet, remote_controlnet
 from deployments.errors import ModelLoadError
 from deployments.lora_store import read_lora_file
-from deployments.pipeline_engine import GenerationSpec, PipelineEngine
+from deployments.pipeline_engine import PipelineEngine
+from deployments.spec import GenerationSpec
 from deployments.preprocessors import canny
 
 

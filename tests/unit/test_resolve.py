@@ -74,3 +74,12 @@ def test_cascade_needs_configuration(demo_config):
         update={"heavy": None})})
     with pytest.raises(RequestError, match="no cascade is configured"):
         _resolve(unconfigured, cascade=True)
+
+
+def test_guidance_defaults_per_model_and_request_overrides(demo_config):
+    raw = demo_config.model_dump()
+    raw["models"][1]["default_guidance_scale"] = 0.0  # the heavy model, SD-Turbo style
+    config = demo_config.model_validate(raw)
+    plan = _resolve(config, cascade=True)
+    assert [s.guidance_scale for s in plan.specs] == [5.0, 0.0]
+    assert {s.guidance_scale for s in _resolve(config, cascade=True, guidance_scale=2.5).specs} == {2.5}

@@ -1,0 +1,32 @@
+"""Plain data that crosses deployments: a resolved request and its result (no torch here, so the
+ingress and the simulator can import it without the model stack)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """One resolved request for one base model (crosses Ray, so plain data only)."""
+
+    prompt: str
+    base_model: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    seed: int
+    n: int = 1
+    negative_prompt: str | None = None
+    loras: tuple[tuple[str, float], ...] = ()
+    controlnets: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass
+class GenerationResult:
+    images: list[np.ndarray]  # uint8 HxWx3
+    timings: dict[str, float] = field(default_factory=dict)
+    adapters_swapped: int = 0
