@@ -43,10 +43,12 @@ def run_server(config: ServeConfig, address: str | None = None, num_cpus: int | 
     from ray import serve
 
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     try:
         start_serve(config, address=address, num_cpus=num_cpus)
+        # After ray.init: it installs a native SIGTERM handler that dumps a stack and aborts;
+        # ours replaces it so Ctrl-C and SIGTERM both shut Serve and Ray down in order.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
         print(f"t2i: serving {len(config.models)} models at http://{config.host}:{config.port} "
               "(POST /v1/images/generations, GET /v1/models). Ctrl-C to stop.", flush=True)
         stop.wait()
