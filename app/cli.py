@@ -38,7 +38,8 @@ def _demo_models(args: argparse.Namespace) -> int:
     if (out / "manifest.json").exists() and not args.force:
         print(f"{out}/manifest.json exists; use --force to rebuild")
         return 0
-    manifest = build_demo_models(out, seed=args.seed, progress=not args.quiet)
+    manifest = build_demo_models(out, seed=args.seed, progress=not args.quiet,
+                                 with_sdxl=args.with_sdxl)
     total = sum(m["size_bytes"] for m in manifest["models"])
     print(f"built {len(manifest['models'])} models ({total / 1e6:.1f} MB) in "
           f"{manifest['build_seconds']} s under {out}")
@@ -87,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="weights seed (default: %(default)s)")
     demo.add_argument("--force", action="store_true", help="rebuild even if present")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.add_argument("--with-sdxl", action="store_true", help="also build a tiny SDXL-class "
+                      "pipeline (id tiny-sdxl, arch sdxl) for trying SDXL configs")
     demo.set_defaults(func=_demo_models)
 
     check = sub.add_parser("check-config", help="validate a config file and exit")

@@ -25,6 +25,7 @@ LIGHT_ID = "tiny-sd-light"
 HEAVY_ID = "tiny-sd-heavy"
 CONTROLNET_IDS = ("tiny-cn-canny", "tiny-cn-edges")
 DISCRIMINATOR_ID = "tiny-disc"
+SDXL_ID = "tiny-sdxl"
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,43 @@ def build_base_pipeline(out: Path, seed: int, transformer_layers: int, tokenizer
     pipe.save_pretrained(str(out), safe_serialization=True)
 
 
+def build_sdxl_pipeline(out: Path, seed: int, tokenizer_dir: Path) -> None:
+    """A tiny SDXL-class pipeline (two text encoders, text-time conditioning). Not part of the
+    default demo set; tests and `--with-sdxl` use it to exercise the SDXL code paths."""
+    from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    # cross_attention_dim = both encoders' hidden sizes; projection input = 6 time ids x 8 + 32.
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4,
+        out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=(2, 4),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=80, cross_attention_dim=64, norm_num_groups=16)
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=16)
+    text_config = CLIPTextConfig(
+        bos_token_id=512, eos_token_id=513, pad_token_id=513, hidden_size=32, intermediate_size=37,
+        layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=2, vocab_size=520,
+        max_position_embeddings=77, projection_dim=32, hidden_act="gelu")
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(text_config)
+    text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        timestep_spacing="trailing", steps_offset=1)
+    pipe = StableDiffusionXLPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+        tokenizer=_tokenizer(tokenizer_dir), tokenizer_2=_tokenizer(tokenizer_dir),
+        scheduler=scheduler)
+    pipe.save_pretrained(str(out), safe_serialization=True)
+
+
 def build_controlnet(out: Path, light_unet_dir: Path, seed: int) -> None:
     from diffusers import ControlNetModel, UNet2DConditionModel
 
@@ -193,7 +231,8 @@ def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def build_demo_models(out: str | Path, seed: int = 0, progress: bool = True) -> dict:
+def build_demo_models(out: str | Path, seed: int = 0, progress: bool = True,
+                      with_sdxl: bool = False) -> dict:
     """Build every demo model under `out`; returns the manifest (also written as manifest.json)."""
     from diffusers import UNet2DConditionModel
     from tqdm import tqdm
@@ -218,6 +257,9 @@ def build_demo_models(out: str | Path, seed: int = 0, progress: bool = True) -> 
         for spec in LORA_SPECS]))
     steps.append(("discriminator", lambda: build_discriminator(
         out / "discriminator" / DISCRIMINATOR_ID, seed + 40)))
+    if with_sdxl:
+        steps.append(("base " + SDXL_ID, lambda: build_sdxl_pipeline(
+            out / "base" / SDXL_ID, seed + 50, tokenizer_dir)))
     for label, step in tqdm(steps, desc="demo models", disable=not progress, unit="model"):
         step()
 
@@ -229,6 +271,8 @@ def build_demo_models(out: str | Path, seed: int = 0, progress: bool = True) -> 
                for s in LORA_SPECS]
     models.append({"id": DISCRIMINATOR_ID, "kind": "discriminator",
                    "path": f"discriminator/{DISCRIMINATOR_ID}"})
+    if with_sdxl:
+        models.append({"id": SDXL_ID, "kind": "base", "path": f"base/{SDXL_ID}", "arch": "sdxl"})
     for model in models:
         model["size_bytes"] = folder_bytes(out / model["path"])
     manifest = {"seed": seed, "build_seconds": round(time.perf_counter() - started, 2),
