@@ -83,3 +83,11 @@ def test_guidance_defaults_per_model_and_request_overrides(demo_config):
     plan = _resolve(config, cascade=True)
     assert [s.guidance_scale for s in plan.specs] == [5.0, 0.0]
     assert {s.guidance_scale for s in _resolve(config, cascade=True, guidance_scale=2.5).specs} == {2.5}
+
+
+def test_config_enabled_cascade_applies_unless_the_request_opts_out(demo_config):
+    config = demo_config.model_copy(update={"cascade": demo_config.cascade.model_copy(
+        update={"enabled": True, "threshold": 0.7})})
+    plan = _resolve(config)
+    assert plan.cascade and plan.threshold == 0.7 and len(plan.specs) == 2
+    assert not _resolve(config, cascade=False).cascade
