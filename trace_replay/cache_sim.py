@@ -137,6 +137,8 @@ def simulate_lockstep(stream: AccessStream, policy: EvictionPolicy, capacities: 
         fields.add("next_seq")
     allowed = np.arange(width)[None, :] < np.tile(caps, lengths.size)[:, None]
     misses = np.zeros(rows, dtype=np.int64)
+    filled = np.zeros(rows, dtype=np.int64)
+    cap_rows = np.tile(caps, lengths.size)
     flat = {f: getattr(s, f).reshape(-1) for f in ALL_FIELDS if f in fields}
     key_flat = s.key.reshape(-1)
     row_base = np.arange(rows, dtype=np.int64) * width
@@ -154,11 +156,12 @@ def simulate_lockstep(stream: AccessStream, policy: EvictionPolicy, capacities: 
         pos = eq.argmax(axis=1)
         miss = ~hit
         if not hit.all():
-            free = (key == EMPTY) & allowed[:n_rows]
-            first_free = free.argmax(axis=1)
-            has_free = free[np.arange(n_rows), first_free]
-            pos = np.where(miss & has_free, first_free, pos)
-            evict = miss & ~has_free
+            # slots fill in order and are never emptied, so the first free slot is the fill count
+            fill = filled[:n_rows]
+            fills = miss & (fill < cap_rows[:n_rows])
+            pos = np.where(fills, fill, pos)
+            fill += fills
+            evict = miss & ~fills
             if evict.any():
                 now = np.repeat(stream.time[a], n_c)
                 view = s.view(slice(0, n_rows), np.full(n_rows, r, np.int64), now, future)
@@ -190,10 +193,20 @@ def simulate_lockstep(stream: AccessStream, policy: EvictionPolicy, capacities: 
 _SHARED: AccessStream | None = None  # handed to forked workers without pickling 100s of MB
 
 
+def simulate_all(stream: AccessStream, policy: EvictionPolicy, capacities: list[int],
+                 show_progress: bool = False, subset: np.ndarray | None = None) -> np.ndarray:
+    """The fastest exact engine for an independent-cache policy: one stack pass or lock-step."""
+    if getattr(policy, "stack_algorithm", False):
+        from trace_replay.stack_sim import simulate_stack
+
+        return simulate_stack(stream, policy, capacities, show_progress, subset=subset)
+    return simulate_lockstep(stream, policy, capacities, show_progress, subset=subset)
+
+
 def _sweep_task(args: tuple[str, list[int], np.ndarray]) -> tuple[str, np.ndarray]:
     name, capacities, subset = args
     assert _SHARED is not None
-    return name, simulate_lockstep(_SHARED, EVICTION.create(name), capacities, subset=subset)
+    return name, simulate_all(_SHARED, EVICTION.create(name), capacities, subset=subset)
 
 
 def sweep(stream: AccessStream, policy_names: list[str], capacities: list[int], workers: int = 1,
@@ -207,8 +220,7 @@ def sweep(stream: AccessStream, policy_names: list[str], capacities: list[int], 
     out = {name: np.zeros((stream.lengths.size, len(capacities)), dtype=np.int64) for name in policy_names}
     if workers <= 1 or stream.lengths.size < 2:
         for name in progress(policy_names, desc="policies", disable=not show_progress):
-            out[name] = simulate_lockstep(stream, EVICTION.create(name), capacities,
-                                          show_progress=show_progress)
+            out[name] = simulate_all(stream, EVICTION.create(name), capacities, show_progress)
         return out
     import multiprocessing as mp
 
@@ -304,9 +316,16 @@ def run_cache(table: RequestTable, policy_name: str, capacities: list[int], pref
     prefetch = None if prefetch_name == "none" else PREFETCH.create(prefetch_name)
     n_inst = len(stream.instances)
     if engine == "auto":
-        engine = "lockstep" if prefetch is None and policy.independent_caches else "sequential"
-    if engine == "lockstep":
-        misses = simulate_lockstep(stream, policy, capacities, show_progress)
+        engine = "fastest" if prefetch is None and policy.independent_caches else "sequential"
+    if engine in ("fastest", "lockstep", "stack"):
+        if engine == "fastest":
+            misses = simulate_all(stream, policy, capacities, show_progress)
+        elif engine == "stack":
+            from trace_replay.stack_sim import simulate_stack
+
+            misses = simulate_stack(stream, policy, capacities, show_progress)
+        else:
+            misses = simulate_lockstep(stream, policy, capacities, show_progress)
         pre = np.zeros_like(misses)
     else:
         misses = np.zeros((n_inst, len(capacities)), dtype=np.int64)

@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lenient", action="store_true")
     _out_args(p)
 
+    p = sub.add_parser("diffserve", help="DiffServe files at a glance: arrival rates, f(t), runtimes, SLOs",
+                       description="Rates of every DiffServe arrival trace, the apps' cascades and SLOs, the "
+                                   "deferral curve f(t) and runtime profiles by batch size.")
+    p.add_argument("--data-dir", help="DiffServe folder (default ../shared/data/diffserve)")
+    _out_args(p)
+
     sub.add_parser("policies", help="list the eviction and prefetch policies in the registries")
     return ap
 
@@ -178,12 +184,23 @@ def _run(cmd: str, args: argparse.Namespace, show: bool) -> int:
         return 0
     if cmd == "gentd26":
         return _gentd26(args)
+    if cmd == "diffserve":
+        from trace_replay.analysis.diffserve import overview
+        from trace_replay.paths import diffserve_dir
+
+        data = Path(args.data_dir) if args.data_dir else diffserve_dir()
+        rows, paths = overview(data, args.out_dir)
+        _emit(rows, paths, args.json, f"diffserve: {data}")
+        return 0
     table = _load(args)
     if cmd == "load":
         info = {**table.summary(), "format": table.format, "source": table.source, "notes": table.notes,
                 "skipped_examples": table.skipped.examples}
         print(json.dumps(info, indent=1) if args.json else "\n".join(f"{k}: {v}" for k, v in info.items()))
         return 0
+    if cmd in ("cache", "adapter-loading") and table.n_adapters == 0:
+        print(f"warning: {table.source} has no adapter ids ({table.format}); every count will be zero",
+              file=sys.stderr)
     if cmd == "cache":
         from trace_replay.cache_sim import run_cache
 

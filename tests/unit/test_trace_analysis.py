@@ -140,3 +140,14 @@ def test_real_gentd26_load_times():
 def test_real_diffserve_arrivals():
     t = load_trace(diffserve_dir() / "traces/maf/sdturbo_sdv15_dynamic_testbed/trace_1to8qps.txt", "diffserve")
     assert len(t) > 1000 and t.skipped.count == 0 and 300 < t.time.max() < 400  # ~347 s per trace
+
+
+@needs_diffserve
+def test_real_diffserve_overview(tmp_path):
+    from trace_replay.analysis.diffserve import overview
+
+    rows, paths = overview(diffserve_dir(), tmp_path)
+    _figures_exist(paths)
+    fixed = {r["trace"]: r for r in rows}["sdturbo_sdv15_fixed_10qps/sdturbo_sdv15.txt"]
+    assert 9 < fixed["mean_qps"] < 12
+    assert sorted(r["slo_s"] for r in rows if str(r["trace"]).startswith("app")) == [5.0, 5.0, 15.0]

@@ -69,6 +69,9 @@ def test_engines_agree_and_belady_is_a_lower_bound(seed):
         lock = run_cache(t, p, caps, engine="lockstep")
         seq = run_cache(t, p, caps, engine="sequential")
         np.testing.assert_array_equal(lock.misses, seq.misses, err_msg=p)
+        if p != "lfu":  # LFU's counts reset on eviction, so it has no inclusion property
+            stack = run_cache(t, p, caps, engine="stack")
+            np.testing.assert_array_equal(stack.misses, seq.misses, err_msg=f"{p} stack")
         totals[p] = lock.misses.sum(axis=0)
         assert np.all(np.diff(totals[p]) <= 0) or p == "lfu"  # LRU and MIN are stack algorithms
     assert np.all(totals["belady"] <= totals["lru"]) and np.all(totals["belady"] <= totals["lfu"])
@@ -133,3 +136,24 @@ def test_cli_unknown_policy_is_a_clear_error(capsys):
     assert main(["--no-progress", "cache", "--trace", str(FIX / "katz_small.json"), "--format", "katz",
                  "--policy", "fifo", "--capacity", "1"]) == 2
     assert "unknown eviction policy 'fifo'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_stack_pass_equals_per_capacity_simulation(seed):
+    """Mattson's one-pass stack gives every capacity's misses exactly (LRU and MIN)."""
+    rng = np.random.default_rng(100 + seed)
+    t = random_table(rng, n_inst=3, n_req=400, n_keys=int(rng.integers(5, 40)))
+    caps = list(range(1, 17))
+    for p in ("lru", "belady"):
+        stack = run_cache(t, p, caps, engine="stack").misses
+        lock = run_cache(t, p, caps, engine="lockstep").misses
+        np.testing.assert_array_equal(stack, lock, err_msg=p)
+
+
+def test_stack_engine_refuses_lfu():
+    from policies.eviction import EVICTION
+    from trace_replay.stack_sim import simulate_stack
+
+    t = random_table(np.random.default_rng(0), n_inst=2, n_req=20, n_keys=5)
+    with pytest.raises(ValueError, match="not a stack algorithm"):
+        simulate_stack(access_stream(t), EVICTION.create("lfu"), [1, 2])

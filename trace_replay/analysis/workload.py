@@ -127,7 +127,8 @@ def unique_loras(table: RequestTable, out_dir: str | Path | None = None,
     req = t.adapter_request()[sel]
     if req.size == 0:
         return [{"note": "no LoRA ids in this trace"}], []
-    b = window_s or (_bin_s(t) * (24 if _bin_s(t) == 3600 else 1))  # a day, or an hour for short traces
+    span = float(t.time.max() - t.time.min())
+    b = window_s or (86400.0 if span > 3 * 86400 else 3600.0 if span > 6 * 3600 else 60.0)
     inst = t.instance[req].astype(np.int64)
     lora = t.adapter_id[sel].astype(np.int64)
     win = ((t.time[req] - t.time.min()) // b).astype(np.int64)
