@@ -213,8 +213,8 @@ def sweep(stream: AccessStream, policy_names: list[str], capacities: list[int], 
           show_progress: bool = False) -> dict[str, np.ndarray]:
     """Misses per (instance, capacity) for several independent-cache policies.
 
-    With workers > 1, each policy's instances are dealt into two halves (alternating by length,
-    so both halves take about as many rounds) and the pieces run in forked processes.
+    With workers > 1, lock-step policies' instances are dealt into two halves (alternating by
+    length, so both take about as many rounds) and the pieces run in forked processes.
     """
     global _SHARED
     out = {name: np.zeros((stream.lengths.size, len(capacities)), dtype=np.int64) for name in policy_names}
@@ -226,7 +226,13 @@ def sweep(stream: AccessStream, policy_names: list[str], capacities: list[int], 
 
     by_len = np.argsort(-stream.lengths, kind="stable")
     halves = [by_len[0::2], by_len[1::2]]
-    tasks = [(name, list(capacities), half) for name in policy_names for half in halves]
+    tasks = []
+    for name in policy_names:
+        # a stack pass costs about the same per round whatever the lane count: halving it would
+        # double the work, so stack policies run whole and the lock-step ones in halves
+        whole = getattr(EVICTION.factory(name), "stack_algorithm", False)
+        tasks += [(name, list(capacities), by_len)] if whole else [(name, list(capacities), h) for h in halves]
+    tasks.sort(key=lambda t: -int(stream.lengths[t[2]].sum()))  # biggest first, for the pool's balance
     _SHARED = stream
     try:
         with mp.get_context("fork").Pool(workers) as pool:
