@@ -67,7 +67,7 @@ class EvictionPolicy(Protocol):
         ...
 
 
-EVICTION: Registry[EvictionPolicy] = Registry("eviction")
+EVICTION: Registry[EvictionPolicy] = Registry("eviction", discover="policies")
 
 
 @EVICTION.register("lru")

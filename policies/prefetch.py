@@ -36,7 +36,7 @@ class PrefetchPolicy(Protocol):
         ...
 
 
-PREFETCH: Registry[PrefetchPolicy] = Registry("prefetch")
+PREFETCH: Registry[PrefetchPolicy] = Registry("prefetch", discover="policies")
 
 
 @PREFETCH.register("none")

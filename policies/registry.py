@@ -25,9 +25,23 @@ class RegistryError(KeyError):
 class Registry(Generic[T]):
     """Maps a policy name to a factory ``(**kwargs) -> policy``."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, discover: str | None = None) -> None:
         self.kind = kind
         self._factories: dict[str, Callable[..., T]] = {}
+        self._discover = discover  # package whose modules register more policies of this kind
+        self._discovered = False
+
+    def _ensure_discovered(self) -> None:
+        """Import every module of the discovery package once, so a policy registered in any of
+        them (a cost-aware one, a coordinator) is found by name wherever the lookup happens."""
+        if self._discovered or self._discover is None:
+            return
+        self._discovered = True
+        import pkgutil
+
+        pkg = importlib.import_module(self._discover)
+        for mod in pkgutil.iter_modules(pkg.__path__):
+            importlib.import_module(f"{self._discover}.{mod.name}")
 
     def register(self, name: str, factory: Callable[..., T] | None = None):
         """Register ``factory`` under ``name``; usable as a decorator. Duplicates raise."""
@@ -44,9 +58,11 @@ class Registry(Generic[T]):
         return add(factory) if factory is not None else add
 
     def names(self) -> list[str]:
+        self._ensure_discovered()
         return sorted(self._factories)
 
     def __contains__(self, name: str) -> bool:
+        self._ensure_discovered()
         return name.lower() in self._factories or ":" in name
 
     def factory(self, name: str) -> Callable[..., T]:
@@ -59,6 +75,7 @@ class Registry(Generic[T]):
             if not callable(obj):
                 raise RegistryError(f"{self.kind} policy {name!r} is not callable")
             return obj
+        self._ensure_discovered()
         try:
             return self._factories[name.lower()]
         except KeyError:

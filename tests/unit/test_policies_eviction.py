@@ -113,7 +113,7 @@ def test_fill_popular_prefetch_fills_free_slots_only():
 
 
 ALLOWED_IMPORTS = {"numpy", "scipy", "__future__", "dataclasses", "typing", "collections", "importlib",
-                   "math", "abc", "enum", "functools", "itertools", "heapq", "policies"}
+                   "math", "abc", "enum", "functools", "itertools", "heapq", "pkgutil", "policies"}
 
 
 def test_policies_package_is_pure():
@@ -127,3 +127,15 @@ def test_policies_package_is_pure():
                 names = [node.module or ""]
             for name in names:
                 assert name.split(".")[0] in ALLOWED_IMPORTS, f"{path.name} imports {name}"
+
+
+def test_registry_discovers_policies_in_other_modules(tmp_path, monkeypatch):
+    """A policy registered in any module of the discovery package is found by name."""
+    pkg = tmp_path / "extra_policies"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from policies.registry import Registry\nREG = Registry('demo', discover='extra_policies')\n")
+    (pkg / "costly.py").write_text("from extra_policies import REG\nREG.register('costly', lambda: 'built')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import extra_policies
+
+    assert extra_policies.REG.create("costly") == "built" and extra_policies.REG.names() == ["costly"]

@@ -56,7 +56,8 @@ def service_stats(table: RequestTable, out_dir: str | Path | None = None) -> tup
             if not len(t):
                 continue
             h = np.bincount(((t.time - table.time.min()) // b).astype(np.int64))
-            ax[0].plot(np.arange(h.size) * b / 3600, h / b, label=f"service {name}", lw=0.8)
+            ax[0].plot(np.arange(h.size) * b / 3600, h / b, lw=0.8,
+                       label="all services" if name == "all" else f"service {name}")
             base = np.bincount(t.base_model[t.base_model >= 0])
             x, y = lorenz(base)
             ax[1].plot(x, y, label=f"{name} (Gini {gini(base):.3f})")

@@ -100,7 +100,7 @@ def load_processed(
         if args in ("", "[]"):
             loras: list[tuple[str, float]] = []
         elif _LORA_LIST.match(args):
-            loras = [(m[0], float(m[1])) for m in _LORA_ITEMS.findall(args)]
+            loras = [(m[0], number(m[1], "lora_args scale", minimum=None)) for m in _LORA_ITEMS.findall(args)]
         else:
             raise ValueError(f"column 'lora_args': cannot parse {args[:60]!r}")
         return (r["predict_type"], number(r["exec_time_seconds"], "exec_time_seconds"),
