@@ -158,3 +158,11 @@ def test_table_take_keeps_adapters_aligned():
     assert len(a) == 4 and sum(len(_adapters(a, i)) for i in range(4)) == 7
     with pytest.raises(ValueError, match="service 'C'"):
         t.for_service("C")
+
+
+def test_katz_pretty_printed_with_bom(tmp_path):
+    """Indented (multi-line objects) and BOM-prefixed files give the same table."""
+    text = json.dumps(json.loads((FIX / "katz_small.json").read_text()), indent=2)
+    p = tmp_path / "pretty.json"
+    p.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    _same(load_katz(p), load_katz(FIX / "katz_small.json"))

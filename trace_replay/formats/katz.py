@@ -35,27 +35,30 @@ class _FastPathRejected(Exception):
 
 def load_katz(path: str | Path, lenient: bool = False) -> RequestTable:
     path = Path(path)
-    data = path.read_bytes()
     try:
-        return _fast(path, data)
+        return _fast(path)
     except _FastPathRejected:
         pass
-    return _exact(path, data.decode("utf-8"), lenient)
+    return _exact(path, path.read_text(encoding="utf-8-sig"), lenient)
 
 
-def _fast(path: Path, data: bytes) -> RequestTable:
-    first, last = data.find(b"["), data.rfind(b"]")
-    if first < 0 or last < first or data[:first].strip() or data[last + 1:].strip():
-        raise _FastPathRejected
+def _fast(path: Path) -> RequestTable:
     # Cheap layout first (one object per line, as `t2i trace synth` writes); then any layout:
     # raw newlines are never inside JSON strings, so they can go and each separator becomes one.
-    lines = data.replace(b"},\n{", b"}\n{")
-    tbl = _arrow_read(memoryview(lines)[lines.find(b"[") + 1:lines.rfind(b"]")])
+    # The file is read again for the second try rather than kept: it is the memory peak.
+    lines = path.read_bytes().replace(b"},\n{", b"}\n{")
+    if lines.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
+        lines = lines[3:]
+    first, last = lines.find(b"["), lines.rfind(b"]")
+    if first < 0 or last < first or lines[:first].strip() or lines[last + 1:].strip():
+        raise _FastPathRejected
+    tbl = _arrow_read(memoryview(lines)[first + 1:last])
     del lines
     if tbl is None:
-        body = data[first + 1:last].replace(b"\r", b"").replace(b"\n", b"")
+        data = path.read_bytes()
+        body = data[data.find(b"[") + 1:data.rfind(b"]")].replace(b"\r", b"").replace(b"\n", b"")
+        del data
         tbl = _arrow_read(_SEPARATOR.sub(b"}\n{", body)) if body.strip() else None
-    del data
     if tbl is None:
         raise _FastPathRejected
     return _from_arrow(path, tbl)
