@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write a synthetic trace in the Katz JSON schema",
                        description="Seeded synthetic workload shaped like production: base-model popularity "
-                                   "with a target Gini and top-5%% share, diurnal rate with bursts, "
+                                   "with a target Gini and top-5% share, diurnal rate with bursts, "
                                    "ControlNet/LoRA mixes, services A/B, requests over instances.")
     p.add_argument("--requests", type=int, required=True)
     p.add_argument("--instances", type=int, required=True)
