@@ -21,8 +21,10 @@ from collections.abc import Mapping
 
 import torch
 from peft.tuners.lora import LoraLayer
+from peft.utils.hotswap import hotswap_adapter_from_state_dict
 
 from deployments.errors import ModelLoadError, RequestError
+from deployments.lora_format import slot_keys
 
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -93,8 +95,8 @@ class LoraSlots:
     def activate(self, loras: list[tuple[str, float]], weights: Mapping[str, dict]) -> int:
         """Make exactly `loras` (id, scale) active; returns how many adapters were swapped in.
 
-        `weights` maps every id that `missing()` reported to a LoRA as the store hands it out:
-        {"state_dict": diffusers-format tensors, "network_alphas": ..., "metadata": ...}. Raises ModelLoadError naming
+        `weights` maps every id that `missing()` reported to a prepared adapter
+        (lora_format.prepare_adapter: peft-layout tensors and their LoraConfig). Raises ModelLoadError naming
         the adapter when its weights do not fit the slots (other modules, rank above the maximum).
         """
         if len(loras) > len(self.names):
@@ -146,13 +148,11 @@ class LoraSlots:
         # unknown state, and an empty slot is never reused without a fresh swap.
         self.holding[slot] = None
         try:
-            self.pipe.load_lora_into_unet(
-                dict(weights["state_dict"]), network_alphas=weights.get("network_alphas"),
-                unet=self.pipe.unet, adapter_name=name, metadata=weights.get("metadata"),
-                _pipeline=self.pipe, hotswap=True)
+            hotswap_adapter_from_state_dict(self.pipe.unet, slot_keys(weights["state_dict"], name),
+                                            adapter_name=name, config=weights["config"])
         except Exception as exc:  # peft raises RuntimeError/ValueError/NotImplementedError
-            # diffusers deletes the adapter name from the model when a swap fails; put a fresh
-            # zero adapter back so the slot (and the replica) keep working.
+            # Should the slot's adapter be gone from the model (diffusers' own loader deletes it
+            # when a swap fails), put a fresh zero adapter back so the slot keeps working.
             if name not in getattr(self.pipe.unet, "peft_config", {}):
                 self._allocate(name)
                 self._finish_allocation(only=name)

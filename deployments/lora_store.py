@@ -14,12 +14,13 @@ from pathlib import Path
 
 from app.config import ServeConfig
 from deployments.errors import ModelLoadError, RequestError
+from deployments.lora_format import prepare_adapter
 
 
 def read_lora_file(adapter_id: str, source: str, max_rank: int, arch: str = "sd15") -> dict:
     """Read a LoRA in any layout diffusers reads (peft with header metadata, kohya/A1111, older
-    diffusers) and convert it once, here in the host tier, to what the UNet swap needs:
-    {"state_dict", "network_alphas", "metadata"}. ModelLoadError names the adapter on failure.
+    diffusers) and prepare it once, here in the host tier, for the slot swap (lora_format.py).
+    ModelLoadError names the adapter on failure.
     """
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
@@ -36,16 +37,10 @@ def read_lora_file(adapter_id: str, source: str, max_rank: int, arch: str = "sd1
             str(path.parent), weight_name=path.name, return_lora_metadata=True)
     except Exception as exc:  # safetensors, OSError, format errors from the converters
         raise ModelLoadError(adapter_id, f"cannot read {str(path)!r}: {type(exc).__name__}: {exc}") from exc
-    if not state:
-        raise ModelLoadError(adapter_id, "the adapter file holds no tensors")
-    foreign = [k for k in state if not k.startswith("unet.")]
-    if foreign:
-        raise ModelLoadError(adapter_id, "only UNet LoRAs can go into hotswap slots (text-encoder "
-                             f"hotswap is unsupported by diffusers); found {foreign[0]!r}")
-    ranks = {v.shape[0] for k, v in state.items() if "lora_A" in k and v.ndim >= 2}
-    if ranks and max(ranks) > max_rank:
-        raise ModelLoadError(adapter_id, f"rank {max(ranks)} exceeds cache.lora_max_rank={max_rank}")
-    return {"state_dict": state, "network_alphas": alphas, "metadata": metadata}
+    prepared = prepare_adapter(adapter_id, state, alphas, metadata)
+    if prepared["rank"] > max_rank:
+        raise ModelLoadError(adapter_id, f"rank {prepared['rank']} exceeds cache.lora_max_rank={max_rank}")
+    return prepared
 
 
 def weights_bytes(weights: dict) -> int:

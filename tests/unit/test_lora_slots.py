@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from deployments.errors import ModelLoadError
+from deployments.lora_format import prepare_adapter
 from deployments.lora_slots import LoraSlots, slot_target_modules
 from deployments.lora_store import read_lora_file
 
@@ -116,27 +117,28 @@ def test_adapter_that_does_not_fit_fails_loudly_and_names_itself(slotted, weight
     foreign = {"unet.down_blocks.0.resnets.0.conv1.lora_A.weight": torch.zeros(2, 32, 3, 3),
                "unet.down_blocks.0.resnets.0.conv1.lora_B.weight": torch.zeros(32, 2, 1, 1)}
     with pytest.raises(ModelLoadError, match="'bad-adapter'.*outside the slots"):
-        slots.activate([("bad-adapter", 1.0)], {"bad-adapter": {"state_dict": foreign}})
+        slots.activate([("bad-adapter", 1.0)], {"bad-adapter": prepare_adapter("bad-adapter", foreign)})
     assert "bad-adapter" not in slots.holding
-    too_big = {k: torch.zeros(64, v.shape[1]) if ".lora_A." in k else torch.zeros(v.shape[0], 64)
+    too_big = {"unet." + k: torch.zeros(64, v.shape[1]) if ".lora_A." in k else torch.zeros(v.shape[0], 64)
                for k, v in weights["tiny-lora-ink"]["state_dict"].items()}
     with pytest.raises(ModelLoadError, match="'wide'.*rank 64 exceeds"):
-        slots.activate([("wide", 1.0)], {"wide": {"state_dict": too_big}})
+        slots.activate([("wide", 1.0)], {"wide": prepare_adapter("wide", too_big)})
     slots.activate([("tiny-lora-ink", 0.9)], weights)
     np.testing.assert_allclose(_image(pipe), _reference(demo_dir, weights, [("tiny-lora-ink", 0.9)]),
                                atol=1e-4)
 
 
 def test_a_failed_swap_inside_diffusers_leaves_the_slot_usable(slotted, weights, demo_dir):
-    """Bypass the pre-check so diffusers itself fails (and deletes the slot's adapter)."""
+    """Bypass the pre-check so the copy itself fails half-way inside peft."""
     pipe, slots, _ = slotted
-    broken = {k: v[:, :3] if ".lora_A." in k else v  # wrong fan-in: fails inside peft
-              for k, v in weights["tiny-lora-pastel"]["state_dict"].items()}
+    broken = dict(weights["tiny-lora-pastel"])
+    broken["state_dict"] = {k: v[:, :3] if ".lora_A." in k else v  # wrong fan-in
+                            for k, v in broken["state_dict"].items()}
     slots.check_fits = lambda *_: None
     try:
         for _ in range(len(slots.names)):  # hit every slot
             with pytest.raises(ModelLoadError, match="'broken'"):
-                slots.activate([("broken", 1.0)], {"broken": {"state_dict": broken}})
+                slots.activate([("broken", 1.0)], {"broken": broken})
     finally:
         del slots.check_fits
     loras = [("tiny-lora-ink", 1.0), ("tiny-lora-pastel", 0.5), ("tiny-lora-neon", 0.3)]

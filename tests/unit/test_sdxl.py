@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from app.demo_models import SDXL_ID, _write_tokenizer, build_sdxl_pipeline
+from deployments.lora_format import prepare_adapter
 from deployments.pipeline_engine import PipelineEngine
 from deployments.spec import GenerationSpec
 
@@ -44,6 +45,6 @@ def test_sdxl_entry_loads_the_sdxl_pipeline_and_generates(sdxl_config):
         state[f"unet.{name}.lora_A.weight"] = torch.randn(4, layer.in_features, generator=generator) * 0.3
         state[f"unet.{name}.lora_B.weight"] = torch.randn(layer.out_features, 4, generator=generator) * 0.3
     styled = engine.generate(loaded, GenerationSpec(**{**spec.__dict__, "loras": (("x", 1.0),)}),
-                             {"x": {"state_dict": state}}).images[0]
+                             {"x": prepare_adapter("x", state)}).images[0]
     assert not np.array_equal(styled, first)
     assert np.array_equal(engine.generate(loaded, spec).images[0], first)
