@@ -27,7 +27,7 @@ class BaseModel:
         # One execution lock per replica: a pipeline's LoRA slots and the device are shared state,
         # and serialising is what keeps one request's adapters out of another's image.
         self._lock = asyncio.Lock()
-        self._controlnet_configs: dict[str, dict] = {}
+        self._remote_nets: dict[str, object] = {}
 
         # A plain function, not a bound method: serve.multiplexed keeps its cache as an attribute
         # of the function object it wraps, which a bound method cannot hold.
@@ -48,20 +48,21 @@ class BaseModel:
         return dict(zip(adapter_ids, tensors))
 
     async def _remote_controlnets(self, controlnet_ids: list[str]):
-        """A factory of ControlNet modules that call the ControlNet deployment once per step."""
+        """ControlNet modules that call the ControlNet deployment once per step; one per id,
+        built once (the module has no weights, only the config the pipeline reads)."""
         from deployments.controlnet import remote_controlnet
 
         handle = self.controlnet
-        for cn_id in controlnet_ids:
-            if cn_id not in self._controlnet_configs:
-                self._controlnet_configs[cn_id] = await handle.config_of.remote(cn_id)
 
         def call(*args):
             # Runs in the pipeline's worker thread, where blocking on a response is allowed.
             return handle.residuals.remote(*args).result()
 
-        return lambda cn_id: remote_controlnet(cn_id, self._controlnet_configs[cn_id], call,
-                                               self.engine.device)
+        for cn_id in controlnet_ids:
+            if cn_id not in self._remote_nets:
+                config = await handle.config_of.remote(cn_id)
+                self._remote_nets[cn_id] = remote_controlnet(cn_id, config, call, self.engine.device)
+        return self._remote_nets.__getitem__
 
     async def generate(self, spec: GenerationSpec, control_images=None) -> GenerationResult:
         started = time.perf_counter()

@@ -127,3 +127,20 @@ def test_corrupt_model_fails_with_its_name_and_engine_keeps_serving(demo_config,
     with pytest.raises(ModelLoadError, match="'broken-sd' failed to load"):
         engine.load_pipeline("broken-sd")
     assert engine.generate(engine.load_pipeline("tiny-sd-light"), _spec()).images[0].shape == (32, 32, 3)
+
+
+def test_controlnet_pipelines_are_reused_until_a_controlnet_is_reloaded(demo_config, control_image):
+    config = demo_config.model_copy(update={"cache": demo_config.cache.model_copy(
+        update={"controlnets_per_replica": 1})})
+    engine = PipelineEngine(config, device="cpu")
+    loaded = engine.load_pipeline("tiny-sd-light")
+    canny = _spec(controlnets=(("tiny-cn-canny", 1.0),))
+    first = engine.generate(loaded, canny, control_images=[control_image]).images[0]
+    (built,) = [pipe for _, pipe in loaded.controlnet_pipes.values()]
+    engine.generate(loaded, canny, control_images=[control_image])
+    assert [pipe for _, pipe in loaded.controlnet_pipes.values()] == [built]
+    # edges evicts canny from the one-ControlNet cache; canny comes back as a new module
+    engine.generate(loaded, _spec(controlnets=(("tiny-cn-edges", 1.0),)), control_images=[control_image])
+    again = engine.generate(loaded, canny, control_images=[control_image]).images[0]
+    assert all(pipe is not built for _, pipe in loaded.controlnet_pipes.values())
+    assert len(loaded.controlnet_pipes) == 1 and np.array_equal(again, first)
