@@ -145,10 +145,13 @@ class Ingress:
             cascade_info = {"light": first.base_model, "heavy": heavy.base_model,
                             "threshold": plan.threshold, "scores": [round(s, 6) for s in scores],
                             "deferred": rejected, "answered_by": answered_by}
+        # PNG encoding of a large image takes tens of ms: off the event loop, which other
+        # requests share.
+        encoded = await asyncio.to_thread(lambda: [encode_png(img) for img in images])
         timings["total_s"] = time.perf_counter() - started
         response = {
             "created": int(time.time()),
-            "data": [{"b64_json": encode_png(img), "revised_prompt": None} for img in images],
+            "data": [{"b64_json": b64, "revised_prompt": None} for b64 in encoded],
             "model": answered_by[0],
             "timings": {k: round(v, 6) for k, v in timings.items()},
             "t2i": {"seed": first.seed, "base_model": first.base_model, "size": f"{first.width}x{first.height}",
@@ -162,6 +165,7 @@ class Ingress:
 
 
 def _add(timings: dict, replica: dict) -> None:
+    """Replica timings add up over model calls (a cascade's reruns included)."""
     for key in ("queue_s", "load_s", "inference_s"):
         timings[key] += replica.get(key, 0.0)
 
