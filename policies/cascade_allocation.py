@@ -132,8 +132,20 @@ def stage_latency(inp: CascadeInputs, light_batch_i: int, heavy_batch_i: int | N
     return (1.0 + inp.queue_factor) * float(lat) + inp.queue_delay_s
 
 
+def capacity_qps(inp: CascadeInputs, li: int, hi: int | None, k: int, n_l: int, n_h: int) -> float:
+    """Arrival rate a configuration carries: the tighter stage, at the utilisation cap."""
+    cap = n_l * float(inp.light.throughput[li])
+    f = float(inp.deferred[k])
+    if hi is not None and f > 0:
+        cap = min(cap, n_h * float(inp.heavy.throughput[hi]) / f)
+    return cap * inp.max_utilization
+
+
 def make_decision(inp: CascadeInputs, status: str, li: int, hi: int | None, k: int, n_l: int, n_h: int,
-                  served: float, t0: float, clock: Callable[[], float] | None) -> CascadeDecision:
+                  t0: float, clock: Callable[[], float] | None) -> CascadeDecision:
+    """The decision for a configuration; served_qps is demand, or under best_effort what the
+    configuration carries (computed here so every allocator reports it identically)."""
+    served = inp.demand_qps if status != "best_effort" else min(inp.demand_qps, capacity_qps(inp, li, hi, k, n_l, n_h))
     return CascadeDecision(
         status=status, light_replicas=int(n_l), heavy_replicas=int(n_h),
         light_batch=int(inp.light.batch[li]), heavy_batch=0 if hi is None else int(inp.heavy.batch[hi]),
@@ -143,7 +155,8 @@ def make_decision(inp: CascadeInputs, status: str, li: int, hi: int | None, k: i
 
 
 def infeasible(inp: CascadeInputs, t0: float, clock: Callable[[], float] | None) -> CascadeDecision:
-    return CascadeDecision("infeasible", 0, 0, 0, 0, -1, float("nan"), 0.0, float("nan"), float("nan"), 0.0,
+    # no NaN in compared fields: two infeasible answers to the same inputs must compare equal
+    return CascadeDecision("infeasible", 0, 0, 0, 0, -1, -1.0, 0.0, -np.inf, np.inf, 0.0,
                            (clock() - t0) if clock else float("nan"))
 
 
@@ -174,7 +187,7 @@ class MilpCascade:
         load = inp.demand_qps / inp.max_utilization
         sol, proven = self._solve(inp, load, served=False)
         if sol is not None:
-            return self._decode(inp, sol, "optimal" if proven else "time_limit", inp.demand_qps, t0, clock)
+            return self._decode(inp, sol, "optimal" if proven else "time_limit", t0, clock)
         best, _ = self._solve(inp, load, served=True)  # demand too high: the most it can serve
         if best is None:
             return infeasible(inp, t0, clock)
@@ -185,7 +198,7 @@ class MilpCascade:
         sol, _ = self._solve(inp, served_load, served=False)
         if sol is None:  # cannot happen unless the solver misreports; fail loudly rather than guess
             raise RuntimeError(f"cascade MILP: served rate {served_load} from phase 1 is infeasible in phase 2")
-        return self._decode(inp, sol, "best_effort", served_load * inp.max_utilization, t0, clock)
+        return self._decode(inp, sol, "best_effort", t0, clock)
 
     def _solve(self, inp: CascadeInputs, load: float, served: bool) -> tuple[np.ndarray | None, bool]:
         """Solution vector (None if infeasible) and whether HiGHS proved it optimal."""
@@ -252,11 +265,11 @@ class MilpCascade:
         return (None if res.x is None else np.asarray(res.x)), res.status == 0
 
     @staticmethod
-    def _decode(inp: CascadeInputs, x: np.ndarray, status: str, served: float, t0: float,
+    def _decode(inp: CascadeInputs, x: np.ndarray, status: str, t0: float,
                 clock: Callable[[], float] | None) -> CascadeDecision:
         lay = _Layout(len(inp.light.batch), len(inp.heavy.batch), len(inp.thresholds), False)
         li = int(np.argmax(x[lay.zL]))
         hi = None if x[lay.none] > 0.5 else int(np.argmax(x[lay.zH]))
         k = int(np.argmax(x[lay.y]))
         n_l, n_h = int(round(x[lay.nL].sum())), int(round(x[lay.nH].sum()))
-        return make_decision(inp, status, li, hi, k, n_l, n_h, served, t0, clock)
+        return make_decision(inp, status, li, hi, k, n_l, n_h, t0, clock)

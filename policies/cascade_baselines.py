@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.cascade_allocation import (CASCADE, TOL, CascadeDecision, CascadeInputs, infeasible, make_decision,
-                                         quality_rank)
+from policies.cascade_allocation import (CASCADE, TOL, CascadeDecision, CascadeInputs, capacity_qps, infeasible,
+                                         make_decision, quality_rank)
 
 
 def quality_from_confidence(deferred: np.ndarray, light_confidence: np.ndarray) -> np.ndarray:
@@ -74,9 +74,8 @@ def enumerate_allocation(inp: CascadeInputs, clock: Callable[[], float] | None =
     nl, nh, nt = len(inp.light.batch), len(inp.heavy.batch), len(inp.thresholds)
     combo = (li * (nh + 1) + np.where(hi == nh, 0, hi + 1)) * nt + k  # same order as the MILP
     best = np.lexsort((combo, n_l + n_h, -quality_rank(inp.quality)[k]))[0]
-    served_qps = inp.demand_qps if status == "optimal" else load * inp.max_utilization
     return make_decision(inp, status, int(li[best]), None if hi[best] == nh else int(hi[best]), int(k[best]),
-                         int(n_l[best]), int(n_h[best]), served_qps, t0, clock)
+                         int(n_l[best]), int(n_h[best]), t0, clock)
 
 
 def _max_served(inp: CascadeInputs, li: np.ndarray, hi: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -120,12 +119,9 @@ class StaticCascade:
         share_l = (1.0 / inp.light.throughput[li_b]) / (1.0 / inp.light.throughput[li_b] + cost_h[best])
         n_l = int(inp.gpus) if hi_b == nh else _split(int(inp.gpus), share_l)
         n_h = int(inp.gpus) - n_l
-        cap_l = n_l * inp.light.throughput[li_b]
-        cap_h = n_h * inp.heavy.throughput[hi_b] / f if hi_b < nh and f > 0 else np.inf
-        capacity = float(min(cap_l, cap_h)) * inp.max_utilization
-        ok = capacity >= inp.demand_qps * (1 - TOL)
-        return make_decision(inp, "feasible" if ok else "best_effort", li_b, None if hi_b == nh else hi_b, k,
-                             n_l, n_h, inp.demand_qps if ok else capacity, t0, clock)
+        hi_opt = None if hi_b == nh else hi_b
+        ok = capacity_qps(inp, li_b, hi_opt, k, n_l, n_h) >= inp.demand_qps * (1 - TOL)
+        return make_decision(inp, "feasible" if ok else "best_effort", li_b, hi_opt, k, n_l, n_h, t0, clock)
 
 
 def _split(gpus: int, share_light: float) -> int:
