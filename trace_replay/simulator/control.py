@@ -1,0 +1,128 @@
+"""Routers and control loops the simulator ships with, as fast per-request mechanisms.
+
+Why here and not in ``policies/``: routing runs once per request, and at 20 us a request a
+snapshot-building call is out of budget, so the per-request routers below read the simulator's
+own structures (the base-model -> holders index, queue lengths). They mirror documented
+behaviour: ``Pow2Holder`` is Ray Serve's multiplexed-model routing, ``RayQueueAutoscaler`` its
+default queue-length autoscaler. Slower, cluster-wide decisions (placement, prefetch, scaling
+targets) can come from ``policies/`` on control ticks (see ``policy_sets.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+from trace_replay.simulator.worker import Worker
+
+
+def qlen(w: Worker) -> int:
+    return len(w.queue) + w.busy
+
+
+class Pow2Holder:
+    """Ray Serve multiplexing: power-of-two choices among replicas holding the model (here: the
+    base model) by queue length; if none holds it, or the pick is at ``max_ongoing`` (Ray's
+    ``max_ongoing_requests``, default 5), power-of-two over all routable replicas, fewer loaded
+    models first on a tie (Ray falls back to the replica with the fewest multiplexed models)."""
+
+    def __init__(self, max_ongoing: int = 5) -> None:
+        self.max_ongoing = max_ongoing
+
+    def attach(self, sim, routable: list[Worker]) -> None:
+        self.sim, self.routable, self.holders, self.rnd = sim, routable, sim.holders, sim.rnd.random
+
+    def __call__(self, i: int, comps: list, now: float) -> Worker:
+        hold = self.holders[comps[0]]
+        rnd = self.rnd
+        if hold:
+            ws = self.sim.workers
+            if len(hold) == 1:
+                w = ws[next(iter(hold))]
+            else:
+                h = tuple(hold)
+                a, b = ws[h[int(rnd() * len(h))]], ws[h[int(rnd() * len(h))]]
+                w = a if qlen(a) <= qlen(b) else b
+            if qlen(w) < self.max_ongoing:
+                return w
+        r = self.routable
+        a, b = r[int(rnd() * len(r))], r[int(rnd() * len(r))]
+        ka, kb = (qlen(a), a.n_base), (qlen(b), b.n_base)
+        return a if ka <= kb else b
+
+
+class CacheAware:
+    """Expected-completion routing: among the replicas holding the base model (up to ``fanout``)
+    plus two random ones, the smallest (queued work + loads of the missing components, each from
+    the fastest tier that holds it). Queued work is estimated as the running job's remaining time
+    plus ``queue length x mean job time``."""
+
+    def __init__(self, fanout: int = 4) -> None:
+        self.fanout = fanout
+
+    def attach(self, sim, routable: list[Worker]) -> None:
+        self.sim, self.routable, self.holders, self.rnd = sim, routable, sim.holders, sim.rnd.random
+        self.size, self.kind = sim.key_size, sim.key_kind
+        self.mean_load = sim.wl.mean_load_s
+        self.pcie, self.disk_bw = sim.pcie, sim.disk_bw
+        self.mean_job = float(sim.infer.mean()) if sim.infer.size else 1.0
+
+    def cost(self, w: Worker, comps: list, now: float) -> float:
+        c = max(w.ready_at - now, 0.0) + len(w.queue) * self.mean_job
+        slot_of, host, disk = w.slot_of, w.host, w.disk
+        for k in comps:
+            if k in slot_of:
+                continue
+            if host is not None and k in host.items:
+                c += self.size[k] / self.pcie
+            elif disk is not None and k in disk.items:
+                c += self.size[k] / self.disk_bw + self.size[k] / self.pcie
+            else:
+                c += self.mean_load[self.kind[k]]
+        return c
+
+    def __call__(self, i: int, comps: list, now: float) -> Worker:
+        ws, r, rnd = self.sim.workers, self.routable, self.rnd
+        hold = self.holders[comps[0]]
+        cands = [ws[j] for j in (hold if len(hold) <= self.fanout else
+                                 [tuple(hold)[int(rnd() * len(hold))] for _ in range(self.fanout)])]
+        cands.append(r[int(rnd() * len(r))])
+        cands.append(r[int(rnd() * len(r))])
+        best, best_c = cands[0], math.inf
+        for w in cands:
+            c = self.cost(w, comps, now)
+            if c < best_c:
+                best, best_c = w, c
+        return best
+
+
+class RayQueueAutoscaler:
+    """Ray Serve's default request-based autoscaling, on the simulator's control tick.
+
+    desired = ceil(ongoing requests / target_ongoing_requests), clamped to [min, max]; a change is
+    applied only after it has been wanted for ``upscale_delay_s`` (up) or ``downscale_delay_s``
+    (down) in a row, as Ray counts consecutive decisions. Defaults are Ray's: target 2, delays 30 s
+    and 600 s, min 1 replica (and the initial count is the minimum).
+    """
+
+    def __init__(self, target_ongoing: float = 2.0, upscale_delay_s: float = 30.0,
+                 downscale_delay_s: float = 600.0, min_replicas: int = 1, max_replicas: int | None = None) -> None:
+        self.target, self.up_delay, self.down_delay = target_ongoing, upscale_delay_s, downscale_delay_s
+        self.min, self.max = min_replicas, max_replicas
+        self.counter = 0
+
+    def decide(self, current: int, ongoing: int, period_s: float, n_gpus: int) -> int:
+        hi = min(self.max or n_gpus, n_gpus)
+        desired = max(self.min, min(hi, math.ceil(ongoing / self.target)))
+        if desired > current:
+            self.counter = max(self.counter, 0) + 1
+            if self.counter * period_s >= self.up_delay:
+                self.counter = 0
+                return desired
+        elif desired < current:
+            self.counter = min(self.counter, 0) - 1
+            if -self.counter * period_s >= self.down_delay:
+                self.counter = 0
+                return desired
+        else:
+            self.counter = 0
+        return current

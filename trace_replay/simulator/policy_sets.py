@@ -1,0 +1,161 @@
+"""Named policy sets: which routing, eviction, prefetch, placement and autoscaling run together.
+
+A set is a typed spec (pydantic, so the live app can load the same file) plus a runtime that
+wires it into the simulator. Eviction, popularity, placement and pipeline prefetch come from the
+``policies/`` registries by name; routing and the autoscaler's tick are the fast mechanisms of
+``control.py`` (see there for why).
+
+| set | routing | eviction | tiers | autoscaling | placement / prefetch |
+|---|---|---|---|---|---|
+| ray-default | Ray multiplex (pow-2 among holders) | LRU, 3 models per replica | no host cache | Ray queue-length, defaults | none |
+| lru / lfu | Ray multiplex | LRU / LFU by GPU bytes | host + disk | fixed N | none |
+| diffserve-static | static partition by offline demand | LRU | host + disk | fixed N | models pinned to partitions |
+| coordinator | expected completion (queue + missing loads by tier) | cost-aware | host + disk | fixed N | popularity bands: hot pipelines persisted on several replicas; warm ones prefetched by a UCB bandit |
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from policies.eviction import EVICTION
+from trace_replay.simulator.config import SimConfig
+from trace_replay.simulator.control import CacheAware, Pow2Holder, RayQueueAutoscaler
+from trace_replay.simulator.events import READY
+from trace_replay.simulator.worker import Worker
+
+
+class PolicySetSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    routing: Literal["ray-multiplex", "cache-aware", "static-partition"] = "ray-multiplex"
+    eviction: str = Field("lru", description="policies.eviction registry name (or pkg.mod:attr)")
+    eviction_args: dict[str, Any] = Field(default_factory=dict)
+    max_models_per_replica: int | None = Field(None, ge=1, description="fixed base-model count per "
+                                               "replica, as Ray's max_num_models_per_replica")
+    host_cache: bool = Field(True, description="keep evicted weights in host memory (a tier)")
+    autoscaling: Literal["none", "ray-queue"] = "none"
+    autoscaling_args: dict[str, Any] = Field(default_factory=dict)
+    placement: Literal["none", "coordinator"] = "none"
+    placement_args: dict[str, Any] = Field(default_factory=dict)
+    tick_s: float = Field(0.0, ge=0, description="control period (autoscaling, placement); 0 = none")
+
+
+POLICY_SETS: dict[str, PolicySetSpec] = {s.name: s for s in (
+    PolicySetSpec(name="ray-default", description="Ray Serve out of the box: @serve.multiplexed LRU "
+                  "with max_num_models_per_replica=3, multiplex-aware pow-2 routing, default "
+                  "queue-length autoscaler (target 2 ongoing, 30 s up / 600 s down, min 1)",
+                  max_models_per_replica=3, host_cache=False, autoscaling="ray-queue", tick_s=10.0),
+    PolicySetSpec(name="lru", description="LRU by GPU bytes, host/disk tiers, Ray routing, all GPUs"),
+    PolicySetSpec(name="lfu", description="LFU by GPU bytes, host/disk tiers, Ray routing, all GPUs",
+                  eviction="lfu"),
+    PolicySetSpec(name="diffserve-static", description="static partition of replicas to base models "
+                  "by offline demand share (DiffServe-style static provisioning), LRU inside",
+                  routing="static-partition"),
+    PolicySetSpec(name="coordinator", description="ours: cost-aware eviction, expected-completion "
+                  "routing, popularity bands (hot pipelines persisted on several replicas, warm "
+                  "ones prefetched by a UCB bandit)", routing="cache-aware", eviction="cost-aware",
+                  placement="coordinator", tick_s=30.0),
+)}
+
+
+def get_policy_set(name: str) -> PolicySetSpec:
+    try:
+        return POLICY_SETS[name]
+    except KeyError:
+        raise KeyError(f"unknown policy set {name!r}; sets: {', '.join(POLICY_SETS)}") from None
+
+
+class PolicyRuntime:
+    """Callbacks the engine calls: ``route`` per request, ``on_idle`` / ``on_ready`` / ``on_tick``."""
+
+    def __init__(self, spec: PolicySetSpec, cfg: SimConfig) -> None:
+        self.spec = spec
+        self.eviction = EVICTION.create(spec.eviction, **spec.eviction_args)
+        self.max_base = spec.max_models_per_replica
+        self.host_cache = spec.host_cache
+        self.tick_s = spec.tick_s
+        self.autoscaler = (RayQueueAutoscaler(**spec.autoscaling_args) if spec.autoscaling == "ray-queue"
+                           else None)
+        if spec.routing == "cache-aware":
+            self.router = CacheAware()
+        elif spec.routing == "static-partition":
+            from trace_replay.simulator.static import StaticPartition
+
+            self.router = StaticPartition()
+        else:
+            self.router = Pow2Holder()
+        self.placement = None
+        if spec.placement == "coordinator":
+            from trace_replay.simulator.coordinator import Coordinator
+
+            self.placement = Coordinator(cfg, **spec.placement_args)
+        self.routable: list[Worker] = []
+        self.starting = 0
+
+    def attach(self, sim) -> None:
+        self.sim = sim
+        ws = sim.workers
+        n0 = self.autoscaler.min if self.autoscaler else len(ws)
+        for w in ws:
+            w.active = w.idx < n0
+        self.routable[:] = [w for w in ws if w.active]
+        sim.rec.active_series.append((0.0, len(self.routable)))
+        self.router.attach(sim, self.routable)
+        self.route = self.router.__call__
+        if self.placement is not None:
+            self.placement.attach(sim, self)
+            self.route = self.placement.wrap_route(self.route)
+
+    def on_idle(self, w: Worker, now: float) -> None:
+        if self.placement is not None:
+            self.placement.on_idle(w, now)
+
+    def on_ready(self, w: Worker, now: float) -> None:
+        self.starting -= 1
+        w.active = True
+        self.routable.append(w)
+        self.sim.rec.active_series.append((now, len(self.routable)))
+
+    def on_tick(self, now: float) -> None:
+        if self.placement is not None:
+            self.placement.on_tick(now)
+        if self.autoscaler is None:
+            return
+        sim = self.sim
+        ongoing = sum(len(w.queue) + w.busy for w in sim.workers)
+        current = len(self.routable) + self.starting
+        target = self.autoscaler.decide(current, ongoing, self.tick_s, len(sim.workers))
+        if target > current:
+            for w in sim.workers:
+                if target <= current:
+                    break
+                if not w.active and not w.busy and w.ready_at <= now and w not in self.routable:
+                    w.ready_at = now + sim.cfg.cluster.replica_startup_s
+                    w.active = True  # reserved; routable only once READY fires
+                    self.routable_pending(w, now)
+                    current += 1
+        elif target < current:
+            # Ray stops replicas that are idle first; the newest go first
+            for w in sorted(self.routable, key=lambda x: -x.idx):
+                if target >= current or len(self.routable) <= 1:
+                    break
+                if not w.busy and not w.queue:
+                    self.routable.remove(w)
+                    w.active = False
+                    for k in w.clear_gpu():
+                        if sim.key_kind[k] == 2:
+                            sim.holders[k].discard(w.idx)
+                    current -= 1
+            sim.rec.active_series.append((now, len(self.routable)))
+
+    def routable_pending(self, w: Worker, now: float) -> None:
+        self.starting += 1
+        self.sim.push(w.ready_at, READY, w.idx)
+
+
+def build_runtime(name: str, cfg: SimConfig) -> PolicyRuntime:
+    return PolicyRuntime(get_policy_set(name), cfg)

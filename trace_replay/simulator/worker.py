@@ -1,0 +1,160 @@
+"""One GPU worker: its GPU cache (slots + per-slot statistics), host and disk tiers, its queue.
+
+The GPU cache is mechanism only. Which entries to evict is asked of an eviction policy from
+``policies.eviction`` through its vectorised ``CacheView`` (here: one cache, 1-D arrays over this
+worker's slots), exactly the interface the live store and ``trace_replay.cache_sim`` use. The
+host and disk tiers are plain LRU by bytes: they model the machine's page cache and local SSD,
+which no policy of ours manages.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+
+import numpy as np
+
+from policies.eviction import EMPTY, CacheView, EvictionPolicy
+
+_INT_MAX = np.iinfo(np.int64).max
+
+
+class LRUBytes:
+    """An LRU set of keys under a byte budget (host memory or local disk)."""
+
+    __slots__ = ("items", "free", "cap")
+
+    def __init__(self, cap_bytes: float) -> None:
+        self.items: OrderedDict[int, float] = OrderedDict()
+        self.cap = cap_bytes
+        self.free = cap_bytes
+
+    def touch_or_add(self, key: int, size: float) -> None:
+        if key in self.items:
+            self.items.move_to_end(key)
+            return
+        if size > self.cap:
+            return
+        while self.free < size:
+            _, s = self.items.popitem(last=False)
+            self.free += s
+        self.items[key] = size
+        self.free -= size
+
+    def clear(self) -> None:
+        self.items.clear()
+        self.free = self.cap
+
+
+class Worker:
+    """Per-worker state; slotted and array-backed so the event loop stays cheap."""
+
+    __slots__ = ("idx", "slot_of", "free_slots", "key", "kind", "uses", "last_seq", "loaded_seq",
+                 "last_time", "size", "cost", "free_bytes", "cap_bytes", "n_base", "clock", "queue",
+                 "busy", "active", "free_since", "idle_s", "busy_s", "host", "disk", "last_prefetch",
+                 "ready_at", "pinned")
+
+    def __init__(self, idx: int, gpu_bytes: float, host_bytes: float, disk_bytes: float,
+                 slots: int = 32) -> None:
+        self.idx = idx
+        self.slot_of: dict[int, int] = {}
+        self.free_slots = list(range(slots - 1, -1, -1))
+        self.key = np.full(slots, EMPTY, dtype=np.int64)
+        self.kind = np.zeros(slots, dtype=np.int8)
+        self.uses = np.zeros(slots, dtype=np.int64)
+        self.last_seq = np.full(slots, -1, dtype=np.int64)
+        self.loaded_seq = np.full(slots, -1, dtype=np.int64)
+        self.last_time = np.zeros(slots, dtype=np.float64)
+        self.size = np.zeros(slots, dtype=np.float64)
+        self.cost = np.zeros(slots, dtype=np.float64)
+        self.cap_bytes = gpu_bytes
+        self.free_bytes = gpu_bytes
+        self.n_base = 0  # base models on the GPU (for a fixed model count, as Ray's multiplexing)
+        self.clock = 0  # the cache's logical clock (CacheView.seq)
+        self.queue: deque = deque()
+        self.busy = False
+        self.active = True
+        self.free_since = 0.0
+        self.idle_s = 0.0  # accumulated in the loop; the conservation test checks it
+        self.busy_s = 0.0
+        self.host = LRUBytes(host_bytes) if host_bytes > 0 else None
+        self.disk = LRUBytes(disk_bytes) if disk_bytes > 0 else None
+        self.last_prefetch = -np.inf
+        self.ready_at = 0.0
+        self.pinned: set[int] = set()  # keys placement wants kept (hot models), never victims
+
+    def _grow(self) -> None:
+        n = self.key.shape[0]
+        for name, fill in (("key", EMPTY), ("kind", 0), ("uses", 0), ("last_seq", -1), ("loaded_seq", -1),
+                           ("last_time", 0.0), ("size", 0.0), ("cost", 0.0)):
+            old = getattr(self, name)
+            new = np.full(2 * n, fill, dtype=old.dtype)
+            new[:n] = old
+            setattr(self, name, new)
+        self.free_slots = list(range(2 * n - 1, n - 1, -1))
+
+    def insert(self, key: int, kind: int, size: float, cost: float, now: float) -> None:
+        if not self.free_slots:
+            self._grow()
+        s = self.free_slots.pop()
+        self.slot_of[key] = s
+        self.key[s], self.kind[s], self.size[s], self.cost[s] = key, kind, size, cost
+        self.uses[s], self.last_seq[s], self.loaded_seq[s], self.last_time[s] = 0, self.clock, self.clock, now
+        self.free_bytes -= size
+        if kind == 2:
+            self.n_base += 1
+
+    def remove(self, key: int) -> None:
+        s = self.slot_of.pop(key)
+        self.free_bytes += self.size[s]
+        if self.kind[s] == 2:
+            self.n_base -= 1
+        self.key[s] = EMPTY
+        self.free_slots.append(s)
+
+    def view(self, now: float) -> CacheView:
+        return CacheView(self.key, self.kind, self.uses, self.last_seq, self.loaded_seq, self.last_time,
+                         np.int64(self.clock), np.float64(now), None, self.size, self.cost)
+
+    def victims(self, policy: EvictionPolicy, now: float, need_bytes: float, need_base: bool,
+                max_base: int | None, protect: tuple) -> list[int] | None:
+        """Keys to evict, best victim first, until ``need_bytes`` fit (and a base-model slot is free
+        under ``max_base``); None if even evicting every allowed entry would not make room.
+
+        ``protect``: keys of the request being served, never evicted under it. Victims are taken in
+        the policy's key order, computed once (the policy is pure, so the order of the remaining
+        entries does not change as earlier ones go).
+        """
+        allowed = self.key != EMPTY
+        for k in protect:
+            s = self.slot_of.get(k)
+            if s is not None:
+                allowed[s] = False
+        for k in self.pinned:
+            s = self.slot_of.get(k)
+            if s is not None:
+                allowed[s] = False
+        keys = policy.priority(self.view(now))
+        cand = np.flatnonzero(allowed)
+        if cand.size == 0:
+            return None if need_bytes > self.free_bytes else []
+        order = cand[np.lexsort(tuple(np.asarray(k)[cand] for k in reversed(keys)))]
+        out: list[int] = []
+        free, n_base = self.free_bytes, self.n_base
+        base_ok = not need_base or max_base is None or n_base < max_base
+        for s in order.tolist():
+            if free >= need_bytes and base_ok:
+                break
+            out.append(int(self.key[s]))
+            free += self.size[s]
+            if self.kind[s] == 2:
+                n_base -= 1
+                base_ok = not need_base or max_base is None or n_base < max_base
+        if free < need_bytes or not base_ok:
+            return None
+        return out
+
+    def clear_gpu(self) -> list[int]:
+        keys = list(self.slot_of)
+        for k in keys:
+            self.remove(k)
+        return keys
