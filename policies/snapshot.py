@@ -156,14 +156,21 @@ class ClusterSnapshot:
     def missing_load_s(self, components: np.ndarray) -> np.ndarray:
         """Seconds each replica needs to bring ``components`` to its GPU (float64 (R,)).
 
-        Loads are summed (one loader per replica, as in the live store). O(R x k).
+        Loads are summed (one loader per replica, as in the live store). O(R x k); a loop over
+        the k (1-5) components with ``take`` is ~2x faster than one 2-D fancy gather here.
         """
-        t = self.replicas.tier[:, components]  # (R, k)
-        return self.components.load_cost_s[components[None, :], t].sum(axis=1)
+        tier, cost = self.replicas.tier, self.components.load_cost_s
+        cs = components.tolist()
+        if not cs:
+            return np.zeros(tier.shape[0])
+        out = cost[cs[0]].take(tier[:, cs[0]])
+        for c in cs[1:]:
+            out += cost[c].take(tier[:, c])
+        return out
 
     def queue_wait_s(self) -> np.ndarray:
         """Seconds until each replica's queued work drains (float64 (R,))."""
-        return np.maximum(self.replicas.busy_until - self.now, 0.0)
+        return self.replicas.busy_until.clip(self.now) - self.now
 
 
 def make_replicas(n_replicas: int, n_components: int, gpu_bytes: int, host_bytes: int = 0) -> ReplicaTable:

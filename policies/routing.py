@@ -1,0 +1,140 @@
+"""Routing: which replica serves a request.
+
+- ``least-expected-latency`` (ours): expected latency = queue wait + time to load what the
+  replica lacks, lowest wins; with band pools a request only goes to replicas of its band's
+  pool or the shared pool, so cold loads never stall the hot replicas (the talk: "route by
+  popularity bands to separate hot and cold pools").
+- ``ray-multiplex``: Ray Serve 2.x's default router with model multiplexing, as read from
+  ``ray/serve/_private/request_router/`` (pow_2_router.py, request_router.py): candidates are
+  the replicas holding the model; if none, the replicas with the fewest models loaded; power of
+  two choices among candidates picks the shorter queue, and a replica at ``max_ongoing_requests``
+  (Ray's default 5) rejects, sending the request down the hierarchy (holders -> fewest models ->
+  all). Simplification: Ray waits up to 1-2 s (its matching timeout, with backoff) before leaving
+  the holders; here the hierarchy is walked at once, and when every probe rejects, the request
+  goes to the shorter queue of the last pair (where it would have waited in the router anyway).
+- ``random``: uniform, the floor.
+
+A router is O(R) numpy per request; the simulator calls it for every request.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+from policies.registry import Registry
+from policies.snapshot import GPU, SHARED, ClusterSnapshot, RouteRequest
+
+
+@runtime_checkable
+class Router(Protocol):
+    name: ClassVar[str]
+
+    def route(self, snap: ClusterSnapshot, req: RouteRequest, rng: np.random.Generator) -> int:
+        """Index of the replica that should serve ``req`` (0 <= i < snap.replicas.n)."""
+        ...
+
+
+ROUTING: Registry[Router] = Registry("routing", discover="policies")
+
+
+def expected_latency_s(snap: ClusterSnapshot, req: RouteRequest) -> np.ndarray:
+    """Queue wait plus load time of the missing components, per replica (compute is the same
+    everywhere and left out)."""
+    return snap.queue_wait_s() + snap.missing_load_s(req.components)
+
+
+def _pick_min(cost: np.ndarray, cand: np.ndarray | None, rng: np.random.Generator) -> int:
+    """Lowest cost among candidates; exact ties broken at random (so idle replicas share load)."""
+    c = cost if cand is None else cost[cand]
+    i = int(c.argmin())
+    ties = np.flatnonzero(c == c[i])
+    if ties.size > 1:
+        i = int(ties[rng.integers(ties.size)])
+    return i if cand is None else int(cand[i])
+
+
+@ROUTING.register("least-expected-latency")
+class LeastExpectedLatency:
+    """Lowest queue wait + missing-load time, within the request's band pool if pools are on."""
+
+    name: ClassVar[str] = "least-expected-latency"
+
+    def __init__(self, band_pools: bool = True) -> None:
+        self.band_pools = bool(band_pools)
+
+    def route(self, snap: ClusterSnapshot, req: RouteRequest, rng: np.random.Generator) -> int:
+        if snap.replicas.n == 0:
+            raise ValueError("cannot route: the snapshot has no replicas")
+        cost = expected_latency_s(snap, req)
+        cand = None
+        if self.band_pools:
+            pool = snap.replicas.pool
+            ok = (pool == req.band) | (pool == SHARED)
+            if not ok.all():
+                cand = np.flatnonzero(ok)
+                if cand.size == 0:
+                    cand = None  # no replica in the band's pool: any will do
+        return _pick_min(cost, cand, rng)
+
+
+@ROUTING.register("ray-multiplex")
+class RayMultiplex:
+    """Ray Serve's default: replicas holding the model, power of two choices on queue length."""
+
+    name: ClassVar[str] = "ray-multiplex"
+
+    def __init__(self, max_ongoing_requests: int = 5, match: str = "pipeline") -> None:
+        if max_ongoing_requests < 1:
+            raise ValueError(f"max_ongoing_requests must be >= 1, got {max_ongoing_requests}")
+        if match not in ("pipeline", "base"):
+            raise ValueError(f"match must be 'pipeline' or 'base', got {match!r}")
+        self.max_ongoing_requests = int(max_ongoing_requests)
+        self.match = match  # what counts as "the model": every component on GPU, or the base
+
+    def holders(self, snap: ClusterSnapshot, req: RouteRequest) -> np.ndarray:
+        tier = snap.replicas.tier
+        if self.match == "base":
+            return np.flatnonzero(tier[:, req.components[0]] == GPU)
+        return np.flatnonzero((tier[:, req.components] == GPU).all(axis=1))
+
+    def route(self, snap: ClusterSnapshot, req: RouteRequest, rng: np.random.Generator) -> int:
+        n = snap.replicas.n
+        if n == 0:
+            raise ValueError("cannot route: the snapshot has no replicas")
+        q = snap.replicas.queue_len
+        held = self.holders(snap, req)
+        fewest = np.flatnonzero(snap.replicas.n_models == snap.replicas.n_models.min())
+        pick = -1
+        for cand in (held, fewest, None):  # Ray's hierarchy; None = every replica
+            if cand is not None and cand.size == 0:
+                continue
+            pick = self._pow2(cand, n, q, rng)
+            if q[pick] < self.max_ongoing_requests:
+                return pick
+        return pick
+
+    @staticmethod
+    def _pow2(cand: np.ndarray | None, n: int, q: np.ndarray, rng: np.random.Generator) -> int:
+        """Two distinct random candidates, the shorter queue wins (first drawn on a tie)."""
+        m = n if cand is None else cand.size
+        if m == 1:
+            return 0 if cand is None else int(cand[0])
+        i = int(rng.integers(m))
+        j = int(rng.integers(m - 1))
+        j += j >= i
+        a, b = (i, j) if cand is None else (int(cand[i]), int(cand[j]))
+        return b if q[b] < q[a] else a
+
+
+@ROUTING.register("random")
+class RandomRouter:
+    """Uniformly random replica: the floor every router must beat."""
+
+    name: ClassVar[str] = "random"
+
+    def route(self, snap: ClusterSnapshot, req: RouteRequest, rng: np.random.Generator) -> int:
+        if snap.replicas.n == 0:
+            raise ValueError("cannot route: the snapshot has no replicas")
+        return int(rng.integers(snap.replicas.n))
