@@ -189,4 +189,7 @@ def freeze(obj):
     elif hasattr(obj, "__dataclass_fields__"):
         for f in obj.__dataclass_fields__:
             freeze(getattr(obj, f))
+    elif isinstance(obj, (list, tuple)):
+        for x in obj:
+            freeze(x)
     return obj
