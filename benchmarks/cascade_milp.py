@@ -73,14 +73,13 @@ def sweep(make: Callable[[float, int], CascadeInputs], gpus: list[int], n_demand
             inp = make(float(d), g)
             for r in range(repeats):
                 # alternate which goes first, so drift on a shared machine hits both alike
-                pair = [(milp.allocate, t_milp), (enumerate_allocation, t_enum)][:: 1 if r % 2 == 0 else -1]
+                pair = [("milp", milp.allocate, t_milp), ("enum", enumerate_allocation, t_enum)]
                 got = {}
-                for fn, times in pair:
-                    dec = fn(inp, clock=clock)
-                    times.append(dec.solve_time_s)
-                    got[fn is milp.allocate] = dec
-                agree += got[True] == got[False]
-            m, s = got[True], static.allocate(inp)
+                for name, fn, times in pair[:: 1 if r % 2 == 0 else -1]:
+                    got[name] = fn(inp, clock=clock)
+                    times.append(got[name].solve_time_s)
+                agree += got["milp"] == got["enum"]
+            m, s = got["milp"], static.allocate(inp)
             rows.append({"demand_qps": float(d), "milp": _brief(m), "static": _brief(s)})
         both = [r for r in rows if r["milp"]["status"] == "optimal" and r["static"]["status"] == "feasible"]
         out[str(g)] = {

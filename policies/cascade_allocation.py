@@ -6,12 +6,13 @@ model answers every query, a discriminator scores its image, queries scored belo
 to the heavy model; the fraction deferred is f(t). DiffServe solves it with Gurobi (bilinear
 constraints); here every product is linearised so scipy's HiGHS (`scipy.optimize.milp`) solves it.
 
-Variables (one MILP per solve):
+Variables (one MILP per solve when demand fits; see below for overload):
   zL[b], zH[b]   one-hot batch size of the light / heavy stage; zH also has a "none" option,
                  allowed only for thresholds with f(t) = 0 (no heavy stage needed at all);
   y[k]           one-hot threshold from the grid;
   nL[b], nH[b]   integer replicas running batch size b. Disaggregating replicas by batch size
-                 (nL[b] <= G zL[b]) is what makes "replicas x throughput(batch)" linear.
+                 (nL[b] <= M_b zL[b]; M_b = min(G, replicas batch b needs for all the load))
+                 is what makes "replicas x throughput(batch)" linear.
 Constraints:
   light throughput  sum_b mu_L(b) nL[b] >= D / rho           (every query sees the light stage)
   heavy throughput  sum_b mu_H(b) nH[b] >= (D / rho) sum_k f_k y[k]
@@ -20,10 +21,11 @@ Constraints:
                     in flight per stage before its own (qf = 1); q0 is measured queueing delay
                     (Little's law, as DiffServe's controller does), 0 by default
   capacity          sum nL + sum nH <= G
-Objective: maximise quality(t), then lexicographically fewer GPUs, then smaller batches and a
-lower threshold, so the optimum is unique. Quality enters as its dense rank (only its order matters
-in a lexicographic objective) which keeps every objective coefficient an integer: no tie-break
-weight can be lost in the solver's tolerances.
+Objective: maximise quality(t), then lexicographically fewer GPUs, then smaller batches, so the
+optimum is unique. Quality enters as its dense rank (only its order matters in a lexicographic
+objective), which keeps every objective coefficient an integer: no tie-break weight can be lost
+in the solver's tolerances. Thresholds that cannot win (an equal-or-better one defers no more)
+are fixed to 0 before the solve, so each remaining rank is one threshold (pareto_thresholds).
 
 Demand above capacity: a first MILP maximises the served rate s (s_k <= D y[k] carries the
 threshold choice linearly); the allocation is then the normal MILP at demand s, status
@@ -126,6 +128,27 @@ def quality_rank(quality: np.ndarray) -> np.ndarray:
     return np.searchsorted(distinct, np.asarray(quality) - 1e-9, side="left").astype(np.int64)
 
 
+def threshold_position(inp: CascadeInputs) -> np.ndarray:
+    """Tie-break rank of each threshold among equal quality: less deferral first, then lower t."""
+    nt = len(inp.thresholds)
+    pos = np.empty(nt, dtype=np.int64)
+    pos[np.lexsort((np.arange(nt), np.asarray(inp.deferred)))] = np.arange(nt)
+    return pos
+
+
+def pareto_thresholds(inp: CascadeInputs) -> np.ndarray:
+    """Mask of thresholds that can be optimal. k is dropped when an earlier one in tie-break order
+    (so deferring no more) has at least its quality: that one is feasible whenever k is and wins
+    under any batch sizes. Equal-quality plateaus (f(t) = 1 for every t >= 0.6 in DiffServe's
+    curve) are symmetric choices that otherwise cost HiGHS branch-and-bound nodes."""
+    rank = quality_rank(inp.quality)
+    order = np.argsort(threshold_position(inp))
+    best_before = np.maximum.accumulate(np.concatenate(([-1], rank[order][:-1])))
+    keep = np.zeros(len(rank), dtype=bool)
+    keep[order] = rank[order] > best_before
+    return keep
+
+
 def stage_latency(inp: CascadeInputs, light_batch_i: int, heavy_batch_i: int | None) -> float:
     """Modelled latency of a deferred query; heavy_batch_i None = no heavy stage."""
     lat = inp.light.latency_s[light_batch_i] + (0.0 if heavy_batch_i is None else inp.heavy.latency_s[heavy_batch_i])
@@ -204,62 +227,75 @@ class MilpCascade:
         """Solution vector (None if infeasible) and whether HiGHS proved it optimal."""
         # imported here: registry discovery imports every policies module, most never solve
         from scipy.optimize import Bounds, LinearConstraint, milp
-        from scipy.sparse import lil_array
+        from scipy.sparse import coo_array
 
         nl, nh, nt, g = len(inp.light.batch), len(inp.heavy.batch), len(inp.thresholds), int(inp.gpus)
         lay = _Layout(nl, nh, nt, served)
         f = np.asarray(inp.deferred, dtype=np.float64)
-        budget = inp.slo_s - inp.queue_delay_s
-        w = 1.0 + inp.queue_factor
-        rows: list[tuple[dict[int, float], float, float]] = []  # (coefficients, lower, upper)
-        rows.append(({int(j): 1.0 for j in lay.zL}, 1, 1))
-        rows.append(({**{int(j): 1.0 for j in lay.zH}, lay.none: 1.0}, 1, 1))
-        rows.append(({int(j): 1.0 for j in lay.y}, 1, 1))
-        for n_idx, z_idx in ((lay.nL, lay.zL), (lay.nH, lay.zH)):
-            for n_j, z_j in zip(n_idx, z_idx):  # nX[b] <= G zX[b]: replicas only at the chosen batch
-                rows.append(({int(n_j): 1.0, int(z_j): -float(g)}, -np.inf, 0))
-        no_defer = np.flatnonzero(f <= 0)
-        rows.append(({lay.none: 1.0, **{int(lay.y[k]): -1.0 for k in no_defer}}, -np.inf, 0))
         mu_l, mu_h = inp.light.throughput, inp.heavy.throughput
-        light_row = {int(j): float(m) for j, m in zip(lay.nL, mu_l)}
-        heavy_row = {int(j): float(m) for j, m in zip(lay.nH, mu_h)}
+        # Big-M per batch size: at most G, and (when demand is fixed) never more replicas than that
+        # batch needs for the whole load, since extra GPUs only cost objective. A tight M is what
+        # keeps the LP relaxation, and so HiGHS's branch and bound, small.
+        m_l, m_h = np.full(nl, float(g)), np.full(nh, float(g))
+        if not served:
+            m_l = np.minimum(m_l, np.ceil(load * (1 - TOL) / mu_l))
+            m_h = np.minimum(m_h, np.ceil(load * (1 - TOL) * f.max() / mu_h))
+        tri_r: list[np.ndarray] = []
+        tri_c: list[np.ndarray] = []
+        tri_v: list[np.ndarray] = []
+        lo: list[float] = []
+        hi: list[float] = []
+
+        def row(cols: np.ndarray | list[int], vals: np.ndarray | list[float] | float, lb: float, ub: float) -> None:
+            cols = np.atleast_1d(np.asarray(cols, dtype=np.int64))
+            tri_r.append(np.full(cols.size, len(lo)))
+            tri_c.append(cols)
+            tri_v.append(np.broadcast_to(np.asarray(vals, dtype=np.float64), cols.shape))
+            lo.append(lb)
+            hi.append(ub)
+
+        row(lay.zL, 1.0, 1, 1)  # one batch size per stage (or no heavy stage), one threshold
+        row(np.append(lay.zH, lay.none), 1.0, 1, 1)
+        row(lay.y, 1.0, 1, 1)
+        for n_idx, z_idx, big_m in ((lay.nL, lay.zL, m_l), (lay.nH, lay.zH, m_h)):
+            for n_j, z_j, m in zip(n_idx, z_idx, big_m):  # replicas only at the chosen batch size
+                row([n_j, z_j], [1.0, -m], -np.inf, 0)
+        no_defer = np.flatnonzero(f <= 0)  # "no heavy stage" only for thresholds deferring nothing
+        row(np.append(lay.none, lay.y[no_defer]), np.append(1.0, -np.ones(no_defer.size)), -np.inf, 0)
         if served:  # demand is a variable: s_k <= load y_k, light >= sum s, heavy >= sum f_k s_k
             for k in range(nt):
-                rows.append(({int(lay.s[k]): 1.0, int(lay.y[k]): -load}, -np.inf, 0))
-            rows.append(({**light_row, **{int(j): -1.0 for j in lay.s}}, 0, np.inf))
-            rows.append(({**heavy_row, **{int(lay.s[k]): -float(f[k]) for k in range(nt)}}, 0, np.inf))
+                row([lay.s[k], lay.y[k]], [1.0, -load], -np.inf, 0)
+            row(np.append(lay.nL, lay.s), np.append(mu_l, -np.ones(nt)), 0, np.inf)
+            row(np.append(lay.nH, lay.s), np.append(mu_h, -f), 0, np.inf)
         else:
-            rows.append((light_row, load * (1 - TOL), np.inf))
-            rows.append(({**heavy_row, **{int(lay.y[k]): -load * (1 - TOL) * float(f[k]) for k in range(nt)}}, 0, np.inf))
-        lat = {**{int(j): w * float(v) for j, v in zip(lay.zL, inp.light.latency_s)},
-               **{int(j): w * float(v) for j, v in zip(lay.zH, inp.heavy.latency_s)}}
-        rows.append((lat, -np.inf, budget))
-        rows.append(({int(j): 1.0 for j in np.concatenate([lay.nL, lay.nH])}, -np.inf, g))
-
-        a = lil_array((len(rows), lay.size))
-        lo, hi = np.empty(len(rows)), np.empty(len(rows))
-        for r, (coef, lb, ub) in enumerate(rows):
-            for j, v in coef.items():
-                a[r, j] = v
-            lo[r], hi[r] = lb, ub
+            row(lay.nL, mu_l, load * (1 - TOL), np.inf)
+            row(np.append(lay.nH, lay.y), np.append(mu_h, -load * (1 - TOL) * f), 0, np.inf)
+        w = 1.0 + inp.queue_factor
+        row(np.append(lay.zL, lay.zH), w * np.append(inp.light.latency_s, inp.heavy.latency_s),
+            -np.inf, inp.slo_s - inp.queue_delay_s)
+        row(np.append(lay.nL, lay.nH), 1.0, -np.inf, g)
+        a = coo_array((np.concatenate(tri_v), (np.concatenate(tri_r), np.concatenate(tri_c))),
+                      shape=(len(lo), lay.size)).tocsr()
 
         c = np.zeros(lay.size)
         if served:
             c[lay.s] = -1.0  # phase 1: only the served rate matters
         else:
-            combos = nl * (nh + 1) * nt
-            c[lay.zL] = np.arange(nl) * (nh + 1) * nt  # smaller batches first (lower latency) ...
-            c[lay.zH] = (np.arange(nh) + 1) * nt
-            c[lay.y] = np.arange(nt)  # ... then the lower threshold
-            c[np.concatenate([lay.nL, lay.nH])] = combos  # fewer GPUs outweighs every batch/threshold choice
-            c[lay.y] -= quality_rank(inp.quality) * float((g + 1) * combos)  # quality outweighs all
+            # Among the Pareto thresholds each quality rank occurs once, so no threshold tie-break
+            # is needed here (see pareto_thresholds); keeping the weights small keeps HiGHS happy.
+            pairs = nl * (nh + 1)
+            c[lay.zL] = np.arange(nl) * (nh + 1)  # smaller batches first (lower latency) ...
+            c[lay.zH] = np.arange(nh) + 1
+            c[np.concatenate([lay.nL, lay.nH])] = pairs  # ... after fewer GPUs ...
+            c[lay.y] = -quality_rank(inp.quality) * float((g + 1) * pairs)  # ... after quality
         ub = np.ones(lay.size)
-        ub[np.concatenate([lay.nL, lay.nH])] = g
+        ub[lay.nL], ub[lay.nH] = m_l, m_h
+        ub[lay.y[~pareto_thresholds(inp)]] = 0  # dominated thresholds: presolve drops them
         if served:
             ub[lay.s] = load
         integrality = np.ones(lay.size)
         integrality[lay.s] = 0
-        res = milp(c, constraints=LinearConstraint(a.tocsr(), lo, hi), integrality=integrality,
+        res = milp(c, constraints=LinearConstraint(a, np.array(lo), np.array(hi)), integrality=integrality,
                    bounds=Bounds(np.zeros(lay.size), ub),
                    options={"mip_rel_gap": 0.0, "time_limit": self.time_limit_s, "presolve": True})
         return (None if res.x is None else np.asarray(res.x)), res.status == 0

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from policies.cascade_allocation import (CASCADE, TOL, CascadeDecision, CascadeInputs, capacity_qps, infeasible,
-                                         make_decision, quality_rank)
+                                         make_decision, quality_rank, threshold_position)
 
 
 def quality_from_confidence(deferred: np.ndarray, light_confidence: np.ndarray) -> np.ndarray:
@@ -72,7 +72,7 @@ def enumerate_allocation(inp: CascadeInputs, clock: Callable[[], float] | None =
     fits = n_l + n_h <= inp.gpus
     li, hi, k, n_l, n_h = li[fits], hi[fits], k[fits], n_l[fits], n_h[fits]
     nl, nh, nt = len(inp.light.batch), len(inp.heavy.batch), len(inp.thresholds)
-    combo = (li * (nh + 1) + np.where(hi == nh, 0, hi + 1)) * nt + k  # same order as the MILP
+    combo = (li * (nh + 1) + np.where(hi == nh, 0, hi + 1)) * nt + threshold_position(inp)[k]  # as the MILP
     best = np.lexsort((combo, n_l + n_h, -quality_rank(inp.quality)[k]))[0]
     return make_decision(inp, status, int(li[best]), None if hi[best] == nh else int(hi[best]), int(k[best]),
                          int(n_l[best]), int(n_h[best]), t0, clock)
