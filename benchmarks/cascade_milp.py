@@ -88,6 +88,7 @@ def sweep(make: Callable[[float, int], CascadeInputs], gpus: list[int], n_demand
             "both_feasible": len(both),
             "quality_gain_when_both_feasible_mean": float(np.mean([r["milp"]["quality"] - r["static"]["quality"]
                                                                    for r in both])) if both else None,
+            "static_beats_milp": sum(r["static"]["quality"] > r["milp"]["quality"] for r in both),
             "milp_feasible": sum(r["milp"]["status"] == "optimal" for r in rows),
             "static_feasible": sum(r["static"]["status"] == "feasible" for r in rows),
             "served_fraction_mean": {k: float(np.mean([r[k]["served_qps"] / r["demand_qps"] for r in rows]))

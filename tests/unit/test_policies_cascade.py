@@ -30,7 +30,7 @@ def random_instance(rng: np.random.Generator) -> CascadeInputs:
     bl, bh = np.sort(rng.choice([1, 2, 4, 8, 16], nl, replace=False)), np.sort(rng.choice([1, 2, 4, 8], nh, replace=False))
     light = StageProfile(bl, 0.03 + bl * rng.uniform(0.01, 0.04))
     heavy = StageProfile(bh, 0.3 + bh * rng.uniform(0.1, 0.5))
-    f = np.sort(rng.uniform(0, 1, nt))
+    f = np.sort(np.round(rng.uniform(0, 1, nt), 1))  # rounded: equal deferral at several thresholds
     f[0] = 0.0 if rng.random() < 0.7 else f[0]
     q = np.round(rng.uniform(0, 1, nt), 2)  # not monotone, with ties: the order still must match
     return CascadeInputs(float(np.exp(rng.uniform(np.log(0.5), np.log(3000)))), int(rng.integers(0, 30)),
@@ -83,7 +83,7 @@ class TestCascadeContract:
 def test_milp_equals_brute_force_on_random_instances():
     rng = np.random.default_rng(7)
     statuses = set()
-    for _ in range(60):
+    for _ in range(80):
         inp = random_instance(rng)
         got, want = MilpCascade().allocate(inp), enumerate_allocation(inp)
         assert got == want, inp
@@ -118,6 +118,14 @@ def test_demand_over_capacity_is_best_effort_at_max_throughput():
     # light only, best batch within the SLO: 6 GPUs x 8 / 0.26 s
     assert d.served_qps == pytest.approx(6 * 8 / 0.26, rel=1e-6)
     assert MilpCascade().allocate(replace(inp, demand_qps=d.served_qps)).status == "optimal"
+
+
+def test_utilization_cap_and_registry():
+    assert {"milp", "static"} <= set(CASCADE.names())
+    inp = synthetic(20.0, 40)
+    full, capped = MilpCascade().allocate(inp), MilpCascade().allocate(replace(inp, max_utilization=0.5))
+    check_constraints(replace(inp, max_utilization=0.5), capped)
+    assert capped.expected_quality <= full.expected_quality and capped.served_qps == 20.0
 
 
 def test_slo_below_any_batch_is_infeasible():
