@@ -11,6 +11,7 @@ import pytest
 from policies.cascade_allocation import CASCADE, CascadeDecision, CascadeInputs, MilpCascade, StageProfile, \
     fold_discriminator
 from policies.cascade_baselines import StaticCascade, enumerate_allocation, quality_from_confidence
+from policies.snapshot import freeze
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "diffserve"
 
@@ -72,7 +73,8 @@ class TestCascadeContract:
         inp = synthetic(25.0, 20)
         before = {f: np.copy(getattr(inp, f)) for f in ("thresholds", "deferred", "quality")}
         before |= {"lb": inp.light.batch.copy(), "ll": inp.light.latency_s.copy(), "hl": inp.heavy.latency_s.copy()}
-        a, b = CASCADE.create(name).allocate(inp), CASCADE.create(name).allocate(inp)
+        a = CASCADE.create(name).allocate(inp)
+        b = CASCADE.create(name).allocate(freeze(inp))  # read-only arrays: any write would raise
         assert a == b
         after = {f: getattr(inp, f) for f in ("thresholds", "deferred", "quality")}
         after |= {"lb": inp.light.batch, "ll": inp.light.latency_s, "hl": inp.heavy.latency_s}
