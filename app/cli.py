@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_check_config)
 
     sub.add_parser("trace", add_help=False, help="trace tooling (see `t2i trace --help`)")
+    sub.add_parser("simulate", add_help=False, help="cluster simulator (see `t2i simulate --help`)")
     return parser
 
 
@@ -106,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         from trace_replay.cli import main as trace_main
 
         return trace_main(argv[1:])
+    if argv and argv[0] == "simulate":
+        from trace_replay.simulator.cli import main as simulate_main
+
+        return simulate_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

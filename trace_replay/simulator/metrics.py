@@ -49,7 +49,10 @@ def summarize(wl: Workload, rec: Records, slo_s: float, policy_set: str, gpus: i
         "latency_p95_s": float(q[1]),
         "latency_p99_s": float(q[2]),
         "queue_wait_mean_s": float(np.nanmean(wait)) if n else float("nan"),
+        # every second a GPU spent loading (demand + prefetch + placement); demand alone is charged
+        # to requests' latency
         "load_seconds": float(sum(rec.load_by_kind.values())),
+        "demand_load_seconds": float(rec.load_s.sum()),
         "load_seconds_by_kind": {KIND_NAMES[k]: round(v, 3) for k, v in rec.load_by_kind.items()},
         "loads": int(loads),
         "loads_by_kind": {KIND_NAMES[k]: int(v) for k, v in rec.loads_by_kind.items()},

@@ -1,0 +1,197 @@
+"""The coordinator policy set's control: popularity bands, hot-pipeline persistence, bandit prefetch.
+
+Adapter from the simulator's state to the pure policies (they decide, this acts):
+- ``policies.popularity`` (``decayed``): every routed request is observed under its pipeline id;
+- ``policies.placement`` (``popularity-bands``): on each tick, a ``ClusterSnapshot`` is built from
+  the workers (tier of every component on every replica) and the plan's pins become each worker's
+  ``pinned`` set; pinned components it lacks are loaded when the worker is next idle;
+- ``policies.bandit`` (``ucb1``): an idle worker (rate-limited) is offered the warm band's
+  pipelines it lacks and fills free GPU memory only; a prefetch is rewarded, when its window ends,
+  with the cold-load seconds its hits saved minus the seconds it cost.
+
+Pipeline ids are interned up front, vectorised: a pipeline is the set of its component keys, so
+an order-free 64-bit hash (sum of per-key random words) names it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from policies.bandit import PIPELINE_PREFETCH, PrefetchOffer
+from policies.placement import PLACEMENT, PlacementContext
+from policies.popularity import POPULARITY, bands_by_rank
+from policies.snapshot import DISK, GPU, HOST, REMOTE, WARM, ClusterSnapshot, ComponentTable, ReplicaTable, SHARED
+from trace_replay.simulator.config import SimConfig
+from trace_replay.simulator.worker import Worker
+
+
+def pipeline_ids(offsets: np.ndarray, keys: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pipeline id per request, first request of each pipeline) from the CSR component lists."""
+    words = np.random.default_rng(0x5EED).integers(1, 2**63 - 1, size=max(n_keys, 1), dtype=np.int64)
+    h = np.add.reduceat(words[keys].astype(np.uint64), offsets[:-1]) if keys.size else np.zeros(0, np.uint64)
+    _, first, inv = np.unique(h, return_index=True, return_inverse=True)
+    return inv.astype(np.int64), first.astype(np.int64)
+
+
+class _Components(Sequence):
+    """Lazy per-pipeline component arrays (base first), from the first request of each pipeline."""
+
+    def __init__(self, offsets: np.ndarray, keys: np.ndarray, first: np.ndarray) -> None:
+        self.o, self.k, self.first, self.cache = offsets, keys, first, {}
+
+    def __len__(self) -> int:
+        return int(self.first.size)
+
+    def __getitem__(self, p):
+        c = self.cache.get(p)
+        if c is None:
+            r = self.first[p]
+            row = self.k[self.o[r]:self.o[r + 1]]
+            c = self.cache[p] = np.concatenate([row[:1], np.unique(row[1:])])
+        return c
+
+
+class Coordinator:
+    def __init__(self, cfg: SimConfig, popularity: str = "decayed", popularity_args: dict | None = None,
+                 placement: str = "popularity-bands", placement_args: dict | None = None,
+                 prefetch: str = "ucb1", prefetch_args: dict | None = None, prefetch_interval_s: float = 300.0,
+                 reward_window_s: float = 1800.0, max_arms: int = 64, min_demand: float = 0.05) -> None:
+        self.pop = POPULARITY.create(popularity, **(popularity_args or {"half_life_s": 600.0}))
+        self.placer = PLACEMENT.create(placement, **(placement_args or {}))
+        self.bandit = PIPELINE_PREFETCH.create(prefetch, **(prefetch_args or {}))
+        self.interval, self.window, self.max_arms = prefetch_interval_s, reward_window_s, max_arms
+        self.min_demand = min_demand  # decayed demand below this counts as gone (keeps bands small)
+        self.rng = np.random.default_rng(cfg.seed + 1)
+
+    def attach(self, sim, runtime) -> None:
+        self.sim = sim
+        wl = sim.wl
+        self.pid, first = pipeline_ids(wl.comp_offsets, wl.comp_key, wl.n_keys)
+        self.pid_list = self.pid.tolist()
+        self.comps = _Components(wl.comp_offsets, wl.comp_key, first)
+        P = int(first.size)
+        self.state = self.pop.new_state(P)
+        c = sim.cfg.cluster
+        size = wl.key_size
+        cost = np.zeros((wl.n_keys, 4))
+        cost[:, HOST] = size / (c.pcie_gbps * 1e9)
+        cost[:, DISK] = size / (c.disk_gbps * 1e9) + cost[:, HOST]
+        cost[:, REMOTE] = np.array([wl.mean_load_s[int(k)] for k in range(3)])[wl.key_kind]
+        self.table = ComponentTable(wl.key_kind.astype(np.int8), size.astype(np.int64), cost)
+        self.stats = self.bandit.new_stats(P)
+        self.pending: dict[int, list[int]] = {}  # worker -> pinned keys to load when idle
+        self.prefetched: list[dict[int, list]] = [{} for _ in sim.workers]  # pid -> [t, paid_s, hits]
+        self.warm = np.zeros(0, np.int64)
+        self.warm_flat = np.zeros(0, np.int64)
+        self.warm_off = np.zeros(1, np.int64)
+
+    def wrap_route(self, route):
+        observe, state, pids, pref = self.pop.observe, self.state, self.pid_list, self.prefetched
+
+        def routed(i: int, comps: list, now: float) -> Worker:
+            p = pids[i]
+            observe(state, p, now)
+            w = route(i, comps, now)
+            r = pref[w.idx].get(p)
+            if r is not None:
+                r[2] += 1
+            return w
+
+        return routed
+
+    # -- snapshot ------------------------------------------------------------------------------
+    def snapshot(self, now: float) -> ClusterSnapshot:
+        ws = self.sim.workers
+        tier = np.full((len(ws), self.table.n), REMOTE, dtype=np.int8)
+        for w in ws:
+            if w.disk is not None and w.disk.items:
+                tier[w.idx, list(w.disk.items)] = DISK
+            if w.host is not None and w.host.items:
+                tier[w.idx, list(w.host.items)] = HOST
+            if w.slot_of:
+                tier[w.idx, list(w.slot_of)] = GPU
+        rep = ReplicaTable(
+            tier=tier, queue_len=np.array([len(w.queue) + w.busy for w in ws], np.int64),
+            busy_until=np.array([w.ready_at for w in ws]),
+            gpu_free_bytes=np.array([w.free_bytes for w in ws], np.int64),
+            host_free_bytes=np.array([w.host.free if w.host else 0 for w in ws], np.int64),
+            pool=np.full(len(ws), SHARED, np.int8), n_models=np.array([w.n_base for w in ws], np.int64))
+        return ClusterSnapshot(now, rep, self.table)
+
+    # -- control -------------------------------------------------------------------------------
+    def on_tick(self, now: float) -> None:
+        demand = self.pop.scores(self.state, now).copy()
+        demand[demand < self.min_demand] = 0.0
+        # bands by rank over the thresholded demand: a decayed counter never reaches zero, so without
+        # the threshold every pipeline ever seen would be ranked (and 5% of them called hot)
+        bands = bands_by_rank(demand, self.pop.hot_frac, self.pop.warm_frac)
+        snap = self.snapshot(now)
+        ws = self.sim.workers
+        gpu = np.array([w.cap_bytes if w.active else 0 for w in ws], np.int64)
+        plan = self.placer.plan(PlacementContext(snap, demand, bands, self.comps, gpu))
+        pins: dict[int, set[int]] = {w.idx: set() for w in ws}
+        for p, r in zip(plan.pin_pipeline.tolist(), plan.pin_replica.tolist()):
+            if ws[r].active:
+                pins[r].update(self.comps[p].tolist())
+        for w in ws:
+            w.pinned = pins[w.idx]
+            lack = [k for k in w.pinned if k not in w.slot_of]
+            if lack:
+                self.pending[w.idx] = lack
+                if not w.busy and not w.queue:
+                    self.on_idle(w, now)
+            else:
+                self.pending.pop(w.idx, None)
+        warm = np.flatnonzero(bands == WARM)
+        self.warm = warm[np.argsort(-demand[warm], kind="stable")][: self.max_arms]
+        parts = [self.comps[p] for p in self.warm.tolist()]
+        self.warm_flat = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        self.warm_off = np.concatenate([[0], np.cumsum([len(c) for c in parts])]).astype(np.int64)
+        self._credit(now)
+
+    def _credit(self, now: float) -> None:
+        """Close prefetch windows that ended: reward = cold-load seconds saved by hits - seconds paid."""
+        arms, rewards = [], []
+        cold = self.table.load_cost_s[:, REMOTE]
+        for d in self.prefetched:
+            for p in [p for p, r in d.items() if now - r[0] >= self.window]:
+                t, paid, hits = d.pop(p)
+                arms.append(p)
+                rewards.append(hits * float(cold[self.comps[p]].sum()) - paid)
+        if arms:
+            self.stats = self.bandit.update(self.stats, np.array(arms), np.array(rewards))
+
+    def on_idle(self, w: Worker, now: float) -> None:
+        sim = self.sim
+        lack = self.pending.pop(w.idx, None)
+        if lack:
+            lack = [k for k in lack if k not in w.slot_of]
+            if lack:
+                sim.start_prefetch(w, lack, now)
+                return
+        if self.warm.size == 0 or now - w.last_prefetch < self.interval or not w.active:
+            return
+        w.last_prefetch = now
+        resident = np.zeros(self.table.n, dtype=bool)
+        resident[list(w.slot_of)] = True
+        flat = self.warm_flat
+        miss = ~resident[flat]
+        size = self.table.size_bytes[flat]
+        starts = self.warm_off[:-1]
+        missing = np.add.reduceat(np.where(miss, size, 0), starts)
+        cost = np.add.reduceat(np.where(miss, self.table.load_cost_s[flat, REMOTE], 0.0), starts)
+        offer = PrefetchOffer(now, self.warm, missing.astype(np.int64), cost, int(max(w.free_bytes, 0)))
+        chosen = self.bandit.propose(offer, self.stats, self.rng)
+        keys: list[int] = []
+        for a in chosen.tolist():
+            p = int(self.warm[a])
+            keys += [k for k in self.comps[p].tolist() if k not in w.slot_of and k not in keys]
+        if not keys:
+            return
+        busy_before = w.busy_s
+        sim.start_prefetch(w, keys, now)
+        paid = w.busy_s - busy_before
+        for a in chosen.tolist():
+            self.prefetched[w.idx][int(self.warm[a])] = [now, paid / len(chosen), 0]
