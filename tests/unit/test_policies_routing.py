@@ -1,0 +1,99 @@
+"""Routing: expected latency trades queue wait against load time; Ray's default follows the model."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from policy_factories import components, replicas, request
+
+from policies.routing import ROUTING, expected_latency_s
+from policies.snapshot import BASE, COLD, HOST, HOT, LORA, SHARED, ClusterSnapshot, PipelineKey, freeze
+
+COMP = components([BASE, BASE, LORA, LORA])  # 22.6 s, 22.6 s, 4.6 s, 4.6 s from remote
+KEY = PipelineKey.of(0, (), (2,))  # needs 27.2 s of loading where nothing is held
+NOW = 1000.0
+
+
+def snap(rep) -> ClusterSnapshot:
+    return freeze(ClusterSnapshot(NOW, rep, COMP))
+
+
+@pytest.mark.parametrize("wait,expected", [(0.0, 0), (10.0, 0), (27.0, 0), (27.5, 1), (60.0, 1)])
+def test_prefers_the_holder_unless_its_queue_is_longer_than_the_load(wait, expected):
+    s = snap(replicas(2, COMP.n, held={0: [0, 2]}, busy_s=[NOW + wait, NOW - 5.0]))
+    assert ROUTING.create("least-expected-latency").route(s, request(KEY), np.random.default_rng(0)) == expected
+
+
+def test_partial_and_host_copies_count():
+    rep = replicas(3, COMP.n, held={1: [0]})  # replica 1 lacks only the LoRA
+    rep.tier[2, [0, 2]] = HOST  # replica 2 has both in host memory: 2.26 + 0.46 s
+    s = snap(rep)
+    np.testing.assert_allclose(expected_latency_s(s, request(KEY)), [27.2, 4.6, 2.72])
+    assert ROUTING.create("least-expected-latency").route(s, request(KEY), np.random.default_rng(0)) == 2
+
+
+def test_band_pools_keep_cold_requests_off_hot_replicas():
+    rep = replicas(3, COMP.n, held={0: [0, 2]}, pool=[HOT, SHARED, COLD], busy_s=[0, NOW + 100, NOW + 100])
+    s = snap(rep)
+    router = ROUTING.create("least-expected-latency")
+    assert router.route(s, request(KEY, band=HOT), np.random.default_rng(0)) == 0
+    assert router.route(s, request(KEY, band=COLD), np.random.default_rng(0)) in (1, 2)  # not the idle hot one
+    assert ROUTING.create("least-expected-latency", band_pools=False).route(
+        s, request(KEY, band=COLD), np.random.default_rng(0)) == 0
+
+
+def test_ties_spread_over_idle_replicas():
+    s = snap(replicas(4, COMP.n))
+    router = ROUTING.create("least-expected-latency")
+    picks = Counter(router.route(s, request(KEY), np.random.default_rng(i)) for i in range(200))
+    assert set(picks) == {0, 1, 2, 3}
+
+
+def test_ray_multiplex_sticks_to_the_holder_while_it_accepts():
+    """Ray ignores load cost: the holder wins while under max_ongoing_requests (5), then the
+    replicas with the fewest models, by power of two choices on queue length."""
+    router = ROUTING.create("ray-multiplex")
+    s = snap(replicas(4, COMP.n, held={0: [0, 2], 1: [1], 2: [1, 3]}, queue=[4, 0, 0, 0]))
+    assert {router.route(s, request(KEY), np.random.default_rng(i)) for i in range(50)} == {0}
+    full = snap(replicas(4, COMP.n, held={0: [0, 2], 1: [1], 2: [1, 3]}, queue=[5, 0, 0, 0]))
+    assert {router.route(full, request(KEY), np.random.default_rng(i)) for i in range(50)} == {3}  # fewest models
+
+
+def test_ray_multiplex_power_of_two_among_holders():
+    router = ROUTING.create("ray-multiplex")
+    s = snap(replicas(3, COMP.n, held={0: [0, 2], 1: [0, 2]}, queue=[3, 1, 0]))
+    assert {router.route(s, request(KEY), np.random.default_rng(i)) for i in range(50)} == {1}
+    none_hold = snap(replicas(3, COMP.n, queue=[3, 1, 0]))  # every replica has 0 models: p2c over all
+    picks = Counter(router.route(none_hold, request(KEY), np.random.default_rng(i)) for i in range(300))
+    assert picks[0] == 0 and picks[2] > picks[1] > 0  # the longest queue never wins a pair
+
+
+def test_ray_multiplex_base_matching():
+    router = ROUTING.create("ray-multiplex", match="base")
+    s = snap(replicas(3, COMP.n, held={2: [0]}, queue=[0, 0, 1]))
+    assert router.route(s, request(KEY), np.random.default_rng(0)) == 2
+
+
+def test_random_is_uniform():
+    s = snap(replicas(4, COMP.n, held={0: [0, 2]}))
+    picks = Counter(ROUTING.create("random").route(s, request(KEY), np.random.default_rng(i)) for i in range(400))
+    assert min(picks.values()) > 60
+
+
+def test_routing_is_cheap_enough_for_the_simulator():
+    """Smoke bound, not a benchmark: 300 replicas x 5000 components well under 100 us a route."""
+    import time
+
+    rng = np.random.default_rng(0)
+    comp = components([BASE] * 100 + [LORA] * 4900)
+    rep = replicas(300, comp.n)
+    rep.tier[rng.random(rep.tier.shape) < 0.01] = 0
+    s = freeze(ClusterSnapshot(0.0, rep, comp))
+    req = request(PipelineKey.of(3, (), (200, 4000)))
+    router = ROUTING.create("least-expected-latency")
+    t = time.perf_counter()
+    for _ in range(500):
+        router.route(s, req, rng)
+    assert (time.perf_counter() - t) / 500 < 1e-4
