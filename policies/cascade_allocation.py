@@ -183,6 +183,19 @@ def infeasible(inp: CascadeInputs, t0: float, clock: Callable[[], float] | None)
                            (clock() - t0) if clock else float("nan"))
 
 
+def relaxed_capacity(inp: CascadeInputs) -> float:
+    """Upper bound on the load G GPUs can carry within the SLO (fractional replicas: the best
+    per-GPU cascade throughput of any latency-feasible batch pair and threshold, times G)."""
+    f = np.asarray(inp.deferred, dtype=np.float64)
+    ok = (1.0 + inp.queue_factor) * (inp.light.latency_s[:, None] + np.append(inp.heavy.latency_s, 0.0)[None, :])
+    ok = ok + inp.queue_delay_s <= inp.slo_s  # (light batch, heavy batch or none)
+    cost_h = f[None, :] / np.append(inp.heavy.throughput, np.inf)[:, None]  # GPU-s per query, (heavy, k)
+    cost_h[-1, f > 0] = np.inf  # no heavy stage only where nothing is deferred
+    per_gpu = 1.0 / (1.0 / inp.light.throughput[:, None, None] + cost_h[None, :, :])
+    per_gpu = np.where(ok[:, :, None], per_gpu, 0.0)
+    return float(per_gpu.max(initial=0.0)) * inp.gpus * (1 + 1e-9)
+
+
 class _Layout:
     """Column indices of the MILP's variables: nL | nH | zL | zH | zH_none | y | (s)."""
 
@@ -208,9 +221,10 @@ class MilpCascade:
         t0 = clock() if clock else 0.0
         inp.validate()
         load = inp.demand_qps / inp.max_utilization
-        sol, proven = self._solve(inp, load, served=False)
-        if sol is not None:
-            return self._decode(inp, sol, "optimal" if proven else "time_limit", t0, clock)
+        if load <= relaxed_capacity(inp):  # else no integer answer exists: skip the doomed solve
+            sol, proven = self._solve(inp, load, served=False)
+            if sol is not None:
+                return self._decode(inp, sol, "optimal" if proven else "time_limit", t0, clock)
         best, _ = self._solve(inp, load, served=True)  # demand too high: the most it can serve
         if best is None:
             return infeasible(inp, t0, clock)
