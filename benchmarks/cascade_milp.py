@@ -86,7 +86,10 @@ def sweep(make: Callable[[float, int], CascadeInputs], gpus: list[int], n_demand
             rows.append({"demand_qps": float(d), "milp": _brief(m), "static": _brief(s)})
         both = [r for r in rows if r["milp"]["status"] == "optimal" and r["static"]["status"] == "feasible"]
         out[str(g)] = {
-            "milp_ms": _pct(t_milp), "milp_cpu_ms": _pct(cpu_milp), "enum_ms": _pct(t_enum), "solves": len(t_milp),
+            "milp_ms": _pct(t_milp), "milp_cpu_ms": _pct(cpu_milp),
+            # median of each demand's repeats, then percentiles over demands: a stall caused by
+            # a neighbour on the shared cores hits one repeat, a slow instance hits all of them
+            "milp_median_of_repeats_ms": _pct(np.median(np.reshape(t_milp, (-1, repeats)), axis=1)), "enum_ms": _pct(t_enum), "solves": len(t_milp),
             "milp_equals_enum": agree, "demands_qps": [float(d) for d in demands],
             "both_feasible": len(both),
             "quality_gain_when_both_feasible_mean": float(np.mean([r["milp"]["quality"] - r["static"]["quality"]
@@ -147,9 +150,10 @@ def main() -> int:
                   f"{r['served_fraction_mean']['milp']:5.2f}/{r['served_fraction_mean']['static']:.2f}")
     p99 = max(r["milp_ms"]["p99"] for by_g in results.values() for r in by_g.values())
     cpu99 = max(r["milp_cpu_ms"]["p99"] for by_g in results.values() for r in by_g.values())
-    print(f"(ms; worst MILP p99 wall {p99:.1f}, CPU {cpu99:.1f}; goal < {goal_ms:.0f} ms: "
-          f"{'met' if p99 < goal_ms else 'MISSED'}; load average before/after {load_before[0]:.2f}/"
-          f"{load_after[0]:.2f} on {os.cpu_count()} shared cores)")
+    med99 = max(r["milp_median_of_repeats_ms"]["p99"] for by_g in results.values() for r in by_g.values())
+    print(f"(ms; worst MILP p99: every solve's wall {p99:.1f}, CPU {cpu99:.1f}, wall median of repeats {med99:.1f}; "
+          f"goal < {goal_ms:.0f} ms on every solve's wall p99: {'met' if p99 < goal_ms else 'MISSED'}; load average "
+          f"before/after {load_before[0]:.2f}/{load_after[0]:.2f} on {os.cpu_count()} shared cores)")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     import scipy
 
@@ -160,7 +164,8 @@ def main() -> int:
               "config": {"gpus": args.gpus, "demands": args.demands, "repeats": args.repeats, "grids": args.grid,
                          "accel": ACCEL, "app": "sdturbo_sdv15"},
               "results_by_grid": results, "goal_ms": goal_ms, "worst_p99_ms": p99,
-              "worst_cpu_p99_ms": cpu99, "goal_met": p99 < goal_ms}
+              "worst_cpu_p99_ms": cpu99,
+              "worst_median_of_repeats_p99_ms": med99, "goal_met": p99 < goal_ms}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")
