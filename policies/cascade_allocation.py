@@ -66,6 +66,9 @@ def fold_discriminator(light: StageProfile, disc: StageProfile) -> StageProfile:
 
 @dataclass(frozen=True)
 class CascadeInputs:
+    """One allocation problem: a frozen snapshot the caller builds (profiles, f(t) and quality(t)
+    from DiffServe's files via benchmarks.cascade_milp.diffserve_inputs, or measured live)."""
+
     demand_qps: float
     gpus: int
     slo_s: float
@@ -88,6 +91,11 @@ class CascadeInputs:
         if self.gpus < 0 or self.demand_qps < 0 or self.slo_s <= 0:
             raise ValueError(f"need gpus >= 0, demand_qps >= 0, slo_s > 0; got gpus={self.gpus}, "
                              f"demand_qps={self.demand_qps}, slo_s={self.slo_s}")
+        if not np.all(np.isfinite(self.quality)):
+            raise ValueError("quality must be finite (pass -FID, not NaN, for thresholds without FID)")
+        for name, st in (("light", self.light), ("heavy", self.heavy)):
+            if not (len(st.batch) == len(st.latency_s) > 0 and np.all(st.batch >= 1) and np.all(st.latency_s > 0)):
+                raise ValueError(f"{name}: batch and latency_s need one length, batch >= 1, latency_s > 0")
         if not 0 < self.max_utilization <= 1:
             raise ValueError(f"max_utilization must lie in (0, 1]; got {self.max_utilization}")
 

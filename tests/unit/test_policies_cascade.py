@@ -175,6 +175,8 @@ def test_quality_from_confidence():
 def test_inputs_validation_names_fields():
     with pytest.raises(ValueError, match="thresholds, deferred and quality"):
         MilpCascade().allocate(replace(synthetic(), quality=np.ones(3)))
+    with pytest.raises(ValueError, match="heavy: batch and latency_s"):
+        MilpCascade().allocate(replace(synthetic(), heavy=StageProfile(np.array([1, 2]), np.array([0.5]))))
     with pytest.raises(ValueError, match="max_utilization"):
         MilpCascade().allocate(synthetic(max_utilization=0.0))
 
