@@ -320,6 +320,9 @@ class MilpCascade:
         res = milp(c, constraints=LinearConstraint(a, np.array(lo), np.array(hi)), integrality=integrality,
                    bounds=Bounds(np.zeros(lay.size), ub),
                    options={"mip_rel_gap": 0.0, "time_limit": self.time_limit_s, "presolve": True})
+        if res.x is None and res.status != 2:  # 2 = infeasible; anything else is not an answer
+            raise RuntimeError(f"cascade MILP: HiGHS returned no solution ({res.message}); "
+                               f"time_limit_s={self.time_limit_s}")
         return (None if res.x is None else np.asarray(res.x)), res.status == 0
 
     @staticmethod
