@@ -6,11 +6,13 @@ entry is
 
     reuse probability x load_cost_s / size_bytes x kind weight
 
-and the lowest utility goes first (ties to the least recently used). Reuse probability is the
-entry's decayed frequency: its hit rate since it was loaded (uses per access served, with a
-Laplace prior so an unused prefetch is not certain junk, in (0, 1]) halved for every ``half_life_accesses`` accesses since it was last used, so both a rarely used
-and a long-idle entry look unlikely to come back. Where the view carries no sizes or costs (the
-adapter cache simulator does not track them) per-kind defaults from the talk stand in.
+and the lowest utility goes first (ties to the least recently used). Reuse probability comes
+from the entry's decayed frequency f = (uses + 1) x 2**(-idle / half_life_accesses), where idle
+counts the accesses since its last use: frequency and recency in one number, as LRFU does; the
+probability is f / (f + 1), which saturates, so among entries that are all likely to come back
+the load cost decides. Where the view carries no load costs the talk's per-kind times stand in;
+where it carries no sizes the cache counts slots (the adapter cache simulator), so each entry
+costs one slot, not its bytes.
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ import numpy as np
 from policies.eviction import EVICTION, CacheView
 from policies.snapshot import BASE, CONTROLNET, LORA
 
-# per kind (index = kind code): the talk's load times (s) and typical sizes (bytes)
+# per kind (index = kind code): the talk's load times (s)
 DEFAULT_LOAD_COST_S = {CONTROLNET: 5.1, LORA: 4.6, BASE: 22.6}
-DEFAULT_SIZE_BYTES = {CONTROLNET: 2_500_000_000, LORA: 300_000_000, BASE: 7_000_000_000}
 # A base model is the prerequisite of every pipeline built on it (its eviction stalls them all,
 # and the live store re-patches every adapter after reloading it), which bytes alone do not see:
-# at the sizes and costs above, weight 8 keeps a base over a LoRA of equal reuse (22.6/7e9*8 >
-# 4.6/3e8) while a base nobody reuses still goes first. A config knob, not a law.
+# at the talk's costs and typical sizes (7 GB base, 0.3 GB LoRA) weight 8 keeps a base over a
+# LoRA of equal reuse (22.6/7e9*8 > 4.6/3e8) while a base nobody reuses still goes first. A
+# config knob, not a law.
 DEFAULT_KIND_WEIGHT = {CONTROLNET: 1.0, LORA: 1.0, BASE: 8.0}
 
 
@@ -46,33 +48,30 @@ class CostAware:
     name: ClassVar[str] = "cost-aware"
     needs_future: ClassVar[bool] = False
     independent_caches: ClassVar[bool] = True
-    fields: ClassVar[tuple[str, ...]] = ("kind", "uses", "last_seq", "loaded_seq")
+    fields: ClassVar[tuple[str, ...]] = ("kind", "uses", "last_seq")
 
-    def __init__(self, half_life_accesses: float = 32.0, kind_weight: dict[int, float] | None = None,
-                 default_load_cost_s: dict[int, float] | None = None,
-                 default_size_bytes: dict[int, float] | None = None) -> None:
+    def __init__(self, half_life_accesses: float = 64.0, kind_weight: dict[int, float] | None = None,
+                 default_load_cost_s: dict[int, float] | None = None) -> None:
         if not half_life_accesses > 0:
             raise ValueError(f"half_life_accesses must be > 0, got {half_life_accesses}")
         self.half_life_accesses = float(half_life_accesses)
         self._weight = _by_kind({**DEFAULT_KIND_WEIGHT, **(kind_weight or {})})
         self._cost = _by_kind({**DEFAULT_LOAD_COST_S, **(default_load_cost_s or {})})
-        self._size = _by_kind({**DEFAULT_SIZE_BYTES, **(default_size_bytes or {})})
-        if (self._weight < 0).any() or (self._size <= 0).any() or (self._cost < 0).any():
-            raise ValueError("kind_weight and default_load_cost_s must be >= 0, default_size_bytes > 0")
+        if (self._weight < 0).any() or (self._cost < 0).any():
+            raise ValueError("kind_weight and default_load_cost_s must be >= 0")
 
     def reuse_probability(self, view: CacheView) -> np.ndarray:
-        """Decayed frequency in (0, 1]: smoothed hit rate since load x 2**(-idle accesses / half-life)."""
+        """f / (f + 1) for the decayed frequency f = (uses + 1) x 2**(-idle accesses / half-life)."""
         seq = np.asarray(view.seq)[..., None]
-        age = np.maximum(seq - view.loaded_seq, 0).astype(np.float64)
-        rate = np.minimum((view.uses + 1.0) / (age + 2.0), 1.0)
         idle = np.maximum(seq - view.last_seq, 0).astype(np.float64)
-        return rate * np.exp2(-idle / self.half_life_accesses)
+        f = (view.uses + 1.0) * np.exp2(-idle / self.half_life_accesses)
+        return f / (f + 1.0)
 
     def utility(self, view: CacheView) -> np.ndarray:
         kind = np.clip(view.kind.astype(np.intp), 0, self._weight.size - 1)
         cost = self._cost[kind] if view.load_cost_s is None else np.asarray(view.load_cost_s, np.float64)
-        size = self._size[kind] if view.size_bytes is None else np.maximum(view.size_bytes, 1).astype(np.float64)
-        return self.reuse_probability(view) * cost / size * self._weight[kind]
+        p = self.reuse_probability(view) * cost * self._weight[kind]
+        return p if view.size_bytes is None else p / np.maximum(view.size_bytes, 1).astype(np.float64)
 
     def priority(self, view: CacheView) -> tuple[np.ndarray, ...]:
         return (self.utility(view), view.last_seq)

@@ -38,16 +38,26 @@ def test_kind_weight_is_what_keeps_the_base_per_byte():
 
 
 def test_unused_base_goes_before_a_busy_lora():
-    v = view([BASE, LORA], uses=[1, 40], last_seq=[1, 49], loaded_seq=[0, 0], seq=200)
+    v = view([BASE, LORA], uses=[1, 40], last_seq=[1, 190], loaded_seq=[0, 0], seq=200,
+             size=[7 * GB, GB // 3], cost=[22.6, 4.6])
     assert propose_victims(EVICTION.create("cost-aware"), v).tolist() == [0]
 
 
-def test_defaults_by_kind_when_the_view_has_no_sizes():
-    """The adapter cache simulator fills no sizes/costs: per-kind defaults apply (ControlNet 5.1 s /
-    2.5 GB vs LoRA 4.6 s / 0.3 GB, so at equal reuse the ControlNet goes)."""
-    v = view([CONTROLNET, LORA], uses=[2, 2], last_seq=[5, 4], loaded_seq=[0, 0], seq=6)
+def test_slot_counted_cache_uses_per_kind_costs():
+    """The adapter cache simulator fills no sizes/costs: entries cost one slot and the talk's
+    per-kind load times apply (ControlNet 5.1 s vs LoRA 4.6 s, so at equal reuse the LoRA goes)."""
+    v = view([CONTROLNET, LORA], uses=[2, 2], last_seq=[4, 5], loaded_seq=[0, 0], seq=6)
     keys = EVICTION.create("cost-aware").priority(v)
-    assert int(lex_argmin(keys, np.ones(2, bool))) == 0
+    assert int(lex_argmin(keys, np.ones(2, bool))) == 1
+
+
+def test_frequency_and_recency_both_count():
+    """A much-used entry survives a little idleness; a long-idle one decays below a fresh one."""
+    p = EVICTION.create("cost-aware", half_life_accesses=10)
+    busy_then_idle = view([LORA, LORA], uses=[20, 1], last_seq=[90, 99], loaded_seq=[0, 98], seq=100)
+    assert propose_victims(p, busy_then_idle).tolist() == [1]
+    long_idle = view([LORA, LORA], uses=[20, 1], last_seq=[10, 99], loaded_seq=[0, 98], seq=100)
+    assert propose_victims(p, long_idle).tolist() == [0]
 
 
 def test_lockstep_shapes():
