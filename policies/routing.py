@@ -105,15 +105,15 @@ class RayMultiplex:
             raise ValueError("cannot route: the snapshot has no replicas")
         q = snap.replicas.queue_len
         held = self.holders(snap, req)
-        fewest = np.flatnonzero(snap.replicas.n_models == snap.replicas.n_models.min())
-        pick = -1
-        for cand in (held, fewest, None):  # Ray's hierarchy; None = every replica
-            if cand is not None and cand.size == 0:
-                continue
-            pick = self._pow2(cand, n, q, rng)
+        if held.size:
+            pick = self._pow2(held, n, q, rng)
             if q[pick] < self.max_ongoing_requests:
                 return pick
-        return pick
+        models = snap.replicas.n_models  # Ray's next rung: the replicas with the fewest models
+        pick = self._pow2(np.flatnonzero(models == models.min()), n, q, rng)
+        if q[pick] < self.max_ongoing_requests:
+            return pick
+        return self._pow2(None, n, q, rng)  # then every replica
 
     @staticmethod
     def _pow2(cand: np.ndarray | None, n: int, q: np.ndarray, rng: np.random.Generator) -> int:
