@@ -10,7 +10,8 @@ from policies.snapshot import (BASE, CONTROLNET, DISK, GPU, HOST, LORA, REMOTE, 
 GB = 1_000_000_000
 
 
-def components(kinds: list[int], size_gb: list[float] | None = None, remote_s: list[float] | None = None) -> ComponentTable:
+def components(kinds: list[int], size_gb: list[float] | None = None,
+               remote_s: list[float] | None = None) -> ComponentTable:
     """Components of the given kinds; load cost from HOST/DISK is 10%/40% of REMOTE."""
     kinds_a = np.array(kinds, dtype=np.int8)
     default_gb = {BASE: 6.0, CONTROLNET: 2.5, LORA: 0.3}
@@ -53,7 +54,8 @@ def random_snapshot(rng: np.random.Generator, n_replicas: int = 8, n_bases: int 
     return freeze(ClusterSnapshot(now, rep, comp))
 
 
-def random_pipelines(rng: np.random.Generator, n: int, n_bases: int = 4, n_cn: int = 3, n_loras: int = 12) -> list[PipelineKey]:
+def random_pipelines(rng: np.random.Generator, n: int, n_bases: int = 4, n_cn: int = 3,
+                     n_loras: int = 12) -> list[PipelineKey]:
     """Distinct-ish pipelines over the component layout of ``random_snapshot``."""
     out = []
     for _ in range(n):
