@@ -23,8 +23,8 @@ class ClusterSpec(BaseModel):
     disk_gb: float = Field(256.0, ge=0, description="local-disk tier per worker; 0 disables it")
     pcie_gbps: float = Field(12.0, gt=0, description="host -> GPU bandwidth, GB/s")
     disk_gbps: float = Field(2.0, gt=0, description="local disk -> host bandwidth, GB/s")
-    remote_gbps: float = Field(1.0, gt=0, description="remote store -> disk bandwidth, GB/s "
-                               "(used when load_model='bandwidth')")
+    remote_gbps: float = Field(1.0, gt=0, description="remote store -> GPU bandwidth, GB/s, of a cold "
+                               "load when load_model='bandwidth' (deterministic: tests, what-ifs)")
     load_model: str = Field("gentd26", pattern="^(gentd26|bandwidth)$",
                             description="remote loads: sampled from the GenTD26 load-latency "
                             "distributions per component kind, or size over the tier bandwidths")

@@ -57,13 +57,19 @@ class Coordinator:
     def __init__(self, cfg: SimConfig, popularity: str = "decayed", popularity_args: dict | None = None,
                  placement: str = "popularity-bands", placement_args: dict | None = None,
                  prefetch: str = "ucb1", prefetch_args: dict | None = None, prefetch_interval_s: float = 300.0,
-                 reward_window_s: float = 1800.0, max_arms: int = 64, min_demand: float = 0.05) -> None:
+                 reward_window_s: float = 1800.0, max_arms: int = 64, min_demand: float = 0.05,
+                 replan_requests: int = 200, replan_max_s: float = 600.0) -> None:
         self.pop = POPULARITY.create(popularity, **(popularity_args or {"half_life_s": 600.0}))
-        self.placer = PLACEMENT.create(placement, **(placement_args or {}))
+        # no pre-fused pairs: the simulator has no fusion mechanism to act on them
+        self.placer = PLACEMENT.create(placement, **(placement_args or {"fuse_top": 0}))
         self.bandit = PIPELINE_PREFETCH.create(prefetch, **(prefetch_args or {}))
         self.interval, self.window, self.max_arms = prefetch_interval_s, reward_window_s, max_arms
         self.min_demand = min_demand  # decayed demand below this counts as gone (keeps bands small)
         self.rng = np.random.default_rng(cfg.seed + 1)
+        # Re-plan on a tick once enough demand has moved (or at the latest after replan_max_s):
+        # a quiet night of a 20-day trace does not need a plan every minute, and a plan costs ms.
+        self.replan_requests, self.replan_max_s = replan_requests, replan_max_s
+        self.since_plan, self.last_plan = 0, -np.inf
 
     def attach(self, sim, runtime) -> None:
         self.sim = sim
@@ -91,6 +97,7 @@ class Coordinator:
         observe, state, pids, pref = self.pop.observe, self.state, self.pid_list, self.prefetched
 
         def routed(i: int, comps: list, now: float) -> Worker:
+            self.since_plan += 1
             p = pids[i]
             observe(state, p, now)
             w = route(i, comps, now)
@@ -122,6 +129,9 @@ class Coordinator:
 
     # -- control -------------------------------------------------------------------------------
     def on_tick(self, now: float) -> None:
+        if self.since_plan < self.replan_requests and now - self.last_plan < self.replan_max_s:
+            return
+        self.since_plan, self.last_plan = 0, now
         demand = self.pop.scores(self.state, now).copy()
         demand[demand < self.min_demand] = 0.0
         # bands by rank over the thresholded demand: a decayed counter never reaches zero, so without

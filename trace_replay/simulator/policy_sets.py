@@ -32,6 +32,7 @@ class PolicySetSpec(BaseModel):
     name: str
     description: str = ""
     routing: Literal["ray-multiplex", "cache-aware", "static-partition"] = "ray-multiplex"
+    routing_args: dict[str, Any] = Field(default_factory=dict)
     eviction: str = Field("lru", description="policies.eviction registry name (or pkg.mod:attr)")
     eviction_args: dict[str, Any] = Field(default_factory=dict)
     max_models_per_replica: int | None = Field(None, ge=1, description="fixed base-model count per "
@@ -81,13 +82,13 @@ class PolicyRuntime:
         self.autoscaler = (RayQueueAutoscaler(**spec.autoscaling_args) if spec.autoscaling == "ray-queue"
                            else None)
         if spec.routing == "cache-aware":
-            self.router = CacheAware()
+            self.router = CacheAware(**spec.routing_args)
         elif spec.routing == "static-partition":
             from trace_replay.simulator.static import StaticPartition
 
-            self.router = StaticPartition()
+            self.router = StaticPartition(**spec.routing_args)
         else:
-            self.router = Pow2Holder()
+            self.router = Pow2Holder(**spec.routing_args)
         self.placement = None
         if spec.placement == "coordinator":
             from trace_replay.simulator.coordinator import Coordinator
@@ -157,5 +158,6 @@ class PolicyRuntime:
         self.sim.push(w.ready_at, READY, w.idx)
 
 
-def build_runtime(name: str, cfg: SimConfig) -> PolicyRuntime:
-    return PolicyRuntime(get_policy_set(name), cfg)
+def build_runtime(name: str | PolicySetSpec, cfg: SimConfig) -> PolicyRuntime:
+    """A runtime for a named set, or for a spec (a variant of a set, or one read from a file)."""
+    return PolicyRuntime(name if isinstance(name, PolicySetSpec) else get_policy_set(name), cfg)
