@@ -201,6 +201,12 @@ def test_real_diffserve_profiles(diffserve_app):
             assert d == enumerate_allocation(inp)
             assert last is None or d.expected_quality <= last
             last = d.expected_quality
+    from benchmarks.cascade_milp import diffserve_inputs
+
+    fine = diffserve_inputs(DATA, grid=201)  # DiffServe's controller grid, f interpolated
+    for demand in (3.0, 30.0, 300.0):
+        inp = fine(demand, 32)
+        assert MilpCascade().allocate(inp) == enumerate_allocation(inp)
     rich = diffserve_app(10.0, 300)
     assert MilpCascade().allocate(rich).expected_quality == rich.quality.max()
     assert MilpCascade().allocate(diffserve_app(10000.0, 16)).status == "best_effort"
