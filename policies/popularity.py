@@ -9,8 +9,10 @@ O(1) per request: instead of decaying every counter at every step, a request at 
 ``2 ** ((now - t0) / half_life)``; reading scores divides it out once. Ranks, and therefore bands,
 never need it at all. ``t0`` moves forward (one O(N) rescale) before the weights could overflow.
 
-Bands by rank among pipelines with nonzero demand (the talk: top 5% hot, next 25% warm, rest
-cold); pipelines never seen are cold. Hot and warm counts round up so a small cluster still has
+Bands by rank among pipelines with demand (the talk: top 5% hot, next 25% warm, rest cold);
+pipelines never seen are cold. A decayed counter never reaches zero, so ``min_demand`` says when
+a pipeline counts as gone (below it: cold, and not counted in the 5%/25%), otherwise every
+pipeline ever seen would stay ranked. Hot and warm counts round up so a small cluster still has
 a hot pipeline.
 """
 
@@ -45,15 +47,19 @@ class DecayedPopularity:
 
     name: ClassVar[str] = "decayed"
 
-    def __init__(self, half_life_s: float = 600.0, hot_frac: float = 0.05, warm_frac: float = 0.25) -> None:
+    def __init__(self, half_life_s: float = 600.0, hot_frac: float = 0.05, warm_frac: float = 0.25,
+                 min_demand: float = 0.0) -> None:
         if not half_life_s > 0:
             raise ValueError(f"half_life_s must be > 0 (use 'cumulative' for no decay), got {half_life_s}")
         if not (0 <= hot_frac <= 1 and 0 <= warm_frac <= 1 and hot_frac + warm_frac <= 1):
             raise ValueError(f"hot_frac ({hot_frac}) and warm_frac ({warm_frac}) must be in [0, 1] "
                              f"with hot_frac + warm_frac <= 1")
+        if min_demand < 0:
+            raise ValueError(f"min_demand must be >= 0, got {min_demand}")
         self.half_life_s = float(half_life_s)
         self.hot_frac = float(hot_frac)
         self.warm_frac = float(warm_frac)
+        self.min_demand = float(min_demand)
 
     def new_state(self, n: int = 0, now: float = 0.0) -> PopularityState:
         return PopularityState(np.zeros(max(n, 16), dtype=np.float64), float(now), int(n))
@@ -93,6 +99,8 @@ class DecayedPopularity:
 
     def bands(self, state: PopularityState, now: float) -> np.ndarray:
         """HOT/WARM/COLD per id (int8, shape (n,)); ties in demand go to the lower id."""
+        if self.min_demand > 0:  # needs true decayed values; ranks alone do not
+            return bands_by_rank(self.scores(state, now), self.hot_frac, self.warm_frac, self.min_demand)
         return bands_by_rank(state.weight[: state.n], self.hot_frac, self.warm_frac)
 
 
@@ -101,8 +109,8 @@ class CumulativePopularity(DecayedPopularity):
 
     name: ClassVar[str] = "cumulative"
 
-    def __init__(self, hot_frac: float = 0.05, warm_frac: float = 0.25) -> None:
-        super().__init__(half_life_s=1.0, hot_frac=hot_frac, warm_frac=warm_frac)
+    def __init__(self, hot_frac: float = 0.05, warm_frac: float = 0.25, min_demand: float = 0.0) -> None:
+        super().__init__(half_life_s=1.0, hot_frac=hot_frac, warm_frac=warm_frac, min_demand=min_demand)
         self.half_life_s = math.inf
 
     def _factor(self, state: PopularityState, now: float) -> float:
@@ -112,11 +120,11 @@ class CumulativePopularity(DecayedPopularity):
         return state.weight[: state.n].copy()
 
 
-def bands_by_rank(demand: np.ndarray, hot_frac: float, warm_frac: float) -> np.ndarray:
+def bands_by_rank(demand: np.ndarray, hot_frac: float, warm_frac: float, min_demand: float = 0.0) -> np.ndarray:
     """Band codes for ``demand``: top ``ceil(hot_frac*m)`` hot, next up to ``ceil((hot+warm)*m)`` warm,
-    where m counts the ids with positive demand; the rest, and every zero, cold."""
+    where m counts the ids with positive demand of at least ``min_demand``; the rest cold."""
     out = np.full(demand.shape[0], COLD, dtype=np.int8)
-    seen = np.flatnonzero(demand > 0)
+    seen = np.flatnonzero((demand > 0) & (demand >= min_demand))
     m = seen.size
     if m == 0:
         return out

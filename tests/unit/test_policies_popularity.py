@@ -65,3 +65,14 @@ def test_thresholds_are_validated():
         DecayedPopularity(hot_frac=0.8, warm_frac=0.5)
     with pytest.raises(ValueError, match="half_life_s"):
         DecayedPopularity(half_life_s=0)
+
+
+def test_min_demand_lets_faded_pipelines_drop_out_of_the_ranking():
+    p = POPULARITY.create("decayed", half_life_s=10.0, hot_frac=0.5, warm_frac=0.5, min_demand=0.1)
+    s = p.new_state()
+    p.observe(s, np.array([0, 1]), now=0.0)
+    p.observe(s, 2, now=100.0)
+    # ids 0 and 1 decayed to 2**-10 < 0.1: cold, and the 50% counts only id 2
+    assert p.bands(s, 100.0).tolist() == [COLD, COLD, HOT]
+    assert POPULARITY.create("decayed", half_life_s=10.0, hot_frac=0.5, warm_frac=0.5).bands(s, 100.0).tolist() \
+        == [HOT, WARM, HOT]  # without the floor all three rank: ceil(50% of 3) = 2 hot
