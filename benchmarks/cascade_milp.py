@@ -89,7 +89,8 @@ def sweep(make: Callable[[float, int], CascadeInputs], gpus: list[int], n_demand
             "milp_ms": _pct(t_milp), "milp_cpu_ms": _pct(cpu_milp),
             # median of each demand's repeats, then percentiles over demands: a stall caused by
             # a neighbour on the shared cores hits one repeat, a slow instance hits all of them
-            "milp_median_of_repeats_ms": _pct(np.median(np.reshape(t_milp, (-1, repeats)), axis=1)), "enum_ms": _pct(t_enum), "solves": len(t_milp),
+            "milp_median_of_repeats_ms": _pct(np.median(np.reshape(t_milp, (-1, repeats)), axis=1)),
+            "enum_ms": _pct(t_enum), "solves": len(t_milp),
             "milp_equals_enum": agree, "demands_qps": [float(d) for d in demands],
             "both_feasible": len(both),
             "quality_gain_when_both_feasible_mean": float(np.mean([r["milp"]["quality"] - r["static"]["quality"]
@@ -137,12 +138,14 @@ def main() -> int:
     goal_ms = 100.0
     print(f"cascade MILP (scipy HiGHS) vs brute-force enumeration, sdturbo -> sdv15, SLO 5 s; "
           f"{args.demands} demands x {args.repeats} repeats per row")
-    print(f"{'grid':>4s} {'GPUs':>5s} {'MILP p50':>9s} {'p99':>7s} {'max':>7s} {'cpu p99':>7s} {'enum p50':>9s} {'p99':>6s} "
+    print(f"{'grid':>4s} {'GPUs':>5s} {'MILP p50':>9s} {'p99':>7s} {'max':>7s} {'cpu p99':>7s} "
+          f"{'enum p50':>9s} {'p99':>6s} "
           f"{'=enum':>6s} {'both ok':>7s} {'dQ vs static':>12s} {'feasible M/S':>12s} {'served M/S':>11s}")
     for grid, by_g in results.items():
         for g, r in by_g.items():
             dq = r["quality_gain_when_both_feasible_mean"]
-            print(f"{grid:>4s} {g:>5s} {r['milp_ms']['p50']:9.2f} {r['milp_ms']['p99']:7.2f} {r['milp_ms']['max']:7.2f} "
+            ms = r["milp_ms"]
+            print(f"{grid:>4s} {g:>5s} {ms['p50']:9.2f} {ms['p99']:7.2f} {ms['max']:7.2f} "
                   f"{r['milp_cpu_ms']['p99']:7.2f} "
                   f"{r['enum_ms']['p50']:9.3f} {r['enum_ms']['p99']:6.3f} {r['milp_equals_enum']:>3d}/{r['solves']:<3d}"
                   f"{r['both_feasible']:>6d} {'-' if dq is None else f'{dq:+.4f}':>12s} "

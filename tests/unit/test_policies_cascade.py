@@ -28,7 +28,8 @@ def synthetic(demand: float = 10.0, gpus: int = 12, slo: float = 3.0, **kw) -> C
 
 def random_instance(rng: np.random.Generator) -> CascadeInputs:
     nl, nh, nt = rng.integers(2, 5), rng.integers(1, 4), rng.integers(3, 8)
-    bl, bh = np.sort(rng.choice([1, 2, 4, 8, 16], nl, replace=False)), np.sort(rng.choice([1, 2, 4, 8], nh, replace=False))
+    bl = np.sort(rng.choice([1, 2, 4, 8, 16], nl, replace=False))
+    bh = np.sort(rng.choice([1, 2, 4, 8], nh, replace=False))
     light = StageProfile(bl, 0.03 + bl * rng.uniform(0.01, 0.04))
     heavy = StageProfile(bh, 0.3 + bh * rng.uniform(0.1, 0.5))
     f = np.sort(np.round(rng.uniform(0, 1, nt), 1))  # rounded: equal deferral at several thresholds
