@@ -85,13 +85,15 @@ class RayMultiplex:
 
     name: ClassVar[str] = "ray-multiplex"
 
-    def __init__(self, max_ongoing_requests: int = 5, match: str = "pipeline") -> None:
+    def __init__(self, max_ongoing_requests: int = 5, match: str = "base") -> None:
         if max_ongoing_requests < 1:
             raise ValueError(f"max_ongoing_requests must be >= 1, got {max_ongoing_requests}")
         if match not in ("pipeline", "base"):
             raise ValueError(f"match must be 'pipeline' or 'base', got {match!r}")
         self.max_ongoing_requests = int(max_ongoing_requests)
-        self.match = match  # what counts as "the model": every component on GPU, or the base
+        # what counts as "the model": the base (as the live app multiplexes: ingress sets
+        # multiplexed_model_id = base model, adapters load inside) or every component on GPU
+        self.match = match
 
     def holders(self, snap: ClusterSnapshot, req: RouteRequest) -> np.ndarray:
         tier = snap.replicas.tier

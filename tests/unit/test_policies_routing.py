@@ -70,10 +70,12 @@ def test_ray_multiplex_power_of_two_among_holders():
     assert picks[0] == 0 and picks[2] > picks[1] > 0  # the longest queue never wins a pair
 
 
-def test_ray_multiplex_base_matching():
-    router = ROUTING.create("ray-multiplex", match="base")
-    s = snap(replicas(3, COMP.n, held={2: [0]}, queue=[0, 0, 1]))
-    assert router.route(s, request(KEY), np.random.default_rng(0)) == 2
+def test_ray_multiplex_matches_the_base_model_by_default():
+    """The live app multiplexes on the base-model id; ``match="pipeline"`` needs every component."""
+    s = snap(replicas(3, COMP.n, held={2: [0], 1: [1]}, queue=[0, 0, 1]))
+    assert ROUTING.create("ray-multiplex").route(s, request(KEY), np.random.default_rng(0)) == 2
+    whole = ROUTING.create("ray-multiplex", match="pipeline")  # nobody holds base 0 + LoRA 2: fewest models
+    assert {whole.route(s, request(KEY), np.random.default_rng(i)) for i in range(30)} == {0}
 
 
 def test_random_is_uniform():
