@@ -141,8 +141,21 @@ class CacheBudgets(_Strict):
                             "slots per pipeline: the most LoRAs one request may use.")
     lora_max_rank: int = Field(default=64, ge=1, le=1024, description="Largest LoRA rank the "
                                "slots accept (hotswap pads every adapter to this rank).")
-    lora_store_bytes: int = Field(default=2 << 30, ge=1 << 20, description="Host-memory budget "
+    lora_store_bytes: int = Field(default=2 << 30, ge=1024, description="Host-memory budget "
                                   "of the LoRA store.")
+    lora_store_policy: str = Field(default="lru", description="Eviction policy of the LoRA "
+                                   "store, by name from the policy registry (`t2i trace policies`).")
+
+    @field_validator("lora_store_policy")
+    @classmethod
+    def _online_policy(cls, value: str) -> str:
+        from policies.eviction import EVICTION
+
+        if value not in EVICTION:
+            raise ValueError(f"unknown eviction policy {value!r}; registered: {EVICTION.names()}")
+        if EVICTION.create(value).needs_future:
+            raise ValueError(f"eviction policy {value!r} needs the future (offline only)")
+        return value
 
 
 class CascadeConfig(_Strict):

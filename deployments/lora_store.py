@@ -3,18 +3,25 @@
 Reads adapter safetensors from the model store, keeps them under a byte budget, and hands them to
 BaseModel replicas as Ray object references: an adapter is serialised into the object store once
 when it is read, and every later hit is a reference, not a copy through this actor.
-Eviction is least-recently-used for now; the policy library replaces it later.
+Which adapter leaves when the budget is exceeded is decided by an eviction policy from the
+shared registry (`cache.lora_store_policy`), the same code the trace tools and the simulator run;
+the store only keeps the statistics the policy reads and carries out its choice.
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from app.config import ServeConfig
 from deployments.errors import ModelLoadError, RequestError
 from deployments.lora_format import prepare_adapter
+from policies.eviction import EVICTION, CacheView, propose_victims
+
+LORA_KIND = 1  # component kinds as the policies number them: 0 ControlNet, 1 LoRA
 
 
 def read_lora_file(adapter_id: str, source: str, max_rank: int, arch: str = "sd15") -> dict:
@@ -47,11 +54,27 @@ def weights_bytes(weights: dict) -> int:
     return sum(t.numel() * t.element_size() for t in weights["state_dict"].values())
 
 
+@dataclass
+class _Entry:
+    ref: object
+    size: int
+    load_cost_s: float
+    key: int
+    loaded_seq: int
+    last_seq: int
+    last_time: float
+    uses: int = 0
+
+
 class LoRAStore:
-    def __init__(self, config: dict | ServeConfig):
+    def __init__(self, config: dict | ServeConfig, clock=time.monotonic):
         self.config = config if isinstance(config, ServeConfig) else ServeConfig.model_validate(config)
         self.budget = self.config.cache.lora_store_bytes
-        self._cache: OrderedDict[str, tuple[object, int]] = OrderedDict()
+        self.policy = EVICTION.create(self.config.cache.lora_store_policy)
+        self._clock = clock
+        self._cache: dict[str, _Entry] = {}
+        self._keys: dict[str, int] = {}  # stable integer ids, as the policies' views use
+        self._seq = 0
         self.hits = self.misses = self.evictions = 0
         self.read_seconds = 0.0
 
@@ -64,40 +87,64 @@ class LoRAStore:
             raise RequestError("loras", f"{adapter_id!r} is a {entry.kind}, not a LoRA")
         return entry
 
-    def _load(self, adapter_id: str) -> tuple[object, int]:
+    def _load(self, adapter_id: str) -> _Entry:
         import ray
 
         entry = self._entry(adapter_id)
         started = time.perf_counter()
         weights = read_lora_file(adapter_id, self.config.resolve_source(entry),
                                  self.config.cache.lora_max_rank, entry.arch)
-        size = weights_bytes(weights)
         ref = ray.put(weights) if ray.is_initialized() else weights
-        self.read_seconds += time.perf_counter() - started
-        return ref, size
+        cost = time.perf_counter() - started
+        self.read_seconds += cost
+        self._seq += 1
+        key = self._keys.setdefault(adapter_id, len(self._keys))
+        return _Entry(ref, weights_bytes(weights), cost, key, self._seq, self._seq, self._clock())
 
-    def _insert(self, adapter_id: str, item: tuple[object, int]) -> None:
+    def _insert(self, adapter_id: str, item: _Entry) -> None:
         self._cache[adapter_id] = item
-        used = sum(size for _, size in self._cache.values())
-        while used > self.budget and len(self._cache) > 1:
-            _, (_, size) = self._cache.popitem(last=False)
-            used -= size
+        while sum(e.size for e in self._cache.values()) > self.budget and len(self._cache) > 1:
+            ids = list(self._cache)
+            pinned = np.array([a == adapter_id for a in ids])  # never evict what just came in
+            (victim,) = propose_victims(self.policy, self._view(ids), n=1, pinned=pinned)
+            del self._cache[ids[victim]]
             self.evictions += 1
+
+    def _view(self, ids: list[str]) -> CacheView:
+        entries = [self._cache[a] for a in ids]
+
+        def col(attr, dtype):
+            return np.array([getattr(e, attr) for e in entries], dtype=dtype)
+
+        return CacheView(
+            key=col("key", np.int64), kind=np.full(len(ids), LORA_KIND, np.int8),
+            uses=col("uses", np.int64), last_seq=col("last_seq", np.int64),
+            loaded_seq=col("loaded_seq", np.int64), last_time=col("last_time", np.float64),
+            seq=np.int64(self._seq), now=np.float64(self._clock()),
+            size_bytes=col("size", np.int64), load_cost_s=col("load_cost_s", np.float64))
+
+    def _touch(self, item: _Entry) -> None:
+        self._seq += 1
+        item.uses += 1
+        item.last_seq = self._seq
+        item.last_time = self._clock()
 
     async def get(self, adapter_id: str) -> dict:
         """{'ref': object ref (or the tensors outside Ray), 'bytes': n, 'hit': bool}."""
-        if adapter_id in self._cache:
+        hit = adapter_id in self._cache
+        if hit:
             self.hits += 1
-            self._cache.move_to_end(adapter_id)
-            ref, size = self._cache[adapter_id]
-            return {"ref": ref, "bytes": size, "hit": True}
-        self.misses += 1
-        item = self._load(adapter_id)
-        self._insert(adapter_id, item)
-        return {"ref": item[0], "bytes": item[1], "hit": False}
+            item = self._cache[adapter_id]
+        else:
+            self.misses += 1
+            item = self._load(adapter_id)
+            self._insert(adapter_id, item)
+        self._touch(item)
+        return {"ref": item.ref, "bytes": item.size, "hit": hit}
 
     async def prefetch(self, adapter_ids: list[str]) -> list[str]:
-        """Read adapters into the host tier ahead of demand; returns the ids newly loaded."""
+        """Read adapters into the host tier ahead of demand (unused until asked for: `uses` 0);
+        returns the ids newly loaded."""
         loaded = []
         for adapter_id in adapter_ids:
             if adapter_id not in self._cache:
@@ -106,6 +153,7 @@ class LoRAStore:
         return loaded
 
     async def stats(self) -> dict:
-        return {"adapters": list(self._cache), "bytes": sum(s for _, s in self._cache.values()),
-                "budget_bytes": self.budget, "hits": self.hits, "misses": self.misses,
-                "evictions": self.evictions, "read_seconds": round(self.read_seconds, 4)}
+        return {"adapters": list(self._cache), "bytes": sum(e.size for e in self._cache.values()),
+                "budget_bytes": self.budget, "policy": self.config.cache.lora_store_policy,
+                "hits": self.hits, "misses": self.misses, "evictions": self.evictions,
+                "read_seconds": round(self.read_seconds, 4)}

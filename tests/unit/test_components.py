@@ -31,7 +31,7 @@ def test_lora_store_budget_hits_and_eviction(demo_config):
         sizes[adapter_id] = asyncio.run(store.get(adapter_id))["bytes"]
     budget = sizes["tiny-lora-noir"] + sizes["tiny-lora-ink"] - 1
     store = LoRAStore(demo_config.model_copy(update={"cache": demo_config.cache.model_copy(
-        update={"lora_store_bytes": max(budget, 1 << 20)})}))
+        update={"lora_store_bytes": budget})}))
     assert sizes["tiny-lora-noir"] > sizes["tiny-lora-ink"] > 0
     first = asyncio.run(store.get("tiny-lora-ink"))
     again = asyncio.run(store.get("tiny-lora-ink"))
@@ -148,3 +148,34 @@ def test_policies_stay_pure():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in banned]
     assert not offenders, offenders
+
+
+def _store(demo_config, policy: str, budget: int) -> LoRAStore:
+    return LoRAStore(demo_config.model_copy(update={"cache": demo_config.cache.model_copy(
+        update={"lora_store_bytes": budget, "lora_store_policy": policy})}))
+
+
+@pytest.mark.parametrize("policy, survivor", [("lru", "tiny-lora-ink"), ("lfu", "tiny-lora-pastel")])
+def test_lora_store_evicts_by_the_configured_registry_policy(demo_config, policy, survivor):
+    """pastel is used three times, then ink once (more recently): a third adapter that needs
+    one of their places evicts pastel under LRU and ink under LFU."""
+    size = {a: asyncio.run(LoRAStore(demo_config).get(a))["bytes"]
+            for a in ("tiny-lora-pastel", "tiny-lora-ink", "tiny-lora-sketch")}
+    # room for sketch (the largest) plus one of the other two, not all three
+    store = _store(demo_config, policy, budget=size["tiny-lora-sketch"] + size["tiny-lora-ink"])
+    for _ in range(3):
+        asyncio.run(store.get("tiny-lora-pastel"))
+    asyncio.run(store.get("tiny-lora-ink"))
+    asyncio.run(store.get("tiny-lora-sketch"))
+    stats = asyncio.run(store.stats())
+    assert set(stats["adapters"]) == {"tiny-lora-sketch", survivor}
+    assert stats["policy"] == policy and stats["evictions"] == 1
+
+
+def test_store_policy_must_be_registered_and_online(demo_config):
+    from app.config import CacheBudgets
+
+    with pytest.raises(ValueError, match="unknown eviction policy 'nope'"):
+        CacheBudgets(lora_store_policy="nope")
+    with pytest.raises(ValueError, match="offline only"):
+        CacheBudgets(lora_store_policy="belady")
