@@ -126,7 +126,11 @@ class Guardrails:
                 up = self.clamp(max(math.ceil(self.upscaling_factor), cur, 1))
                 return up, {**inner, "_guard": {"dir": 0, "since": None}}
             raw, inner = policy(_with_state(ctx, inner))
-            desired = self._scaled(float(raw), cur)
+            raw = float(raw)
+            if not math.isfinite(raw) or raw < 0:
+                raise ValueError(f"autoscaling policy {getattr(policy, 'name', policy)!r} returned desired "
+                                 f"replicas {raw} (needs a finite number >= 0)")
+            desired = self._scaled(raw, cur)
             if desired > cur and raw <= cur * (1 + self.hysteresis):
                 desired = cur
             elif desired < cur and raw >= cur * (1 - self.hysteresis):

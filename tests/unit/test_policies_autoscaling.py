@@ -112,3 +112,9 @@ def test_scale_down_prefers_an_idle_replica_among_equals():
     rep = replicas(3, COMP.n, held={0: [2], 1: [2], 2: [2]}, queue=[3, 0, 2])
     s = freeze(ClusterSnapshot(0.0, rep, COMP))
     assert cache_aware_scale_down(s, freeze(np.ones(4)), 1).tolist() == [1]
+
+
+def test_a_broken_forecast_fails_loudly():
+    g = Guardrails(1, 5, 0, 0)(AUTOSCALING.create("ewma-headroom"))
+    with pytest.raises(ValueError, match="ewma-headroom.*nan"):
+        g(ctx(0.0, 2, rate=float("nan")))
