@@ -68,3 +68,15 @@ def test_top_base_lora_pairs_are_flagged_for_fusion():
 def test_none_pins_nothing():
     plan = PLACEMENT.create("none").plan(ctx(KEYS, [50, 20, 20, 10]))
     assert plan.pin_pipeline.size == 0 and (plan.pool == SHARED).all()
+
+
+def test_hot_pool_is_sized_by_hot_demand_and_pins_stay_inside():
+    """Hot pipelines 0, 1 take 70% of demand: a 7-replica hot pool out of 10, led by the replicas
+    already holding hot weights; 3 replicas stay SHARED for warm and cold traffic."""
+    c = ctx(KEYS, [50, 20, 20, 10], hot_frac=0.5, warm_frac=0.0, held={9: [0, 2]})
+    plan = PLACEMENT.create("popularity-bands").plan(c)
+    assert np.count_nonzero(plan.pool == HOT) == 7 and plan.pool[9] == HOT
+    assert (plan.pool[plan.pin_replica] == HOT).all()
+    assert 9 in plan.pin_replica[plan.pin_pipeline == 0]
+    off = PLACEMENT.create("popularity-bands", band_pools=False).plan(c)
+    assert (off.pool == SHARED).all() and off.k.tolist() == [5, 2]
