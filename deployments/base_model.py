@@ -64,10 +64,26 @@ class BaseModel:
                 self._remote_nets[cn_id] = remote_controlnet(cn_id, config, call, self.engine.device)
         return self._remote_nets.__getitem__
 
+    async def _acquire(self, model_id: str) -> LoadedPipeline:
+        """The pipeline for `model_id`, counted in use so an eviction cannot free it mid-request."""
+        for _ in range(3):
+            loaded = await self.get_pipeline(model_id)
+            if loaded.acquire():
+                return loaded
+            # evicted and freed between the cache lookup and here: the next lookup reloads it
+        raise RuntimeError(f"base model {model_id!r} was evicted repeatedly while loading; "
+                           "raise cache.base_models_per_replica")
+
     async def generate(self, spec: GenerationSpec, control_images=None) -> GenerationResult:
         started = time.perf_counter()
-        loaded = await self.get_pipeline(spec.base_model)
-        pipeline_s = time.perf_counter() - started
+        loaded = await self._acquire(spec.base_model)
+        try:
+            return await self._generate(loaded, spec, control_images, time.perf_counter() - started)
+        finally:
+            loaded.release()
+
+    async def _generate(self, loaded: LoadedPipeline, spec: GenerationSpec, control_images,
+                        pipeline_s: float) -> GenerationResult:
         wanted = [a for a, _ in spec.loras]
         fetch_started = time.perf_counter()
         prefetched = await self._fetch_adapters(loaded.slots.missing(wanted))

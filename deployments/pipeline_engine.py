@@ -9,6 +9,7 @@ Callers serialise `generate` per engine: a pipeline's LoRA slots are replica-wid
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -34,10 +35,35 @@ class LoadedPipeline:
     # ControlNet pipelines built from `pipe` (from_pipe shares every module), by the identity of
     # their ControlNet modules: building one per request cost ~16 ms (controlnet_placement.py).
     controlnet_pipes: OrderedDict = field(default_factory=OrderedDict)
+    # serve.multiplexed evicts by calling __del__ from an executor thread while other requests
+    # may still hold this pipeline; the weights are freed when the last of them is done.
+    _users: int = 0
+    _evicted: bool = False
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def acquire(self) -> bool:
+        """Count a user in; False when the pipeline was already freed (load it again)."""
+        with self._guard:
+            if self.pipe is None:
+                return False
+            self._users += 1
+            return True
+
+    def release(self) -> None:
+        with self._guard:
+            self._users -= 1
+            free = self._evicted and self._users == 0
+        if free:
+            self._free()
 
     def __del__(self):
-        # serve.multiplexed calls this on eviction; dropping the pipeline frees its weights now
-        # rather than whenever the cycle collector gets to them.
+        with self._guard:
+            self._evicted = True
+            free = self._users == 0
+        if free:
+            self._free()
+
+    def _free(self) -> None:
         self.pipe = None
         self.slots = None
         self.controlnet_pipes = OrderedDict()

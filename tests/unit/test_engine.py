@@ -144,3 +144,17 @@ def test_controlnet_pipelines_are_reused_until_a_controlnet_is_reloaded(demo_con
     again = engine.generate(loaded, canny, control_images=[control_image]).images[0]
     assert all(pipe is not built for _, pipe in loaded.controlnet_pipes.values())
     assert len(loaded.controlnet_pipes) == 1 and np.array_equal(again, first)
+
+
+def test_eviction_waits_for_requests_still_using_the_pipeline(engine):
+    """serve.multiplexed calls __del__ on eviction; in-flight users keep the weights alive."""
+    loaded = engine.load_pipeline("tiny-sd-light")
+    assert loaded.acquire()
+    loaded.__del__()  # evicted while a request holds it
+    assert loaded.pipe is not None
+    assert engine.generate(loaded, _spec()).images[0].shape == (32, 32, 3)
+    loaded.release()  # the last user frees it
+    assert loaded.pipe is None and not loaded.acquire()
+    idle = engine.load_pipeline("tiny-sd-light")
+    idle.__del__()  # nobody using it: freed at once
+    assert idle.pipe is None
