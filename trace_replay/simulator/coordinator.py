@@ -56,9 +56,10 @@ class _Components(Sequence):
 class Coordinator:
     def __init__(self, cfg: SimConfig, popularity: str = "decayed", popularity_args: dict | None = None,
                  placement: str = "popularity-bands", placement_args: dict | None = None,
-                 prefetch: str = "ucb1", prefetch_args: dict | None = None, prefetch_interval_s: float = 300.0,
+                 prefetch: str = "ucb1", prefetch_args: dict | None = None, prefetch_interval_s: float = 600.0,
                  reward_window_s: float = 1800.0, max_arms: int = 64, min_demand: float = 0.05,
-                 replan_requests: int = 200, replan_max_s: float = 600.0) -> None:
+                 replan_requests: int = 200, replan_max_s: float = 600.0,
+                 min_free_bytes: float = 5e8) -> None:
         self.pop = POPULARITY.create(popularity, **(popularity_args or {"half_life_s": 600.0}))
         # no pre-fused pairs: the simulator has no fusion mechanism to act on them
         self.placer = PLACEMENT.create(placement, **(placement_args or {"fuse_top": 0}))
@@ -70,6 +71,7 @@ class Coordinator:
         # a quiet night of a 20-day trace does not need a plan every minute, and a plan costs ms.
         self.replan_requests, self.replan_max_s = replan_requests, replan_max_s
         self.since_plan, self.last_plan = 0, -np.inf
+        self.min_free_bytes = min_free_bytes  # below this there is no room worth a bandit offer
 
     def attach(self, sim, runtime) -> None:
         self.sim = sim
@@ -113,8 +115,8 @@ class Coordinator:
         ws = self.sim.workers
         tier = np.full((len(ws), self.table.n), REMOTE, dtype=np.int8)
         for w in ws:
-            if w.disk is not None and w.disk.items:
-                tier[w.idx, list(w.disk.items)] = DISK
+            # Disk residency is left out (marked REMOTE): placement reads GPU residency only, and
+            # listing a 256 GB disk tier per replica per plan was most of the coordinator's time.
             if w.host is not None and w.host.items:
                 tier[w.idx, list(w.host.items)] = HOST
             if w.slot_of:
@@ -181,8 +183,9 @@ class Coordinator:
             if lack:
                 sim.start_prefetch(w, lack, now)
                 return
-        if self.warm.size == 0 or now - w.last_prefetch < self.interval or not w.active:
-            return
+        if (self.warm.size == 0 or now - w.last_prefetch < self.interval or not w.active
+                or w.free_bytes < self.min_free_bytes):
+            return  # cheap exits first: this runs whenever a worker's queue empties
         w.last_prefetch = now
         resident = np.zeros(self.table.n, dtype=bool)
         resident[list(w.slot_of)] = True

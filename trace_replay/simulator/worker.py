@@ -137,7 +137,10 @@ class Worker:
         cand = np.flatnonzero(allowed)
         if cand.size == 0:
             return None if need_bytes > self.free_bytes else []
-        order = cand[np.lexsort(tuple(np.asarray(k)[cand] for k in reversed(keys)))]
+        if len(keys) == 1:  # one key (LRU, LFU's packed key): a stable argsort is the same order
+            order = cand[np.argsort(np.asarray(keys[0])[cand], kind="stable")]
+        else:
+            order = cand[np.lexsort(tuple(np.asarray(k)[cand] for k in reversed(keys)))]
         out: list[int] = []
         free, n_base = self.free_bytes, self.n_base
         base_ok = not need_base or max_base is None or n_base < max_base
