@@ -69,6 +69,7 @@ class Simulation:
                            np.zeros(n, np.int16), np.zeros(n, np.int8), {k: 0.0 for k in (0, 1, 2)},
                            {k: 0 for k in (0, 1, 2)})
         self.infer = wl.infer_s
+        self.in_system = 0  # requests arrived and not completed (Ray's "ongoing requests")
 
     # -- mechanism -----------------------------------------------------------------------------
     def push(self, t: float, prio: int, *payload) -> None:
@@ -208,6 +209,7 @@ class Simulation:
                     self.now = ta
                     j = i - base0
                     comps = ck[co[j]:co[j + 1]]
+                    self.in_system += 1
                     w = route(i, comps, ta)
                     if w.busy:
                         w.queue.append((i, comps))
@@ -224,6 +226,7 @@ class Simulation:
                 last_finish = now
                 w = workers[ev[3]]
                 if ev[4] >= 0:
+                    self.in_system -= 1
                     rec.finish[ev[4]] = now
                     rec.completions[ev[4]] += 1
                 w.busy = False

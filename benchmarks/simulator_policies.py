@@ -1,0 +1,113 @@
+"""Benchmark: policy sets compared in the simulator on identical workloads (issue 4, section 3).
+
+Every set runs on the same sampled workload (same arrivals, service times, sizes and load-time
+samples), so differences are the policies'. Baseline in the same run: `ray-default` (Ray Serve
+out of the box); rows report ratios to it. Workloads:
+
+- `katz-synth`: a Katz-shaped synthetic trace (`t2i trace synth`, seeded), arrivals compressed
+  by --time-scale so the cluster is busy enough for caching and queueing to matter;
+- `gentd26`: the first 40k rows of GenTD26 `data_trace_processed.csv` (real base-model and LoRA
+  ids), arrivals a Poisson process shaped like its `qps.csv`, service time = the trace's exec
+  seconds (skipped when ../shared/data is absent).
+
+    python benchmarks/simulator_policies.py                       # writes JSON, prints a table
+    python benchmarks/simulator_policies.py --requests 100000 --gpus 20 --skip-gentd26
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+KEYS = ("slo_violation_rate", "latency_mean_s", "latency_p50_s", "latency_p95_s", "latency_p99_s",
+        "load_seconds", "demand_load_seconds", "prefetch_seconds", "loads", "requests_with_miss",
+        "gpu_busy_seconds", "gpu_busy_fraction", "queue_len_mean", "queue_wait_mean_s", "sim_wall_s")
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def compare(label: str, table, cfg, sets: list[str], data_dir) -> list[dict]:
+    from trace_replay.simulator import simulate
+    from trace_replay.simulator.workload import build_workload
+
+    wl, notes = build_workload(table, cfg, data_dir)
+    rows = []
+    for name in sets:
+        s = simulate(table, name, cfg, workload=wl).summary
+        rows.append({"workload": label, "policy_set": name, "requests": s["requests"], "gpus": cfg.cluster.gpus,
+                     "slo_s": cfg.slo_s, "time_scale": cfg.time_scale,
+                     **{k: s[k] for k in KEYS}, "notes": notes})
+        print(f"  {label:11s} {name:17s} SLO viol {s['slo_violation_rate']:7.2%}  p50 {s['latency_p50_s']:7.1f}  "
+              f"p99 {s['latency_p99_s']:8.1f}  load-s {s['load_seconds']:10.0f}  busy {s['gpu_busy_fraction']:.1%}  "
+              f"queue {s['queue_len_mean']:.2f}  ({s['sim_wall_s']:.0f} s)", flush=True)
+    base = next((r for r in rows if r["policy_set"] == "ray-default"), None)
+    if base:
+        for r in rows:
+            for k in ("slo_violation_rate", "latency_mean_s", "latency_p99_s", "load_seconds", "queue_len_mean"):
+                r[f"{k}_vs_ray_default"] = round(r[k] / base[k], 4) if base[k] else None
+    return rows
+
+
+def main() -> int:
+    from trace_replay.formats import load_trace
+    from trace_replay.paths import gentd26_dir
+    from trace_replay.simulator import SimConfig
+    from trace_replay.simulator.config import ClusterSpec, InferenceSpec
+    from trace_replay.synth import SynthConfig, write_katz_json
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=550_000)
+    ap.add_argument("--gpus", type=int, default=100)
+    ap.add_argument("--time-scale", type=float, default=10.0)
+    ap.add_argument("--slo-s", type=float, default=30.0)
+    ap.add_argument("--sets", default="ray-default,lru,lfu,diffserve-static,coordinator")
+    ap.add_argument("--gentd26-gpus", type=int, default=24)
+    ap.add_argument("--gentd26-qps", type=float, default=1.0, help="mean arrival rate of the GenTD26 rows")
+    ap.add_argument("--skip-gentd26", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(RESULTS / "simulator_policies.json"))
+    args = ap.parse_args()
+    sets = [s.strip() for s in args.sets.split(",")]
+    data = gentd26_dir()
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "synth.json"
+        write_katz_json(SynthConfig(requests=args.requests, instances=args.gpus + args.gpus // 15,
+                                    seed=args.seed), trace)
+        cfg = SimConfig(cluster=ClusterSpec(gpus=args.gpus), time_scale=args.time_scale, slo_s=args.slo_s,
+                        seed=args.seed)
+        rows += compare("katz-synth", load_trace(trace, "katz"), cfg, sets, data)
+    proc = data / "data_trace_processed.csv"
+    if not args.skip_gentd26 and proc.exists():
+        table = load_trace(proc, "gentd26-processed", qps_path=data / "qps.csv", seed=args.seed,
+                           mean_qps=args.gentd26_qps)
+        cfg = SimConfig(cluster=ClusterSpec(gpus=args.gentd26_gpus), slo_s=args.slo_s, seed=args.seed,
+                        inference=InferenceSpec(use_trace_exec=True))
+        rows += compare("gentd26", table, cfg, sets, data)
+    doc = {"benchmark": "simulator_policies", "baseline": "ray-default", "rows": rows,
+           "wall_s": round(time.perf_counter() - t0, 1), "git_commit": _commit(), "args": vars(args),
+           "machine": {"python": platform.python_version(), "platform": platform.platform()}}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(doc, indent=1, default=float) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Benchmark: simulated requests per second of the cluster simulator on one core.
+
+Goal (issue 4): at least 50k simulated requests/s on one core, at 550k requests on 100 GPUs and at
+3.5M requests on 300 GPUs (Katz-shaped synthetic traces from `t2i trace synth`, seeded). The rate
+is requests / wall seconds of the event loop alone (``sim_wall_s``); trace loading and the
+vectorised up-front sampling (``build_s``) are reported beside it. Each case also runs at a
+compressed time scale (arrivals x10 faster: queues, evictions and misses are far more frequent,
+which is the expensive path), because the production rate leaves 100 GPUs mostly idle.
+The goal is the baseline: rows report ``ratio_to_goal`` = rate / 50k.
+
+    python benchmarks/simulator_speed.py                       # both sizes, writes JSON
+    python benchmarks/simulator_speed.py --sizes 550000:100 --sets lru,coordinator
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+GOAL_RPS = 50_000.0
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_size(n: int, gpus: int, sets: list[str], scales: list[float], repeats: int, tmp: Path,
+             seed: int) -> list[dict]:
+    from trace_replay.formats import load_trace
+    from trace_replay.paths import gentd26_dir
+    from trace_replay.simulator import SimConfig, simulate
+    from trace_replay.simulator.config import ClusterSpec
+    from trace_replay.simulator.workload import build_workload
+    from trace_replay.synth import SynthConfig, write_katz_json
+
+    trace = tmp / f"synth_{n}.json"
+    write_katz_json(SynthConfig(requests=n, instances=max(2, gpus + gpus // 15), seed=seed), trace)
+    t0 = time.perf_counter()
+    table = load_trace(trace, "katz")
+    load_s = time.perf_counter() - t0
+    rows = []
+    for scale in scales:
+        cfg = SimConfig(cluster=ClusterSpec(gpus=gpus), time_scale=scale, seed=seed)
+        t0 = time.perf_counter()
+        wl, notes = build_workload(table, cfg, gentd26_dir())
+        build_s = time.perf_counter() - t0
+        for name in sets:
+            walls, summary = [], {}
+            for _ in range(repeats):
+                summary = simulate(table, name, cfg, workload=wl).summary
+                walls.append(summary["sim_wall_s"])
+            wall = statistics.median(walls)
+            row = {"requests": n, "gpus": gpus, "time_scale": scale, "policy_set": name,
+                   "sim_wall_s": round(wall, 2), "walls_s": [round(w, 2) for w in walls],
+                   "requests_per_s": round(n / wall), "ratio_to_goal": round(n / wall / GOAL_RPS, 3),
+                   "load_trace_s": round(load_s, 2), "build_s": round(build_s, 2),
+                   "gpu_busy_fraction": round(summary["gpu_busy_fraction"], 4),
+                   "slo_violation_rate": round(summary["slo_violation_rate"], 5),
+                   "loads": summary["loads"], "notes": notes}
+            rows.append(row)
+            print(f"{n:>9,} req {gpus:>4} GPUs x{scale:<4g} {name:17s} {row['requests_per_s']:>8,} req/s "
+                  f"(x{row['ratio_to_goal']:.2f} of goal; loop {wall:.1f} s, build {build_s:.1f} s, "
+                  f"busy {row['gpu_busy_fraction']:.1%})", flush=True)
+    trace.unlink()
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="550000:100,3500000:300", help="requests:gpus, comma-separated")
+    ap.add_argument("--sets", default="ray-default,lru", help="policy sets to time")
+    ap.add_argument("--scales", default="1,10", help="time scales (arrival compression)")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(RESULTS / "simulator_speed.json"))
+    args = ap.parse_args()
+    sizes = [tuple(int(x) for x in s.split(":")) for s in args.sizes.split(",")]
+    sets = [s.strip() for s in args.sets.split(",")]
+    scales = [float(s) for s in args.scales.split(",")]
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n, gpus in sizes:
+            rows += run_size(n, gpus, sets, scales, args.repeats, Path(tmp), args.seed)
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
+    doc = {
+        "benchmark": "simulator_speed", "goal_requests_per_s": GOAL_RPS,
+        "goal_met": all(r["requests_per_s"] >= GOAL_RPS for r in rows),
+        "rows": rows, "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                                  "cpus_used": 1, "loadavg_after": load},
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0),
+        "git_commit": _commit(), "args": vars(args),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"goal {GOAL_RPS:,.0f} req/s met in every row: {doc['goal_met']}; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
