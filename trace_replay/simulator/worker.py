@@ -51,7 +51,7 @@ class Worker:
     __slots__ = ("idx", "slot_of", "free_slots", "key", "kind", "uses", "last_seq", "loaded_seq",
                  "last_time", "size", "cost", "free_bytes", "cap_bytes", "n_base", "clock", "queue",
                  "busy", "active", "free_since", "idle_s", "busy_s", "host", "disk", "last_prefetch",
-                 "ready_at", "pinned")
+                 "ready_at", "pinned", "_seq", "_now", "_view")
 
     def __init__(self, idx: int, gpu_bytes: float, host_bytes: float, disk_bytes: float,
                  slots: int = 32) -> None:
@@ -81,6 +81,11 @@ class Worker:
         self.last_prefetch = -np.inf
         self.ready_at = 0.0
         self.pinned: set[int] = set()  # keys placement wants kept (hot models), never victims
+        # One CacheView per worker over its live arrays, with 0-d clock arrays updated in place:
+        # building a frozen view per eviction was a tenth of the loop's time.
+        self._seq = np.zeros((), dtype=np.int64)
+        self._now = np.zeros((), dtype=np.float64)
+        self._view: CacheView | None = None
 
     def _grow(self) -> None:
         n = self.key.shape[0]
@@ -91,6 +96,7 @@ class Worker:
             new[:n] = old
             setattr(self, name, new)
         self.free_slots = list(range(2 * n - 1, n - 1, -1))
+        self._view = None  # the arrays were replaced
 
     def insert(self, key: int, kind: int, size: float, cost: float, now: float) -> None:
         if not self.free_slots:
@@ -112,8 +118,13 @@ class Worker:
         self.free_slots.append(s)
 
     def view(self, now: float) -> CacheView:
-        return CacheView(self.key, self.kind, self.uses, self.last_seq, self.loaded_seq, self.last_time,
-                         np.int64(self.clock), np.float64(now), None, self.size, self.cost)
+        """The cache as a policy sees it (read-only by contract; valid until the next change)."""
+        if self._view is None:
+            self._view = CacheView(self.key, self.kind, self.uses, self.last_seq, self.loaded_seq,
+                                   self.last_time, self._seq, self._now, None, self.size, self.cost)
+        self._seq[...] = self.clock
+        self._now[...] = now
+        return self._view
 
     def victims(self, policy: EvictionPolicy, now: float, need_bytes: float, need_base: bool,
                 max_base: int | None, protect: tuple) -> list[int] | None:
@@ -134,7 +145,7 @@ class Worker:
             if s is not None:
                 allowed[s] = False
         keys = policy.priority(self.view(now))
-        cand = np.flatnonzero(allowed)
+        cand = allowed.nonzero()[0]
         if cand.size == 0:
             return None if need_bytes > self.free_bytes else []
         if len(keys) == 1:  # one key (LRU, LFU's packed key): a stable argsort is the same order
