@@ -110,3 +110,28 @@ def test_ray_queue_autoscaler_waits_for_the_upscale_delay():
     assert [a.decide(1, 8, 10.0, 16) for _ in range(3)] == [1, 1, 4]  # 3 ticks x 10 s = 30 s
     assert a.decide(4, 0, 10.0, 16) == 4  # down needs 600 s in a row
     assert [a.decide(4, 0, 10.0, 16) for _ in range(59)][-1] == 1
+
+
+def test_static_partition_gives_floor_of_share_and_keeps_a_shared_replica():
+    from trace_replay.simulator.static import partition
+
+    assert partition(np.array([50.0, 30, 15, 5]), 10).tolist() == [5, 3, 1, 0]
+    assert partition(np.array([100.0, 0]), 4).tolist() == [3, 0]  # one replica stays shared
+
+
+def test_coordinator_persists_a_hot_base_model_on_several_replicas():
+    from trace_replay.simulator.engine import Simulation
+    from trace_replay.simulator.policy_sets import build_runtime
+    from trace_replay.simulator.workload import build_workload
+
+    rng = np.random.default_rng(0)
+    n = 1200  # 20 minutes at 1 req/s, 90% on m0: m0 is the hot pipeline
+    bases = np.where(rng.random(n) < 0.9, 0, rng.integers(1, 4, n)).tolist()
+    cfg = exact_cfg(gpus=4)
+    wl, _ = build_workload(table(np.arange(n, dtype=float).tolist(), bases), cfg)
+    sim = Simulation(wl, cfg, build_runtime("coordinator", cfg))
+    rec = sim.run()
+    assert rec.completions.tolist() == [1] * n
+    pinned = [w.idx for w in sim.workers if 0 in w.pinned]
+    assert len(pinned) >= 2  # popularity-bands: at least min_replicas=2 copies of a hot pipeline
+    assert all(0 in sim.workers[j].slot_of for j in pinned)  # and they hold it
