@@ -9,7 +9,6 @@ import pytest
 
 from trace_replay.simulator import PolicySetSpec, SimConfig, simulate
 from trace_replay.simulator.config import ClusterSpec, ComponentSpec, InferenceSpec
-from trace_replay.simulator.control import RayQueueAutoscaler
 from trace_replay.simulator.events import ARRIVAL, FINISH, READY, TICK, arrival_first
 from trace_replay.simulator.metrics import summarize
 from trace_replay.simulator.policy_sets import get_policy_set
@@ -105,11 +104,18 @@ def test_slo_violations_count_latency_strictly_above_the_slo():
         assert s["slo_violations"] == expected and s["slo_violation_rate"] == expected / 2
 
 
-def test_ray_queue_autoscaler_waits_for_the_upscale_delay():
-    a = RayQueueAutoscaler(target_ongoing=2, upscale_delay_s=30, downscale_delay_s=600)
-    assert [a.decide(1, 8, 10.0, 16) for _ in range(3)] == [1, 1, 4]  # 3 ticks x 10 s = 30 s
-    assert a.decide(4, 0, 10.0, 16) == 4  # down needs 600 s in a row
-    assert [a.decide(4, 0, 10.0, 16) for _ in range(59)][-1] == 1
+def test_ray_default_holds_requests_beyond_max_ongoing_and_scales_up_after_the_delay():
+    # 40 requests at once on 1 of 4 GPUs: 5 go to the replica (max_ongoing_requests), 35 wait in
+    # the router. Ray's queue-length policy wants 40 / 2 -> 4 replicas; the Guardrails' 30 s
+    # upscale delay holds until the tick at t=30, and the new replicas serve from t=40 (10 s start).
+    res = simulate(table([0.0] * 40, [0] * 40), "ray-default", exact_cfg(gpus=4))
+    rec = res.records
+    assert rec.completions.tolist() == [1] * 40
+    assert [a for t, a in rec.active_series if t < 40.0] == [1]
+    assert (40.0, 4) in rec.active_series
+    first = rec.worker == rec.worker[0]
+    assert np.all(rec.start[~first] >= 40.0)  # the others only ever served held requests
+    assert rec.start[5] == pytest.approx(6.0 + 4 * 2.0)  # the 6th waited in the router, then FIFO
 
 
 def test_static_partition_gives_floor_of_share_and_keeps_a_shared_replica():

@@ -3,9 +3,8 @@
 Why here and not in ``policies/``: routing runs once per request, and at 20 us a request a
 snapshot-building call is out of budget, so the per-request routers below read the simulator's
 own structures (the base-model -> holders index, queue lengths). They mirror documented
-behaviour: ``Pow2Holder`` is Ray Serve's multiplexed-model routing, ``RayQueueAutoscaler`` its
-default queue-length autoscaler. Slower, cluster-wide decisions (placement, prefetch, scaling
-targets) can come from ``policies/`` on control ticks (see ``policy_sets.py``).
+behaviour: ``Pow2Holder`` is Ray Serve's multiplexed-model routing. Slower, cluster-wide
+decisions (placement, prefetch, scaling targets) come from ``policies/`` on control ticks.
 """
 
 from __future__ import annotations
@@ -22,18 +21,23 @@ def qlen(w: Worker) -> int:
 class Pow2Holder:
     """Ray Serve multiplexing: power-of-two choices among replicas holding the model (here: the
     base model) by queue length; if none holds it, or the pick is at ``max_ongoing`` (Ray's
-    ``max_ongoing_requests``, default 5), power-of-two over all routable replicas, fewer loaded
-    models first on a tie (Ray falls back to the replica with the fewest multiplexed models)."""
+    ``max_ongoing_requests``, default 5: running + queued on a replica), power-of-two over all
+    routable replicas, fewer loaded models first on a tie (Ray falls back to the replica with the
+    fewest multiplexed models). When every replica is at ``max_ongoing`` Ray holds the request in
+    the router until one has room: the router returns None and the engine holds it (FIFO),
+    re-routing when a replica frees a place or a new one becomes ready (``hold_when_full``)."""
 
-    def __init__(self, max_ongoing: int = 5) -> None:
+    def __init__(self, max_ongoing: int = 5, hold_when_full: bool = True) -> None:
         self.max_ongoing = max_ongoing
+        self.hold_when_full = hold_when_full
 
     def attach(self, sim, routable: list[Worker]) -> None:
         self.sim, self.routable, self.holders, self.rnd = sim, routable, sim.holders, sim.rnd.random
 
-    def __call__(self, i: int, comps: list, now: float) -> Worker:
+    def __call__(self, i: int, comps: list, now: float) -> Worker | None:
         hold = self.holders[comps[0]]
         rnd = self.rnd
+        cap = self.max_ongoing
         if hold:
             ws = self.sim.workers
             if len(hold) == 1:
@@ -42,12 +46,17 @@ class Pow2Holder:
                 h = tuple(hold)
                 a, b = ws[h[int(rnd() * len(h))]], ws[h[int(rnd() * len(h))]]
                 w = a if qlen(a) <= qlen(b) else b
-            if qlen(w) < self.max_ongoing:
+            if qlen(w) < cap:
                 return w
         r = self.routable
         a, b = r[int(rnd() * len(r))], r[int(rnd() * len(r))]
         ka, kb = (qlen(a), a.n_base), (qlen(b), b.n_base)
-        return a if ka <= kb else b
+        w = a if ka <= kb else b
+        if not self.hold_when_full or ka[0] < cap:
+            return w
+        # both samples full: Ray keeps trying replicas; here one scan for the least loaded (rare)
+        w = min(r, key=lambda x: (qlen(x), x.n_base))
+        return w if qlen(w) < cap else None
 
 
 class CacheAware:
@@ -93,36 +102,3 @@ class CacheAware:
             if c < best_c:
                 best, best_c = w, c
         return best
-
-
-class RayQueueAutoscaler:
-    """Ray Serve's default request-based autoscaling, on the simulator's control tick.
-
-    desired = ceil(ongoing requests / target_ongoing_requests), clamped to [min, max]; a change is
-    applied only after it has been wanted for ``upscale_delay_s`` (up) or ``downscale_delay_s``
-    (down) in a row, as Ray counts consecutive decisions. Defaults are Ray's: target 2, delays 30 s
-    and 600 s, min 1 replica (and the initial count is the minimum).
-    """
-
-    def __init__(self, target_ongoing: float = 2.0, upscale_delay_s: float = 30.0,
-                 downscale_delay_s: float = 600.0, min_replicas: int = 1, max_replicas: int | None = None) -> None:
-        self.target, self.up_delay, self.down_delay = target_ongoing, upscale_delay_s, downscale_delay_s
-        self.min, self.max = min_replicas, max_replicas
-        self.counter = 0
-
-    def decide(self, current: int, ongoing: int, period_s: float, n_gpus: int) -> int:
-        hi = min(self.max or n_gpus, n_gpus)
-        desired = max(self.min, min(hi, math.ceil(ongoing / self.target)))
-        if desired > current:
-            self.counter = max(self.counter, 0) + 1
-            if self.counter * period_s >= self.up_delay:
-                self.counter = 0
-                return desired
-        elif desired < current:
-            self.counter = min(self.counter, 0) - 1
-            if -self.counter * period_s >= self.down_delay:
-                self.counter = 0
-                return desired
-        else:
-            self.counter = 0
-        return current

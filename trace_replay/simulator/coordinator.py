@@ -21,9 +21,10 @@ import numpy as np
 
 from policies.bandit import PIPELINE_PREFETCH, PrefetchOffer
 from policies.placement import PLACEMENT, PlacementContext
-from policies.popularity import POPULARITY, bands_by_rank
-from policies.snapshot import DISK, GPU, HOST, REMOTE, WARM, ClusterSnapshot, ComponentTable, ReplicaTable, SHARED
+from policies.popularity import POPULARITY
+from policies.snapshot import REMOTE, WARM
 from trace_replay.simulator.config import SimConfig
+from trace_replay.simulator.snapshots import component_table, snapshot
 from trace_replay.simulator.worker import Worker
 
 
@@ -57,15 +58,16 @@ class Coordinator:
     def __init__(self, cfg: SimConfig, popularity: str = "decayed", popularity_args: dict | None = None,
                  placement: str = "popularity-bands", placement_args: dict | None = None,
                  prefetch: str = "ucb1", prefetch_args: dict | None = None, prefetch_interval_s: float = 600.0,
-                 reward_window_s: float = 1800.0, max_arms: int = 64, min_demand: float = 0.05,
+                 reward_window_s: float = 1800.0, max_arms: int = 64,
                  replan_requests: int = 200, replan_max_s: float = 600.0,
                  min_free_bytes: float = 5e8) -> None:
-        self.pop = POPULARITY.create(popularity, **(popularity_args or {"half_life_s": 600.0}))
+        # min_demand: a decayed counter never reaches zero; below this a pipeline has faded and
+        # leaves the ranking (else 5% of every pipeline ever seen would be "hot")
+        self.pop = POPULARITY.create(popularity, **(popularity_args or {"half_life_s": 600.0, "min_demand": 0.05}))
         # no pre-fused pairs: the simulator has no fusion mechanism to act on them
         self.placer = PLACEMENT.create(placement, **(placement_args or {"fuse_top": 0}))
         self.bandit = PIPELINE_PREFETCH.create(prefetch, **(prefetch_args or {}))
         self.interval, self.window, self.max_arms = prefetch_interval_s, reward_window_s, max_arms
-        self.min_demand = min_demand  # decayed demand below this counts as gone (keeps bands small)
         self.rng = np.random.default_rng(cfg.seed + 1)
         # Re-plan on a tick once enough demand has moved (or at the latest after replan_max_s):
         # a quiet night of a 20-day trace does not need a plan every minute, and a plan costs ms.
@@ -81,13 +83,7 @@ class Coordinator:
         self.comps = _Components(wl.comp_offsets, wl.comp_key, first)
         P = int(first.size)
         self.state = self.pop.new_state(P)
-        c = sim.cfg.cluster
-        size = wl.key_size
-        cost = np.zeros((wl.n_keys, 4))
-        cost[:, HOST] = size / (c.pcie_gbps * 1e9)
-        cost[:, DISK] = size / (c.disk_gbps * 1e9) + cost[:, HOST]
-        cost[:, REMOTE] = np.array([wl.mean_load_s[int(k)] for k in range(3)])[wl.key_kind]
-        self.table = ComponentTable(wl.key_kind.astype(np.int8), size.astype(np.int64), cost)
+        self.table = component_table(sim)
         self.stats = self.bandit.new_stats(P)
         self.pending: dict[int, list[int]] = {}  # worker -> pinned keys to load when idle
         self.prefetched: list[dict[int, list]] = [{} for _ in sim.workers]  # pid -> [t, paid_s, hits]
@@ -110,36 +106,15 @@ class Coordinator:
 
         return routed
 
-    # -- snapshot ------------------------------------------------------------------------------
-    def snapshot(self, now: float) -> ClusterSnapshot:
-        ws = self.sim.workers
-        tier = np.full((len(ws), self.table.n), REMOTE, dtype=np.int8)
-        for w in ws:
-            # Disk residency is left out (marked REMOTE): placement reads GPU residency only, and
-            # listing a 256 GB disk tier per replica per plan was most of the coordinator's time.
-            if w.host is not None and w.host.items:
-                tier[w.idx, list(w.host.items)] = HOST
-            if w.slot_of:
-                tier[w.idx, list(w.slot_of)] = GPU
-        rep = ReplicaTable(
-            tier=tier, queue_len=np.array([len(w.queue) + w.busy for w in ws], np.int64),
-            busy_until=np.array([w.ready_at for w in ws]),
-            gpu_free_bytes=np.array([w.free_bytes for w in ws], np.int64),
-            host_free_bytes=np.array([w.host.free if w.host else 0 for w in ws], np.int64),
-            pool=np.full(len(ws), SHARED, np.int8), n_models=np.array([w.n_base for w in ws], np.int64))
-        return ClusterSnapshot(now, rep, self.table)
-
     # -- control -------------------------------------------------------------------------------
     def on_tick(self, now: float) -> None:
         if self.since_plan < self.replan_requests and now - self.last_plan < self.replan_max_s:
             return
         self.since_plan, self.last_plan = 0, now
-        demand = self.pop.scores(self.state, now).copy()
-        demand[demand < self.min_demand] = 0.0
-        # bands by rank over the thresholded demand: a decayed counter never reaches zero, so without
-        # the threshold every pipeline ever seen would be ranked (and 5% of them called hot)
-        bands = bands_by_rank(demand, self.pop.hot_frac, self.pop.warm_frac)
-        snap = self.snapshot(now)
+        demand = self.pop.scores(self.state, now)
+        demand = np.where(demand >= self.pop.min_demand, demand, 0.0)  # the band ranking's view
+        bands = self.pop.bands(self.state, now)
+        snap = snapshot(self.sim, now)
         ws = self.sim.workers
         gpu = np.array([w.cap_bytes if w.active else 0 for w in ws], np.int64)
         plan = self.placer.plan(PlacementContext(snap, demand, bands, self.comps, gpu))
@@ -162,6 +137,15 @@ class Coordinator:
         self.warm_flat = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         self.warm_off = np.concatenate([[0], np.cumsum([len(c) for c in parts])]).astype(np.int64)
         self._credit(now)
+
+    def component_demand(self, now: float) -> np.ndarray:
+        """Decayed demand per component: each live pipeline's demand added to its components
+        (what cache-aware scale-down weighs a replica's cache by)."""
+        d = self.pop.scores(self.state, now)
+        out = np.zeros(self.table.n)
+        for p in np.flatnonzero(d >= self.pop.min_demand).tolist():
+            out[self.comps[p]] += d[p]
+        return out
 
     def _credit(self, now: float) -> None:
         """Close prefetch windows that ended: reward = cold-load seconds saved by hits - seconds paid."""

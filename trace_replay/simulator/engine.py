@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,6 +71,8 @@ class Simulation:
                            {k: 0 for k in (0, 1, 2)})
         self.infer = wl.infer_s
         self.in_system = 0  # requests arrived and not completed (Ray's "ongoing requests")
+        self.arrived = 0  # requests arrived, as of the latest control tick
+        self.held: deque = deque()  # requests the router holds until a replica has room (Ray)
 
     # -- mechanism -----------------------------------------------------------------------------
     def push(self, t: float, prio: int, *payload) -> None:
@@ -176,6 +179,20 @@ class Simulation:
         else:
             self.start(w, i, comps, now)
 
+    def dispatch_held(self, w: Worker, now: float) -> None:
+        """Re-route held requests, oldest first, while ``w`` (which just freed a place or became
+        ready) has room; one the router still cannot place goes to ``w``, which has room."""
+        cap = self.rt.router.max_ongoing
+        held, route = self.held, self.rt.route
+        while held and len(w.queue) + w.busy < cap:
+            j, comps = held.popleft()
+            self.enqueue(route(j, comps, now) or w, j, comps, now)
+
+    def mean_job_s(self) -> float:
+        """Mean seconds a worker spends per request so far (compute + loads), for autoscalers."""
+        n = max(self.arrived, 1)
+        return float(self.infer[:n].mean()) + sum(self.rec.load_by_kind.values()) / n
+
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> Records:
         wl, rt, heap = self.wl, self.rt, self.heap
@@ -188,6 +205,7 @@ class Simulation:
         route = rt.route
         pop = heapq.heappop
         rec = self.rec
+        held = self.held
         i = 0
         chunk_end = 0
         times: list[float] = []
@@ -211,7 +229,9 @@ class Simulation:
                     comps = ck[co[j]:co[j + 1]]
                     self.in_system += 1
                     w = route(i, comps, ta)
-                    if w.busy:
+                    if w is None:  # the router holds it until a replica has room (Ray)
+                        held.append((i, comps))
+                    elif w.busy:
                         w.queue.append((i, comps))
                     else:
                         self.start(w, i, comps, ta)
@@ -234,13 +254,18 @@ class Simulation:
                 if w.queue:
                     j, comps = w.queue.popleft()
                     self.start(w, j, comps, now)
-                else:
+                if held and w.active:
+                    self.dispatch_held(w, now)
+                if not w.busy:
                     rt.on_idle(w, now)
             elif prio == READY:
                 rt.on_ready(workers[ev[3]], now)
+                if held:
+                    self.dispatch_held(workers[ev[3]], now)
             elif prio == TICK:
+                self.arrived = i
                 rt.on_tick(now)
-                if i < n or any(w.busy or w.queue for w in workers):
+                if i < n or held or any(w.busy or w.queue for w in workers):
                     self.push(now + rt.tick_s, TICK)
         # the makespan ends at the last completion (a trailing control tick does not extend it)
         end = max(last_finish, float(arrival[-1]) if n else 0.0)

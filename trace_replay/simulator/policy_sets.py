@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from policies.eviction import EVICTION
 from trace_replay.simulator.config import SimConfig
-from trace_replay.simulator.control import CacheAware, Pow2Holder, RayQueueAutoscaler
-from trace_replay.simulator.events import READY
+from trace_replay.simulator.control import CacheAware, Pow2Holder
 from trace_replay.simulator.worker import Worker
 
 
@@ -38,8 +38,11 @@ class PolicySetSpec(BaseModel):
     max_models_per_replica: int | None = Field(None, ge=1, description="fixed base-model count per "
                                                "replica, as Ray's max_num_models_per_replica")
     host_cache: bool = Field(True, description="keep evicted weights in host memory (a tier)")
-    autoscaling: Literal["none", "ray-queue"] = "none"
+    autoscaling: str = Field("none", description="policies.autoscaling AUTOSCALING name, or none (all GPUs)")
     autoscaling_args: dict[str, Any] = Field(default_factory=dict)
+    guardrails: dict[str, Any] = Field(default_factory=dict, description="policies.autoscaling.Guardrails "
+                                       "fields; default Ray's (min 1, max = GPUs, 30 s up, 600 s down)")
+    scale_down: str = Field("newest-first", description="SCALE_DOWN name: which idle replica goes")
     placement: Literal["none", "coordinator"] = "none"
     placement_args: dict[str, Any] = Field(default_factory=dict)
     tick_s: float = Field(0.0, ge=0, description="control period (autoscaling, placement); 0 = none")
@@ -49,7 +52,7 @@ POLICY_SETS: dict[str, PolicySetSpec] = {s.name: s for s in (
     PolicySetSpec(name="ray-default", description="Ray Serve out of the box: @serve.multiplexed LRU "
                   "with max_num_models_per_replica=3, multiplex-aware pow-2 routing, default "
                   "queue-length autoscaler (target 2 ongoing, 30 s up / 600 s down, min 1)",
-                  max_models_per_replica=3, host_cache=False, autoscaling="ray-queue", tick_s=10.0),
+                  max_models_per_replica=3, host_cache=False, autoscaling="ray-queue-length", tick_s=10.0),
     PolicySetSpec(name="lru", description="LRU by GPU bytes, host/disk tiers, Ray routing, all GPUs"),
     PolicySetSpec(name="lfu", description="LFU by GPU bytes, host/disk tiers, Ray routing, all GPUs",
                   eviction="lfu"),
@@ -79,8 +82,12 @@ class PolicyRuntime:
         self.max_base = spec.max_models_per_replica
         self.host_cache = spec.host_cache
         self.tick_s = spec.tick_s
-        self.autoscaler = (RayQueueAutoscaler(**spec.autoscaling_args) if spec.autoscaling == "ray-queue"
-                           else None)
+        self.autoscaler = None
+        if spec.autoscaling != "none":
+            from trace_replay.simulator.scaling import Autoscaler
+
+            self.autoscaler = Autoscaler(spec.autoscaling, spec.autoscaling_args, spec.guardrails,
+                                         spec.scale_down, cfg.cluster.gpus, spec.tick_s)
         if spec.routing == "cache-aware":
             self.router = CacheAware(**spec.routing_args)
         elif spec.routing == "static-partition":
@@ -95,12 +102,11 @@ class PolicyRuntime:
 
             self.placement = Coordinator(cfg, **spec.placement_args)
         self.routable: list[Worker] = []
-        self.starting = 0
 
     def attach(self, sim) -> None:
         self.sim = sim
         ws = sim.workers
-        n0 = self.autoscaler.min if self.autoscaler else len(ws)
+        n0 = self.autoscaler.guard.min_replicas if self.autoscaler else len(ws)
         for w in ws:
             w.active = w.idx < n0
         self.routable[:] = [w for w in ws if w.active]
@@ -110,52 +116,23 @@ class PolicyRuntime:
         if self.placement is not None:
             self.placement.attach(sim, self)
             self.route = self.placement.wrap_route(self.route)
+        if self.autoscaler is not None:
+            self.autoscaler.attach(sim, self.routable)
+            self.autoscaler.demand = (self.placement.component_demand if self.placement is not None
+                                      else lambda now: np.zeros(sim.wl.n_keys))
 
     def on_idle(self, w: Worker, now: float) -> None:
         if self.placement is not None:
             self.placement.on_idle(w, now)
 
     def on_ready(self, w: Worker, now: float) -> None:
-        self.starting -= 1
-        w.active = True
-        self.routable.append(w)
-        self.sim.rec.active_series.append((now, len(self.routable)))
+        self.autoscaler.on_ready(w, now)
 
     def on_tick(self, now: float) -> None:
         if self.placement is not None:
             self.placement.on_tick(now)
-        if self.autoscaler is None:
-            return
-        sim = self.sim
-        ongoing = sim.in_system  # kept by the loop: summing 300 queues every tick cost seconds
-        current = len(self.routable) + self.starting
-        target = self.autoscaler.decide(current, ongoing, self.tick_s, len(sim.workers))
-        if target > current:
-            for w in sim.workers:
-                if target <= current:
-                    break
-                if not w.active and not w.busy and w.ready_at <= now and w not in self.routable:
-                    w.ready_at = now + sim.cfg.cluster.replica_startup_s
-                    w.active = True  # reserved; routable only once READY fires
-                    self.routable_pending(w, now)
-                    current += 1
-        elif target < current:
-            # Ray stops replicas that are idle first; the newest go first
-            for w in sorted(self.routable, key=lambda x: -x.idx):
-                if target >= current or len(self.routable) <= 1:
-                    break
-                if not w.busy and not w.queue:
-                    self.routable.remove(w)
-                    w.active = False
-                    for k in w.clear_gpu():
-                        if sim.key_kind[k] == 2:
-                            sim.holders[k].discard(w.idx)
-                    current -= 1
-            sim.rec.active_series.append((now, len(self.routable)))
-
-    def routable_pending(self, w: Worker, now: float) -> None:
-        self.starting += 1
-        self.sim.push(w.ready_at, READY, w.idx)
+        if self.autoscaler is not None:
+            self.autoscaler.on_tick(now)
 
 
 def build_runtime(name: str | PolicySetSpec, cfg: SimConfig) -> PolicyRuntime:
