@@ -54,9 +54,17 @@ class Pow2Holder:
         w = a if ka <= kb else b
         if not self.hold_when_full or ka[0] < cap:
             return w
-        # both samples full: Ray keeps trying replicas; here one scan for the least loaded (rare)
-        w = min(r, key=lambda x: (qlen(x), x.n_base))
-        return w if qlen(w) < cap else None
+        # both samples full: Ray keeps sampling; a few more draws, then one scan for the least
+        # loaded (needed to tell "all full, hold it" from bad luck)
+        for _ in range(4):
+            w = r[int(rnd() * len(r))]
+            if qlen(w) < cap:
+                return w
+        k = int(rnd() * len(r))  # from a random place, the first with room (stops early)
+        for w in r[k:] + r[:k]:
+            if len(w.queue) + w.busy < cap:
+                return w
+        return None
 
 
 class CacheAware:

@@ -44,7 +44,7 @@ class Autoscaler:
         arrived = sim.arrived
         rate = (arrived - self.last_arrivals) / self.tick_s
         self.last_arrivals = arrived
-        ctx = AutoscalingContext(now, len(self.routable), self.target, float(np.mean(self.samples)),
+        ctx = AutoscalingContext(now, len(self.routable), self.target, sum(self.samples) / len(self.samples),
                                  rate, sim.mean_job_s(), self.state)
         self.target, self.state = self.fn(ctx)
         current = len(self.routable) + self.starting
