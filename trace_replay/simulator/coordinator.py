@@ -88,6 +88,9 @@ class Coordinator:
         self.pending: dict[int, list[int]] = {}  # worker -> pinned keys to load when idle
         self.prefetched: list[dict[int, list]] = [{} for _ in sim.workers]  # pid -> [t, paid_s, hits]
         self.warm = np.zeros(0, np.int64)
+        self.router = runtime.router if hasattr(runtime.router, "band") else None  # a PolicyRouter
+        if self.router is not None:
+            self.router.pid = self.pid_list
         self.warm_flat = np.zeros(0, np.int64)
         self.warm_off = np.zeros(1, np.int64)
 
@@ -118,6 +121,9 @@ class Coordinator:
         ws = self.sim.workers
         gpu = np.array([w.cap_bytes if w.active else 0 for w in ws], np.int64)
         plan = self.placer.plan(PlacementContext(snap, demand, bands, self.comps, gpu))
+        if self.router is not None:  # band pools for policies.routing: hot pool from the plan
+            self.router.band = bands
+            self.router.pool[:] = plan.pool
         pins: dict[int, set[int]] = {w.idx: set() for w in ws}
         for p, r in zip(plan.pin_pipeline.tolist(), plan.pin_replica.tolist()):
             if ws[r].active:

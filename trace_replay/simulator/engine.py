@@ -73,6 +73,7 @@ class Simulation:
         self.in_system = 0  # requests arrived and not completed (Ray's "ongoing requests")
         self.arrived = 0  # requests arrived, as of the latest control tick
         self._infer_cum: np.ndarray | None = None
+        self.track = None  # a PolicyRouter keeping a ClusterSnapshot current, or None
         self.held: deque = deque()  # requests the router holds until a replica has room (Ray)
 
     # -- mechanism -----------------------------------------------------------------------------
@@ -94,12 +95,14 @@ class Simulation:
         size, kind = self.key_size[key], self.key_kind[key]
         rt = self.rt
         need_base = kind == BASE
+        victims = None
         if size > w.free_bytes or (need_base and rt.max_base is not None and w.n_base >= rt.max_base):
             victims = w.victims(rt.eviction, now, size, need_base, rt.max_base, protect)
             if victims is not None:
                 for v in victims:
                     self.evict(w, v)
         host, disk = w.host, w.disk
+        gone_h = gone_d = ()  # keys the host / disk tier dropped to make room
         if host is not None and key in host.items:
             t = size / self.pcie
             host.items.move_to_end(key)
@@ -107,18 +110,20 @@ class Simulation:
             t = size / self.disk_bw + size / self.pcie
             disk.items.move_to_end(key)
             if host is not None:
-                host.touch_or_add(key, size)
+                gone_h = host.touch_or_add(key, size)
         else:
             t = self.remote_load_s(key)
             if disk is not None:
-                disk.touch_or_add(key, size)
+                gone_d = disk.touch_or_add(key, size)
             if host is not None:
-                host.touch_or_add(key, size)
+                gone_h = host.touch_or_add(key, size)
         if size <= w.free_bytes and not (need_base and rt.max_base is not None and w.n_base >= rt.max_base):
             w.insert(key, kind, size, self.wl.mean_load_s[kind], now)
             if need_base:
                 self.holders[key].add(w.idx)
         # else: it did not fit even after eviction: streamed for this request only, not kept
+        if self.track is not None:
+            self.track.keys(w, [key, *(victims or ()), *gone_h, *gone_d])
         self.rec.load_by_kind[kind] += t
         self.rec.loads_by_kind[kind] += 1
         return t
@@ -153,6 +158,8 @@ class Simulation:
         rec.misses[i] = missed
         self._occupy(w, now, dur)
         self.push(now + dur, FINISH, w.idx, i)
+        if self.track is not None:
+            self.track.changed(w)
 
     def start_prefetch(self, w: Worker, keys: list[int], now: float) -> None:
         """An idle worker loads ``keys`` ahead of demand (a job like any other: it is busy)."""
@@ -167,6 +174,8 @@ class Simulation:
         self.rec.prefetch_s += dur
         self._occupy(w, now, dur)
         self.push(now + dur, FINISH, w.idx, -1)
+        if self.track is not None:
+            self.track.changed(w)
 
     def _occupy(self, w: Worker, now: float, dur: float) -> None:
         w.idle_s += now - w.free_since
@@ -209,6 +218,7 @@ class Simulation:
         pop = heapq.heappop
         rec = self.rec
         held = self.held
+        track = self.track  # set by a router that keeps a policies.snapshot in place
         i = 0
         chunk_end = 0
         times: list[float] = []
@@ -238,6 +248,8 @@ class Simulation:
                         held.append((i, comps))
                     elif w.busy:
                         w.queue.append((i, comps))
+                        if track is not None:
+                            track.changed(w)
                     else:
                         self.start(w, i, comps, ta)
                     i += 1
@@ -263,6 +275,8 @@ class Simulation:
                     self.dispatch_held(w, now)
                 if not w.busy:
                     rt.on_idle(w, now)
+                if track is not None:
+                    track.changed(w)
             elif prio == READY:
                 rt.on_ready(workers[ev[3]], now)
                 if held:

@@ -10,7 +10,7 @@ wires it into the simulator. Eviction, popularity, placement and pipeline prefet
 | ray-default | Ray multiplex (pow-2 among holders) | LRU, 3 models per replica | no host cache | Ray queue-length, defaults | none |
 | lru / lfu | Ray multiplex | LRU / LFU by GPU bytes | host + disk | fixed N | none |
 | diffserve-static | static partition by offline demand | LRU | host + disk | fixed N | models pinned to partitions |
-| coordinator | expected completion (queue + missing loads by tier) | cost-aware | host + disk | fixed N | popularity bands: hot pipelines persisted on several replicas; warm ones prefetched by a UCB bandit |
+| coordinator | policies.routing least-expected-latency (queue wait + missing loads by tier, band pools) | cost-aware | host + disk | fixed N | popularity bands: hot pipelines persisted on several replicas; warm ones prefetched by a UCB bandit |
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ class PolicySetSpec(BaseModel):
 
     name: str
     description: str = ""
-    routing: Literal["ray-multiplex", "cache-aware", "static-partition"] = "ray-multiplex"
+    routing: Literal["ray-multiplex", "cache-aware", "static-partition", "policy"] = Field(
+        "ray-multiplex", description="a fast router of control.py, or 'policy': the policies.routing "
+        "router named by routing_args['policy'] on a snapshot kept in place (slower; no autoscaling)")
     routing_args: dict[str, Any] = Field(default_factory=dict)
     eviction: str = Field("lru", description="policies.eviction registry name (or pkg.mod:attr)")
     eviction_args: dict[str, Any] = Field(default_factory=dict)
@@ -59,10 +61,11 @@ POLICY_SETS: dict[str, PolicySetSpec] = {s.name: s for s in (
     PolicySetSpec(name="diffserve-static", description="static partition of replicas to base models "
                   "by offline demand share (DiffServe-style static provisioning), LRU inside",
                   routing="static-partition"),
-    PolicySetSpec(name="coordinator", description="ours: cost-aware eviction, expected-completion "
-                  "routing, popularity bands (hot pipelines persisted on several replicas, warm "
-                  "ones prefetched by a UCB bandit)", routing="cache-aware", eviction="cost-aware",
-                  placement="coordinator", tick_s=30.0),
+    PolicySetSpec(name="coordinator", description="ours: cost-aware eviction, least-expected-latency "
+                  "routing with band pools (policies.routing), popularity bands (hot pipelines "
+                  "persisted on several replicas, warm ones prefetched by a UCB bandit)",
+                  routing="policy", routing_args={"policy": "least-expected-latency"},
+                  eviction="cost-aware", placement="coordinator", tick_s=30.0),
 )}
 
 
@@ -88,7 +91,11 @@ class PolicyRuntime:
 
             self.autoscaler = Autoscaler(spec.autoscaling, spec.autoscaling_args, spec.guardrails,
                                          spec.scale_down, cfg.cluster.gpus, spec.tick_s)
-        if spec.routing == "cache-aware":
+        if spec.routing == "policy":
+            from trace_replay.simulator.policy_routing import PolicyRouter
+
+            self.router = PolicyRouter(**spec.routing_args)
+        elif spec.routing == "cache-aware":
             self.router = CacheAware(**spec.routing_args)
         elif spec.routing == "static-partition":
             from trace_replay.simulator.static import StaticPartition

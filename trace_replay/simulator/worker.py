@@ -28,17 +28,21 @@ class LRUBytes:
         self.cap = cap_bytes
         self.free = cap_bytes
 
-    def touch_or_add(self, key: int, size: float) -> None:
+    def touch_or_add(self, key: int, size: float) -> tuple | list:
+        """Mark ``key`` used (adding it, evicting the oldest); returns the keys evicted."""
         if key in self.items:
             self.items.move_to_end(key)
-            return
+            return ()
         if size > self.cap:
-            return
+            return ()
+        popped: tuple | list = ()
         while self.free < size:
-            _, s = self.items.popitem(last=False)
+            k, s = self.items.popitem(last=False)
             self.free += s
+            popped = [*popped, k]
         self.items[key] = size
         self.free -= size
+        return popped
 
     def clear(self) -> None:
         self.items.clear()
