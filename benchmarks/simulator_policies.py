@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 KEYS = ("slo_violation_rate", "latency_mean_s", "latency_p50_s", "latency_p95_s", "latency_p99_s",
         "load_seconds", "demand_load_seconds", "prefetch_seconds", "loads", "requests_with_miss",
-        "gpu_busy_seconds", "gpu_busy_fraction", "queue_len_mean", "queue_wait_mean_s", "sim_wall_s")
+        "gpu_busy_seconds", "gpu_active_seconds", "gpu_busy_fraction", "queue_len_mean", "queue_wait_mean_s", "sim_wall_s")
 
 
 def _commit() -> str:
@@ -94,7 +94,7 @@ def main() -> int:
     ap.add_argument("--gpus", type=int, default=100)
     ap.add_argument("--time-scale", type=float, default=10.0)
     ap.add_argument("--slo-s", type=float, default=30.0)
-    ap.add_argument("--sets", default="ray-default,lru,lfu,diffserve-static,coordinator")
+    ap.add_argument("--sets", default="ray-default,lru,lfu,diffserve-static,coordinator,coordinator-autoscaled")
     ap.add_argument("--gentd26-gpus", type=int, default=64)
     ap.add_argument("--gentd26-qps", type=float, default=0.5, help="mean arrival rate of the GenTD26 rows "
                     "(their exec seconds average 26 s: 0.5 req/s is ~20%% of 64 GPUs in compute, peaks 2.9x the mean)")

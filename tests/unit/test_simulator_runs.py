@@ -55,6 +55,10 @@ def test_every_request_completes_once_and_gpu_time_is_conserved(synth_table, nam
         order = sel[np.argsort(rec.start[sel], kind="stable")]
         assert np.all(rec.start[order][1:] >= rec.finish[order][:-1] - 1e-9)
     s = res.summary
+    if POLICY_SETS[name].autoscaling == "none":
+        assert s["gpu_active_seconds"] == pytest.approx(n * rec.makespan)
+    else:
+        assert 0 < s["gpu_active_seconds"] <= n * rec.makespan + 1e-6
     assert s["loads"] >= s["requests_with_miss"] and s["load_seconds"] >= s["demand_load_seconds"] > 0
 
 

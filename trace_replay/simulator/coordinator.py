@@ -119,14 +119,14 @@ class Coordinator:
         bands = self.pop.bands(self.state, now)
         snap = snapshot(self.sim, now)
         ws = self.sim.workers
-        gpu = np.array([w.cap_bytes if w.active else 0 for w in ws], np.int64)
+        gpu = np.array([w.cap_bytes if w.routable else 0 for w in ws], np.int64)
         plan = self.placer.plan(PlacementContext(snap, demand, bands, self.comps, gpu))
         if self.router is not None:  # band pools for policies.routing: hot pool from the plan
             self.router.band = bands
             self.router.pool[:] = plan.pool
         pins: dict[int, set[int]] = {w.idx: set() for w in ws}
         for p, r in zip(plan.pin_pipeline.tolist(), plan.pin_replica.tolist()):
-            if ws[r].active:
+            if ws[r].routable:
                 pins[r].update(self.comps[p].tolist())
         for w in ws:
             w.pinned = pins[w.idx]

@@ -36,6 +36,13 @@ def summarize(wl: Workload, rec: Records, slo_s: float, policy_set: str, gpus: i
     idle = float(rec.idle_s.sum())
     _, qs = queue_series(wl.arrival, rec.start, rec.makespan, queue_step_s)
     loads = sum(rec.loads_by_kind.values())
+    # replica-seconds routable (what an autoscaler saves); the series steps at each change
+    if rec.active_series:
+        t = np.array([a for a, _ in rec.active_series] + [rec.makespan])
+        k = np.array([b for _, b in rec.active_series], dtype=np.float64)
+        active = float(np.sum(np.diff(np.clip(t, 0.0, rec.makespan)) * k))
+    else:
+        active = gpus * rec.makespan
     out = {
         "policy_set": policy_set,
         "gpus": gpus,
@@ -62,6 +69,7 @@ def summarize(wl: Workload, rec: Records, slo_s: float, policy_set: str, gpus: i
         "compute_seconds": float(wl.infer_s[done].sum()),
         "gpu_busy_seconds": busy,
         "gpu_idle_seconds": idle,
+        "gpu_active_seconds": active,
         "makespan_s": rec.makespan,
         "gpu_busy_fraction": busy / (gpus * rec.makespan) if rec.makespan > 0 else 0.0,
         "queue_len_mean": float(qs.mean()) if qs.size else 0.0,

@@ -4,8 +4,9 @@ The fast routers of ``control.py`` read the simulator's own structures; this ada
 keeps the arrays of a ``policies.snapshot.ReplicaTable`` current as the simulation runs (tier of
 every component on every replica, queue lengths, expected drain times, free bytes, model
 counts) and asks the registry's router per request, as policies/README.md prescribes. It costs
-more per request (the router is O(replicas) numpy) and needs every GPU routable (no autoscaling:
-the snapshot's replica index is the worker index).
+more per request (the router is O(replicas) numpy). The snapshot covers every GPU (replica index
+= worker index); one that is stopped or starting shows an endless queue, so no cost-aware router
+picks it (and a pick of one by a cost-blind router is redirected to the least loaded routable).
 
 Tier bookkeeping is incremental: the engine reports the keys whose residency changed on a worker
 (a load, its evictions and the host/disk tiers' own evictions), and each is re-derived as the
@@ -22,6 +23,9 @@ from trace_replay.simulator.snapshots import component_table
 from trace_replay.simulator.worker import Worker
 
 
+_FULL = 1 << 40  # queue length shown for a GPU that is not routable
+
+
 class PolicyRouter:
     max_ongoing = 1 << 30  # never holds a request (the policy always names a replica)
 
@@ -31,8 +35,6 @@ class PolicyRouter:
         self.band: np.ndarray | None = None  # band per pipeline id at the last plan
 
     def attach(self, sim, routable: list[Worker]) -> None:
-        if len(routable) != len(sim.workers):
-            raise ValueError("policy routing needs every GPU routable: use autoscaling 'none' with it")
         self.sim = sim
         self.table = component_table(sim)
         n = len(sim.workers)
@@ -48,18 +50,26 @@ class PolicyRouter:
         self.rng = np.random.default_rng(sim.cfg.seed + 2)
         self.mean_job = float(sim.infer.mean()) if sim.infer.size else 1.0
         sim.track = self
+        for w in sim.workers:
+            self.changed(w)
 
     def __call__(self, i: int, comps: list, now: float) -> Worker:
         snap = ClusterSnapshot(now, self.replicas, self.table)
         p = self.pid[i] if self.pid is not None else 0
         band = int(self.band[p]) if self.band is not None and p < self.band.size else COLD
-        r = self.policy.route(snap, RouteRequest(p, np.array(comps, dtype=np.int64), band, now), self.rng)
-        return self.sim.workers[r]
+        w = self.sim.workers[self.policy.route(snap, RouteRequest(p, np.array(comps, dtype=np.int64), band, now),
+                                               self.rng)]
+        if not w.routable:  # a policy blind to costs (pow-2 on queues) can still draw a stopped GPU
+            w = min((x for x in self.sim.workers if x.routable), key=lambda x: len(x.queue) + x.busy)
+        return w
 
     # -- bookkeeping the engine calls ------------------------------------------------------------
     def changed(self, w: Worker) -> None:
         """Queue, drain time, free bytes and model count of ``w`` after any change to it."""
         j = w.idx
+        if not w.routable:  # stopped or starting: the snapshot shows it as never free
+            self.q[j], self.busy_until[j] = _FULL, np.inf
+            return
         self.q[j] = len(w.queue) + w.busy
         self.busy_until[j] = w.ready_at + len(w.queue) * self.mean_job
         self.gpu_free[j] = w.free_bytes

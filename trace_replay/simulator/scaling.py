@@ -68,6 +68,9 @@ class Autoscaler:
     def on_ready(self, w, now: float) -> None:
         self.starting -= 1
         self.routable.append(w)
+        w.routable = True
+        if self.sim.track is not None:
+            self.sim.track.changed(w)
         self.sim.rec.active_series.append((now, len(self.routable)))
 
     def _down(self, now: float, n: int) -> None:
@@ -84,9 +87,13 @@ class Autoscaler:
             chosen = [idle[j] for j in self.down.choose(snap, demand, n).tolist()]
         for w in chosen:
             self.routable.remove(w)
-            w.active = False
-            for k in w.clear_gpu():
+            w.active = w.routable = False
+            cleared = w.clear_gpu()
+            for k in cleared:
                 if sim.key_kind[k] == 2:
                     sim.holders[k].discard(w.idx)
             w.pinned = set()
+            if sim.track is not None:
+                sim.track.keys(w, cleared)
+                sim.track.changed(w)
         sim.rec.active_series.append((now, len(self.routable)))

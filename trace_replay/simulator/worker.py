@@ -55,7 +55,7 @@ class Worker:
     __slots__ = ("idx", "slot_of", "free_slots", "key", "kind", "uses", "last_seq", "loaded_seq",
                  "last_time", "size", "cost", "free_bytes", "cap_bytes", "n_base", "clock", "queue",
                  "busy", "active", "free_since", "idle_s", "busy_s", "host", "disk", "last_prefetch",
-                 "ready_at", "pinned", "_seq", "_now", "_view")
+                 "ready_at", "pinned", "_seq", "_now", "_view", "routable")
 
     def __init__(self, idx: int, gpu_bytes: float, host_bytes: float, disk_bytes: float,
                  slots: int = 32) -> None:
@@ -76,7 +76,8 @@ class Worker:
         self.clock = 0  # the cache's logical clock (CacheView.seq)
         self.queue: deque = deque()
         self.busy = False
-        self.active = True
+        self.active = True  # serving or starting up (reserved by the autoscaler)
+        self.routable = True  # the router may send it requests
         self.free_since = 0.0
         self.idle_s = 0.0  # accumulated in the loop; the conservation test checks it
         self.busy_s = 0.0
