@@ -117,7 +117,8 @@ def test_cli_names_an_unknown_policy_set(capsys):
     assert rc == 2 and "unknown policy set 'nope'" in capsys.readouterr().err
 
 
-def test_policy_router_keeps_its_snapshot_equal_to_one_built_from_the_workers(synth_table):
+@pytest.mark.parametrize("name", ["coordinator", "coordinator-autoscaled"])
+def test_policy_router_keeps_its_snapshot_equal_to_one_built_from_the_workers(synth_table, name):
     # the in-place tier matrix and replica arrays must track every load, eviction and tier spill
     from policies.snapshot import DISK, GPU, HOST, REMOTE
     from trace_replay.simulator.engine import Simulation
@@ -125,11 +126,19 @@ def test_policy_router_keeps_its_snapshot_equal_to_one_built_from_the_workers(sy
     from trace_replay.simulator.policy_sets import build_runtime
 
     c = cfg().model_copy(update={"cluster": ClusterSpec(gpus=6, gpu_model_gb=12.0, host_gb=16.0, disk_gb=40.0)})
-    wl, _ = build_workload(synth_table, c)
-    sim = Simulation(wl, c, build_runtime("coordinator", c))
+    trace = synth_table
+    if name == "coordinator-autoscaled":  # a burst, then a trickle long enough to scale back down
+        rows = np.concatenate([np.arange(120), np.arange(120, len(synth_table), 20)])
+        trace = synth_table.take(rows)
+        trace.time[:] = np.concatenate([np.linspace(0, 60, 120), 60 + 60.0 * np.arange(1, rows.size - 119)])
+    wl, _ = build_workload(trace, c)
+    sim = Simulation(wl, c, build_runtime(name, c))
     rec = sim.run()
     router = sim.rt.router
     assert isinstance(router, PolicyRouter) and rec.completions.min() == 1
+    if name == "coordinator-autoscaled":  # the stopped-GPU path ran: it scaled up and back down
+        counts = [a for _, a in rec.active_series]
+        assert max(counts) > counts[-1] >= 1
     expect = np.full_like(router.tier, REMOTE)
     for w in sim.workers:
         expect[w.idx, list(w.disk.items)] = DISK
@@ -137,6 +146,8 @@ def test_policy_router_keeps_its_snapshot_equal_to_one_built_from_the_workers(sy
         expect[w.idx, list(w.slot_of)] = GPU
     assert (expect == GPU).sum() > 0 and (expect == DISK).sum() > 0
     np.testing.assert_array_equal(router.tier, expect)
-    assert router.q.tolist() == [0] * 6  # everything finished
+    # everything finished; a stopped GPU shows an endless queue so no router picks it
+    assert [int(q) for q, w in zip(router.q, sim.workers) if w.routable] == [0] * sum(w.routable for w in sim.workers)
+    assert all(router.busy_until[w.idx] == np.inf for w in sim.workers if not w.routable)
     assert router.gpu_free.tolist() == [int(w.free_bytes) for w in sim.workers]
     assert router.n_models.tolist() == [w.n_base for w in sim.workers]

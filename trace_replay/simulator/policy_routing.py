@@ -67,14 +67,14 @@ class PolicyRouter:
     def changed(self, w: Worker) -> None:
         """Queue, drain time, free bytes and model count of ``w`` after any change to it."""
         j = w.idx
-        if not w.routable:  # stopped or starting: the snapshot shows it as never free
-            self.q[j], self.busy_until[j] = _FULL, np.inf
-            return
-        self.q[j] = len(w.queue) + w.busy
-        self.busy_until[j] = w.ready_at + len(w.queue) * self.mean_job
         self.gpu_free[j] = w.free_bytes
         self.host_free[j] = w.host.free if w.host is not None else 0
         self.n_models[j] = w.n_base
+        if not w.routable:  # stopped or starting: the snapshot shows it as never free
+            self.q[j], self.busy_until[j] = _FULL, np.inf
+        else:
+            self.q[j] = len(w.queue) + w.busy
+            self.busy_until[j] = w.ready_at + len(w.queue) * self.mean_job
 
     def keys(self, w: Worker, keys) -> None:
         """Re-derive the tier of ``keys`` on ``w``: the fastest tier that holds each."""
