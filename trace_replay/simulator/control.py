@@ -33,6 +33,27 @@ class Pow2Holder:
 
     def attach(self, sim, routable: list[Worker]) -> None:
         self.sim, self.routable, self.holders, self.rnd = sim, routable, sim.holders, sim.rnd.random
+        # routable replicas below max_ongoing, as a list with positions (O(1) add, remove and
+        # random draw): the saturated path draws from it instead of scanning 300 replicas
+        self.room: list[Worker] = []
+        self.room_pos: dict[int, int] = {}
+        sim.watch = self.update
+        for w in sim.workers:
+            self.update(w)
+
+    def update(self, w: Worker) -> None:
+        """Keep ``room`` current after ``w``'s queue, job or routability changed."""
+        has = w.routable and len(w.queue) + w.busy < self.max_ongoing
+        pos = self.room_pos
+        if has and w.idx not in pos:
+            pos[w.idx] = len(self.room)
+            self.room.append(w)
+        elif not has and w.idx in pos:
+            j = pos.pop(w.idx)
+            last = self.room.pop()
+            if last is not w:
+                self.room[j] = last
+                pos[last.idx] = j
 
     def __call__(self, i: int, comps: list, now: float) -> Worker | None:
         hold = self.holders[comps[0]]
@@ -54,17 +75,10 @@ class Pow2Holder:
         w = a if ka <= kb else b
         if not self.hold_when_full or ka[0] < cap:
             return w
-        # both samples full: Ray keeps sampling; a few more draws, then one scan for the least
-        # loaded (needed to tell "all full, hold it" from bad luck)
-        for _ in range(4):
-            w = r[int(rnd() * len(r))]
-            if qlen(w) < cap:
-                return w
-        k = int(rnd() * len(r))  # from a random place, the first with room (stops early)
-        for w in r[k:] + r[:k]:
-            if len(w.queue) + w.busy < cap:
-                return w
-        return None
+        # both samples full: Ray keeps sampling until a replica accepts; here a uniform draw among
+        # the replicas with room, or None (hold) when there are none
+        room = self.room
+        return room[int(rnd() * len(room))] if room else None
 
 
 class CacheAware:

@@ -74,6 +74,7 @@ class Simulation:
         self.arrived = 0  # requests arrived, as of the latest control tick
         self._infer_cum: np.ndarray | None = None
         self.track = None  # a PolicyRouter keeping a ClusterSnapshot current, or None
+        self.watch = None  # called with a worker whose queue, job or GPU changed (router indexes)
         self.held: deque = deque()  # requests the router holds until a replica has room (Ray)
 
     # -- mechanism -----------------------------------------------------------------------------
@@ -158,8 +159,8 @@ class Simulation:
         rec.misses[i] = missed
         self._occupy(w, now, dur)
         self.push(now + dur, FINISH, w.idx, i)
-        if self.track is not None:
-            self.track.changed(w)
+        if self.watch is not None:
+            self.watch(w)
 
     def start_prefetch(self, w: Worker, keys: list[int], now: float) -> None:
         """An idle worker loads ``keys`` ahead of demand (a job like any other: it is busy)."""
@@ -174,8 +175,8 @@ class Simulation:
         self.rec.prefetch_s += dur
         self._occupy(w, now, dur)
         self.push(now + dur, FINISH, w.idx, -1)
-        if self.track is not None:
-            self.track.changed(w)
+        if self.watch is not None:
+            self.watch(w)
 
     def _occupy(self, w: Worker, now: float, dur: float) -> None:
         w.idle_s += now - w.free_since
@@ -186,6 +187,8 @@ class Simulation:
     def enqueue(self, w: Worker, i: int, comps: list, now: float) -> None:
         if w.busy:
             w.queue.append((i, comps))
+            if self.watch is not None:
+                self.watch(w)
         else:
             self.start(w, i, comps, now)
 
@@ -218,7 +221,7 @@ class Simulation:
         pop = heapq.heappop
         rec = self.rec
         held = self.held
-        track = self.track  # set by a router that keeps a policies.snapshot in place
+        watch = self.watch  # set by a router that indexes worker state
         i = 0
         chunk_end = 0
         times: list[float] = []
@@ -248,8 +251,8 @@ class Simulation:
                         held.append((i, comps))
                     elif w.busy:
                         w.queue.append((i, comps))
-                        if track is not None:
-                            track.changed(w)
+                        if watch is not None:
+                            watch(w)
                     else:
                         self.start(w, i, comps, ta)
                     i += 1
@@ -275,8 +278,8 @@ class Simulation:
                     self.dispatch_held(w, now)
                 if not w.busy:
                     rt.on_idle(w, now)
-                if track is not None:
-                    track.changed(w)
+                if watch is not None:
+                    watch(w)
             elif prio == READY:
                 rt.on_ready(workers[ev[3]], now)
                 if held:

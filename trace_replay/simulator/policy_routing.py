@@ -50,6 +50,7 @@ class PolicyRouter:
         self.rng = np.random.default_rng(sim.cfg.seed + 2)
         self.mean_job = float(sim.infer.mean()) if sim.infer.size else 1.0
         sim.track = self
+        sim.watch = self.changed
         for w in sim.workers:
             self.changed(w)
 

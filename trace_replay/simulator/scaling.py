@@ -69,8 +69,8 @@ class Autoscaler:
         self.starting -= 1
         self.routable.append(w)
         w.routable = True
-        if self.sim.track is not None:
-            self.sim.track.changed(w)
+        if self.sim.watch is not None:
+            self.sim.watch(w)
         self.sim.rec.active_series.append((now, len(self.routable)))
 
     def _down(self, now: float, n: int) -> None:
@@ -95,5 +95,6 @@ class Autoscaler:
             w.pinned = set()
             if sim.track is not None:
                 sim.track.keys(w, cleared)
-                sim.track.changed(w)
+            if sim.watch is not None:
+                sim.watch(w)
         sim.rec.active_series.append((now, len(self.routable)))
