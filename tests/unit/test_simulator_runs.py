@@ -151,3 +151,20 @@ def test_policy_router_keeps_its_snapshot_equal_to_one_built_from_the_workers(sy
     assert all(router.busy_until[w.idx] == np.inf for w in sim.workers if not w.routable)
     assert router.gpu_free.tolist() == [int(w.free_bytes) for w in sim.workers]
     assert router.n_models.tolist() == [w.n_base for w in sim.workers]
+
+
+def test_skipping_steady_autoscaler_ticks_changes_nothing(synth_table):
+    # ticks whose inputs equal a settled decision are skipped for speed; the run must not notice
+    from trace_replay.simulator.engine import Simulation
+    from trace_replay.simulator.policy_sets import build_runtime
+
+    c = cfg()
+    wl, _ = build_workload(synth_table, c)
+    runs = []
+    for skip in (True, False):
+        rt = build_runtime("ray-default", c)
+        sim = Simulation(wl, c, rt)
+        rt.autoscaler.pure = skip
+        runs.append(sim.run())
+    np.testing.assert_array_equal(runs[0].finish, runs[1].finish)
+    assert runs[0].active_series == runs[1].active_series and len(runs[0].active_series) > 2

@@ -203,10 +203,12 @@ class Simulation:
 
     def mean_job_s(self) -> float:
         """Mean seconds a worker spends per request so far (compute + loads), for autoscalers."""
-        n = max(self.arrived, 1)
+        if not len(self.infer):
+            return 0.0
+        n = min(max(self.arrived, 1), len(self.infer))
         if self._infer_cum is None:  # prefix sums: a mean over 500k samples per tick added up
             self._infer_cum = np.cumsum(self.infer)
-        return float(self._infer_cum[n - 1]) / n + sum(self.rec.load_by_kind.values()) / n if len(self.infer) else 0.0
+        return float(self._infer_cum[n - 1]) / n + sum(self.rec.load_by_kind.values()) / n
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> Records:
