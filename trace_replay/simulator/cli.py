@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--format", required=True, choices=sorted(FORMATS))
     ap.add_argument("--lenient", action="store_true", help="skip malformed rows (reported)")
     ap.add_argument("--service", help="keep one service/tenant only")
+    ap.add_argument("--mean-qps", type=float, help="gentd26-processed: mean arrival rate (the file has "
+                    "row order only; arrivals are a seeded Poisson process shaped like qps.csv)")
     ap.add_argument("--policies", default="ray-default", help="policy set name(s), comma-separated")
     ap.add_argument("--gpus", type=int, default=4)
     ap.add_argument("--slo-s", type=float, default=60.0, help="latency SLO per request (default 60)")
@@ -84,8 +86,11 @@ def _run(args: argparse.Namespace) -> int:
         if n not in POLICY_SETS:
             raise KeyError(f"unknown policy set {n!r}; sets: {', '.join(POLICY_SETS)}")
     cfg = _config(args)
-    opts = {"arrival": "poisson"} if args.format == "gentd26-processed" and not Path(args.trace).with_name(
-        "qps.csv").exists() else {}
+    opts: dict = {}
+    if args.format == "gentd26-processed":
+        opts = {"seed": args.seed, "mean_qps": args.mean_qps}
+        if not Path(args.trace).with_name("qps.csv").exists():
+            opts["arrival"] = "poisson"
     table = load_trace(args.trace, args.format, lenient=args.lenient, **opts).for_service(args.service)
     data = None if args.data_dir == "none" else Path(args.data_dir) if args.data_dir else gentd26_dir()
     wl, notes = build_workload(table, cfg, data)
