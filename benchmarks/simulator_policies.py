@@ -47,9 +47,14 @@ def ablations() -> list:
     from trace_replay.simulator.policy_sets import get_policy_set
 
     return [get_policy_set("lru").model_copy(update={"name": "lru+least-expected-latency", "routing": "policy",
-                                                     "routing_args": {"policy": "least-expected-latency"}}),
+                                                     "routing_args": {"policy": "least-expected-latency",
+                                                                      "band_pools": False}}),
             get_policy_set("coordinator").model_copy(update={"name": "coordinator-no-placement",
                                                              "placement": "none", "tick_s": 0.0}),
+            # the coordinator with band pools on (hot requests may use any replica, others only shared)
+            get_policy_set("coordinator").model_copy(update={
+                "name": "coordinator+band-pools", "routing_args": {"policy": "least-expected-latency",
+                                                                   "band_pools": True}}),
             # the coordinator with the simulator's fast sampled router instead of policies.routing
             get_policy_set("coordinator").model_copy(update={
                 "name": "coordinator-fast-router", "routing": "cache-aware", "routing_args": {}}),

@@ -10,7 +10,7 @@ wires it into the simulator. Eviction, popularity, placement and pipeline prefet
 | ray-default | Ray multiplex (pow-2 among holders) | LRU, 3 models per replica | no host cache | Ray queue-length, defaults | none |
 | lru / lfu | Ray multiplex | LRU / LFU by GPU bytes | host + disk | fixed N | none |
 | diffserve-static | static partition by offline demand | LRU | host + disk | fixed N | models pinned to partitions |
-| coordinator | policies.routing least-expected-latency (queue wait + missing loads by tier, band pools) | cost-aware | host + disk | fixed N | popularity bands: hot pipelines persisted on several replicas; warm ones prefetched by a UCB bandit |
+| coordinator | policies.routing least-expected-latency (queue wait + missing loads by tier; band pools off, see below) | cost-aware | host + disk | fixed N | popularity bands: hot pipelines persisted on several replicas; warm ones prefetched by a UCB bandit |
 | coordinator-autoscaled | as coordinator | cost-aware | host + disk | ray-queue-length + Guardrails, cache-aware scale-down | as coordinator |
 """
 
@@ -62,17 +62,20 @@ POLICY_SETS: dict[str, PolicySetSpec] = {s.name: s for s in (
     PolicySetSpec(name="diffserve-static", description="static partition of replicas to base models "
                   "by offline demand share (DiffServe-style static provisioning), LRU inside",
                   routing="static-partition"),
+    # Band pools (warm/cold requests kept off the hot pool) are off: measured on both benchmark
+    # workloads they raised SLO violations (katz-synth 0.25% -> 0.82%, GenTD26 3.2% -> 10.9%),
+    # because the shared pool queues while hot replicas idle (benchmarks/simulator_policies.py).
     PolicySetSpec(name="coordinator", description="ours: cost-aware eviction, least-expected-latency "
-                  "routing with band pools (policies.routing), popularity bands (hot pipelines "
-                  "persisted on several replicas, warm ones prefetched by a UCB bandit)",
-                  routing="policy", routing_args={"policy": "least-expected-latency"},
+                  "routing (policies.routing), popularity bands (hot pipelines persisted on several "
+                  "replicas, warm ones prefetched by a UCB bandit)",
+                  routing="policy", routing_args={"policy": "least-expected-latency", "band_pools": False},
                   eviction="cost-aware", placement="coordinator", tick_s=30.0),
     # ewma-headroom was tried first and under-provisioned bursty traces badly (Little's law gives
     # busy replicas, not queue headroom): 41-44% SLO violations where this one has ~20%
     PolicySetSpec(name="coordinator-autoscaled", description="coordinator plus cache-aware scaling: "
                   "Ray's queue-length targets through the shared Guardrails, the replica whose cache "
                   "is worth least stops first", routing="policy",
-                  routing_args={"policy": "least-expected-latency"}, eviction="cost-aware",
+                  routing_args={"policy": "least-expected-latency", "band_pools": False}, eviction="cost-aware",
                   placement="coordinator", autoscaling="ray-queue-length", scale_down="cache-aware",
                   tick_s=30.0),
 )}
