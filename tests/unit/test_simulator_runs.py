@@ -168,3 +168,21 @@ def test_skipping_steady_autoscaler_ticks_changes_nothing(synth_table):
         runs.append(sim.run())
     np.testing.assert_array_equal(runs[0].finish, runs[1].finish)
     assert runs[0].active_series == runs[1].active_series and len(runs[0].active_series) > 2
+
+
+def test_cli_compares_several_sets_and_reads_a_config_file(capsys, tmp_path):
+    from app.cli import main
+
+    conf = tmp_path / "sim.json"
+    conf.write_text(json.dumps({"cluster": {"load_model": "bandwidth", "remote_gbps": 0.5},
+                                "inference": {"jitter_cv": 0.0}}))
+    rc = main(["simulate", "--trace", str(FIXTURES / "katz_small.json"), "--format", "katz", "--policies",
+               "lru,coordinator", "--gpus", "3", "--config", str(conf), "--json", "--data-dir", "none"])
+    assert rc == 0
+    runs = json.loads(capsys.readouterr().out)["runs"]
+    assert [r["policy_set"] for r in runs] == ["lru", "coordinator"] and all(r["gpus"] == 3 for r in runs)
+    assert runs[0]["compute_seconds"] == runs[1]["compute_seconds"]  # one sampled workload for both
+    # remote loads at 0.5 GB/s: every cold base-model load takes size / 0.5 GB/s, 4-14 s
+    assert runs[0]["loads_by_kind"]["base_model"] >= 1
+    per_load = runs[0]["load_seconds_by_kind"]["base_model"] / runs[0]["loads_by_kind"]["base_model"]
+    assert 4.0 <= per_load <= 14.0
