@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections import deque
 
-
 from policies.autoscaling import AUTOSCALING, SCALE_DOWN, AutoscalingContext, Guardrails
 from trace_replay.simulator.events import READY
 from trace_replay.simulator.snapshots import snapshot
