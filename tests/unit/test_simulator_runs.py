@@ -14,7 +14,7 @@ from trace_replay.simulator.config import ClusterSpec
 from trace_replay.simulator.workload import build_workload
 from trace_replay.synth import SynthConfig, write_katz_json
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "traces"
+from tests.trace_fixtures import FIX as FIXTURES  # noqa: E402
 
 
 @pytest.fixture(scope="module")

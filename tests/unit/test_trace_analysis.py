@@ -17,7 +17,7 @@ from trace_replay.paths import gentd26_dir, diffserve_dir
 from trace_replay.synth import SynthConfig, write_katz_json
 from trace_replay.table import CONTROLNET, LORA
 
-FIX = Path(__file__).resolve().parents[1] / "fixtures" / "traces"
+from tests.trace_fixtures import FIX  # noqa: E402
 needs_gentd26 = pytest.mark.skipif(not (gentd26_dir() / "data_trace_processed.csv").exists(),
                                    reason=f"GenTD26 data not found at {gentd26_dir()} (set T2I_SHARED_DATA)")
 needs_diffserve = pytest.mark.skipif(not diffserve_dir().exists(),

@@ -13,7 +13,7 @@ from trace_replay.cli import main
 from trace_replay.formats.katz import load_katz
 from trace_replay.table import LORA, build_table
 
-FIX = Path(__file__).resolve().parents[1] / "fixtures" / "traces"
+from tests.trace_fixtures import FIX  # noqa: E402
 
 
 def lora_sequence(seq: list[int], instance: list[int] | None = None):

@@ -12,7 +12,7 @@ from trace_replay.formats import diffserve, gentd26, load_trace
 from trace_replay.formats.katz import _exact, load_katz
 from trace_replay.table import CONTROLNET, LORA, TraceFormatError
 
-FIX = Path(__file__).resolve().parents[1] / "fixtures" / "traces"
+from tests.trace_fixtures import FIX  # noqa: E402
 
 
 def _adapters(t, row):
