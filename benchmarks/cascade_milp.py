@@ -18,7 +18,6 @@ uses (f interpolated linearly between the 21 recorded points).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -35,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from policies.cascade_allocation import CascadeInputs, MilpCascade, StageProfile  # noqa: E402
 from policies.cascade_baselines import StaticCascade, enumerate_allocation, quality_from_confidence  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks._common import RESULTS, write_result  # noqa: E402
 DATA = ROOT.parent / "shared" / "data" / "diffserve"
 ACCEL = "onnxruntime_gpu_ampere"  # DiffServe's testbed GPUs were A100s
 
@@ -169,9 +168,7 @@ def main() -> int:
               "results_by_grid": results, "goal_ms": goal_ms, "worst_p99_ms": p99,
               "worst_cpu_p99_ms": cpu99,
               "worst_median_of_repeats_p99_ms": med99, "goal_met": p99 < goal_ms}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

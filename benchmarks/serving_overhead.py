@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import json
 import os
-import platform
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,7 +33,7 @@ if str(REPO) not in sys.path:  # also runnable as `python benchmarks/serving_ove
     sys.path.insert(0, str(REPO))
 
 DEFAULT_CONFIG = REPO / "app" / "configs" / "default.yaml"
-RESULTS = REPO / "benchmarks" / "results"
+from benchmarks._common import RESULTS, git, machine_info, write_result  # noqa: E402
 GOAL_OVERHEAD_P50_MS = 10.0
 GOAL_HOTSWAP_RATIO = 0.25
 BASE = "tiny-sd-light"
@@ -46,16 +43,12 @@ BASE = "tiny-sd-light"
 def machine() -> dict:
     import diffusers, peft, ray, torch  # noqa: E401
 
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
-    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-            "python": platform.python_version(), "ray": ray.__version__, "peft": peft.__version__,
-            "diffusers": diffusers.__version__, "cuda": torch.cuda.is_available(),
-            "torch_threads": torch.get_num_threads(), "load_avg_1m_start": os.getloadavg()[0],
-            # other engineers edit the code under test concurrently: say which code ran
-            "git_commit": git("rev-parse", "--short", "HEAD"),
-            "git_dirty": git("status", "--porcelain", "--", "app", "deployments").splitlines()}
+    return machine_info(
+        torch=torch.__version__, ray=ray.__version__, peft=peft.__version__,
+        diffusers=diffusers.__version__, cuda=torch.cuda.is_available(),
+        torch_threads=torch.get_num_threads(),
+        # other engineers edit the code under test concurrently: say which code ran
+        git_dirty=git("status", "--porcelain", "--", "app", "deployments").splitlines())
 
 
 def summary(seconds: list[float]) -> dict:
@@ -128,9 +121,7 @@ def finish(result: dict, started: float, out: str, printer) -> None:
     result["machine"]["load_avg_1m_end"] = os.getloadavg()[0]
     result["wall_s"] = round(time.time() - started, 1)
     printer(result)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {out}")
+    write_result(out, result)
 
 
 def http_post(client, path: str, body: dict) -> dict:

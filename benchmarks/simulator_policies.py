@@ -17,9 +17,7 @@ out of the box); rows report ratios to it. Workloads:
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,18 +25,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks._common import RESULTS, git, write_result  # noqa: E402
 KEYS = ("slo_violation_rate", "latency_mean_s", "latency_p50_s", "latency_p95_s", "latency_p99_s",
         "load_seconds", "demand_load_seconds", "prefetch_seconds", "loads", "requests_with_miss",
         "gpu_busy_seconds", "gpu_active_seconds", "gpu_busy_fraction", "queue_len_mean", "queue_wait_mean_s", "sim_wall_s")
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def ablations() -> list:
@@ -130,10 +120,9 @@ def main() -> int:
                         inference=InferenceSpec(use_trace_exec=True))
         rows += compare("gentd26", table, cfg, sets, data)
     doc = {"benchmark": "simulator_policies", "baseline": "ray-default", "rows": rows,
-           "wall_s": round(time.perf_counter() - t0, 1), "git_commit": _commit(), "args": vars(args),
+           "wall_s": round(time.perf_counter() - t0, 1), "git_commit": git("rev-parse", "--short", "HEAD"), "args": vars(args),
            "machine": {"python": platform.python_version(), "platform": platform.platform()}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc, indent=1, default=float) + "\n")
+    write_result(args.out, doc)
     print(f"wrote {args.out}")
     return 0
 

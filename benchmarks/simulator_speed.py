@@ -15,11 +15,9 @@ The goal is the baseline: rows report ``ratio_to_goal`` = rate / 50k.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,16 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks._common import RESULTS, git, write_result  # noqa: E402
 GOAL_RPS = 50_000.0
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def run_size(n: int, gpus: int, sets: list[str], scales: list[float], repeats: int, tmp: Path,
@@ -104,11 +94,10 @@ def main() -> int:
         "rows": rows, "machine": {"python": platform.python_version(), "platform": platform.platform(),
                                   "cpus_used": 1, "loadavg_after": load},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0),
-        "git_commit": _commit(), "args": vars(args),
+        "git_commit": git("rev-parse", "--short", "HEAD"), "args": vars(args),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"goal {GOAL_RPS:,.0f} req/s met in every row: {doc['goal_met']}; wrote {args.out}")
+    write_result(args.out, doc)
+    print(f"goal {GOAL_RPS:,.0f} req/s met in every row: {doc['goal_met']}")
     return 0
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks._common import RESULTS, write_result  # noqa: E402
 
 
 def _peak_mb() -> float:
@@ -182,9 +182,7 @@ def main() -> int:
               "goals_met": {"load_s": analyse["load_s"] < goals["load_s"],
                             "load_plus_analysis_s": analyse["load_plus_analysis_s"] < goals["load_plus_analysis_s"],
                             "peak_mb": max(analyse["peak_mb"], synth["peak_mb"]) < goals["peak_mb"]}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 
