@@ -12,21 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 
 import numpy as np
 import torch
 
 from app.config import ServeConfig
 from deployments import preprocessors
-from deployments.errors import ModelLoadError
+from deployments.pipeline_engine import PipelineEngine
 
 
 class ControlNet:
     def __init__(self, config: dict | ServeConfig):
         self.config = config if isinstance(config, ServeConfig) else ServeConfig.model_validate(config)
-        self._models: OrderedDict[str, object] = OrderedDict()
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        # The same loader (registry, dtype, per-replica LRU) a BaseModel replica uses in
+        # colocated mode, so both placements run identical ControlNet weights.
+        self.engine = PipelineEngine(self.config)
+        self.device = self.engine.device
 
     async def preprocess(self, image: bytes, preprocessor: str, width: int, height: int,
                          field: str = "controlnets.image") -> np.ndarray:
@@ -35,28 +36,13 @@ class ControlNet:
         decoded = preprocessors.decode_image(image, field)
         return await asyncio.to_thread(preprocessors.prepare, decoded, preprocessor, width, height)
 
-    def _model(self, controlnet_id: str):
-        from diffusers import ControlNetModel
-
-        if controlnet_id not in self._models:
-            entry = self.config.entry(controlnet_id)
-            try:
-                model = ControlNetModel.from_pretrained(self.config.resolve_source(entry))
-            except Exception as exc:
-                raise ModelLoadError(controlnet_id, f"{type(exc).__name__}: {exc}") from exc
-            self._models[controlnet_id] = model.to(self.device).eval()
-            while len(self._models) > self.config.cache.controlnets_per_replica:
-                self._models.popitem(last=False)
-        self._models.move_to_end(controlnet_id)
-        return self._models[controlnet_id]
-
     def config_of(self, controlnet_id: str) -> dict:
-        return dict(self._model(controlnet_id).config)
+        return dict(self.engine.load_controlnet(controlnet_id).config)
 
     def residuals(self, controlnet_id: str, sample: torch.Tensor, timestep, encoder_hidden_states,
                   controlnet_cond: torch.Tensor, conditioning_scale: float, guess_mode: bool):
         """One ControlNet forward: (down-block residuals, mid-block residual), on the CPU."""
-        model = self._model(controlnet_id)
+        model = self.engine.load_controlnet(controlnet_id)
         with torch.inference_mode():
             down, mid = model(sample.to(self.device), timestep,
                               encoder_hidden_states=encoder_hidden_states.to(self.device),

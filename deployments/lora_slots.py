@@ -63,7 +63,6 @@ class LoraSlots:
         if not self._modules:
             raise ValueError("the UNet has no attention projections to put LoRA slots on")
         self._covered = set(self._modules)
-        self._unit: dict[str, list[float]] = {}
         for name in self.names:
             self._allocate(name)
         self._finish_allocation()
@@ -77,14 +76,11 @@ class LoraSlots:
         self.pipe.load_lora_weights(zero_adapter(self.pipe.unet, self._modules, self.max_rank),
                                     adapter_name=name)
 
-    def _finish_allocation(self, only: str | None = None) -> None:
-        """Make every slot active and record unit scalings (for `only`, when one slot was
-        rebuilt: set_adapters just reset all scalings to the placeholder's alpha/r, and the
-        other slots' recorded units are the ones their resident adapters need)."""
+    def _finish_allocation(self) -> None:
+        """Make every slot active and record each slot's unit scalings."""
         self.pipe.set_adapters(self.names, adapter_weights=[1.0] * len(self.names))
         self._layers = [m for m in self.pipe.unet.modules() if isinstance(m, LoraLayer)]
-        for name in [only] if only else self.names:
-            self._unit[name] = self._current_scalings(name)
+        self._unit = {name: self._current_scalings(name) for name in self.names}
 
     def _current_scalings(self, slot: str) -> list[float]:
         return [float(layer.scaling[slot]) for layer in self._layers]
@@ -151,11 +147,8 @@ class LoraSlots:
             hotswap_adapter_from_state_dict(self.pipe.unet, slot_keys(weights["state_dict"], name),
                                             adapter_name=name, config=weights["config"])
         except Exception as exc:  # peft raises RuntimeError/ValueError/NotImplementedError
-            # Should the slot's adapter be gone from the model (diffusers' own loader deletes it
-            # when a swap fails), put a fresh zero adapter back so the slot keeps working.
-            if name not in getattr(self.pipe.unet, "peft_config", {}):
-                self._allocate(name)
-                self._finish_allocation(only=name)
+            # peft keeps the slot's adapter registered; its tensors may be half-copied, which is
+            # why the slot is marked empty above: the next swap into it rewrites every tensor.
             raise ModelLoadError(adapter_id, f"cannot hotswap into a LoRA slot: {exc}") from exc
         self._unit[name] = self._current_scalings(name)
         self.holding[slot] = adapter_id
