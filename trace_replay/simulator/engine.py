@@ -20,6 +20,7 @@ import numpy as np
 
 from trace_replay.simulator.config import SimConfig
 from trace_replay.simulator.events import ARRIVAL, FINISH, READY, TICK
+from trace_replay.simulator.oracle import NextUseOracle
 from trace_replay.simulator.worker import Worker
 from trace_replay.simulator.workload import BASE, Workload
 
@@ -51,7 +52,11 @@ class Simulation:
         self.wl, self.cfg, self.rt = wl, cfg, runtime
         c = cfg.cluster
         host = c.host_gb * 1e9 if runtime.host_cache else 0.0
-        self.workers = [Worker(j, c.gpu_model_gb * 1e9, host, c.disk_gb * 1e9) for j in range(c.gpus)]
+        future = runtime.eviction.needs_future  # an offline policy (Belady): give it the future
+        self.workers = [Worker(j, c.gpu_model_gb * 1e9, host, c.disk_gb * 1e9, future=future)
+                        for j in range(c.gpus)]
+        self.oracle = NextUseOracle(wl) if future else None
+        self.cur_req = -1  # the request being started (the oracle's "now")
         self.heap: list[tuple] = []
         self.seq = 0
         self.now = 0.0
@@ -98,6 +103,8 @@ class Simulation:
         need_base = kind == BASE
         victims = None
         if size > w.free_bytes or (need_base and rt.max_base is not None and w.n_base >= rt.max_base):
+            if self.oracle is not None:
+                self.oracle.refresh(w, self.cur_req)
             victims = w.victims(rt.eviction, now, size, need_base, rt.max_base, protect)
             if victims is not None:
                 for v in victims:
@@ -142,6 +149,7 @@ class Simulation:
         missed = 0
         slot_of, uses, last_seq, last_time = w.slot_of, w.uses, w.last_seq, w.last_time
         protect = tuple(comps)
+        self.cur_req = i
         for k in comps:
             s = slot_of.get(k)
             if s is None:
@@ -151,6 +159,12 @@ class Simulation:
                 uses[s] += 1
                 last_seq[s] = clock
                 last_time[s] = now
+        if self.oracle is not None:  # record each component's next use, for Belady
+            nxt, off = self.oracle.next_at, int(self.wl.comp_offsets[i])
+            for j, k in enumerate(comps):
+                s = slot_of.get(k)
+                if s is not None:
+                    w.next_seq[s] = nxt[off + j]
         dur = load + self.infer[i]
         rec = self.rec
         rec.start[i] = now

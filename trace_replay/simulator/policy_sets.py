@@ -9,6 +9,7 @@ wires it into the simulator. Eviction, popularity, placement and pipeline prefet
 |---|---|---|---|---|---|
 | ray-default | Ray multiplex (pow-2 among holders) | LRU, 3 models per replica | no host cache | Ray queue-length, defaults | none |
 | lru / lfu | Ray multiplex | LRU / LFU by GPU bytes | host + disk | fixed N | none |
+| belady | Ray multiplex | Belady's MIN on the cluster-wide next use (offline oracle) | host + disk | fixed N | none |
 | diffserve-static | static partition by offline demand | LRU | host + disk | fixed N | models pinned to partitions |
 | coordinator | policies.routing least-expected-latency (queue wait + missing loads by tier; band pools off, see below) | cost-aware | host + disk | fixed N | popularity bands: hot pipelines persisted on several replicas; warm ones prefetched by a UCB bandit |
 | coordinator-autoscaled | as coordinator | cost-aware | host + disk | ray-queue-length + Guardrails, cache-aware scale-down | as coordinator |
@@ -59,6 +60,11 @@ POLICY_SETS: dict[str, PolicySetSpec] = {s.name: s for s in (
     PolicySetSpec(name="lru", description="LRU by GPU bytes, host/disk tiers, Ray routing, all GPUs"),
     PolicySetSpec(name="lfu", description="LFU by GPU bytes, host/disk tiers, Ray routing, all GPUs",
                   eviction="lfu"),
+    # the offline reference of the cache-efficiency benchmark: lru's routing and tiers, Belady's
+    # MIN eviction on the cluster-wide next use (oracle.py); not runnable online
+    PolicySetSpec(name="belady", description="offline reference: as lru, but Belady's MIN evicts the "
+                  "component the cluster needs farthest ahead (a next-use oracle over the trace)",
+                  eviction="belady"),
     PolicySetSpec(name="diffserve-static", description="static partition of replicas to base models "
                   "by offline demand share (DiffServe-style static provisioning), LRU inside",
                   routing="static-partition"),

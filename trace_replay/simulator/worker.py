@@ -55,10 +55,10 @@ class Worker:
     __slots__ = ("idx", "slot_of", "free_slots", "key", "kind", "uses", "last_seq", "loaded_seq",
                  "last_time", "size", "cost", "free_bytes", "cap_bytes", "n_base", "clock", "queue",
                  "busy", "active", "free_since", "idle_s", "busy_s", "host", "disk", "last_prefetch",
-                 "ready_at", "pinned", "_seq", "_now", "_view", "routable")
+                 "ready_at", "pinned", "_seq", "_now", "_view", "routable", "next_seq", "future")
 
     def __init__(self, idx: int, gpu_bytes: float, host_bytes: float, disk_bytes: float,
-                 slots: int = 32) -> None:
+                 slots: int = 32, future: bool = False) -> None:
         self.idx = idx
         self.slot_of: dict[int, int] = {}
         self.free_slots = list(range(slots - 1, -1, -1))
@@ -70,6 +70,9 @@ class Worker:
         self.last_time = np.zeros(slots, dtype=np.float64)
         self.size = np.zeros(slots, dtype=np.float64)
         self.cost = np.zeros(slots, dtype=np.float64)
+        # offline policies only: next request needing the entry (oracle.py keeps it current)
+        self.next_seq = np.full(slots, -1, dtype=np.int64)
+        self.future = future
         self.cap_bytes = gpu_bytes
         self.free_bytes = gpu_bytes
         self.n_base = 0  # base models on the GPU (for a fixed model count, as Ray's multiplexing)
@@ -95,7 +98,7 @@ class Worker:
     def _grow(self) -> None:
         n = self.key.shape[0]
         for name, fill in (("key", EMPTY), ("kind", 0), ("uses", 0), ("last_seq", -1), ("loaded_seq", -1),
-                           ("last_time", 0.0), ("size", 0.0), ("cost", 0.0)):
+                           ("last_time", 0.0), ("size", 0.0), ("cost", 0.0), ("next_seq", -1)):
             old = getattr(self, name)
             new = np.full(2 * n, fill, dtype=old.dtype)
             new[:n] = old
@@ -110,6 +113,7 @@ class Worker:
         self.slot_of[key] = s
         self.key[s], self.kind[s], self.size[s], self.cost[s] = key, kind, size, cost
         self.uses[s], self.last_seq[s], self.loaded_seq[s], self.last_time[s] = 0, self.clock, self.clock, now
+        self.next_seq[s] = -1  # unknown: the oracle looks it up before the next eviction
         self.free_bytes -= size
         if kind == 2:
             self.n_base += 1
@@ -126,7 +130,8 @@ class Worker:
         """The cache as a policy sees it (read-only by contract; valid until the next change)."""
         if self._view is None:
             self._view = CacheView(self.key, self.kind, self.uses, self.last_seq, self.loaded_seq,
-                                   self.last_time, self._seq, self._now, None, self.size, self.cost)
+                                   self.last_time, self._seq, self._now,
+                                   self.next_seq if self.future else None, self.size, self.cost)
         self._seq[...] = self.clock
         self._now[...] = now
         return self._view
