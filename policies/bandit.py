@@ -41,6 +41,11 @@ class PrefetchOffer:
     missing_bytes: np.ndarray  # int64 (A,): bytes each would add to this replica's GPU
     load_cost_s: np.ndarray  # float64 (A,): seconds to load what is missing
     free_bytes: int  # idle GPU memory the prefetch may fill, never more
+    # Optional (A,): the caller's estimate of each arm's reward before it is pulled (seconds,
+    # e.g. expected hits x load cost - cost paid). Without it an untried arm is worth trying once
+    # (UCB1: +inf; Thompson: prior mean 0); with it, an arm the demand says cannot pay is never
+    # tried, which is what keeps prefetch loads from swamping a large warm band.
+    prior_reward_s: np.ndarray | None = None
 
 
 @runtime_checkable
@@ -132,15 +137,17 @@ class UCB1(_Bandit):
         with np.errstate(divide="ignore", invalid="ignore"):
             mean = rsum / pulls
             bonus = self.scale_s * np.sqrt(2.0 * np.log(max(stats.total, 1.0)) / pulls)
-        return np.where(pulls > 0, mean + bonus, np.inf)  # untried arms first
+        untried = np.inf if offer.prior_reward_s is None else offer.prior_reward_s
+        return np.where(pulls > 0, mean + bonus, untried)  # untried arms first (or by their prior)
 
 
 @PIPELINE_PREFETCH.register("thompson")
 class Thompson(_Bandit):
     """Gaussian Thompson sampling: prior N(0, scale_s^2), noise scale_s; sample, prefetch positives.
 
-    The posterior mean is reward_sum / (pulls + 1) and its deviation scale_s / sqrt(pulls + 1),
-    so an untried arm is drawn positive half the time and a proven loser almost never.
+    The posterior mean is (reward_sum + prior) / (pulls + 1) and its deviation scale_s / sqrt(pulls
+    + 1), so an untried arm without a prior is drawn positive half the time and a proven loser
+    almost never; the offer's ``prior_reward_s`` (default 0) is the prior mean.
     """
 
     name: ClassVar[str] = "thompson"
@@ -153,7 +160,8 @@ class Thompson(_Bandit):
 
     def index(self, offer: PrefetchOffer, stats: ArmStats, rng: np.random.Generator) -> np.ndarray:
         pulls, rsum = self._arm_stats(stats, offer.arms)
-        return rng.normal(rsum / (pulls + 1.0), self.scale_s / np.sqrt(pulls + 1.0))
+        prior = 0.0 if offer.prior_reward_s is None else offer.prior_reward_s
+        return rng.normal((rsum + prior) / (pulls + 1.0), self.scale_s / np.sqrt(pulls + 1.0))
 
 
 @PIPELINE_PREFETCH.register("none")

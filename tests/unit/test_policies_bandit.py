@@ -73,3 +73,16 @@ def test_update_returns_new_stats_and_leaves_the_old_alone():
 def test_none_never_prefetches():
     assert PIPELINE_PREFETCH.create("none").propose(offer(), ArmStats(np.zeros(0), np.zeros(0)),
                                                      np.random.default_rng(0)).size == 0
+
+
+@pytest.mark.parametrize("name", ["ucb1", "thompson"])
+def test_a_prior_keeps_untried_arms_that_cannot_pay_out_and_ranks_the_rest(name):
+    # arms 10..13 untried; the caller's demand estimate says only 11 and 13 can pay
+    b = PIPELINE_PREFETCH.create(name, max_prefetch=4, **({"scale_s": 0.01} if name == "thompson" else {}))
+    base = offer()
+    o = freeze(PrefetchOffer(base.now, base.arms, base.missing_bytes, base.load_cost_s, base.free_bytes,
+                             prior_reward_s=np.array([-3.0, 8.0, -20.0, 2.0])))
+    got = b.propose(o, b.new_stats(), np.random.default_rng(0))
+    assert got.tolist() == [1, 3]
+    # without the prior every untried arm is offered (UCB1) or about half of them (Thompson)
+    assert len(b.propose(base, b.new_stats(), np.random.default_rng(0))) >= (4 if name == "ucb1" else 1)

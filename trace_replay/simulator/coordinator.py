@@ -6,8 +6,13 @@ Adapter from the simulator's state to the pure policies (they decide, this acts)
   the workers (tier of every component on every replica) and the plan's pins become each worker's
   ``pinned`` set; pinned components it lacks are loaded when the worker is next idle;
 - ``policies.bandit`` (``ucb1``): an idle worker (rate-limited) is offered the warm band's
-  pipelines it lacks and fills free GPU memory only; a prefetch is rewarded, when its window ends,
-  with the cold-load seconds its hits saved minus the seconds it cost.
+  pipelines it lacks and fills free GPU memory only. A prefetch saves no load-seconds (the load
+  would happen on demand anyway); it moves a load off a request's critical path if the pipeline
+  comes back to this worker before the reward window ends, and wastes its load otherwise. So the
+  reward is the cold-load seconds of what it loaded if it was used, minus the seconds paid if
+  not; and the prior an untried arm starts from is that reward's expectation under Poisson
+  arrivals at the pipeline's decayed rate, shared among the replicas holding its base model
+  (P(used) = 1 - exp(-expected hits); prior = (2 P(used) - 1) x missing load seconds).
 
 Pipeline ids are interned up front, vectorised: a pipeline is the set of its component keys, so
 an order-free 64-bit hash (sum of per-key random words) names it.
@@ -16,6 +21,8 @@ an order-free 64-bit hash (sum of per-key random words) names it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import math
 
 import numpy as np
 
@@ -88,6 +95,7 @@ class Coordinator:
         self.pending: dict[int, list[int]] = {}  # worker -> pinned keys to load when idle
         self.prefetched: list[dict[int, list]] = [{} for _ in sim.workers]  # pid -> [t, paid_s, hits]
         self.warm = np.zeros(0, np.int64)
+        self.warm_rate = np.zeros(0)
         self.router = runtime.router if hasattr(runtime.router, "band") else None  # a PolicyRouter
         if self.router is not None:
             self.router.pid = self.pid_list
@@ -139,6 +147,9 @@ class Coordinator:
                 self.pending.pop(w.idx, None)
         warm = np.flatnonzero(bands == WARM)
         self.warm = warm[np.argsort(-demand[warm], kind="stable")][: self.max_arms]
+        # decayed count at steady state = rate x half-life / ln 2, so this is requests per second
+        half_life = getattr(self.pop, "half_life_s", math.inf)
+        self.warm_rate = demand[self.warm] * (math.log(2) / half_life if math.isfinite(half_life) else 0.0)
         parts = [self.comps[p] for p in self.warm.tolist()]
         self.warm_flat = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         self.warm_off = np.concatenate([[0], np.cumsum([len(c) for c in parts])]).astype(np.int64)
@@ -154,14 +165,14 @@ class Coordinator:
         return out
 
     def _credit(self, now: float) -> None:
-        """Close prefetch windows that ended: reward = cold-load seconds saved by hits - seconds paid."""
+        """Close prefetch windows that ended: reward = the cold-load seconds taken off a request's
+        path if the pipeline came back here, else minus the seconds the unused load cost."""
         arms, rewards = [], []
-        cold = self.table.load_cost_s[:, REMOTE]
         for d in self.prefetched:
             for p in [p for p, r in d.items() if now - r[0] >= self.window]:
-                t, paid, hits = d.pop(p)
+                t, paid, hits, saved = d.pop(p)
                 arms.append(p)
-                rewards.append(hits * float(cold[self.comps[p]].sum()) - paid)
+                rewards.append(saved if hits else -paid)
         if arms:
             self.stats = self.bandit.update(self.stats, np.array(arms), np.array(rewards))
 
@@ -185,7 +196,11 @@ class Coordinator:
         starts = self.warm_off[:-1]
         missing = np.add.reduceat(np.where(miss, size, 0), starts)
         cost = np.add.reduceat(np.where(miss, self.table.load_cost_s[flat, REMOTE], 0.0), starts)
-        offer = PrefetchOffer(now, self.warm, missing.astype(np.int64), cost, int(max(w.free_bytes, 0)))
+        holders = self.sim.holders
+        share = np.array([1.0 / (len(holders[self.comps[p][0]]) + 1) for p in self.warm.tolist()])
+        p_used = -np.expm1(-self.warm_rate * self.window * share)
+        offer = PrefetchOffer(now, self.warm, missing.astype(np.int64), cost, int(max(w.free_bytes, 0)),
+                              prior_reward_s=(2.0 * p_used - 1.0) * cost)
         chosen = self.bandit.propose(offer, self.stats, self.rng)
         keys: list[int] = []
         for a in chosen.tolist():
@@ -197,4 +212,4 @@ class Coordinator:
         sim.start_prefetch(w, keys, now)
         paid = w.busy_s - busy_before
         for a in chosen.tolist():
-            self.prefetched[w.idx][int(self.warm[a])] = [now, paid / len(chosen), 0]
+            self.prefetched[w.idx][int(self.warm[a])] = [now, paid / len(chosen), 0, float(cost[a])]
