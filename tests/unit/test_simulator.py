@@ -141,3 +141,27 @@ def test_coordinator_persists_a_hot_base_model_on_several_replicas():
     pinned = [w.idx for w in sim.workers if 0 in w.pinned]
     assert len(pinned) >= 2  # popularity-bands: at least min_replicas=2 copies of a hot pipeline
     assert all(0 in sim.workers[j].slot_of for j in pinned)  # and they hold it
+
+
+@pytest.mark.parametrize("rate,expect_prefetch", [(1e-6, False), (1.0, True)])
+def test_coordinator_prefetches_a_warm_pipeline_only_when_it_is_likely_to_come_back(rate, expect_prefetch):
+    # The bandit's prior for an untried arm: P(used) = 1 - exp(-rate x window / (holders + 1)).
+    # A pipeline seen once a week is not worth a load; one seen every second is.
+    from trace_replay.simulator.engine import Simulation
+    from trace_replay.simulator.policy_sets import build_runtime
+    from trace_replay.simulator.workload import build_workload
+
+    cfg = exact_cfg(gpus=2)
+    wl, _ = build_workload(table([0.0, 1.0], [0, 1]), cfg)
+    sim = Simulation(wl, cfg, build_runtime("coordinator", cfg))
+    sim.rt.attach(sim)
+    co = sim.rt.placement
+    p = co.pid_list[1]  # the pipeline of base model m1
+    co.warm = np.array([p])
+    co.warm_rate = np.array([rate])
+    co.warm_base = [int(co.comps[p][0])]
+    co.warm_flat, co.warm_off = co.comps[p].astype(np.int64), np.array([0, len(co.comps[p])])
+    w = sim.workers[0]
+    co.on_idle(w, 0.0)
+    assert (sim.rec.prefetch_loads > 0) == expect_prefetch
+    assert (p in co.prefetched[0]) == expect_prefetch

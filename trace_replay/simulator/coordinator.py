@@ -96,6 +96,7 @@ class Coordinator:
         self.prefetched: list[dict[int, list]] = [{} for _ in sim.workers]  # pid -> [t, paid_s, hits]
         self.warm = np.zeros(0, np.int64)
         self.warm_rate = np.zeros(0)
+        self.warm_base: list[int] = []
         self.router = runtime.router if hasattr(runtime.router, "band") else None  # a PolicyRouter
         if self.router is not None:
             self.router.pid = self.pid_list
@@ -151,6 +152,7 @@ class Coordinator:
         half_life = getattr(self.pop, "half_life_s", math.inf)
         self.warm_rate = demand[self.warm] * (math.log(2) / half_life if math.isfinite(half_life) else 0.0)
         parts = [self.comps[p] for p in self.warm.tolist()]
+        self.warm_base = [int(c[0]) for c in parts]  # base model of each arm (components: base first)
         self.warm_flat = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         self.warm_off = np.concatenate([[0], np.cumsum([len(c) for c in parts])]).astype(np.int64)
         self._credit(now)
@@ -197,7 +199,7 @@ class Coordinator:
         missing = np.add.reduceat(np.where(miss, size, 0), starts)
         cost = np.add.reduceat(np.where(miss, self.table.load_cost_s[flat, REMOTE], 0.0), starts)
         holders = self.sim.holders
-        share = np.array([1.0 / (len(holders[self.comps[p][0]]) + 1) for p in self.warm.tolist()])
+        share = 1.0 / (np.array([len(holders[b]) for b in self.warm_base], dtype=np.float64) + 1.0)
         p_used = -np.expm1(-self.warm_rate * self.window * share)
         offer = PrefetchOffer(now, self.warm, missing.astype(np.int64), cost, int(max(w.free_bytes, 0)),
                               prior_reward_s=(2.0 * p_used - 1.0) * cost)
