@@ -97,8 +97,8 @@ class LoRAStore:
         ref = ray.put(weights) if ray.is_initialized() else weights
         cost = time.perf_counter() - started
         self.read_seconds += cost
-        self._seq += 1
         key = self._keys.setdefault(adapter_id, len(self._keys))
+        # loaded at the access being served (a prefetch: at the latest one); a load is no access
         return _Entry(ref, weights_bytes(weights), cost, key, self._seq, self._seq, self._clock())
 
     def _insert(self, adapter_id: str, item: _Entry) -> None:
@@ -124,13 +124,15 @@ class LoRAStore:
             size_bytes=col("size", np.int64), load_cost_s=col("load_cost_s", np.float64))
 
     def _touch(self, item: _Entry) -> None:
-        self._seq += 1
         item.uses += 1
         item.last_seq = self._seq
         item.last_time = self._clock()
 
     async def get(self, adapter_id: str) -> dict:
         """{'ref': object ref (or the tensors outside Ray), 'bytes': n, 'hit': bool}."""
+        # The logical clock (CacheView.seq) ticks once per access, hit or miss, as in the
+        # simulators: a policy that reads idle accesses (cost-aware) then decides the same here.
+        self._seq += 1
         hit = adapter_id in self._cache
         if hit:
             self.hits += 1
