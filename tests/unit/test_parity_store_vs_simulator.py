@@ -30,9 +30,9 @@ the simulators plan with a per-kind constant) the test makes them equal and says
 test shows the comparison can fail: other policies, another budget, or the store's old clock
 (which also ticked on every load) give different traces.
 
-Known divergence, marked xfail (strict): the cluster simulator's ``Worker`` starts a
-demand-loaded entry at ``uses`` 0 where the other two count the access it serves (1). Scope:
-one adapter per request; multi-adapter requests differ by design (the cluster simulator
+This test found two divergences, both fixed: the live store's clock ticked on loads as well as
+accesses, and the cluster simulator started a demand-loaded entry at ``uses`` 0 where the other
+two count the access it serves (1). Scope: one adapter per request; multi-adapter requests differ by design (the cluster simulator
 protects a request's other components while loading one, and ticks its clock per request).
 """
 
@@ -283,16 +283,7 @@ def test_store_matches_cache_simulator(policy, parity_config, adapter_bytes, ste
                           f"first differ at {first_difference(store, sim)}")
 
 
-WORKER_USES_BUG = (
-    "cluster simulator: Worker.insert sets uses=0 on a demand load and Simulation.bring/start do "
-    "not count the access the load serves, so a demand-loaded entry has uses one lower than in "
-    "cache_sim and the live store (CacheView: 'accesses since the entry was loaded', 1 after a "
-    "demand miss). LRU and LFU are blind to a uniform offset; cost-aware's (uses + 1) x decay "
-    "is not, and with a short half-life it evicts differently")
-
-
-@pytest.mark.parametrize("policy", [
-    *ONLINE, pytest.param(FAST_DECAY, marks=pytest.mark.xfail(strict=True, reason=WORKER_USES_BUG))])
+@pytest.mark.parametrize("policy", [*ONLINE, FAST_DECAY])
 def test_cluster_worker_matches_cache_simulator(policy, sequence, table):
     worker = run_cluster_worker(policy, sequence)
     sim = run_cache_sim(table, policy)

@@ -155,6 +155,9 @@ class Simulation:
             if s is None:
                 load += self.bring(w, k, now, protect)
                 missed += 1
+                s = slot_of.get(k)
+                if s is not None:  # the load serves this access: one use, as CacheView defines it
+                    uses[s] = 1
             else:
                 uses[s] += 1
                 last_seq[s] = clock
