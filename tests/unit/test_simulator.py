@@ -165,3 +165,25 @@ def test_coordinator_prefetches_a_warm_pipeline_only_when_it_is_likely_to_come_b
     co.on_idle(w, 0.0)
     assert (sim.rec.prefetch_loads > 0) == expect_prefetch
     assert (p in co.prefetched[0]) == expect_prefetch
+
+
+def test_a_request_that_grows_the_gpu_cache_counts_its_uses_in_the_grown_arrays():
+    # 40 one-LoRA requests on one GPU with room for all: the worker's 32 slots grow mid-run, and
+    # the request that triggers the growth must count its use in the new arrays
+    from trace_replay.table import LORA, build_table
+
+    n = 40
+    t = build_table(n, time=np.arange(n, dtype=float), adapter_offsets=np.arange(n + 1),
+                    adapter_kind=np.full(n, LORA), adapter_id=np.arange(n), lora_ids=[f"l{i}" for i in range(n)])
+    cfg = exact_cfg(gpu_gb=1000.0)
+    from trace_replay.simulator.engine import Simulation
+    from trace_replay.simulator.policy_sets import build_runtime
+    from trace_replay.simulator.workload import build_workload
+
+    wl, _ = build_workload(t, cfg)
+    sim = Simulation(wl, cfg, build_runtime("lfu", cfg))
+    sim.run()
+    w = sim.workers[0]
+    assert w.key.shape[0] > 32 and len(w.slot_of) == n + 1  # grew; every LoRA and the base stay
+    lora_slots = [w.slot_of[k] for k in w.slot_of if w.kind[w.slot_of[k]] == LORA]
+    assert all(w.uses[s] == 1 for s in lora_slots)

@@ -155,6 +155,8 @@ class Simulation:
             if s is None:
                 load += self.bring(w, k, now, protect)
                 missed += 1
+                # a load may have grown the worker's arrays: take them afresh
+                uses, last_seq, last_time = w.uses, w.last_seq, w.last_time
                 s = slot_of.get(k)
                 if s is not None:  # the load serves this access: one use, as CacheView defines it
                     uses[s] = 1
