@@ -66,7 +66,7 @@ class Coordinator:
                  placement: str = "popularity-bands", placement_args: dict | None = None,
                  prefetch: str = "ucb1", prefetch_args: dict | None = None, prefetch_interval_s: float = 600.0,
                  reward_window_s: float = 1800.0, max_arms: int = 64,
-                 replan_requests: int = 200, replan_max_s: float = 600.0,
+                 replan_requests: int = 1000, replan_max_s: float = 600.0,
                  min_free_bytes: float = 5e8) -> None:
         # min_demand: a decayed counter never reaches zero; below this a pipeline has faded and
         # leaves the ranking (else 5% of every pipeline ever seen would be "hot")
