@@ -20,7 +20,17 @@ Two parts (`--parts`, default `rules,sim`):
                                loads all costing one, of loads with prefetch counted too)
   Loads, misses and prefetch loads come from `trace_replay.cache_sim.run_cache`, the engine
   behind `t2i trace cache` (one AccessStream per trace, built once).
-- `sim`: the same figures in the cluster simulator (`trace_replay/simulator`); not built yet.
+- `sim`: the same figures in the cluster simulator (`trace_replay/simulator`), every policy set on
+  one sampled workload (as benchmarks/simulator_policies.py: katz-synth on `--sim-gpus` GPUs with
+  arrivals compressed 10x and a 30 s SLO; GenTD26's 40k rows on 64 GPUs at 0.5 req/s with the
+  trace's exec seconds and a 60 s SLO). Every set has the same memory: 18 GB of weights per GPU
+  plus host and disk tiers (ray-default: no host tier and 3 models per replica, as Ray's).
+  Loads count demand loads plus the coordinator's placement and prefetch loads; load-seconds are
+  what the loads took through the tiers (GenTD26 samples for remote loads). Belady is the
+  offline `belady` set (`trace_replay/simulator/oracle.py`: MIN on the cluster-wide next use)
+  behind Ray's router and behind the coordinator's router (`belady-routed`); the ratio is to the
+  fewer loads of the two. It minimises loads, not load-seconds (it evicts a base model as
+  readily as a LoRA), so its load-seconds are no floor.
 
 Load-seconds = sum over loads of the load time of the loaded adapter's kind. Per-kind times are
 the MEANS of GenTD26's measured per-container samples (`load_component_latencies`: lora,
@@ -34,14 +44,12 @@ LRU's load-seconds: no eviction or prefetch policy at that K can go below it (pr
 and with loads of equal count-cost demand paging is optimal), so where it is above 0.6 the "40%
 fewer load-seconds than LRU" goal cannot be met under these rules at all.
 
-The per-kind split of loads: `CacheResult` gives totals only, and running kind-filtered streams
-would be wrong (the kinds share each cache). So this script replays every (trace, policy, K)
-once more with `kind_split_replay`, a plain one-access-at-a-time replay written from cache_sim's
-public pieces (CacheView, lex_argmin, the EVICTION/PREFETCH registries, the AccessStream) that
-records the kind of every load, and checks that its per-instance misses and prefetch loads equal
-`run_cache`'s exactly (it stops if not), so the split is of the very loads counted. On GenTD26
-every adapter is a LoRA (the processed file lists LoRA ids only), so there the split is trivial;
-the replay runs anyway as the cross-check.
+The per-kind split of loads: the fast engines count totals only, and running kind-filtered
+streams would be wrong (the kinds share each cache). So every (trace, policy, K) runs once more
+through cache_sim's sequential reference engine with `loads_by_kind`, and the script stops unless
+its per-instance misses and prefetch loads equal `run_cache`'s exactly, so the split is of the
+very loads counted. On GenTD26 every adapter is a LoRA (the processed file lists LoRA ids only),
+so there the split is trivial; the cross-check runs anyway.
 
 Workloads:
 - `gentd26`: GenTD26 `data_trace_processed.csv` (40k rows in ../shared/data). The format has no
@@ -101,99 +109,18 @@ def load_costs(data_dir: Path, stat: str) -> tuple[dict[int, float], str]:
             f"talk means (policies/cost_aware.py DEFAULT_LOAD_COST_S); {data_dir} has no latency files")
 
 
-def kind_split_replay(stream, eviction: str, capacity: int, prefetch: str = "none", seed: int = 0,
-                      show_progress: bool = False, label: str = "") -> dict[str, np.ndarray]:
-    """Misses, prefetch loads (per instance) and loads per kind (indexed by kind code) of one cache
-    size, one access at a time in global time order, recording each load's kind.
+def kind_split(stream, eviction: str, capacity: int, prefetch: str, seed: int,
+               show_progress: bool) -> dict[str, np.ndarray]:
+    """Misses, prefetch loads (per instance) and loads per kind code of one cache size, from
+    cache_sim's sequential reference engine (the fast engines count totals only)."""
+    from policies.eviction import EVICTION
+    from policies.prefetch import PREFETCH
+    from trace_replay.cache_sim import simulate_sequential
 
-    Same rules and mechanism as cache_sim.simulate_sequential (the reference engine), kept so the
-    totals match it exactly: a free slot is taken first (slots fill in order and are never emptied),
-    otherwise the policy's lex-smallest slot is the victim; after the last access of a request on
-    an instance the prefetcher is asked and each proposed key not cached is loaded (evicting if
-    full). As in the reference, a prefetched slot keeps the kind code it had before (0 for a never
-    used slot) until its first access; the kind counted for the load is the adapter's true kind.
-    """
-    from policies.eviction import EMPTY, EVICTION, NEVER, CacheView, lex_argmin
-    from policies.prefetch import PREFETCH, PrefetchContext
-    from trace_replay.progress import progress
-
-    policy = EVICTION.create(eviction)
-    pre_policy = None if prefetch == "none" else PREFETCH.create(prefetch)
-    n_inst, K = len(stream.instances), capacity
-    key = np.full((n_inst, K), EMPTY, dtype=np.int64)
-    kind = np.zeros((n_inst, K), dtype=np.int8)
-    uses = np.zeros((n_inst, K), dtype=np.int64)
-    last_seq = np.full((n_inst, K), -1, dtype=np.int64)
-    loaded_seq = np.full((n_inst, K), -1, dtype=np.int64)
-    last_time = np.zeros((n_inst, K), dtype=np.float64)
-    next_seq = np.full((n_inst, K), NEVER, dtype=np.int64)
-    where: list[dict[int, int]] = [{} for _ in range(n_inst)]
-    misses = np.zeros(n_inst, dtype=np.int64)
-    pre = np.zeros(n_inst, dtype=np.int64)
     by_kind = np.zeros(8, dtype=np.int64)
-    key_kind = np.zeros(stream.n_keys, dtype=np.int8)
-    key_kind[stream.key] = stream.kind
-    future = policy.needs_future
-    everywhere = np.ones(K, dtype=bool)
-    rng = np.random.default_rng(seed)
-    key_uses = np.zeros(stream.n_keys, dtype=np.int64)
-    key_last = np.full(stream.n_keys, -np.inf)
-
-    def view(i: int, q: int, now: float) -> CacheView:
-        return CacheView(key[i], kind[i], uses[i], last_seq[i], loaded_seq[i], last_time[i], np.int64(q),
-                         np.float64(now), next_seq[i] if future else None)
-
-    def slot_for(i: int, q: int, now: float) -> int:
-        w = where[i]
-        if len(w) < K:
-            return len(w)
-        slot = int(lex_argmin(policy.priority(view(i, q, now)), everywhere))
-        del w[int(key[i, slot])]
-        return slot
-
-    order = np.lexsort((stream.seq, stream.request))
-    inst_a, key_a, kind_a = stream.instance[order], stream.key[order], stream.kind[order]
-    seq_a, time_a, next_a, req_a = stream.seq[order], stream.time[order], stream.next_seq[order], stream.request[order]
-    if pre_policy is not None:  # last access of a request on its instance: prefetch after it
-        last_of_req = np.ones(order.size, dtype=bool)
-        last_of_req[:-1] = (req_a[1:] != req_a[:-1]) | (inst_a[1:] != inst_a[:-1])
-    lo_inst = stream.starts
-    cols = [c.tolist() for c in (inst_a, key_a, kind_a, seq_a, time_a, next_a)]
-    for idx, (i, k, kd, q, t, nx) in enumerate(progress(zip(*cols), total=order.size, desc=label,
-                                                         disable=not show_progress)):
-        slot = where[i].get(k)
-        if slot is None:
-            misses[i] += 1
-            by_kind[kd] += 1
-            slot = slot_for(i, q, t)
-            uses[i, slot], loaded_seq[i, slot] = 1, q
-        else:
-            uses[i, slot] += 1
-        key[i, slot], kind[i, slot] = k, kd
-        last_seq[i, slot], last_time[i, slot], next_seq[i, slot] = q, t, nx
-        where[i][k] = slot
-        if pre_policy is None:
-            continue
-        key_uses[k] += 1
-        key_last[k] = t
-        if not last_of_req[idx]:
-            continue
-        ctx = PrefetchContext(view(i, q, t), key_uses, key_last, q, t)
-        for pk in pre_policy.propose(ctx, rng).tolist():
-            if pk in where[i]:
-                continue
-            slot = slot_for(i, q, t)
-            key[i, slot], uses[i, slot], loaded_seq[i, slot] = pk, 0, q
-            last_seq[i, slot], last_time[i, slot] = q, t
-            if future:  # the next access to pk on this instance after seq q
-                lo, hi = lo_inst[i] + q + 1, lo_inst[i] + stream.lengths[i]
-                later = np.flatnonzero(stream.key[lo:hi] == pk)
-                next_seq[i, slot] = q + 1 + int(later[0]) if later.size else NEVER
-            else:
-                next_seq[i, slot] = NEVER
-            where[i][pk] = slot
-            pre[i] += 1
-            by_kind[key_kind[pk]] += 1
+    pf = None if prefetch == "none" else PREFETCH.create(prefetch)
+    misses, pre = simulate_sequential(stream, EVICTION.create(eviction), capacity, pf, seed, show_progress,
+                                      loads_by_kind=by_kind)
     return {"misses": misses, "prefetch_loads": pre, "loads_by_kind": by_kind}
 
 
@@ -253,10 +180,10 @@ def rules_rows(args: argparse.Namespace) -> list[dict]:
                 t_cache = time.perf_counter() - t1
                 for j, c in enumerate(caps):
                     t2 = time.perf_counter()
-                    split = kind_split_replay(stream, ev, c, pf, args.seed, show, f"{label} {name} K={c} kind split")
+                    split = kind_split(stream, ev, c, pf, args.seed, show)
                     if not (np.array_equal(split["misses"], res.misses[:, j])
                             and np.array_equal(split["prefetch_loads"], res.prefetch_loads[:, j])):
-                        raise RuntimeError(f"kind-split replay disagrees with run_cache: {label} {name} K={c}: "
+                        raise RuntimeError(f"the sequential engine disagrees with run_cache's: {label} {name} K={c}: "
                                            f"misses {int(split['misses'].sum())} vs {int(res.misses[:, j].sum())}, "
                                            f"prefetch {int(split['prefetch_loads'].sum())} vs "
                                            f"{int(res.prefetch_loads[:, j].sum())}")
@@ -286,9 +213,93 @@ def rules_rows(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def sim_sets() -> list:
+    """The policy sets compared in the simulator, plus the two offline Belady references."""
+    from trace_replay.simulator.policy_sets import get_policy_set
+
+    co = get_policy_set("coordinator")
+    return ["ray-default", "lru", "lfu", "diffserve-static", "coordinator",
+            # what multi-replica persistence and the bandit cost in loads, and what they buy
+            co.model_copy(update={"name": "coordinator-no-prefetch", "placement_args": {"prefetch": "none"}}),
+            co.model_copy(update={"name": "coordinator-no-placement", "placement": "none", "tick_s": 0.0}),
+            "belady",
+            # Belady's MIN behind the coordinator's router: the same routes, perfect eviction
+            co.model_copy(update={"name": "belady-routed", "placement": "none", "tick_s": 0.0,
+                                  "eviction": "belady"})]
+
+
+SIM_BELADY = ("belady", "belady-routed")
+
+
 def sim_rows(args: argparse.Namespace) -> list[dict]:
-    # ---- NOT BUILT YET: the same figures in the cluster simulator (trace_replay/simulator). ----
-    raise NotImplementedError("simulator part: not built yet")
+    """One row per (workload, policy set) in the cluster simulator; every set on one sampled
+    workload (arrivals, service times, sizes, load-time samples), as simulator_policies.py."""
+    from trace_replay.formats import load_trace
+    from trace_replay.simulator import SimConfig, simulate
+    from trace_replay.simulator.config import ClusterSpec, InferenceSpec
+    from trace_replay.simulator.workload import KIND_NAMES, build_workload
+    from trace_replay.synth import SynthConfig, write_katz_json
+
+    data = Path(args.data_dir)
+    cases = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.requests > 0:
+            trace = Path(tmp) / "katz_synth.json"
+            write_katz_json(SynthConfig(requests=args.requests, instances=args.sim_gpus + args.sim_gpus // 15,
+                                        seed=args.seed), trace)
+            cfg = SimConfig(cluster=ClusterSpec(gpus=args.sim_gpus), time_scale=10.0, slo_s=30.0, seed=args.seed)
+            cases.append(("katz-synth", load_trace(trace, "katz"), cfg))
+    proc = data / "data_trace_processed.csv"
+    if not args.skip_gentd26 and proc.exists():
+        table = load_trace(proc, "gentd26-processed", qps_path=data / "qps.csv", seed=args.seed, mean_qps=0.5)
+        cfg = SimConfig(cluster=ClusterSpec(gpus=64), slo_s=60.0, seed=args.seed,
+                        inference=InferenceSpec(use_trace_exec=True))
+        cases.append(("gentd26", table, cfg))
+    rows: list[dict] = []
+    for label, table, cfg in cases:
+        wl, notes = build_workload(table, cfg, data if data.exists() else None)
+        for spec in sim_sets():
+            res = simulate(table, spec, cfg, workload=wl)
+            s, rec = res.summary, res.records
+            rows.append({"trace": label, "policy_set": s["policy_set"], "requests": s["requests"],
+                         "gpus": cfg.cluster.gpus, "gpu_model_gb": cfg.cluster.gpu_model_gb,
+                         "slo_s": cfg.slo_s, "time_scale": cfg.time_scale,
+                         "loads": int(s["loads"]), "prefetch_loads": int(rec.prefetch_loads),
+                         "demand_loads": int(s["loads"]) - int(rec.prefetch_loads),
+                         "loads_by_kind": {KIND_NAMES.get(k, str(k)): int(v) for k, v in rec.loads_by_kind.items()},
+                         "load_seconds": round(float(s["load_seconds"]), 1),
+                         "demand_load_seconds": round(float(s["demand_load_seconds"]), 1),
+                         "slo_violation_rate": round(float(s["slo_violation_rate"]), 5),
+                         "latency_p99_s": round(float(s["latency_p99_s"]), 2),
+                         "sim_wall_s": round(float(s["sim_wall_s"]), 1), "notes": notes})
+            print(f"  {label:10s} {s['policy_set']:26s} loads {s['loads']:9,d} (prefetch {rec.prefetch_loads:7,d})  "
+                  f"load-s {s['load_seconds']:12,.0f}  SLO viol {s['slo_violation_rate']:7.2%}  "
+                  f"({s['sim_wall_s']:.0f} s)", flush=True)
+    for r in rows:
+        same = {p["policy_set"]: p for p in rows if p["trace"] == r["trace"]}
+        bound = min(same[b]["loads"] for b in SIM_BELADY)
+        r["loads_over_belady"] = _ratio(r["loads"], bound)
+        r["loads_over_belady_same_router"] = _ratio(r["loads"], same["belady"]["loads"])
+        r["loads_over_belady_routed"] = _ratio(r["loads"], same["belady-routed"]["loads"])
+        r["load_seconds_vs_lru"] = _ratio(r["load_seconds"], same["lru"]["load_seconds"])
+        r["goal_loads_le_1_15x_belady"] = r["loads"] <= GOAL_LOADS_OVER_BELADY * bound
+        r["goal_load_seconds_le_0_6x_lru"] = r["load_seconds"] <= GOAL_LOAD_SECONDS_VS_LRU * same["lru"]["load_seconds"]
+    return rows
+
+
+def print_sim(rows: list[dict]) -> None:
+    print("\nin the cluster simulator (loads include prefetch and placement loads; Belady = the fewer "
+          "loads of its two offline references, Ray-routed and coordinator-routed)")
+    hdr = (f"{'trace':10s} {'policy set':26s} {'loads':>9s} {'prefetch':>8s} {'load-s':>11s} {'SLO viol':>8s} "
+           f"{'loads/Bel':>9s} {'ls/LRU':>7s}  goals(<=1.15x Bel, <=0.6x LRU)")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        goals = ("yes" if r["goal_loads_le_1_15x_belady"] else "no") + " / " + \
+            ("yes" if r["goal_load_seconds_le_0_6x_lru"] else "no")
+        print(f"{r['trace']:10s} {r['policy_set']:26s} {r['loads']:9,d} {r['prefetch_loads']:8,d} "
+              f"{r['load_seconds']:11,.0f} {r['slo_violation_rate']:8.2%} {r['loads_over_belady']:9.3f} "
+              f"{r['load_seconds_vs_lru']:7.3f}  {goals if r['policy_set'].startswith('coordinator') else ''}")
 
 
 def print_rules(rows: list[dict]) -> None:
@@ -319,8 +330,9 @@ def main() -> int:
     from trace_replay.paths import gentd26_dir
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", default="rules,sim", help="comma list of rules, sim (default both; sim is not built "
-                    "yet and is skipped with a message)")
+    ap.add_argument("--parts", default="rules,sim", help="comma list of rules, sim (default both; a part not "
+                    "run keeps its rows from the existing --out file)")
+    ap.add_argument("--sim-gpus", type=int, default=100, help="GPUs for katz-synth in the simulator (GenTD26: 64)")
     ap.add_argument("--capacities", default="2,4,8,16", help="K, adapter slots per instance, for katz-synth")
     ap.add_argument("--gentd26-capacities", default="2,4,8,16,32,64",
                     help="K for gentd26, whose whole trace is one cache (no instance column)")
@@ -344,11 +356,18 @@ def main() -> int:
         doc["parts_run"].append("rules")
         print_rules(doc["rules"])
     if "sim" in parts:
-        try:
-            doc["sim"] = sim_rows(args)
-            doc["parts_run"].append("sim")
-        except NotImplementedError as e:
-            print(f"sim part skipped: {e}", flush=True)
+        doc["sim"] = sim_rows(args)
+        doc["parts_run"].append("sim")
+        print_sim(doc["sim"])
+    out = Path(args.out)
+    if out.exists():  # a part not run this time keeps its rows (and their commit) from the file
+        import json
+
+        old = json.loads(out.read_text())
+        for part in ("rules", "sim"):
+            if part not in parts and old.get(part):
+                doc[part] = old[part]
+                doc.setdefault("kept_from_previous_run", {})[part] = old.get("git_commit")
     doc.update({"goals": {"coordinator_loads_over_belady_max": GOAL_LOADS_OVER_BELADY,
                           "coordinator_load_seconds_vs_lru_max": GOAL_LOAD_SECONDS_VS_LRU},
                 "wall_s": round(time.perf_counter() - t0, 1), "git_commit": git("rev-parse", "--short", "HEAD"),

@@ -246,8 +246,12 @@ def sweep(stream: AccessStream, policy_names: list[str], capacities: list[int], 
 
 def simulate_sequential(stream: AccessStream, policy: EvictionPolicy, capacity: int,
                         prefetch: PrefetchPolicy | None = None, seed: int = 0,
-                        show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(misses, prefetch loads) per instance, one access at a time in global time order."""
+                        show_progress: bool = False,
+                        loads_by_kind: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(misses, prefetch loads) per instance, one access at a time in global time order.
+
+    ``loads_by_kind``: an int64 array indexed by kind code; every load (demand or prefetch) adds
+    one to its adapter's kind, for callers that price loads by kind."""
     n_inst = len(stream.instances)
     s = _Slots(n_inst, capacity)
     where: list[dict[int, int]] = [{} for _ in range(n_inst)]  # key -> slot, per instance
@@ -259,11 +263,15 @@ def simulate_sequential(stream: AccessStream, policy: EvictionPolicy, capacity: 
     key_last = np.full(stream.n_keys, -np.inf)
     order = np.lexsort((stream.seq, stream.request))  # global time order, adapters as listed
     n = order.size
+    key_kind = np.zeros(stream.n_keys, dtype=np.int8)  # a prefetched key's kind, before any access here
+    key_kind[stream.key] = stream.kind
     for idx, a in enumerate(progress(order.tolist(), desc=f"{policy.name} cache", disable=not show_progress)):
         i, k, q = int(stream.instance[a]), int(stream.key[a]), int(stream.seq[a])
         slot = where[i].get(k)
         if slot is None:
             misses[i] += 1
+            if loads_by_kind is not None:
+                loads_by_kind[stream.kind[a]] += 1
             slot = _free_or_victim(s, where[i], i, policy, q, float(stream.time[a]), future)
             s.uses[i, slot], s.loaded_seq[i, slot] = 1, q
         else:
@@ -286,6 +294,9 @@ def simulate_sequential(stream: AccessStream, policy: EvictionPolicy, capacity: 
                 continue
             slot = _free_or_victim(s, where[i], i, policy, q, now, future)
             s.key[i, slot], s.uses[i, slot], s.loaded_seq[i, slot] = pk, 0, q
+            s.kind[i, slot] = key_kind[pk]  # (was left at the slot's previous kind until accessed)
+            if loads_by_kind is not None:
+                loads_by_kind[key_kind[pk]] += 1
             s.last_seq[i, slot], s.last_time[i, slot] = q, now
             s.next_seq[i, slot] = _next_use(stream, i, pk, q) if future else NEVER
             where[i][pk] = slot

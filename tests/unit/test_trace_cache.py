@@ -157,3 +157,29 @@ def test_stack_engine_refuses_lfu():
     t = random_table(np.random.default_rng(0), n_inst=2, n_req=20, n_keys=5)
     with pytest.raises(ValueError, match="not a stack algorithm"):
         simulate_stack(access_stream(t), EVICTION.create("lfu"), [1, 2])
+
+
+def test_sequential_engine_counts_loads_by_kind_prefetches_included():
+    from policies.eviction import EVICTION
+    from policies.prefetch import PREFETCH
+    from trace_replay.cache_sim import simulate_sequential
+    from trace_replay.table import CONTROLNET
+
+    t = random_table(np.random.default_rng(4), n_inst=3, n_req=200, n_keys=10)
+    stream = access_stream(t)
+    by_kind = np.zeros(8, dtype=np.int64)
+    misses, pre = simulate_sequential(stream, EVICTION.create("cost-aware"), 3, PREFETCH.create("fill-popular"),
+                                      loads_by_kind=by_kind)
+    assert pre.sum() > 0 and by_kind.sum() == misses.sum() + pre.sum()
+    # without prefetch, demand loads by kind = misses of each kind's accesses, counted directly
+    by_kind[:] = 0
+    misses, _ = simulate_sequential(stream, EVICTION.create("lru"), 1, loads_by_kind=by_kind)
+    order = np.lexsort((stream.seq, stream.request))
+    inst, key, kind = stream.instance[order], stream.key[order], stream.kind[order]
+    held: dict[int, int] = {}
+    want = np.zeros(8, dtype=np.int64)
+    for i, k, kd in zip(inst.tolist(), key.tolist(), kind.tolist()):  # K=1: a miss whenever the key changes
+        if held.get(i) != k:
+            want[kd] += 1
+            held[i] = k
+    assert by_kind.tolist() == want.tolist() and want[CONTROLNET] > 0 and want[LORA] > 0
