@@ -78,6 +78,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks._common import RESULTS, git, machine_info, write_result  # noqa: E402
+from benchmarks._sim_workloads import gentd26, katz_synth  # noqa: E402
 
 COORDINATOR = "coordinator (cost-aware+fill-popular)"
 # (row name, eviction, prefetch); belady first: every other row is a ratio to it
@@ -153,6 +154,19 @@ def _ints(s: str) -> list[int]:
     return sorted({int(x) for x in s.split(",") if x.strip()})
 
 
+def _judge(r: dict, belady_loads: int, lru_load_seconds: float) -> None:
+    """Ratios of a row to its Belady reference and to LRU, and whether the issue's goals hold."""
+    r["loads_over_belady"] = _ratio(r["loads"], belady_loads)
+    r["load_seconds_vs_lru"] = _ratio(r["load_seconds"], lru_load_seconds)
+    r["goal_loads_le_1_15x_belady"] = r["loads"] <= GOAL_LOADS_OVER_BELADY * belady_loads
+    r["goal_load_seconds_le_0_6x_lru"] = r["load_seconds"] <= GOAL_LOAD_SECONDS_VS_LRU * lru_load_seconds
+
+
+def _goals_text(r: dict) -> str:
+    return ("yes" if r["goal_loads_le_1_15x_belady"] else "no") + " / " + \
+        ("yes" if r["goal_load_seconds_le_0_6x_lru"] else "no")
+
+
 def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 4) if b else None
 
@@ -203,13 +217,10 @@ def rules_rows(args: argparse.Namespace) -> list[dict]:
     for r in rows:
         same = {p["policy"]: p for p in rows if p["trace"] == r["trace"] and p["capacity"] == r["capacity"]}
         bel, lru = same["belady"], same["lru"]
-        r["loads_over_belady"] = _ratio(r["loads"], bel["loads"])
+        _judge(r, bel["loads"], lru["load_seconds"])
         r["load_seconds_over_belady"] = _ratio(r["load_seconds"], bel["load_seconds"])
-        r["load_seconds_vs_lru"] = _ratio(r["load_seconds"], lru["load_seconds"])
         # what no policy can beat under these rules: loads >= Belady's, each load >= the cheapest kind
         r["load_seconds_floor_vs_lru"] = _ratio(min(costs.values()) * bel["loads"], lru["load_seconds"])
-        r["goal_loads_le_1_15x_belady"] = r["loads"] <= GOAL_LOADS_OVER_BELADY * bel["loads"]
-        r["goal_load_seconds_le_0_6x_lru"] = r["load_seconds"] <= GOAL_LOAD_SECONDS_VS_LRU * lru["load_seconds"]
     return rows
 
 
@@ -234,27 +245,16 @@ SIM_BELADY = ("belady", "belady-routed")
 def sim_rows(args: argparse.Namespace) -> list[dict]:
     """One row per (workload, policy set) in the cluster simulator; every set on one sampled
     workload (arrivals, service times, sizes, load-time samples), as simulator_policies.py."""
-    from trace_replay.formats import load_trace
-    from trace_replay.simulator import SimConfig, simulate
-    from trace_replay.simulator.config import ClusterSpec, InferenceSpec
+    from trace_replay.simulator import simulate
     from trace_replay.simulator.workload import KIND_NAMES, build_workload
-    from trace_replay.synth import SynthConfig, write_katz_json
 
     data = Path(args.data_dir)
     cases = []
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.requests > 0:
-            trace = Path(tmp) / "katz_synth.json"
-            write_katz_json(SynthConfig(requests=args.requests, instances=args.sim_gpus + args.sim_gpus // 15,
-                                        seed=args.seed), trace)
-            cfg = SimConfig(cluster=ClusterSpec(gpus=args.sim_gpus), time_scale=10.0, slo_s=30.0, seed=args.seed)
-            cases.append(("katz-synth", load_trace(trace, "katz"), cfg))
-    proc = data / "data_trace_processed.csv"
-    if not args.skip_gentd26 and proc.exists():
-        table = load_trace(proc, "gentd26-processed", qps_path=data / "qps.csv", seed=args.seed, mean_qps=0.5)
-        cfg = SimConfig(cluster=ClusterSpec(gpus=64), slo_s=60.0, seed=args.seed,
-                        inference=InferenceSpec(use_trace_exec=True))
-        cases.append(("gentd26", table, cfg))
+    if args.requests > 0:
+        cases.append(("katz-synth", *katz_synth(args.requests, args.sim_gpus, args.seed)))
+    case = None if args.skip_gentd26 else gentd26(data, seed=args.seed)
+    if case is not None:
+        cases.append(("gentd26", *case))
     rows: list[dict] = []
     for label, table, cfg in cases:
         wl, notes = build_workload(table, cfg, data if data.exists() else None)
@@ -277,13 +277,9 @@ def sim_rows(args: argparse.Namespace) -> list[dict]:
                   f"({s['sim_wall_s']:.0f} s)", flush=True)
     for r in rows:
         same = {p["policy_set"]: p for p in rows if p["trace"] == r["trace"]}
-        bound = min(same[b]["loads"] for b in SIM_BELADY)
-        r["loads_over_belady"] = _ratio(r["loads"], bound)
+        _judge(r, min(same[b]["loads"] for b in SIM_BELADY), same["lru"]["load_seconds"])
         r["loads_over_belady_same_router"] = _ratio(r["loads"], same["belady"]["loads"])
         r["loads_over_belady_routed"] = _ratio(r["loads"], same["belady-routed"]["loads"])
-        r["load_seconds_vs_lru"] = _ratio(r["load_seconds"], same["lru"]["load_seconds"])
-        r["goal_loads_le_1_15x_belady"] = r["loads"] <= GOAL_LOADS_OVER_BELADY * bound
-        r["goal_load_seconds_le_0_6x_lru"] = r["load_seconds"] <= GOAL_LOAD_SECONDS_VS_LRU * same["lru"]["load_seconds"]
     return rows
 
 
@@ -295,8 +291,7 @@ def print_sim(rows: list[dict]) -> None:
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
-        goals = ("yes" if r["goal_loads_le_1_15x_belady"] else "no") + " / " + \
-            ("yes" if r["goal_load_seconds_le_0_6x_lru"] else "no")
+        goals = _goals_text(r)
         print(f"{r['trace']:10s} {r['policy_set']:26s} {r['loads']:9,d} {r['prefetch_loads']:8,d} "
               f"{r['load_seconds']:11,.0f} {r['slo_violation_rate']:8.2%} {r['loads_over_belady']:9.3f} "
               f"{r['load_seconds_vs_lru']:7.3f}  {goals if r['policy_set'].startswith('coordinator') else ''}")
@@ -309,8 +304,7 @@ def print_rules(rows: list[dict]) -> None:
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
-        goals = ("yes" if r["goal_loads_le_1_15x_belady"] else "no") + " / " + \
-            ("yes" if r["goal_load_seconds_le_0_6x_lru"] else "no")
+        goals = _goals_text(r)
         mark = "  <- coordinator" if r["policy"] == COORDINATOR else ""
         print(f"{r['trace']:10s} {r['policy']:38s} {r['capacity']:3d} {r['loads']:9,d} {r['prefetch_loads']:8,d} "
               f"{r['load_seconds']:11,.0f} {r['loads_over_belady']:9.3f} {r['load_seconds_over_belady']:7.3f} "

@@ -73,6 +73,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks._common import RESULTS, git, machine_info, write_result  # noqa: E402
+from benchmarks._sim_workloads import gentd26, katz_synth  # noqa: E402
 
 FIXED = ("lru", "coordinator")  # knob N; the others (ray-default, coordinator-autoscaled): (cap, target)
 FAMILIES = ("ray-default", "lru", "coordinator", "coordinator-autoscaled")
@@ -285,11 +286,7 @@ def print_tables(rows: list[dict], comps: list[dict]) -> None:
 
 
 def main() -> int:
-    from trace_replay.formats import load_trace
     from trace_replay.paths import gentd26_dir
-    from trace_replay.simulator import SimConfig
-    from trace_replay.simulator.config import ClusterSpec, InferenceSpec
-    from trace_replay.synth import SynthConfig, write_katz_json
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=None, help="katz-synth requests (default 550000; "
@@ -321,26 +318,14 @@ def main() -> int:
     comps: list[dict] = []
     t0 = time.perf_counter()
     if not args.skip_katz:
-        with tempfile.TemporaryDirectory() as tmp:
-            trace = Path(tmp) / "synth.json"
-            write_katz_json(SynthConfig(requests=args.requests, instances=args.gpus + args.gpus // 15,
-                                        seed=args.seed), trace)
-            table = load_trace(trace, "katz")
-        cfg = SimConfig(cluster=ClusterSpec(gpus=args.gpus), time_scale=args.time_scale, slo_s=args.slo_s,
-                        seed=args.seed)
+        table, cfg = katz_synth(args.requests, args.gpus, args.seed, args.time_scale, args.slo_s)
         r = sweep("katz-synth", table, cfg, args.gpus, sweeps["katz-synth"], data)
         rows += r
         comps.append(compare("katz-synth", r))
-    proc = data / "data_trace_processed.csv"
-    if args.skip_gentd26:
-        pass
-    elif not proc.exists():
-        print(f"gentd26 skipped: {proc} not found (../shared/data absent)")
-    else:
-        table = load_trace(proc, "gentd26-processed", qps_path=data / "qps.csv", seed=args.seed,
-                           mean_qps=args.gentd26_qps)
-        cfg = SimConfig(cluster=ClusterSpec(gpus=args.gentd26_gpus), slo_s=args.gentd26_slo_s, seed=args.seed,
-                        inference=InferenceSpec(use_trace_exec=True))
+    case = None if args.skip_gentd26 else gentd26(data, args.gentd26_gpus, args.seed, args.gentd26_qps,
+                                                  args.gentd26_slo_s)
+    if case is not None:
+        table, cfg = case
         r = sweep("gentd26", table, cfg, args.gentd26_gpus, sweeps["gentd26"], data)
         rows += r
         comps.append(compare("gentd26", r))

@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks._common import RESULTS, git, write_result  # noqa: E402
+from benchmarks._sim_workloads import gentd26, katz_synth  # noqa: E402
 KEYS = ("slo_violation_rate", "latency_mean_s", "latency_p50_s", "latency_p95_s", "latency_p99_s",
         "load_seconds", "demand_load_seconds", "prefetch_seconds", "loads", "requests_with_miss",
         "gpu_busy_seconds", "gpu_active_seconds", "gpu_busy_fraction", "queue_len_mean", "queue_wait_mean_s", "sim_wall_s")
@@ -78,11 +78,7 @@ def compare(label: str, table, cfg, sets: list, data_dir) -> list[dict]:
 
 
 def main() -> int:
-    from trace_replay.formats import load_trace
     from trace_replay.paths import gentd26_dir
-    from trace_replay.simulator import SimConfig
-    from trace_replay.simulator.config import ClusterSpec, InferenceSpec
-    from trace_replay.synth import SynthConfig, write_katz_json
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=550_000)
@@ -105,25 +101,16 @@ def main() -> int:
     data = gentd26_dir()
     rows: list[dict] = []
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        trace = Path(tmp) / "synth.json"
-        write_katz_json(SynthConfig(requests=args.requests, instances=args.gpus + args.gpus // 15,
-                                    seed=args.seed), trace)
-        cfg = SimConfig(cluster=ClusterSpec(gpus=args.gpus), time_scale=args.time_scale, slo_s=args.slo_s,
-                        seed=args.seed)
-        rows += compare("katz-synth", load_trace(trace, "katz"), cfg, sets, data)
-    proc = data / "data_trace_processed.csv"
-    if not args.skip_gentd26 and proc.exists():
-        table = load_trace(proc, "gentd26-processed", qps_path=data / "qps.csv", seed=args.seed,
-                           mean_qps=args.gentd26_qps)
-        cfg = SimConfig(cluster=ClusterSpec(gpus=args.gentd26_gpus), slo_s=args.gentd26_slo_s, seed=args.seed,
-                        inference=InferenceSpec(use_trace_exec=True))
-        rows += compare("gentd26", table, cfg, sets, data)
+    table, cfg = katz_synth(args.requests, args.gpus, args.seed, args.time_scale, args.slo_s)
+    rows += compare("katz-synth", table, cfg, sets, data)
+    case = None if args.skip_gentd26 else gentd26(data, args.gentd26_gpus, args.seed, args.gentd26_qps,
+                                                  args.gentd26_slo_s)
+    if case is not None:
+        rows += compare("gentd26", *case, sets, data)
     doc = {"benchmark": "simulator_policies", "baseline": "ray-default", "rows": rows,
            "wall_s": round(time.perf_counter() - t0, 1), "git_commit": git("rev-parse", "--short", "HEAD"), "args": vars(args),
            "machine": {"python": platform.python_version(), "platform": platform.platform()}}
     write_result(args.out, doc)
-    print(f"wrote {args.out}")
     return 0
 
 
