@@ -96,8 +96,9 @@ class Simulation:
         self.pool_pos[kind] = p + 1 if p + 1 < len(pool) else 0
         return pool[p]
 
-    def bring(self, w: Worker, key: int, now: float, protect: tuple) -> float:
-        """Load ``key`` onto ``w``'s GPU (evicting through the policy); returns the seconds."""
+    def bring(self, w: Worker, key: int, now: float, protect: tuple, uses: int = 1) -> float:
+        """Load ``key`` onto ``w``'s GPU (evicting through the policy); returns the seconds.
+        ``uses``: 1 for a demand load (it serves an access, as CacheView counts), 0 for a prefetch."""
         size, kind = self.key_size[key], self.key_kind[key]
         rt = self.rt
         need_base = kind == BASE
@@ -126,7 +127,7 @@ class Simulation:
             if host is not None:
                 gone_h = host.touch_or_add(key, size)
         if size <= w.free_bytes and not (need_base and rt.max_base is not None and w.n_base >= rt.max_base):
-            w.insert(key, kind, size, self.wl.mean_load_s[kind], now)
+            w.insert(key, kind, size, self.wl.mean_load_s[kind], now, uses)
             if need_base:
                 self.holders[key].add(w.idx)
         # else: it did not fit even after eviction: streamed for this request only, not kept
@@ -157,9 +158,6 @@ class Simulation:
                 missed += 1
                 # a load may have grown the worker's arrays: take them afresh
                 uses, last_seq, last_time = w.uses, w.last_seq, w.last_time
-                s = slot_of.get(k)
-                if s is not None:  # the load serves this access: one use, as CacheView defines it
-                    uses[s] = 1
             else:
                 uses[s] += 1
                 last_seq[s] = clock
@@ -187,7 +185,7 @@ class Simulation:
         dur = 0.0
         for k in keys:
             if k not in w.slot_of:
-                dur += self.bring(w, k, now, tuple(keys))
+                dur += self.bring(w, k, now, tuple(keys), uses=0)
                 self.rec.prefetch_loads += 1
         if dur <= 0.0:
             return

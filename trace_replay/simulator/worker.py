@@ -106,13 +106,13 @@ class Worker:
         self.free_slots = list(range(2 * n - 1, n - 1, -1))
         self._view = None  # the arrays were replaced
 
-    def insert(self, key: int, kind: int, size: float, cost: float, now: float) -> None:
+    def insert(self, key: int, kind: int, size: float, cost: float, now: float, uses: int = 0) -> None:
         if not self.free_slots:
             self._grow()
         s = self.free_slots.pop()
         self.slot_of[key] = s
         self.key[s], self.kind[s], self.size[s], self.cost[s] = key, kind, size, cost
-        self.uses[s], self.last_seq[s], self.loaded_seq[s], self.last_time[s] = 0, self.clock, self.clock, now
+        self.uses[s], self.last_seq[s], self.loaded_seq[s], self.last_time[s] = uses, self.clock, self.clock, now
         self.next_seq[s] = -1  # unknown: the oracle looks it up before the next eviction
         self.free_bytes -= size
         if kind == 2:
