@@ -229,7 +229,7 @@ def sim_sets() -> list:
     from trace_replay.simulator.policy_sets import get_policy_set
 
     co = get_policy_set("coordinator")
-    return ["ray-default", "lru", "lfu", "diffserve-static", "coordinator",
+    return ["ray-default", "lru", "lfu", "diffserve-static", "coordinator", "coordinator-lean",
             # what multi-replica persistence and the bandit cost in loads, and what they buy
             co.model_copy(update={"name": "coordinator-no-prefetch", "placement_args": {"prefetch": "none"}}),
             co.model_copy(update={"name": "coordinator-no-placement", "placement": "none", "tick_s": 0.0}),

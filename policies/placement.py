@@ -2,7 +2,8 @@
 
 The talk: the top 5% of pipelines take 78% of requests, yet hot models ran *slower* (29 s vs
 25.8 s) because one warm copy became a queue. So a hot pipeline persists on k replicas with k
-from its demand share (a pipeline with 20% of demand gets ~20% of replicas), at least
+from its demand share (a pipeline with 20% of demand gets ~20% of the replicas, or of those the
+demand keeps busy when the caller says how many: ``PlacementContext.demand_replicas``), at least
 ``min_replicas`` for failover, at most all of them. Warm pipelines are the bandit prefetcher's;
 cold ones are cached opportunistically and evicted first, so placement leaves them alone.
 
@@ -39,6 +40,11 @@ class PlacementContext:
     bands: np.ndarray  # int8 (P,): HOT/WARM/COLD per pipeline id
     pipeline_components: Sequence[np.ndarray]  # component ids per pipeline id, base first
     gpu_bytes: np.ndarray  # int64 (R,): each replica's GPU memory for model weights
+    # Replicas the current demand keeps busy (offered load / target utilisation), when the caller
+    # knows it. Shares of demand are then shares of these, not of every replica: on a cluster
+    # that is 10% busy a pipeline with 20% of requests needs 20% of the busy replicas, and a copy
+    # on each of 20% of all replicas is loads that buy no queueing relief. None: all replicas.
+    demand_replicas: float | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,15 @@ class PlacementPolicy(Protocol):
 
 PLACEMENT: Registry[PlacementPolicy] = Registry("placement", discover="policies")
 _I = np.int64
+
+
+def _scale(n_replicas: int, demand_replicas: float | None) -> float:
+    """How many replicas demand shares are shares of."""
+    if demand_replicas is None:
+        return float(n_replicas)
+    if not demand_replicas >= 0:
+        raise ValueError(f"demand_replicas must be >= 0 or None, got {demand_replicas}")
+    return min(float(n_replicas), float(demand_replicas))
 
 
 def _empty_plan(n_replicas: int) -> PlacementPlan:
@@ -95,11 +110,13 @@ class PopularityBands:
         self.min_replicas, self.overprovision = int(min_replicas), float(overprovision)
         self.pin_fraction, self.fuse_top, self.band_pools = float(pin_fraction), int(fuse_top), bool(band_pools)
 
-    def wanted_replicas(self, demand: np.ndarray, hot: np.ndarray, n_replicas: int) -> np.ndarray:
-        """k per hot pipeline from its share of all demand, within [min_replicas, R]."""
+    def wanted_replicas(self, demand: np.ndarray, hot: np.ndarray, n_replicas: int,
+                        demand_replicas: float | None = None) -> np.ndarray:
+        """k per hot pipeline from its share of all demand, of R replicas (or of the
+        ``demand_replicas`` the demand keeps busy, if fewer), within [min_replicas, R]."""
         total = float(demand.sum())
         share = demand[hot] / total if total > 0 else np.zeros(hot.size)
-        k = np.ceil(share * n_replicas * self.overprovision - 1e-9).astype(_I)
+        k = np.ceil(share * _scale(n_replicas, demand_replicas) * self.overprovision - 1e-9).astype(_I)
         return np.clip(k, min(self.min_replicas, n_replicas), n_replicas)
 
     def plan(self, ctx: PlacementContext) -> PlacementPlan:
@@ -109,7 +126,7 @@ class PopularityBands:
             return _empty_plan(0)
         hot = np.flatnonzero(ctx.bands == HOT)
         hot = hot[np.lexsort((hot, -ctx.demand[hot]))]  # hottest first, ties to the lower id
-        wanted = self.wanted_replicas(ctx.demand, hot, R)
+        wanted = self.wanted_replicas(ctx.demand, hot, R, ctx.demand_replicas)
         # local component space: only components of hot pipelines matter here
         comps = [np.asarray(ctx.pipeline_components[p], _I) for p in hot]
         uniq = np.unique(np.concatenate(comps)) if comps else np.zeros(0, _I)
@@ -157,7 +174,7 @@ class PopularityBands:
             return np.ones(R, dtype=bool)
         total = float(ctx.demand.sum())
         share = float(ctx.demand[hot].sum()) / total if total > 0 else 1.0
-        size = math.ceil(share * R * self.overprovision - 1e-9)
+        size = math.ceil(share * _scale(R, ctx.demand_replicas) * self.overprovision - 1e-9)
         size = min(R, max(size, int(wanted.max())))
         weight = np.zeros(uniq.size)  # demand-weighted bytes per hot component
         sizes = ctx.snapshot.components.size_bytes[uniq].astype(np.float64)

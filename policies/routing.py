@@ -1,7 +1,10 @@
 """Routing: which replica serves a request.
 
 - ``least-expected-latency`` (ours): expected latency = queue wait + time to load what the
-  replica lacks, lowest wins; with band pools a request only goes to replicas of its band's
+  replica lacks, lowest wins. With ``slack_s`` > 0 a request accepts up to that many seconds
+  more expected latency to avoid loads: among replicas within ``slack_s`` of the best, the one
+  with the least to load wins (a load spends GPU-seconds and memory other pipelines need; a
+  short wait behind a replica that already holds the pipeline spends neither). With band pools a request only goes to replicas of its band's
   pool or the shared pool, so cold loads never stall the hot replicas (the talk: "route by
   popularity bands to separate hot and cold pools").
 - ``ray-multiplex``: Ray Serve 2.x's default router with model multiplexing, as read from
@@ -57,17 +60,25 @@ def _pick_min(cost: np.ndarray, cand: np.ndarray | None, rng: np.random.Generato
 
 @ROUTING.register("least-expected-latency")
 class LeastExpectedLatency:
-    """Lowest queue wait + missing-load time, within the request's band pool if pools are on."""
+    """Lowest queue wait + missing-load time, within the request's band pool if pools are on;
+    with ``slack_s``, the fewest load-seconds among replicas within ``slack_s`` of the lowest."""
 
     name: ClassVar[str] = "least-expected-latency"
 
-    def __init__(self, band_pools: bool = True) -> None:
+    def __init__(self, band_pools: bool = True, slack_s: float = 0.0, budget_s: float = 0.0) -> None:
+        if not slack_s >= 0:
+            raise ValueError(f"slack_s must be >= 0 seconds, got {slack_s}")
+        if not budget_s >= 0:
+            raise ValueError(f"budget_s must be >= 0 seconds, got {budget_s}")
         self.band_pools = bool(band_pools)
+        self.slack_s = float(slack_s)
+        self.budget_s = float(budget_s)
 
     def route(self, snap: ClusterSnapshot, req: RouteRequest, rng: np.random.Generator) -> int:
         if snap.replicas.n == 0:
             raise ValueError("cannot route: the snapshot has no replicas")
-        cost = expected_latency_s(snap, req)
+        load = snap.missing_load_s(req.components)
+        cost = snap.queue_wait_s() + load
         cand = None
         if self.band_pools:
             pool = snap.replicas.pool
@@ -76,6 +87,12 @@ class LeastExpectedLatency:
                 cand = np.flatnonzero(ok)
                 if cand.size == 0:
                     cand = None  # no replica in the band's pool: any will do
+        if self.slack_s > 0 or self.budget_s > 0:
+            c = cost if cand is None else cost[cand]
+            near = np.flatnonzero(c <= max(c.min() + self.slack_s, self.budget_s))
+            near = near if cand is None else cand[near]
+            l = load[near]  # least to load first, then the lowest expected latency among those
+            return _pick_min(cost, near[l == l.min()], rng)
         return _pick_min(cost, cand, rng)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from policy_factories import GB, components, replicas
 
 from policies.placement import PLACEMENT, PlacementContext
@@ -80,3 +81,18 @@ def test_hot_pool_is_sized_by_hot_demand_and_pins_stay_inside():
     assert 9 in plan.pin_replica[plan.pin_pipeline == 0]
     off = PLACEMENT.create("popularity-bands", band_pools=False).plan(c)
     assert (off.pool == SHARED).all() and off.k.tolist() == [5, 2]
+
+
+def test_k_from_the_replicas_the_demand_keeps_busy():
+    """On a mostly idle cluster a hot pipeline's share is a share of the busy replicas."""
+    c = ctx(KEYS, [50, 20, 20, 10], hot_frac=0.5, warm_frac=0.0)
+    policy = PLACEMENT.create("popularity-bands", min_replicas=1)
+    few = policy.plan(PlacementContext(c.snapshot, c.demand, c.bands, c.pipeline_components, c.gpu_bytes,
+                                       demand_replicas=4.0))
+    assert few.wanted_k.tolist() == [2, 1]  # ceil(50% x 4), ceil(20% x 4)
+    many = policy.plan(PlacementContext(c.snapshot, c.demand, c.bands, c.pipeline_components, c.gpu_bytes,
+                                        demand_replicas=1000.0))
+    assert many.wanted_k.tolist() == [5, 2]  # capped at the 10 replicas there are
+    with pytest.raises(ValueError, match="demand_replicas"):
+        policy.plan(PlacementContext(c.snapshot, c.demand, c.bands, c.pipeline_components, c.gpu_bytes,
+                                     demand_replicas=-1.0))

@@ -99,3 +99,32 @@ def test_routing_is_cheap_enough_for_the_simulator():
     for _ in range(500):
         router.route(s, req, rng)
     assert (time.perf_counter() - t) / 500 < 1e-4
+
+
+@pytest.mark.parametrize("wait,slack,budget,expected", [
+    (20.0, 0.0, 0.0, 1),   # latency first: the idle replica (4.6 s of LoRA to load) beats 20 s of queue
+    (20.0, 16.0, 0.0, 0),  # 20 s is within 16 s of the best (4.6 s): no load, wait instead
+    (20.0, 15.0, 0.0, 1),  # 20 > 4.6 + 15
+    (20.0, 0.0, 20.0, 0),  # the holder's 20 s fits a 20 s budget
+    (20.0, 0.0, 19.0, 1),
+])
+def test_slack_and_budget_trade_latency_for_fewer_loads(wait, slack, budget, expected):
+    """Replica 0 holds the whole pipeline behind a queue; replica 1 is idle and holds the base."""
+    s = snap(replicas(3, COMP.n, held={0: [0, 2], 1: [0]}, busy_s=[NOW + wait, 0.0, 0.0]))
+    router = ROUTING.create("least-expected-latency", slack_s=slack, budget_s=budget)
+    assert router.route(s, request(KEY), np.random.default_rng(0)) == expected
+
+
+def test_budget_prefers_the_least_to_load_then_the_shortest_wait():
+    # all within a 60 s budget: replica 2 holds everything but waits longest, replica 1 holds
+    # the base only, replica 0 nothing; among equal loads the shorter queue wins
+    s = snap(replicas(4, COMP.n, held={1: [0], 2: [0, 2], 3: [0, 2]},
+                      busy_s=[0.0, 0.0, NOW + 30.0, NOW + 10.0]))
+    router = ROUTING.create("least-expected-latency", budget_s=60.0)
+    assert router.route(s, request(KEY), np.random.default_rng(0)) == 3
+
+
+@pytest.mark.parametrize("args", [{"slack_s": -1.0}, {"budget_s": float("nan")}])
+def test_negative_slack_or_budget_is_refused(args):
+    with pytest.raises(ValueError, match=next(iter(args))):
+        ROUTING.create("least-expected-latency", **args)

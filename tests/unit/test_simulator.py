@@ -167,6 +167,32 @@ def test_coordinator_prefetches_a_warm_pipeline_only_when_it_is_likely_to_come_b
     assert (p in co.prefetched[0]) == expect_prefetch
 
 
+@pytest.mark.parametrize("calibrate", [True, False])
+def test_unused_prefetches_calibrate_the_rate_model_down(calibrate):
+    # The rate model said P(used) = 1 for nine earlier prefetches and none was used: calibrated,
+    # P(used) is scaled by (0 + 1) / (9 + 1), the prior turns negative and the pipeline the
+    # model rates at one request a second is no longer prefetched.
+    from trace_replay.simulator.engine import Simulation
+    from trace_replay.simulator.policy_sets import build_runtime
+    from trace_replay.simulator.workload import build_workload
+
+    cfg = exact_cfg(gpus=2)
+    spec = get_policy_set("coordinator").model_copy(update={"placement_args": {"calibrate": calibrate}})
+    wl, _ = build_workload(table([0.0, 1.0], [0, 1]), cfg)
+    sim = Simulation(wl, cfg, build_runtime(spec, cfg))
+    sim.rt.attach(sim)
+    co = sim.rt.placement
+    for fake_pid in range(100, 109):  # closed windows: paid 4 s, no hit, predicted P(used) = 1
+        co.prefetched[1][fake_pid] = [0.0, 4.0, 0, 4.0, 1.0]
+    co._credit(co.window + 1.0)
+    assert co.prefetched[1] == {} and (co.p_predicted, co.p_used) == (10.0, 1.0)
+    p = co.pid_list[1]
+    co.warm, co.warm_rate, co.warm_base = np.array([p]), np.array([1.0]), [int(co.comps[p][0])]
+    co.warm_flat, co.warm_off = co.comps[p].astype(np.int64), np.array([0, len(co.comps[p])])
+    co.on_idle(sim.workers[0], co.window + 1.0)
+    assert (p in co.prefetched[0]) == (not calibrate)
+
+
 def test_a_request_that_grows_the_gpu_cache_counts_its_uses_in_the_grown_arrays():
     # 40 one-LoRA requests on one GPU with room for all: the worker's 32 slots grow mid-run, and
     # the request that triggers the growth must count its use in the new arrays

@@ -67,7 +67,8 @@ class Coordinator:
                  prefetch: str = "ucb1", prefetch_args: dict | None = None, prefetch_interval_s: float = 600.0,
                  reward_window_s: float = 1800.0, max_arms: int = 64,
                  replan_requests: int = 1000, replan_max_s: float = 600.0,
-                 min_free_bytes: float = 5e8) -> None:
+                 min_free_bytes: float = 5e8, calibrate: bool = True, size_by_load: bool = True,
+                 target_utilisation: float = 0.5) -> None:
         # min_demand: a decayed counter never reaches zero; below this a pipeline has faded and
         # leaves the ranking (else 5% of every pipeline ever seen would be "hot")
         self.pop = POPULARITY.create(popularity, **(popularity_args or {"half_life_s": 600.0, "min_demand": 0.05}))
@@ -80,6 +81,12 @@ class Coordinator:
         # a quiet night of a 20-day trace does not need a plan every minute, and a plan costs ms.
         self.replan_requests, self.replan_max_s = replan_requests, replan_max_s
         self.since_plan, self.last_plan = 0, -np.inf
+        self.calibrate = calibrate
+        # hot pipelines' replica counts from the replicas the demand keeps busy at this
+        # utilisation, rather than from every replica (policies/placement.py demand_replicas)
+        if not 0 < target_utilisation <= 1:
+            raise ValueError(f"target_utilisation must be in (0, 1], got {target_utilisation}")
+        self.size_by_load, self.target_utilisation = size_by_load, target_utilisation
         self.min_free_bytes = min_free_bytes  # below this there is no room worth a bandit offer
 
     def attach(self, sim, runtime) -> None:
@@ -93,7 +100,11 @@ class Coordinator:
         self.table = component_table(sim)
         self.stats = self.bandit.new_stats(P)
         self.pending: dict[int, list[int]] = {}  # worker -> pinned keys to load when idle
-        self.prefetched: list[dict[int, list]] = [{} for _ in sim.workers]  # pid -> [t, paid_s, hits]
+        # pid -> [t, paid_s, hits, saved_s, predicted P(used)]
+        self.prefetched: list[dict[int, list]] = [{} for _ in sim.workers]
+        # calibration of P(used): predicted and realised uses over closed prefetch windows, one
+        # pseudo-prefetch each so the factor starts at 1
+        self.p_predicted, self.p_used = 1.0, 1.0
         self.warm = np.zeros(0, np.int64)
         self.warm_rate = np.zeros(0)
         self.warm_base: list[int] = []
@@ -129,7 +140,8 @@ class Coordinator:
         snap = snapshot(self.sim, now)
         ws = self.sim.workers
         gpu = np.array([w.cap_bytes if w.routable else 0 for w in ws], np.int64)
-        plan = self.placer.plan(PlacementContext(snap, demand, bands, self.comps, gpu))
+        plan = self.placer.plan(PlacementContext(snap, demand, bands, self.comps, gpu,
+                                                 self._demand_replicas(demand)))
         if self.router is not None:  # band pools for policies.routing: hot pool from the plan
             self.router.band = bands
             self.router.pool[:] = plan.pool
@@ -157,6 +169,17 @@ class Coordinator:
         self.warm_off = np.concatenate([[0], np.cumsum([len(c) for c in parts])]).astype(np.int64)
         self._credit(now)
 
+    def _demand_replicas(self, demand: np.ndarray) -> float | None:
+        """Replicas the demand keeps busy: decayed request rate x mean seconds per request
+        (compute and loads so far) / target utilisation; None when sizing by all replicas."""
+        if not self.size_by_load:
+            return None
+        half_life = getattr(self.pop, "half_life_s", math.inf)
+        if not math.isfinite(half_life):
+            return None
+        rate = float(demand.sum()) * math.log(2) / half_life  # decayed count -> requests per second
+        return rate * self.sim.mean_job_s() / self.target_utilisation
+
     def component_demand(self, now: float) -> np.ndarray:
         """Decayed demand per component: each live pipeline's demand added to its components
         (what cache-aware scale-down weighs a replica's cache by)."""
@@ -172,7 +195,9 @@ class Coordinator:
         arms, rewards = [], []
         for d in self.prefetched:
             for p in [p for p, r in d.items() if now - r[0] >= self.window]:
-                t, paid, hits, saved = d.pop(p)
+                t, paid, hits, saved, p_pred = d.pop(p)
+                self.p_predicted += p_pred
+                self.p_used += hits > 0
                 arms.append(p)
                 rewards.append(saved if hits else -paid)
         if arms:
@@ -201,6 +226,8 @@ class Coordinator:
         holders = self.sim.holders
         share = 1.0 / (np.array([len(holders[b]) for b in self.warm_base], dtype=np.float64) + 1.0)
         p_used = -np.expm1(-self.warm_rate * self.window * share)
+        if self.calibrate:  # the rate model's P(used), scaled by how often its prefetches were used
+            p_used = np.minimum(p_used * (self.p_used / self.p_predicted), 1.0)
         offer = PrefetchOffer(now, self.warm, missing.astype(np.int64), cost, int(max(w.free_bytes, 0)),
                               prior_reward_s=(2.0 * p_used - 1.0) * cost)
         chosen = self.bandit.propose(offer, self.stats, self.rng)
@@ -214,4 +241,5 @@ class Coordinator:
         sim.start_prefetch(w, keys, now)
         paid = w.busy_s - busy_before
         for a in chosen.tolist():
-            self.prefetched[w.idx][int(self.warm[a])] = [now, paid / len(chosen), 0, float(cost[a])]
+            self.prefetched[w.idx][int(self.warm[a])] = [now, paid / len(chosen), 0, float(cost[a]),
+                                                         float(p_used[a])]

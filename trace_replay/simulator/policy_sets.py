@@ -12,6 +12,7 @@ wires it into the simulator. Eviction, popularity, placement and pipeline prefet
 | belady | Ray multiplex | Belady's MIN on the cluster-wide next use (offline oracle) | host + disk | fixed N | none |
 | diffserve-static | static partition by offline demand | LRU | host + disk | fixed N | models pinned to partitions |
 | coordinator | policies.routing least-expected-latency (queue wait + missing loads by tier; band pools off, see below) | cost-aware | host + disk | fixed N | popularity bands: hot pipelines persisted on several replicas; warm ones prefetched by a UCB bandit |
+| coordinator-lean | as coordinator, but a request waits up to 1/4 of the SLO for a replica holding its pipeline rather than load it elsewhere | cost-aware | host + disk | fixed N | as coordinator |
 | coordinator-autoscaled | as coordinator | cost-aware | host + disk | ray-queue-length + Guardrails, cache-aware scale-down | as coordinator |
 """
 
@@ -36,7 +37,8 @@ class PolicySetSpec(BaseModel):
     routing: Literal["ray-multiplex", "cache-aware", "static-partition", "policy"] = Field(
         "ray-multiplex", description="a fast router of control.py, or 'policy': the policies.routing "
         "router named by routing_args['policy'] on a snapshot kept in place (slower; no autoscaling)")
-    routing_args: dict[str, Any] = Field(default_factory=dict)
+    routing_args: dict[str, Any] = Field(default_factory=dict, description="arguments of the router; for "
+                                         "routing='policy' also budget_slo_fraction: budget_s as a fraction of the SLO")
     eviction: str = Field("lru", description="policies.eviction registry name (or pkg.mod:attr)")
     eviction_args: dict[str, Any] = Field(default_factory=dict)
     max_models_per_replica: int | None = Field(None, ge=1, description="fixed base-model count per "
@@ -76,6 +78,16 @@ POLICY_SETS: dict[str, PolicySetSpec] = {s.name: s for s in (
                   "replicas, warm ones prefetched by a UCB bandit)",
                   routing="policy", routing_args={"policy": "least-expected-latency", "band_pools": False},
                   eviction="cost-aware", placement="coordinator", tick_s=30.0),
+    # Fewer loads for some latency: policies.routing's budget_s (here a quarter of the SLO) lets a
+    # request queue behind a replica that holds its pipeline while the expected wait fits the
+    # budget. Measured on GenTD26 (64 GPUs): 22% fewer loads for +0.5 points of violations;
+    # on katz-synth little changes (its loads are capacity misses, not spreading).
+    PolicySetSpec(name="coordinator-lean", description="coordinator, but a request waits up to a "
+                  "quarter of the SLO behind a replica holding its pipeline rather than load it on an "
+                  "idle one (fewer loads, a little more latency)",
+                  routing="policy", routing_args={"policy": "least-expected-latency", "band_pools": False,
+                                                  "budget_slo_fraction": 0.25},
+                  eviction="cost-aware", placement="coordinator", tick_s=30.0),
     # ewma-headroom was tried first and under-provisioned bursty traces badly (Little's law gives
     # busy replicas, not queue headroom): 41-44% SLO violations where this one has ~20%
     PolicySetSpec(name="coordinator-autoscaled", description="coordinator plus cache-aware scaling: "
@@ -112,7 +124,11 @@ class PolicyRuntime:
         if spec.routing == "policy":
             from trace_replay.simulator.policy_routing import PolicyRouter
 
-            self.router = PolicyRouter(**spec.routing_args)
+            args = dict(spec.routing_args)
+            frac = args.pop("budget_slo_fraction", None)  # a budget relative to the run's SLO
+            if frac is not None:
+                args["budget_s"] = float(frac) * cfg.slo_s
+            self.router = PolicyRouter(**args)
         elif spec.routing == "cache-aware":
             self.router = CacheAware(**spec.routing_args)
         elif spec.routing == "static-partition":
