@@ -85,7 +85,8 @@ def main() -> int:
     ap.add_argument("--gpus", type=int, default=100)
     ap.add_argument("--time-scale", type=float, default=10.0)
     ap.add_argument("--slo-s", type=float, default=30.0)
-    ap.add_argument("--sets", default="ray-default,lru,lfu,diffserve-static,coordinator,coordinator-lean,coordinator-autoscaled")
+    ap.add_argument("--sets", default="ray-default,lru,lfu,diffserve-static,coordinator,coordinator-lean,"
+                                      "coordinator-autoscaled")
     ap.add_argument("--gentd26-gpus", type=int, default=64)
     ap.add_argument("--gentd26-qps", type=float, default=0.5, help="mean arrival rate of the GenTD26 rows "
                     "(their exec seconds average 26 s: 0.5 req/s is ~20%% of 64 GPUs in compute, peaks 2.9x the mean)")

@@ -185,7 +185,7 @@ def test_unused_prefetches_calibrate_the_rate_model_down(calibrate):
     for fake_pid in range(100, 109):  # closed windows: paid 4 s, no hit, predicted P(used) = 1
         co.prefetched[1][fake_pid] = [0.0, 4.0, 0, 4.0, 1.0]
     co._credit(co.window + 1.0)
-    assert co.prefetched[1] == {} and (co.p_predicted, co.p_used) == (10.0, 1.0)
+    assert co.prefetched[1] == {} and (co.uses_predicted, co.uses_seen) == (10.0, 1.0)
     p = co.pid_list[1]
     co.warm, co.warm_rate, co.warm_base = np.array([p]), np.array([1.0]), [int(co.comps[p][0])]
     co.warm_flat, co.warm_off = co.comps[p].astype(np.int64), np.array([0, len(co.comps[p])])

@@ -107,7 +107,7 @@ class Coordinator:
         self.prefetched: list[dict[int, list]] = [{} for _ in sim.workers]
         # calibration of P(used): predicted and realised uses over closed prefetch windows, one
         # pseudo-prefetch each so the factor starts at 1
-        self.p_predicted, self.p_used = 1.0, 1.0
+        self.uses_predicted, self.uses_seen = 1.0, 1.0
         self.warm = np.zeros(0, np.int64)
         self.warm_rate = np.zeros(0)
         self.warm_base: list[int] = []
@@ -163,9 +163,7 @@ class Coordinator:
                 self.pending.pop(w.idx, None)
         warm = np.flatnonzero(bands == WARM)
         self.warm = warm[np.argsort(-demand[warm], kind="stable")][: self.max_arms]
-        # decayed count at steady state = rate x half-life / ln 2, so this is requests per second
-        half_life = getattr(self.pop, "half_life_s", math.inf)
-        self.warm_rate = demand[self.warm] * (math.log(2) / half_life if math.isfinite(half_life) else 0.0)
+        self.warm_rate = demand[self.warm] * self._per_second()
         parts = [self.comps[p] for p in self.warm.tolist()]
         self.warm_base = [int(c[0]) for c in parts]  # base model of each arm (components: base first)
         self.warm_flat = np.concatenate(parts) if parts else np.zeros(0, np.int64)
@@ -175,13 +173,16 @@ class Coordinator:
     def _demand_replicas(self, demand: np.ndarray) -> float | None:
         """Replicas the demand keeps busy: decayed request rate x mean seconds per request
         (compute and loads so far) / target utilisation; None when sizing by all replicas."""
-        if not self.size_by_load:
+        to_rate = self._per_second()
+        if not self.size_by_load or to_rate == 0.0:
             return None
+        return float(demand.sum()) * to_rate * self.sim.mean_job_s() / self.target_utilisation
+
+    def _per_second(self) -> float:
+        """Factor from a decayed count to requests per second: at steady state the count is
+        rate x half-life / ln 2; 0 for popularity without decay (no rate to read)."""
         half_life = getattr(self.pop, "half_life_s", math.inf)
-        if not math.isfinite(half_life):
-            return None
-        rate = float(demand.sum()) * math.log(2) / half_life  # decayed count -> requests per second
-        return rate * self.sim.mean_job_s() / self.target_utilisation
+        return math.log(2) / half_life if math.isfinite(half_life) else 0.0
 
     def component_demand(self, now: float) -> np.ndarray:
         """Decayed demand per component: each live pipeline's demand added to its components
@@ -199,8 +200,8 @@ class Coordinator:
         for d in self.prefetched:
             for p in [p for p, r in d.items() if now - r[0] >= self.window]:
                 t, paid, hits, saved, p_pred = d.pop(p)
-                self.p_predicted += p_pred
-                self.p_used += hits > 0
+                self.uses_predicted += p_pred
+                self.uses_seen += hits > 0
                 arms.append(p)
                 rewards.append(saved if hits else -paid)
         if arms:
@@ -230,7 +231,7 @@ class Coordinator:
         share = 1.0 / (np.array([len(holders[b]) for b in self.warm_base], dtype=np.float64) + 1.0)
         p_used = -np.expm1(-self.warm_rate * self.window * share)
         if self.calibrate:  # the rate model's P(used), scaled by how often its prefetches were used
-            p_used = np.minimum(p_used * (self.p_used / self.p_predicted), 1.0)
+            p_used = np.minimum(p_used * (self.uses_seen / self.uses_predicted), 1.0)
         offer = PrefetchOffer(now, self.warm, missing.astype(np.int64), cost, int(max(w.free_bytes, 0)),
                               prior_reward_s=(2.0 * p_used - 1.0) * cost)
         chosen = self.bandit.propose(offer, self.stats, self.rng)
