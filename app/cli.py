@@ -38,11 +38,17 @@ def _demo_models(args: argparse.Namespace) -> int:
     if (out / "manifest.json").exists() and not args.force:
         print(f"{out}/manifest.json exists; use --force to rebuild")
         return 0
-    manifest = build_demo_models(out, seed=args.seed, progress=not args.quiet,
-                                 with_sdxl=args.with_sdxl)
+    try:
+        manifest = build_demo_models(out, seed=args.seed, progress=not args.quiet,
+                                     with_sdxl=args.with_sdxl, bases=args.bases, loras=args.loras,
+                                     controlnets=args.controlnets, replicas=args.replicas)
+    except ValueError as exc:
+        print(f"t2i demo-models: {exc}", file=sys.stderr)
+        return 2
     total = sum(m["size_bytes"] for m in manifest["models"])
     print(f"built {len(manifest['models'])} models ({total / 1e6:.1f} MB) in "
-          f"{manifest['build_seconds']} s under {out}")
+          f"{manifest['build_seconds']} s under {out}; serve them with "
+          f"`t2i serve --config {out / 'config.yaml'}`")
     return 0
 
 
@@ -83,13 +89,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo-models", help="build the tiny random-weight demo models",
                           description="Build deterministic random-weight models in diffusers "
                           "layout: light and heavy SD base models, two ControlNets, eight LoRAs "
-                          "of ranks 1-32, and a discriminator (a few seconds, ~17 MB).")
+                          "of ranks 1-32, and a discriminator (a few seconds, ~17 MB), plus "
+                          "OUT/config.yaml serving them. --bases/--loras/--controlnets add "
+                          "more, all applicable to every base, e.g. `--out models/many --bases 8 "
+                          "--loras 64` for a trace replay that exercises the caches.")
     demo.add_argument("--out", default="models/demo", help="output folder (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="weights seed (default: %(default)s)")
     demo.add_argument("--force", action="store_true", help="rebuild even if present")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.add_argument("--with-sdxl", action="store_true", help="also build a tiny SDXL-class "
                       "pipeline (id tiny-sdxl, arch sdxl) for trying SDXL configs")
+    demo.add_argument("--bases", type=int, default=2, help="base models: light, heavy, then "
+                      "tiny-sd-b00.. (default: %(default)s)")
+    demo.add_argument("--loras", type=int, default=8, help="LoRAs: the eight named ones, then "
+                      "tiny-lora-000.. (default: %(default)s)")
+    demo.add_argument("--controlnets", type=int, default=2, help="ControlNets: canny, edges, "
+                      "then tiny-cn-00.. (default: %(default)s)")
+    demo.add_argument("--replicas", type=int, default=2, help="BaseModel replicas in the "
+                      "generated OUT/config.yaml, sharing one CPU (default: %(default)s)")
     demo.set_defaults(func=_demo_models)
 
     check = sub.add_parser("check-config", help="validate a config file and exit")
@@ -98,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("trace", add_help=False, help="trace tooling (see `t2i trace --help`)")
     sub.add_parser("simulate", add_help=False, help="cluster simulator (see `t2i simulate --help`)")
+    sub.add_parser("replay", add_help=False, help="replay a trace against the live service "
+                   "(see `t2i replay --help`)")
     return parser
 
 
@@ -111,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         from trace_replay.simulator.cli import main as simulate_main
 
         return simulate_main(argv[1:])
+    if argv and argv[0] == "replay":
+        from trace_replay.replay.cli import main as replay_main
+
+        return replay_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -4,12 +4,17 @@ Everything is deterministic by seed and built from configs (the way diffusers' o
 tiny components), then saved with `save_pretrained`, so the service loads them back through the
 exact code path it uses for real checkpoints. Nothing is downloaded.
 
-Layout under OUT (ids match app/configs/default.yaml):
+Layout under OUT (the default set's ids match app/configs/default.yaml):
   base/tiny-sd-light, base/tiny-sd-heavy     StableDiffusionPipeline folders
   controlnet/tiny-cn-canny, .../tiny-cn-edges ControlNetModel folders
   lora/<id>/pytorch_lora_weights.safetensors  diffusers/peft-format UNet LoRAs of several ranks
   discriminator/tiny-disc/                    config.json + model.safetensors
   manifest.json                               what was built, with seeds and sizes
+  config.yaml                                 a t2i config serving exactly these models
+
+`bases`, `loras` and `controlnets` above the defaults (2, 8, 2) add tiny-sd-b00.., tiny-lora-000..
+and tiny-cn-00.. with the same UNet block structure, so every LoRA and ControlNet applies to every
+base: many small models let a trace replay on one machine exercise the caches.
 """
 
 from __future__ import annotations
@@ -53,6 +58,51 @@ LORA_SPECS: tuple[LoraSpec, ...] = tuple(
         ("noir", 32, 16, ("to_q", "to_k", "to_v", "to_out.0")),
     ])
 )
+
+
+@dataclass(frozen=True)
+class BaseSpec:
+    id: str
+    seed_offset: int
+    transformer_layers: int
+    default_steps: int
+
+
+@dataclass(frozen=True)
+class ControlNetSpec:
+    id: str
+    seed_offset: int
+    preprocessor: str
+
+
+NAMED_BASES = (BaseSpec(LIGHT_ID, 10, 1, 2), BaseSpec(HEAVY_ID, 20, 3, 4))
+NAMED_CONTROLNETS = (ControlNetSpec(CONTROLNET_IDS[0], 30, "canny"),
+                     ControlNetSpec(CONTROLNET_IDS[1], 31, "sobel"))
+_EXTRA_TARGETS = (("to_q", "to_k", "to_v", "to_out.0"), ("to_q", "to_v"), ("to_k", "to_out.0"))
+_EXTRA_RANKS = (1, 2, 4, 8, 16)
+
+
+def base_specs(count: int) -> tuple[BaseSpec, ...]:
+    """light, heavy, then tiny-sd-b00.. alternating 1 and 2 transformer layers per block (so the
+    extra bases differ in service time too)."""
+    extra = [BaseSpec(f"tiny-sd-b{i:02d}", 100 + 10 * i, 1 + i % 2, 2) for i in range(count - 2)]
+    return (*NAMED_BASES[:count], *extra)
+
+
+def lora_specs(count: int) -> tuple[LoraSpec, ...]:
+    """The eight named LoRAs, then tiny-lora-000.. cycling ranks 1-16 and target subsets."""
+    ranks = [_EXTRA_RANKS[i % len(_EXTRA_RANKS)] for i in range(count - len(LORA_SPECS))]
+    # alpha != rank for every other one, as for the named set
+    extra = [LoraSpec(f"tiny-lora-{i:03d}", rank, rank if i % 2 else max(1, rank // 2),
+                      _EXTRA_TARGETS[i % len(_EXTRA_TARGETS)], 1000 + i)
+             for i, rank in enumerate(ranks)]
+    return (*LORA_SPECS[:count], *extra)
+
+
+def controlnet_specs(count: int) -> tuple[ControlNetSpec, ...]:
+    extra = [ControlNetSpec(f"tiny-cn-{i:02d}", 300 + i, ("canny", "sobel")[i % 2])
+             for i in range(count - len(NAMED_CONTROLNETS))]
+    return (*NAMED_CONTROLNETS[:count], *extra)
 
 
 def _write_tokenizer(folder: Path) -> None:
@@ -232,29 +282,33 @@ def folder_bytes(path: Path) -> int:
 
 
 def build_demo_models(out: str | Path, seed: int = 0, progress: bool = True,
-                      with_sdxl: bool = False) -> dict:
-    """Build every demo model under `out`; returns the manifest (also written as manifest.json)."""
+                      with_sdxl: bool = False, bases: int = 2, loras: int = len(LORA_SPECS),
+                      controlnets: int = len(CONTROLNET_IDS), replicas: int = 2) -> dict:
+    """Build the demo models under `out`; returns the manifest (also written as manifest.json)
+    and writes `out/config.yaml` serving them (`replicas` BaseModel replicas)."""
     from diffusers import UNet2DConditionModel
     from tqdm import tqdm
 
+    if bases < 1 or loras < 0 or controlnets < 0:
+        raise ValueError(f"need bases >= 1, loras >= 0, controlnets >= 0; got {bases}, {loras}, "
+                         f"{controlnets}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     tokenizer_dir = out / "_tokenizer"
     _write_tokenizer(tokenizer_dir)
-    light_dir = out / "base" / LIGHT_ID
-    steps = [
-        ("base " + LIGHT_ID, lambda: build_base_pipeline(light_dir, seed + 10, 1, tokenizer_dir)),
-        ("base " + HEAVY_ID, lambda: build_base_pipeline(out / "base" / HEAVY_ID, seed + 20, 3,
-                                                          tokenizer_dir)),
-    ]
-    for index, cn_id in enumerate(CONTROLNET_IDS):
-        steps.append((f"controlnet {cn_id}", lambda i=index, c=cn_id: build_controlnet(
-            out / "controlnet" / c, light_dir / "unet", seed + 30 + i)))
-    steps.append(("loras", lambda: [build_lora(
-        out / "lora" / spec.id, spec, UNet2DConditionModel.from_pretrained(str(light_dir / "unet")),
-        seed)
-        for spec in LORA_SPECS]))
+    base_set, lora_set, cn_set = base_specs(bases), lora_specs(loras), controlnet_specs(controlnets)
+    # LoRAs and ControlNets are built against the first base's UNet: every base shares its
+    # block structure, so they apply to all of them.
+    first_unet = out / "base" / base_set[0].id / "unet"
+    steps = [(f"base {b.id}", lambda b=b: build_base_pipeline(
+        out / "base" / b.id, seed + b.seed_offset, b.transformer_layers, tokenizer_dir))
+        for b in base_set]
+    steps += [(f"controlnet {c.id}", lambda c=c: build_controlnet(
+        out / "controlnet" / c.id, first_unet, seed + c.seed_offset)) for c in cn_set]
+    if lora_set:
+        steps.append(("loras", lambda: _build_loras(out, lora_set, UNet2DConditionModel.from_pretrained(
+            str(first_unet)), seed)))
     steps.append(("discriminator", lambda: build_discriminator(
         out / "discriminator" / DISCRIMINATOR_ID, seed + 40)))
     if with_sdxl:
@@ -263,12 +317,11 @@ def build_demo_models(out: str | Path, seed: int = 0, progress: bool = True,
     for label, step in tqdm(steps, desc="demo models", disable=not progress, unit="model"):
         step()
 
-    models = [{"id": LIGHT_ID, "kind": "base", "path": f"base/{LIGHT_ID}"},
-              {"id": HEAVY_ID, "kind": "base", "path": f"base/{HEAVY_ID}"}]
-    models += [{"id": c, "kind": "controlnet", "path": f"controlnet/{c}"} for c in CONTROLNET_IDS]
+    models = [{"id": b.id, "kind": "base", "path": f"base/{b.id}"} for b in base_set]
+    models += [{"id": c.id, "kind": "controlnet", "path": f"controlnet/{c.id}"} for c in cn_set]
     models += [{"id": s.id, "kind": "lora", "path": f"lora/{s.id}", "rank": s.rank,
                "alpha": s.alpha}
-               for s in LORA_SPECS]
+               for s in lora_set]
     models.append({"id": DISCRIMINATOR_ID, "kind": "discriminator",
                    "path": f"discriminator/{DISCRIMINATOR_ID}"})
     if with_sdxl:
@@ -278,4 +331,89 @@ def build_demo_models(out: str | Path, seed: int = 0, progress: bool = True,
     manifest = {"seed": seed, "build_seconds": round(time.perf_counter() - started, 2),
                 "models": models}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    write_demo_config(out, manifest, base_set, cn_set, replicas)
     return manifest
+
+
+def _build_loras(out: Path, specs: tuple[LoraSpec, ...], unet, seed: int) -> None:
+    for spec in specs:
+        build_lora(out / "lora" / spec.id, spec, unet, seed)
+
+
+def demo_config(out: Path, manifest: dict, base_set: tuple[BaseSpec, ...],
+                cn_set: tuple[ControlNetSpec, ...], replicas: int) -> dict:
+    """A t2i config (app/configs/default.yaml's schema) serving the models in `manifest`.
+
+    `replicas` BaseModel replicas share one CPU (num_cpus 1/replicas, so they fit on a 2-core
+    machine beside the rest), each holding 2 pipelines: with more bases than that, routing and
+    eviction matter. The LoRA store holds about half the LoRA bytes, so it evicts too.
+    """
+    if replicas < 1:
+        raise ValueError(f"replicas must be >= 1, got {replicas}")
+    steps = {b.id: b.default_steps for b in base_set}
+    preprocessor = {c.id: c.preprocessor for c in cn_set}
+    sizes = ["64x64", "32x32", "128x128"]
+    models = []
+    for m in manifest["models"]:
+        entry = {"id": m["id"], "kind": m["kind"], "path": m["path"]}
+        if m["kind"] == "base":
+            entry.update(sizes=sizes, default_steps=steps.get(m["id"], 2))
+            if m.get("arch"):
+                entry["arch"] = m["arch"]
+        elif m["kind"] == "controlnet":
+            entry["default_preprocessor"] = preprocessor[m["id"]]
+        elif m["kind"] == "lora" and m.get("arch"):
+            entry["arch"] = m["arch"]
+        models.append(entry)
+    lora_bytes = [m["size_bytes"] for m in manifest["models"] if m["kind"] == "lora"]
+    store_bytes = 256 << 20  # as default.yaml: the named eight fit many times over
+    if len(lora_bytes) > len(LORA_SPECS):
+        store_bytes = max(sum(lora_bytes) // 2, 4 * max(lora_bytes))
+    bases = [b.id for b in base_set]
+    light, heavy = (bases[0], bases[1]) if len(bases) > 1 else (None, None)
+    return {
+        "host": "127.0.0.1", "port": 8000,
+        "model_root": str(out.resolve()),
+        "default_base_model": bases[0],
+        "controlnet_mode": "colocated",
+        "models": models,
+        "deployments": {
+            "ingress": {"num_replicas": 1, "max_ongoing_requests": 64},
+            "base_model": {"num_replicas": replicas, "num_cpus": round(1.0 / replicas, 4),
+                           "max_ongoing_requests": 8},
+            "controlnet": {"num_replicas": 1, "max_ongoing_requests": 16},
+            "lora_store": {"num_replicas": 1, "max_ongoing_requests": 64},
+            "discriminator": {"num_replicas": 1, "max_ongoing_requests": 16},
+        },
+        "cache": {"base_models_per_replica": 2, "controlnets_per_replica": 2, "lora_slots": 3,
+                  "lora_max_rank": 32, "lora_store_bytes": int(store_bytes)},
+        "cascade": {"enabled": False, "light": light, "heavy": heavy,
+                    "discriminator": DISCRIMINATOR_ID if light else None, "threshold": 0.5},
+        "limits": {"max_images_per_request": 4, "max_steps": 50, "max_image_bytes": 4 << 20,
+                   "max_loras_per_request": 3, "max_controlnets_per_request": 2},
+        "slo": {"latency_s": 5.0},
+    }
+
+
+def write_demo_config(out: Path, manifest: dict, base_set: tuple[BaseSpec, ...],
+                      cn_set: tuple[ControlNetSpec, ...], replicas: int) -> Path:
+    import yaml
+
+    kinds = [m["kind"] for m in manifest["models"]]
+    header = (f"# Generated by `t2i demo-models` (seed {manifest['seed']}): {kinds.count('base')} "
+              f"bases, {kinds.count('lora')} LoRAs, {kinds.count('controlnet')} ControlNets.\n"
+              f"# Serve with `t2i serve --config {out / 'config.yaml'}`; model_root is this "
+              "folder's absolute path (`--model-root` overrides it).\n")
+    path = out / "config.yaml"
+    config = demo_config(out, manifest, base_set, cn_set, replicas)
+    # One line per model, as in default.yaml, so a 100-model file stays readable.
+    line = lambda d: yaml.safe_dump(d, default_flow_style=True, sort_keys=False,  # noqa: E731
+                                    width=1 << 16).strip()
+    models = "".join(f"  - {line(m)}\n" for m in config.pop("models"))
+    head = {k: config.pop(k) for k in list(config) if k != "deployments" and k not in (
+        "cache", "cascade", "limits", "slo")}
+    deployments = {"deployments": config.pop("deployments")}
+    dump = lambda d, flow: yaml.safe_dump(d, sort_keys=False, default_flow_style=flow, width=120)  # noqa: E731
+    path.write_text(header + dump(head, False) + "models:\n" + models + dump(deployments, None)
+                    + "".join(dump({k: v}, False) for k, v in config.items()))
+    return path
