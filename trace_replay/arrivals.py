@@ -65,3 +65,14 @@ def homogeneous(n: int, rate: float, rng: np.random.Generator) -> np.ndarray:
     if rate <= 0:
         raise ValueError(f"rate must be positive, got {rate}")
     return np.cumsum(rng.exponential(1.0 / rate, size=n))
+
+
+def gamma_renewal(n: int, rate: float, cv: float, rng: np.random.Generator) -> np.ndarray:
+    """n arrivals starting at 0 with gamma inter-arrival gaps of mean 1/rate and coefficient of
+    variation ``cv``: cv = 1 is Poisson, cv > 1 burstier (the load-sweep knob of serving
+    benchmarks), cv < 1 more regular."""
+    if rate <= 0 or cv <= 0:
+        raise ValueError(f"rate and cv must be positive, got rate={rate}, cv={cv}")
+    shape = 1.0 / (cv * cv)
+    gaps = rng.gamma(shape, 1.0 / (rate * shape), size=n)
+    return np.concatenate([[0.0], np.cumsum(gaps[:-1])]) if n else np.zeros(0)
