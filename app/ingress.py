@@ -130,6 +130,7 @@ class Ingress:
         result = await self._generate(first, controls)
         _add(timings, result.timings)
         images, answered_by = list(result.images), [first.base_model] * len(result.images)
+        replicas = [result.replica] * len(result.images)
         cascade_info = None
         if plan.cascade:
             t0 = time.perf_counter()
@@ -141,7 +142,7 @@ class Ingress:
                 self._generate(_single(heavy, heavy.seed + i), controls) for i in rejected))
             for i, rerun in zip(rejected, reruns):
                 _add(timings, rerun.timings)
-                images[i], answered_by[i] = rerun.images[0], heavy.base_model
+                images[i], answered_by[i], replicas[i] = rerun.images[0], heavy.base_model, rerun.replica
             cascade_info = {"light": first.base_model, "heavy": heavy.base_model,
                             "threshold": plan.threshold, "scores": [round(s, 6) for s in scores],
                             "deferred": rejected, "answered_by": answered_by}
@@ -157,7 +158,7 @@ class Ingress:
             "t2i": {"seed": first.seed, "base_model": first.base_model, "size": f"{first.width}x{first.height}",
                     "steps": first.steps, "loras": [list(x) for x in first.loras],
                     "controlnets": [list(x) for x in first.controlnets], "cascade": cascade_info,
-                    "adapters_swapped": result.adapters_swapped},
+                    "adapters_swapped": result.adapters_swapped, "replica": replicas[0]},
         }
         headers = {"Server-Timing": ", ".join(
             f"{k.removesuffix('_s')};dur={v * 1000:.1f}" for k, v in timings.items())}

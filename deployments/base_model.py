@@ -102,6 +102,7 @@ class BaseModel:
                 self.engine.generate, loaded, spec, {**prefetched, **late}, control_images, factory)
         result.timings["queue_s"] = queue_s
         result.timings["load_s"] += pipeline_s + fetch_s
+        result.replica = _replica_id()
         return result
 
     async def loaded_models(self) -> dict:
@@ -110,6 +111,17 @@ class BaseModel:
         return {model_id: {"lora_slots": list(p.slots.holding), "swaps": p.slots.swaps,
                            "load_seconds": round(p.load_seconds, 4)}
                 for model_id, p in models.items()}
+
+
+def _replica_id() -> str | None:
+    """This replica's Serve id (the response names who answered); None outside Serve."""
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except RayServeException:
+        return None
 
 
 async def _resolve(ref):

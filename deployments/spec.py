@@ -30,3 +30,4 @@ class GenerationResult:
     images: list[np.ndarray]  # uint8 HxWx3
     timings: dict[str, float] = field(default_factory=dict)
     adapters_swapped: int = 0
+    replica: str | None = None  # the BaseModel replica's Serve id; None outside Serve

@@ -57,6 +57,8 @@ def test_base_only_returns_a_png_of_the_requested_size(http, size):
     width, height = map(int, size.split("x"))
     assert _png(payload["data"][0]["b64_json"]).size == (width, height)
     assert payload["model"] == "tiny-sd-light" and payload["t2i"]["seed"] == 1
+    replica = payload["t2i"]["replica"]
+    assert isinstance(replica, str) and replica, "t2i.replica names the BaseModel replica"
     timings = payload["timings"]
     assert timings["inference_s"] > 0 and timings["total_s"] >= timings["inference_s"]
 
