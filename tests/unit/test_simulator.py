@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 from trace_replay.simulator import PolicySetSpec, SimConfig, simulate
-from trace_replay.simulator.config import ClusterSpec, ComponentSpec, InferenceSpec
+from trace_replay.simulator.config import ClusterSpec, ComponentSpec, InferenceSpec, ReloadOverhead
 from trace_replay.simulator.events import ARRIVAL, FINISH, READY, TICK, arrival_first
 from trace_replay.simulator.metrics import summarize
 from trace_replay.simulator.policy_sets import get_policy_set
 from trace_replay.table import build_table
 
 GB = 1e9
+NO_OVERHEAD = ReloadOverhead(base_model=0.0, controlnet=0.0, lora=0.0)
 
 
 def table(times: list[float], bases: list[int], n_bases: int = 4):
@@ -24,11 +25,11 @@ def table(times: list[float], bases: list[int], n_bases: int = 4):
 
 def exact_cfg(gpus: int = 1, gpu_gb: float = 18.0, host_gb: float = 32.0, slo_s: float = 60.0) -> SimConfig:
     """Deterministic costs: every base model is 4 GB, a cold load is 4 GB at 1 GB/s = 4 s, a host
-    reload 4 GB at 12 GB/s, and every request computes exactly 2 s."""
+    reload 4 GB at 12 GB/s (no per-load overhead), and every request computes exactly 2 s."""
     return SimConfig(
         cluster=ClusterSpec(gpus=gpus, gpu_model_gb=gpu_gb, host_gb=host_gb, disk_gb=0, load_model="bandwidth",
                             remote_gbps=1.0, pcie_gbps=12.0),
-        components=ComponentSpec(base_gb=(4.0, 4.0)),
+        components=ComponentSpec(base_gb=(4.0, 4.0), reload_overhead_s=NO_OVERHEAD),
         inference=InferenceSpec(ref_runtime_s=2.0, ref_steps=30, default_steps=30, jitter_cv=0.0),
         slo_s=slo_s)
 

@@ -59,7 +59,8 @@ def test_every_request_completes_once_and_gpu_time_is_conserved(synth_table, nam
         assert s["gpu_active_seconds"] == pytest.approx(n * rec.makespan)
     else:
         assert 0 < s["gpu_active_seconds"] <= n * rec.makespan + 1e-6
-    assert s["loads"] >= s["requests_with_miss"] and s["load_seconds"] >= s["demand_load_seconds"] > 0
+    # (the two sums add the same demand loads in different orders: allow rounding)
+    assert s["loads"] >= s["requests_with_miss"] and s["load_seconds"] >= s["demand_load_seconds"] * (1 - 1e-12) > 0
 
 
 def test_same_seed_same_run_and_another_seed_differs(synth_table):
@@ -182,7 +183,8 @@ def test_cli_compares_several_sets_and_reads_a_config_file(capsys, tmp_path):
     runs = json.loads(capsys.readouterr().out)["runs"]
     assert [r["policy_set"] for r in runs] == ["lru", "coordinator"] and all(r["gpus"] == 3 for r in runs)
     assert runs[0]["compute_seconds"] == runs[1]["compute_seconds"]  # one sampled workload for both
-    # remote loads at 0.5 GB/s: every cold base-model load takes size / 0.5 GB/s, 4-14 s
+    # remote loads at 0.5 GB/s: every cold base-model load takes 1.15 s + size / 0.5 GB/s, 5.15-15.15 s
+    # (host reloads are faster, 1.3-1.7 s)
     assert runs[0]["loads_by_kind"]["base_model"] >= 1
     per_load = runs[0]["load_seconds_by_kind"]["base_model"] / runs[0]["loads_by_kind"]["base_model"]
-    assert 4.0 <= per_load <= 14.0
+    assert 1.3 <= per_load <= 15.15

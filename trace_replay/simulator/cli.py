@@ -110,8 +110,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(runs[0] if len(runs) == 1 else {"runs": runs}, default=float))
     else:
-        keys = ("policy_set", "requests", "slo_violation_rate", "latency_p50_s", "latency_p95_s",
-                "latency_p99_s", "load_seconds", "gpu_busy_seconds", "gpu_busy_fraction", "queue_len_mean")
+        # active (routable) GPU-seconds beside violations: sets compare fairly only at equal cost
+        keys = ("policy_set", "requests", "slo_violation_rate", "gpu_active_seconds", "latency_p50_s",
+                "latency_p95_s", "latency_p99_s", "load_seconds", "gpu_busy_seconds", "gpu_busy_fraction",
+                "queue_len_mean")
         print("  ".join(f"{k:>18s}" for k in keys))
         for r in runs:
             print("  ".join(f"{r[k]:>18.4g}" if isinstance(r[k], float) else f"{r[k]!s:>18s}" for k in keys))

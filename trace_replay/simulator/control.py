@@ -83,32 +83,30 @@ class Pow2Holder:
 
 class CacheAware:
     """Expected-completion routing: among the replicas holding the base model (up to ``fanout``)
-    plus two random ones, the smallest (queued work + loads of the missing components, each from
-    the fastest tier that holds it). Queued work is estimated as the running job's remaining time
-    plus ``queue length x mean job time``."""
+    plus two random ones, the smallest (queued work + expected loads of the missing components,
+    each from the fastest tier that holds it). Queued work is what the replica could report
+    (``engine.remaining_s``): the running job's expected remainder (its expected duration from
+    the profile minus its elapsed time, with a floor) plus the queued jobs' expected compute."""
 
     def __init__(self, fanout: int = 4) -> None:
         self.fanout = fanout
 
     def attach(self, sim, routable: list[Worker]) -> None:
         self.sim, self.routable, self.holders, self.rnd = sim, routable, sim.holders, sim.rnd.random
-        self.size, self.kind = sim.key_size, sim.key_kind
-        self.mean_load = sim.wl.mean_load_s
-        self.pcie, self.disk_bw = sim.pcie, sim.disk_bw
-        self.mean_job = float(sim.infer.mean()) if sim.infer.size else 1.0
+        self.host_s, self.disk_s, self.remote_s = sim.cost_host, sim.cost_disk, sim.cost_remote
 
     def cost(self, w: Worker, comps: list, now: float) -> float:
-        c = max(w.ready_at - now, 0.0) + len(w.queue) * self.mean_job
+        c = (max(w.exp_end - now, w.exp_floor) if w.busy else 0.0) + w.exp_queue
         slot_of, host, disk = w.slot_of, w.host, w.disk
         for k in comps:
             if k in slot_of:
                 continue
             if host is not None and k in host.items:
-                c += self.size[k] / self.pcie
+                c += self.host_s[k]
             elif disk is not None and k in disk.items:
-                c += self.size[k] / self.disk_bw + self.size[k] / self.pcie
+                c += self.disk_s[k]
             else:
-                c += self.mean_load[self.kind[k]]
+                c += self.remote_s[k]
         return c
 
     def __call__(self, i: int, comps: list, now: float) -> Worker:

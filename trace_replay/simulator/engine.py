@@ -5,6 +5,14 @@ FIFO from its own queue. A request's job loads the components its GPU lacks (sum
 per worker), then computes; the worker is busy for both. Load and service times were sampled up
 front (``workload.py``); the loop only indexes, which is what keeps it near 20 us per request.
 Metrics are not computed here: the loop fills per-request arrays and ``metrics.py`` reduces them.
+
+Routers, placement and autoscalers see only what a live replica could report: queue lengths, the
+running job's elapsed time and its expected duration (the profile's mean compute plus the
+expected load of what it is loading, by tier: ``tier_costs``), queued jobs' expected compute, and
+completed jobs' durations. The sampled durations (jitter, remote-load draws) drive the clock only.
+Each worker keeps ``exp_end`` (start + expected duration of its running job), ``exp_floor`` and
+``exp_queue`` (sum of its queued jobs' expected compute), kept current in O(1) per event;
+``remaining_s`` turns them into an expected drain time.
 Policies come from a ``PolicyRuntime`` (``policy_sets.py``): a router, an eviction policy from the
 ``policies.eviction`` registry, optional control (autoscaling, placement, prefetch) on ticks.
 """
@@ -25,6 +33,34 @@ from trace_replay.simulator.worker import Worker
 from trace_replay.simulator.workload import BASE, Workload
 
 _CHUNK = 1 << 15  # requests converted to Python lists at a time (bounded memory at 3.5M)
+# A job that has run past its expected duration is expected to need this fraction of it more
+# (a replica knows it is late, not by how much)
+FLOOR_FRACTION = 0.1
+
+
+def tier_costs(wl: Workload, cfg: SimConfig) -> np.ndarray:
+    """(n_keys, 4) expected seconds to bring each component to the GPU from tier GPU (0), host (1),
+    disk (2), remote (3): size over the tier bandwidths plus the kind's reload overhead; remote is
+    the mean of the sampled distribution (GenTD26, end to end) or overhead + size / remote_gbps.
+    Host and disk loads are deterministic, so for them expected = charged."""
+    c = cfg.cluster
+    oh = cfg.components.reload_overhead_s
+    over = np.array([oh.controlnet, oh.lora, oh.base_model])[wl.key_kind]  # kind codes 0, 1, 2
+    size = wl.key_size
+    cost = np.zeros((wl.n_keys, 4))
+    cost[:, 1] = size / (c.pcie_gbps * 1e9) + over
+    cost[:, 2] = size / (c.disk_gbps * 1e9) + size / (c.pcie_gbps * 1e9) + over
+    if c.load_model == "bandwidth":
+        cost[:, 3] = size / (c.remote_gbps * 1e9) + over
+    else:
+        cost[:, 3] = np.array([wl.mean_load_s[k] for k in range(3)])[wl.key_kind]
+    return cost
+
+
+def remaining_s(w: Worker, now: float) -> float:
+    """Expected seconds until ``w`` drains its running and queued jobs (what it could report)."""
+    run = max(w.exp_end - now, w.exp_floor) if w.busy else 0.0
+    return run + w.exp_queue
 
 
 @dataclass
@@ -68,8 +104,18 @@ class Simulation:
         self.pool_pos = {k: 0 for k in wl.load_pool}
         self.pcie = c.pcie_gbps * 1e9
         self.disk_bw = c.disk_gbps * 1e9
-        self.remote_bw = c.remote_gbps * 1e9
         self.gentd26 = c.load_model == "gentd26"
+        self.tier_cost = tier_costs(wl, cfg)  # expected seconds by key and tier (policies plan with it)
+        self.cost_host, self.cost_disk, self.cost_remote = (self.tier_cost[:, j].tolist() for j in (1, 2, 3))
+        self._exp_load = 0.0  # expected seconds of the loads of the job being started
+        # expected compute per request (profile mean); NaN: trace exec seconds, learnt as they complete
+        inf = cfg.inference  # the profile's request at its defaults: the guess before any evidence
+        self.exec_prior = (inf.fixed_s + inf.ref_runtime_s * inf.default_steps / inf.ref_steps
+                           * inf.default_pixels / inf.ref_pixels)
+        exp = wl.expect_infer_s
+        self.exp_infer = exp.tolist() if exp is not None else [self.exec_prior] * len(wl)
+        self.exec_sum, self.exec_n = 0.0, 0  # completed requests whose expectation is learnt
+        self.done_busy_s, self.done_n = 0.0, 0  # completed jobs' seconds, completed requests
         n = len(wl)
         self.rec = Records(np.full(n, np.nan), np.full(n, np.nan), np.zeros(n), np.full(n, -1, np.int32),
                            np.zeros(n, np.int16), np.zeros(n, np.int8), {k: 0.0 for k in (0, 1, 2)},
@@ -77,7 +123,7 @@ class Simulation:
         self.infer = wl.infer_s
         self.in_system = 0  # requests arrived and not completed (Ray's "ongoing requests")
         self.arrived = 0  # requests arrived, as of the latest control tick
-        self._infer_cum: np.ndarray | None = None
+        self._expect_cum: np.ndarray | None = None
         self.track = None  # a PolicyRouter keeping a ClusterSnapshot current, or None
         self.watch = None  # called with a worker whose queue, job or GPU changed (router indexes)
         self.held: deque = deque()  # requests the router holds until a replica has room (Ray)
@@ -88,9 +134,9 @@ class Simulation:
         heapq.heappush(self.heap, (t, prio, self.seq, *payload))
 
     def remote_load_s(self, key: int) -> float:
-        kind = self.key_kind[key]
         if not self.gentd26:
-            return self.key_size[key] / self.remote_bw
+            return self.cost_remote[key]  # overhead + size / remote_gbps
+        kind = self.key_kind[key]
         pool = self.pool[kind]
         p = self.pool_pos[kind]
         self.pool_pos[kind] = p + 1 if p + 1 < len(pool) else 0
@@ -113,21 +159,24 @@ class Simulation:
         host, disk = w.host, w.disk
         gone_h = gone_d = ()  # keys the host / disk tier dropped to make room
         if host is not None and key in host.items:
-            t = size / self.pcie
+            t = self.cost_host[key]
+            self._exp_load += t
             host.items.move_to_end(key)
         elif disk is not None and key in disk.items:
-            t = size / self.disk_bw + size / self.pcie
+            t = self.cost_disk[key]
+            self._exp_load += t
             disk.items.move_to_end(key)
             if host is not None:
                 gone_h = host.touch_or_add(key, size)
         else:
             t = self.remote_load_s(key)
+            self._exp_load += self.cost_remote[key]
             if disk is not None:
                 gone_d = disk.touch_or_add(key, size)
             if host is not None:
                 gone_h = host.touch_or_add(key, size)
         if size <= w.free_bytes and not (need_base and rt.max_base is not None and w.n_base >= rt.max_base):
-            w.insert(key, kind, size, self.wl.mean_load_s[kind], now, uses)
+            w.insert(key, kind, size, self.cost_remote[key], now, uses)
             if need_base:
                 self.holders[key].add(w.idx)
         # else: it did not fit even after eviction: streamed for this request only, not kept
@@ -151,6 +200,7 @@ class Simulation:
         slot_of, uses, last_seq, last_time = w.slot_of, w.uses, w.last_seq, w.last_time
         protect = tuple(comps)
         self.cur_req = i
+        self._exp_load = 0.0
         for k in comps:
             s = slot_of.get(k)
             if s is None:
@@ -174,7 +224,7 @@ class Simulation:
         rec.load_s[i] = load
         rec.worker[i] = w.idx
         rec.misses[i] = missed
-        self._occupy(w, now, dur)
+        self._occupy(w, now, dur, self._exp_load + self.expect(i))
         self.push(now + dur, FINISH, w.idx, i)
         if self.watch is not None:
             self.watch(w)
@@ -183,6 +233,7 @@ class Simulation:
         """An idle worker loads ``keys`` ahead of demand (a job like any other: it is busy)."""
         w.clock += 1
         dur = 0.0
+        self._exp_load = 0.0
         for k in keys:
             if k not in w.slot_of:
                 dur += self.bring(w, k, now, tuple(keys), uses=0)
@@ -190,20 +241,37 @@ class Simulation:
         if dur <= 0.0:
             return
         self.rec.prefetch_s += dur
-        self._occupy(w, now, dur)
+        self._occupy(w, now, dur, self._exp_load)
         self.push(now + dur, FINISH, w.idx, -1)
         if self.watch is not None:
             self.watch(w)
 
-    def _occupy(self, w: Worker, now: float, dur: float) -> None:
+    def _occupy(self, w: Worker, now: float, dur: float, expected: float) -> None:
+        """``w`` runs a job of ``dur`` seconds (the clock's) that it expects to take ``expected``."""
         w.idle_s += now - w.free_since
         w.busy = True
         w.busy_s += dur
-        w.ready_at = now + dur
+        w.job_start = now
+        w.exp_end = now + expected
+        w.exp_floor = FLOOR_FRACTION * expected
+
+    def expect(self, i: int) -> float:
+        """Expected compute seconds of request ``i``: the profile's mean, or for trace exec seconds
+        the mean of the completed ones so far (the profile's mean before any completes)."""
+        e = self.exp_infer[i]
+        if e != e:  # NaN
+            e = self.exec_sum / self.exec_n if self.exec_n else self.exec_prior
+        return e
+
+    def queue_job(self, w: Worker, i: int, comps: list) -> None:
+        """Append request ``i`` to busy ``w``'s queue with the compute it is expected to need."""
+        e = self.expect(i)
+        w.exp_queue += e
+        w.queue.append((i, comps, e))
 
     def enqueue(self, w: Worker, i: int, comps: list, now: float) -> None:
         if w.busy:
-            w.queue.append((i, comps))
+            self.queue_job(w, i, comps)
             if self.watch is not None:
                 self.watch(w)
         else:
@@ -219,13 +287,18 @@ class Simulation:
             self.enqueue(route(j, comps, now) or w, j, comps, now)
 
     def mean_job_s(self) -> float:
-        """Mean seconds a worker spends per request so far (compute + loads), for autoscalers."""
+        """Mean seconds a worker spent per completed request (its compute and loads, prefetches
+        included), for autoscalers and placement; before any completes, the expected compute of
+        the requests arrived so far (known at arrival, from the profile)."""
+        if self.done_n:
+            return self.done_busy_s / self.done_n
         if not len(self.infer):
             return 0.0
         n = min(max(self.arrived, 1), len(self.infer))
-        if self._infer_cum is None:  # prefix sums: a mean over 500k samples per tick added up
-            self._infer_cum = np.cumsum(self.infer)
-        return float(self._infer_cum[n - 1]) / n + sum(self.rec.load_by_kind.values()) / n
+        if self._expect_cum is None:  # prefix sums: a mean over 500k values per tick added up
+            exp = np.array(self.exp_infer)
+            self._expect_cum = np.cumsum(np.where(np.isnan(exp), self.exec_prior, exp))
+        return float(self._expect_cum[n - 1]) / n
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> Records:
@@ -241,6 +314,7 @@ class Simulation:
         rec = self.rec
         held = self.held
         watch = self.watch  # set by a router that indexes worker state
+        exp_infer = self.exp_infer
         i = 0
         chunk_end = 0
         times: list[float] = []
@@ -269,7 +343,7 @@ class Simulation:
                     if w is None:  # the router holds it until a replica has room (Ray)
                         held.append((i, comps))
                     elif w.busy:
-                        w.queue.append((i, comps))
+                        self.queue_job(w, i, comps)
                         if watch is not None:
                             watch(w)
                     else:
@@ -284,14 +358,21 @@ class Simulation:
             if prio == FINISH:
                 last_finish = now
                 w = workers[ev[3]]
-                if ev[4] >= 0:
+                j = ev[4]
+                self.done_busy_s += now - w.job_start
+                if j >= 0:
                     self.in_system -= 1
-                    rec.finish[ev[4]] = now
-                    rec.completions[ev[4]] += 1
+                    self.done_n += 1
+                    rec.finish[j] = now
+                    rec.completions[j] += 1
+                    if exp_infer[j] != exp_infer[j]:  # trace exec seconds: now observed
+                        self.exec_sum += self.infer[j]
+                        self.exec_n += 1
                 w.busy = False
                 w.free_since = now
                 if w.queue:
-                    j, comps = w.queue.popleft()
+                    j, comps, e = w.queue.popleft()
+                    w.exp_queue = w.exp_queue - e if w.queue else 0.0  # no drift left behind
                     self.start(w, j, comps, now)
                 if held and w.active:
                     self.dispatch_held(w, now)

@@ -1,10 +1,16 @@
-"""Routing through a ``policies.routing`` policy (the live router's code) on a snapshot kept in place.
+"""Routing through a ``policies.routing`` policy on a snapshot kept in place.
 
 The fast routers of ``control.py`` read the simulator's own structures; this adapter instead
 keeps the arrays of a ``policies.snapshot.ReplicaTable`` current as the simulation runs (tier of
 every component on every replica, queue lengths, expected drain times, free bytes, model
-counts) and asks the registry's router per request, as policies/README.md prescribes. It costs
-more per request (the router is O(replicas) numpy). The snapshot covers every GPU (replica index
+counts) and asks the registry's router per request, as policies/README.md prescribes (the same
+pure code a live router could call; the live service does not run it yet). It costs more per
+request (the router is O(replicas) numpy).
+
+The drain time is what a replica could report, never the sampled end of its job: per replica the
+expected end of the running job (``Worker.exp_end``: start + mean compute from the profile + the
+expected loads it began), a floor for a job running late, and the queued jobs' expected compute;
+at each route ``busy_until = max(exp_end, now + floor) + queued``, two numpy operations. The snapshot covers every GPU (replica index
 = worker index); one that is stopped or starting shows an endless queue, so no cost-aware router
 picks it (and a pick of one by a cost-blind router is redirected to the least loaded routable).
 
@@ -41,6 +47,9 @@ class PolicyRouter:
         self.tier = np.full((n, self.table.n), REMOTE, dtype=np.int8)
         self.q = np.zeros(n, np.int64)
         self.busy_until = np.zeros(n)
+        self.run_end = np.zeros(n)  # expected end of the running job (0: idle; inf: not routable)
+        self.run_floor = np.zeros(n)  # expected remainder once it runs late
+        self.queued = np.zeros(n)  # queued jobs' expected compute
         self.gpu_free = np.array([w.free_bytes for w in sim.workers], np.int64)
         self.host_free = np.array([w.host.free if w.host else 0 for w in sim.workers], np.int64)
         self.pool = np.full(n, SHARED, np.int8)
@@ -48,13 +57,16 @@ class PolicyRouter:
         self.replicas = ReplicaTable(self.tier, self.q, self.busy_until, self.gpu_free, self.host_free,
                                      self.pool, self.n_models)
         self.rng = np.random.default_rng(sim.cfg.seed + 2)
-        self.mean_job = float(sim.infer.mean()) if sim.infer.size else 1.0
         sim.track = self
         sim.watch = self.changed
         for w in sim.workers:
             self.changed(w)
 
     def __call__(self, i: int, comps: list, now: float) -> Worker:
+        bu = self.busy_until
+        np.add(self.run_floor, now, out=bu)
+        np.maximum(bu, self.run_end, out=bu)
+        bu += self.queued
         snap = ClusterSnapshot(now, self.replicas, self.table)
         p = self.pid[i] if self.pid is not None else 0
         band = int(self.band[p]) if self.band is not None and p < self.band.size else COLD
@@ -72,10 +84,11 @@ class PolicyRouter:
         self.host_free[j] = w.host.free if w.host is not None else 0
         self.n_models[j] = w.n_base
         if not w.routable:  # stopped or starting: the snapshot shows it as never free
-            self.q[j], self.busy_until[j] = _FULL, np.inf
+            self.q[j], self.run_end[j], self.queued[j] = _FULL, np.inf, 0.0
         else:
             self.q[j] = len(w.queue) + w.busy
-            self.busy_until[j] = w.ready_at + len(w.queue) * self.mean_job
+            self.run_end[j], self.run_floor[j] = (w.exp_end, w.exp_floor) if w.busy else (0.0, 0.0)
+            self.queued[j] = w.exp_queue
 
     def keys(self, w: Worker, keys) -> None:
         """Re-derive the tier of ``keys`` on ``w``: the fastest tier that holds each."""

@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from policies.snapshot import DISK, GPU, HOST, REMOTE, SHARED, ClusterSnapshot, ComponentTable, ReplicaTable
+from policies.snapshot import GPU, HOST, REMOTE, SHARED, ClusterSnapshot, ComponentTable, ReplicaTable
+from trace_replay.simulator.engine import remaining_s
 
 
 def component_table(sim) -> ComponentTable:
-    """Kinds, sizes and seconds-to-GPU from each tier (cached on the simulation)."""
+    """Kinds, sizes and expected seconds-to-GPU from each tier (``engine.tier_costs``, cached)."""
     table = getattr(sim, "_component_table", None)
     if table is None:
-        wl, c = sim.wl, sim.cfg.cluster
-        size = wl.key_size
-        cost = np.zeros((wl.n_keys, 4))
-        cost[:, HOST] = size / (c.pcie_gbps * 1e9)
-        cost[:, DISK] = size / (c.disk_gbps * 1e9) + cost[:, HOST]
-        cost[:, REMOTE] = np.array([wl.mean_load_s[k] for k in range(3)])[wl.key_kind]
-        table = sim._component_table = ComponentTable(wl.key_kind.astype(np.int8), size.astype(np.int64), cost)
+        wl = sim.wl
+        table = sim._component_table = ComponentTable(wl.key_kind.astype(np.int8), wl.key_size.astype(np.int64),
+                                                      sim.tier_cost)
     return table
 
 
@@ -40,7 +37,7 @@ def snapshot(sim, now: float, rows: list[int] | None = None) -> ClusterSnapshot:
             tier[r, list(w.slot_of)] = GPU
     rep = ReplicaTable(
         tier=tier, queue_len=np.array([len(w.queue) + w.busy for w in ws], np.int64),
-        busy_until=np.array([w.ready_at for w in ws], dtype=np.float64),
+        busy_until=np.array([now + remaining_s(w, now) for w in ws], dtype=np.float64),
         gpu_free_bytes=np.array([w.free_bytes for w in ws], np.int64),
         host_free_bytes=np.array([w.host.free if w.host else 0 for w in ws], np.int64),
         pool=np.full(len(ws), SHARED, np.int8), n_models=np.array([w.n_base for w in ws], np.int64))

@@ -55,7 +55,8 @@ class Worker:
     __slots__ = ("idx", "slot_of", "free_slots", "key", "kind", "uses", "last_seq", "loaded_seq",
                  "last_time", "size", "cost", "free_bytes", "cap_bytes", "n_base", "clock", "queue",
                  "busy", "active", "free_since", "idle_s", "busy_s", "host", "disk", "last_prefetch",
-                 "ready_at", "pinned", "_seq", "_now", "_view", "routable", "next_seq", "future")
+                 "ready_at", "pinned", "_seq", "_now", "_view", "routable", "next_seq", "future",
+                 "job_start", "exp_end", "exp_floor", "exp_queue")
 
     def __init__(self, idx: int, gpu_bytes: float, host_bytes: float, disk_bytes: float,
                  slots: int = 32, future: bool = False) -> None:
@@ -87,7 +88,14 @@ class Worker:
         self.host = LRUBytes(host_bytes) if host_bytes > 0 else None
         self.disk = LRUBytes(disk_bytes) if disk_bytes > 0 else None
         self.last_prefetch = -np.inf
-        self.ready_at = 0.0
+        self.ready_at = 0.0  # when a starting replica becomes routable (the autoscaler sets it)
+        # What the replica could report about its work (engine.py keeps them): when its running job
+        # started and is expected to end, the floor of its expected remainder once late, and the
+        # expected compute of its queued jobs. The job's true end is only in the event heap.
+        self.job_start = 0.0
+        self.exp_end = 0.0
+        self.exp_floor = 0.0
+        self.exp_queue = 0.0
         self.pinned: set[int] = set()  # keys placement wants kept (hot models), never victims
         # One CacheView per worker over its live arrays, with 0-d clock arrays updated in place:
         # building a frozen view per eviction was a tenth of the loop's time.

@@ -33,9 +33,13 @@ class Workload:
     key_size: np.ndarray  # float64 bytes per key
     key_names: list[str]
     load_pool: dict[int, np.ndarray]  # kind -> remote-load seconds, consumed in order (cycled)
-    mean_load_s: dict[int, float]  # kind -> mean remote load, the cost a policy may plan with
+    mean_load_s: dict[int, float]  # kind -> mean of the remote-load distribution (what a policy plans with)
     n_base: int
     t0: float  # the original time of the first arrival
+    # What a live system could know of a request's compute before it runs: the profile's mean
+    # (the formula without jitter). NaN where the service time is the trace's exec seconds, whose
+    # expectation is learnt from completed requests as the run goes (engine.py).
+    expect_infer_s: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.arrival.shape[0])
@@ -46,8 +50,10 @@ class Workload:
 
 
 def _latency_pools(cfg: SimConfig, rng: np.random.Generator, size: int,
-                   data_dir: Path | None) -> tuple[dict[int, np.ndarray], str]:
-    """Remote-load samples per kind: GenTD26 empirical distributions, else exponential means."""
+                   data_dir: Path | None) -> tuple[dict[int, np.ndarray], dict[int, float], str]:
+    """Remote-load samples per kind and the mean of the distribution they are drawn from (not of
+    the samples: a policy may know the distribution, not the draws): GenTD26 empirical
+    distributions, else exponential means."""
     comp = cfg.components
     fallback = {BASE: comp.base_load_s, CONTROLNET: comp.controlnet_load_s, 1: comp.lora_load_s}
     dists = {}
@@ -58,15 +64,17 @@ def _latency_pools(cfg: SimConfig, rng: np.random.Generator, size: int,
             dists = load_component_latencies(data_dir)
         except FileNotFoundError:
             dists = {}
-    pools, source = {}, "gentd26" if dists else "exponential-fallback"
+    pools, means, source = {}, {}, "gentd26" if dists else "exponential-fallback"
     for kind, name in _GENTD26_KIND.items():
         if name in dists:
             vals = dists[name].values_s
             vals = vals[vals > 0]  # zero samples are "already resident", not a remote load
             pools[kind] = rng.choice(vals, size=size)
+            means[kind] = float(vals.mean())
         else:
             pools[kind] = rng.exponential(fallback[kind], size=size)
-    return pools, source
+            means[kind] = float(fallback[kind])
+    return pools, means, source
 
 
 def build_workload(table: RequestTable, cfg: SimConfig, data_dir: Path | None = None,
@@ -100,26 +108,54 @@ def build_workload(table: RequestTable, cfg: SimConfig, data_dir: Path | None = 
     hi = np.select([kind == BASE, kind == CONTROLNET], [comp.base_gb[1], comp.controlnet_gb[1]], comp.lora_gb[1])
     size = (lo + (hi - lo) * rng.random(n_keys)) * GB
     names = list(t.base_models) + ["<default-base>"] + list(t.controlnet_ids) + list(t.lora_ids)
+    if comp.sizes_gb:
+        index = {name: j for j, name in enumerate(names)}
+        hit = [name for name in comp.sizes_gb if name in index]
+        for name in hit:
+            size[index[name]] = comp.sizes_gb[name] * GB
+        notes.append(f"component sizes: {len(hit)} of {len(comp.sizes_gb)} components.sizes_gb names "
+                     "found in the trace")
 
+    expect = expected_infer_s(t, cfg, base, nb)
+    infer = expect.copy()
     inf = cfg.inference
-    steps = np.where(t.steps > 0, t.steps, inf.default_steps).astype(np.float64)
-    images = np.where(t.images > 0, t.images, 1).astype(np.float64)
-    n_cn_req = t.n_controlnets.astype(np.float64)
-    n_lora_req = t.n_loras.astype(np.float64)
-    # batch of `images` costs ~ images^0.85 of one (DiffServe profiles: 1.78 s at 1, 3.68 s at 4)
-    infer = (inf.ref_runtime_s * images ** 0.85 * (steps / inf.ref_steps)
-             * (inf.default_pixels / inf.ref_pixels)
-             * (1 + inf.controlnet_overhead * n_cn_req) * (1 + inf.lora_overhead * n_lora_req))
     if inf.jitter_cv > 0:
         sigma = np.sqrt(np.log1p(inf.jitter_cv ** 2))
         infer *= rng.lognormal(-sigma * sigma / 2, sigma, size=n)
     if inf.use_trace_exec:
         known = np.isfinite(t.exec_s) & (t.exec_s > 0)
         infer[known] = t.exec_s[known]
+        expect[known] = np.nan  # learnt from completed requests (engine.py)
         notes.append(f"service time: trace exec seconds for {int(known.sum())} of {n} requests")
-    pools, source = _latency_pools(cfg, rng, pool_size, data_dir)
+    pools, means, source = _latency_pools(cfg, rng, pool_size, data_dir)
     notes.append(f"remote load times: {source}")
-    mean_load = {k: float(v.mean()) for k, v in pools.items()}
     arrival = (t.time - (t.time[0] if n else 0.0)) / cfg.time_scale
-    return Workload(arrival, offsets, keys, infer, base, kind, size, names, pools, mean_load,
-                    nb + 1, float(t.time[0]) if n else 0.0), notes
+    return Workload(arrival, offsets, keys, infer, base, kind, size, names, pools, means,
+                    nb + 1, float(t.time[0]) if n else 0.0, expect), notes
+
+
+def expected_infer_s(t: RequestTable, cfg: SimConfig, base: np.ndarray, nb: int) -> np.ndarray:
+    """Mean service time per request under the configured profile (no jitter).
+
+    Global: fixed_s + ref_runtime_s x (steps / ref_steps) x (pixels / ref_pixels) x images^b x
+    (1 + controlnet_overhead x ControlNets) x (1 + lora_overhead x LoRAs). A base model in
+    ``per_model``: fixed_s_m + s_per_step_m x steps x (pixels / ref_pixels_m) x the same factors.
+    Pixels come from the table's ``pixels`` column where it has one, else ``default_pixels``.
+    """
+    inf = cfg.inference
+    n = len(t)
+    steps = np.where(t.steps > 0, t.steps, inf.default_steps).astype(np.float64)
+    images = np.where(t.images > 0, t.images, 1).astype(np.float64)
+    px = getattr(t, "pixels", None)
+    pixels = (np.where(px > 0, px, inf.default_pixels).astype(np.float64) if px is not None
+              else np.full(n, float(inf.default_pixels)))
+    factors = (images ** inf.batch_exponent * (1 + inf.controlnet_overhead * t.n_controlnets.astype(np.float64))
+               * (1 + inf.lora_overhead * t.n_loras.astype(np.float64)))
+    out = inf.fixed_s + inf.ref_runtime_s * (steps / inf.ref_steps) * (pixels / inf.ref_pixels) * factors
+    for name, m in inf.per_model.items():
+        if name not in t.base_models:
+            continue
+        sel = base == list(t.base_models).index(name)
+        fixed = inf.fixed_s if m.fixed_s is None else m.fixed_s
+        out[sel] = fixed + m.s_per_step * steps[sel] * (pixels[sel] / m.ref_pixels) * factors[sel]
+    return out
