@@ -1,0 +1,173 @@
+"""The simulator's load model and service-time profiles: reload overhead, exact sizes by name,
+named profiles, a per-request constant and per-model profiles; config errors name the field."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from trace_replay.simulator import SimConfig, simulate
+from trace_replay.simulator.config import PROFILES, InferenceSpec
+from trace_replay.simulator.workload import build_workload
+from trace_replay.table import CONTROLNET, LORA, build_table
+
+GB = 1e9
+
+YAML = """
+cluster: {gpus: 2, load_model: bandwidth, remote_gbps: 2.0}
+components:
+  reload_overhead_s: {base_model: 1.0, controlnet: 0.15, lora: 0.03}
+  sizes_gb: {sd15: 2.13, sdxl: 6.94, cn-canny: 0.72}
+inference:
+  profile: h200-sd15
+  fixed_s: 0.2
+  per_model:
+    sdxl: {s_per_step: 0.0634, fixed_s: 0.3, ref_pixels: 1048576}
+"""
+
+
+def table(times, bases, names=("sd15", "sdxl", "m2"), **cols):
+    return build_table(len(times), time=np.array(times, float), base_model=np.array(bases, np.int32),
+                       base_models=list(names), **cols)
+
+
+def cfg_from(doc: dict | None = None, **sections) -> SimConfig:
+    """The YAML above with sections updated (one level deep) by ``doc`` and keyword sections."""
+    base = yaml.safe_load(YAML)
+    for k, v in {**(doc or {}), **sections}.items():
+        base.setdefault(k, {}).update(v)
+    return SimConfig.model_validate(base)
+
+
+def test_a_yaml_config_with_the_load_and_profile_fields_validates():
+    cfg = cfg_from()
+    assert cfg.components.reload_overhead_s.base_model == 1.0
+    assert cfg.components.sizes_gb == {"sd15": 2.13, "sdxl": 6.94, "cn-canny": 0.72}
+    inf = cfg.inference
+    assert inf.profile == "h200-sd15" and inf.fixed_s == 0.2
+    assert inf.per_model["sdxl"].s_per_step == 0.0634 and inf.per_model["sdxl"].ref_pixels == 1024 * 1024
+    # the named profile set the reference fields the file did not give
+    assert (inf.ref_runtime_s, inf.ref_steps, inf.batch_exponent) == (0.6587, 25, 0.651)
+    # and a dump reads back to the same config
+    assert SimConfig.model_validate(json.loads(cfg.model_dump_json())) == cfg
+
+
+def test_a_named_profile_leaves_fields_given_explicitly_alone():
+    inf = InferenceSpec(profile="h200-sdxl", ref_steps=50)
+    assert inf.ref_steps == 50 and inf.ref_runtime_s == PROFILES["h200-sdxl"]["ref_runtime_s"]
+    assert inf.ref_pixels == inf.default_pixels == 1024 * 1024
+    assert InferenceSpec() == InferenceSpec(profile="diffserve-sd15")  # the default, unchanged numbers
+    assert InferenceSpec().ref_runtime_s == 1.78
+
+
+@pytest.mark.parametrize("doc,field", [
+    ({"components": {"reload_overhead_s": {"lora": -0.1}}}, "components.reload_overhead_s.lora"),
+    ({"components": {"reload_overhead_s": {"vae": 0.1}}}, "components.reload_overhead_s.vae"),
+    ({"components": {"sizes_gb": {"sd15": 0.0}}}, "components.sizes_gb"),
+    ({"inference": {"profile": "a100-sd15"}}, "inference.profile"),
+    ({"inference": {"fixed_s": -1.0}}, "inference.fixed_s"),
+    ({"inference": {"per_model": {"sdxl": {"s_per_step": 0.0}}}}, "inference.per_model.sdxl.s_per_step"),
+    ({"inference": {"per_model": {"sdxl": {"steps": 3}}}}, "inference.per_model.sdxl"),
+])
+def test_bad_values_give_errors_naming_the_field(doc, field):
+    with pytest.raises(ValidationError) as err:
+        cfg_from(doc)
+    assert field in str(err.value)
+
+
+def test_sizes_by_name_override_the_random_range():
+    cfg = cfg_from()
+    t = build_table(3, time=np.array([0.0, 1.0, 2.0]), base_model=np.array([0, 1, 2], np.int32),
+                    base_models=["sd15", "sdxl", "m2"], adapter_offsets=np.array([0, 1, 1, 1]),
+                    adapter_kind=np.array([CONTROLNET], np.int8), adapter_id=np.array([0], np.int32),
+                    controlnet_ids=["cn-canny"])
+    wl, notes = build_workload(t, cfg)
+    size = dict(zip(wl.key_names, wl.key_size))
+    assert size["sd15"] == 2.13 * GB and size["sdxl"] == 6.94 * GB and size["cn-canny"] == 0.72 * GB
+    assert 2 * GB <= size["m2"] <= 7 * GB  # not named: the seeded range
+    assert any("3 of 3 components.sizes_gb names" in n for n in notes)
+
+
+def test_service_time_per_model_and_global_formula_with_the_constant():
+    cfg = cfg_from(inference={"jitter_cv": 0.0})
+    steps = np.array([25, 50, 25, 30], np.int32)
+    images = np.array([1, 1, 4, 2], np.int32)
+    t = table([0.0, 1.0, 2.0, 3.0], [1, 1, 0, 2], steps=steps, images=images)
+    wl, _ = build_workload(t, cfg)
+    px = 512 * 512  # the table has no size column: default_pixels (SD 1.5's 512x512 under h200-sd15)
+    # sdxl, per_model: 0.3 + 0.0634 x steps x (pixels / 1024^2) x images^0.651
+    sdxl = 0.3 + 0.0634 * steps[:2] * (px / 1024 ** 2)
+    np.testing.assert_allclose(wl.infer_s[:2], sdxl)
+    # sd15 and m2, the global h200-sd15 profile: 0.2 + 0.6587 x steps / 25 x images^0.651
+    glob = 0.2 + 0.6587 * steps[2:] / 25 * images[2:].astype(float) ** 0.651
+    np.testing.assert_allclose(wl.infer_s[2:], glob)
+    np.testing.assert_allclose(wl.expect_infer_s, wl.infer_s)  # no jitter: the mean is the sample
+
+
+def test_controlnet_and_lora_factors_multiply_the_per_model_time():
+    cfg = cfg_from(inference={"jitter_cv": 0.0})
+    t = build_table(1, time=np.array([0.0]), base_model=np.array([1], np.int32), base_models=["sd15", "sdxl"],
+                    steps=np.array([25], np.int32), adapter_offsets=np.array([0, 2]),
+                    adapter_kind=np.array([CONTROLNET, LORA], np.int8), adapter_id=np.array([0, 0], np.int32),
+                    controlnet_ids=["cn"], lora_ids=["l"])
+    wl, _ = build_workload(t, cfg)
+    inf = cfg.inference
+    expect = 0.3 + 0.0634 * 25 * 0.25 * (1 + inf.controlnet_overhead) * (1 + inf.lora_overhead)
+    assert wl.infer_s[0] == pytest.approx(expect)
+
+
+def test_jitter_keeps_the_profile_mean_as_the_expectation():
+    cfg = cfg_from(inference={"jitter_cv": 0.3})
+    n = 20000
+    wl, _ = build_workload(table(np.arange(n, dtype=float).tolist(), [0] * n), cfg)
+    assert np.all(wl.expect_infer_s == wl.expect_infer_s[0])
+    assert wl.infer_s.mean() == pytest.approx(wl.expect_infer_s[0], rel=0.01)
+
+
+def test_reload_from_host_memory_pays_the_overhead_besides_bandwidth():
+    # 5 GB of GPU holds one model: sdxl (6.94 GB) does not fit, so use sd15 (2.13 GB) and m2 (4 GB):
+    # m2 evicts sd15, which comes back from the host tier: 2.13 GB at 12 GB/s + 1.0 s
+    cfg = cfg_from({"cluster": {"gpus": 1, "gpu_model_gb": 5.0, "disk_gb": 0.0},
+                    "components": {"sizes_gb": {"sd15": 2.13, "m2": 4.0}}})
+    res = simulate(table([0, 30, 60], [0, 2, 0]), "lru", cfg)
+    load = res.records.load_s
+    assert load[0] == pytest.approx(1.0 + 2.13 / 2.0)  # cold, bandwidth mode: overhead + size / 2 GB/s
+    assert load[1] == pytest.approx(1.0 + 4.0 / 2.0)
+    assert load[2] == pytest.approx(1.0 + 2.13 / 12.0)  # host -> GPU at 12 GB/s, plus the overhead
+    # from local disk: disk and PCIe bandwidth plus the overhead
+    disk = cfg_from({"cluster": {"gpus": 1, "gpu_model_gb": 5.0, "host_gb": 0.0, "disk_gb": 100.0},
+                     "components": {"sizes_gb": {"sd15": 2.13, "m2": 4.0}}})
+    res = simulate(table([0, 30, 60], [0, 2, 0]), "lru", disk)
+    assert res.records.load_s[2] == pytest.approx(1.0 + 2.13 / 2.0 + 2.13 / 12.0)
+
+
+def test_a_remote_load_in_bandwidth_mode_scales_with_the_components_size():
+    cfg = cfg_from({"cluster": {"gpus": 1, "gpu_model_gb": 100.0},
+                    "components": {"sizes_gb": {"sd15": 2.0, "sdxl": 8.0, "m2": 4.0},
+                                   "reload_overhead_s": {"base_model": 0.5}}})
+    res = simulate(table([0, 100, 200], [0, 1, 2]), "lru", cfg)
+    np.testing.assert_allclose(res.records.load_s, [0.5 + 2.0 / 2.0, 0.5 + 8.0 / 2.0, 0.5 + 4.0 / 2.0])
+
+
+def test_sampled_remote_loads_are_end_to_end_and_pay_no_extra_overhead():
+    # GenTD26-style sampled loads (here the exponential fallback) already include the overhead
+    cfg = cfg_from({"cluster": {"gpus": 1, "load_model": "gentd26"}})
+    wl, _ = build_workload(table([0.0], [0]), cfg)
+    res = simulate(table([0.0], [0]), "lru", cfg, workload=wl)
+    assert res.records.load_s[0] == wl.load_pool[2][0]
+    assert wl.mean_load_s[2] == cfg.components.base_load_s  # the distribution's mean, not the draws'
+
+
+def test_cli_table_shows_active_gpu_seconds_beside_violations(capsys):
+    from tests.trace_fixtures import FIX
+    from trace_replay.simulator.cli import main
+
+    rc = main(["--trace", str(FIX / "katz_small.json"), "--format", "katz", "--policies", "lru",
+               "--gpus", "2", "--data-dir", "none"])
+    assert rc == 0
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert header.index("gpu_active_seconds") == header.index("slo_violation_rate") + 1
