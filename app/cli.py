@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("simulate", add_help=False, help="cluster simulator (see `t2i simulate --help`)")
     sub.add_parser("replay", add_help=False, help="replay a trace against the live service "
                    "(see `t2i replay --help`)")
+    sub.add_parser("parity", add_help=False, help="the same trace slice live and simulated, side "
+                   "by side (see `t2i parity --help`)")
     return parser
 
 
@@ -134,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         from trace_replay.replay.cli import main as replay_main
 
         return replay_main(argv[1:])
+    if argv and argv[0] == "parity":
+        from trace_replay.replay.parity_cli import main as parity_main
+
+        return parity_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -138,3 +138,14 @@ def test_gamma_arrivals_mean_rate_and_burstiness():
     assert abs(bursty.std() / bursty.mean() - 3.0) < 0.3
     with pytest.raises(ValueError):
         gamma_renewal(3, 0.0, 1.0, rng)
+
+
+def test_exclude_leaves_ids_out_and_names_unknown_ones():
+    reg = _registry().without({"b1", "l0"})
+    assert reg.bases == ["b0"] and reg.loras == ["l1", "l2"] and reg.default_base == "b0"
+    reqs, _ = map_requests(_table([1, 2, -1], [[(LORA, 0)]] * 3), reg)
+    assert {r.base_model for r in reqs} == {"b0"} and all(r.loras == (("l1", 1.0),) for r in reqs)
+    with pytest.raises(ValueError, match="does not serve.*'nope'"):
+        _registry().without({"nope"})
+    with pytest.raises(ValueError, match="no base model"):
+        _registry().without({"b0", "b1"})

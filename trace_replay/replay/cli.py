@@ -40,11 +40,11 @@ example:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="t2i replay", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 description="Replay a trace open loop against a running t2i service "
-                                 "and report SLO violations, goodput and the latency breakdown.",
-                                 epilog=EPILOG)
+def build_parser(prog: str = "t2i replay", description: str = "Replay a trace open loop against a "
+                 "running t2i service and report SLO violations, goodput and the latency breakdown.",
+                 epilog: str = EPILOG) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 description=description, epilog=epilog)
     ap.add_argument("--trace", required=True, help="trace file")
     ap.add_argument("--format", required=True, choices=sorted(FORMATS), help="trace format (`t2i trace --help`)")
     ap.add_argument("--url", default="http://127.0.0.1:8000", help="service base URL (default: %(default)s)")
@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "pure open loop)")
     ap.add_argument("--max-failures", type=int, default=20, help="stop after this many failures in a "
                     "row (default %(default)s)")
+    ap.add_argument("--exclude", default="", help="registry ids the mapping must not use, "
+                    "comma-separated (e.g. models kept for other tenants)")
     ap.add_argument("--steps", choices=["model-default", "trace"], default="model-default",
                     help="denoising steps: each base model's default (default), or the trace's")
     ap.add_argument("--seed", type=int, default=0, help="seeds arrivals and image seeds (default 0)")
@@ -113,7 +115,8 @@ def arrivals(n: int, args: argparse.Namespace, trace_times: np.ndarray) -> np.nd
 
 
 def prepare(args: argparse.Namespace, registry):
-    """Load, slice, map and time the trace: (requests, mapping report, mapped table)."""
+    """Load, slice, map and time the trace: (requests, mapping report, the registry mapped onto
+    after --exclude)."""
     from trace_replay.formats import load_trace
     from trace_replay.replay.mapping import map_requests
 
@@ -130,27 +133,31 @@ def prepare(args: argparse.Namespace, registry):
     if rows.size == 0:
         raise ValueError(f"the trace has {len(table)} requests; nothing left after --skip {args.skip}")
     table = table.take(rows)
+    excluded = {x.strip() for x in args.exclude.split(",") if x.strip()}
+    if excluded:
+        registry = registry.without(excluded)
     requests, report = map_requests(table, registry, steps=args.steps, seed=args.seed)
     times = arrivals(len(requests), args, np.array([r.time_s for r in requests]))
     requests = [replace(r, time_s=float(t)) for r, t in zip(requests, times)]
-    return requests, report
+    return requests, report, registry
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         registry = fetch_registry(args.url)
-        requests, mapping = prepare(args, registry)
+        requests, mapping, registry = prepare(args, registry)
     except (ValueError, FileNotFoundError, KeyError, ConnectionError) as exc:
         print(f"t2i replay: error: {exc}", file=sys.stderr)
         return 2
     return run(args, registry, requests, mapping)
 
 
-def run(args: argparse.Namespace, registry, requests, mapping) -> int:
+def live_run(args: argparse.Namespace, registry, requests, mapping) -> tuple[dict, object]:
+    """Replay ``requests`` and write records, mapping, summary and figures to ``args.out``."""
     from trace_replay.progress import progress
     from trace_replay.replay.driver import replay
-    from trace_replay.replay.report import figures, per_model, summarize, table, write_records
+    from trace_replay.replay.report import figures, per_model, summarize, write_records
 
     slo = args.slo_s or registry.slo_s or 30.0
     timeout = args.timeout_s or max(60.0, 10 * slo)
@@ -183,6 +190,14 @@ def run(args: argparse.Namespace, registry, requests, mapping) -> int:
         "controlnets": mapping.controlnet_map}, indent=1))
     summary["figures"] = figures(out, result, summary, models)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    return summary, result
+
+
+def run(args: argparse.Namespace, registry, requests, mapping) -> int:
+    from trace_replay.replay.report import table
+
+    summary, result = live_run(args, registry, requests, mapping)
+    out = Path(args.out)
     if args.json:
         print(json.dumps(summary, default=float))
     else:

@@ -69,6 +69,20 @@ class Registry:
             slo_s=extra.get("slo_s"),
         )
 
+    def without(self, ids: set[str]) -> Registry:
+        """The registry less ``ids`` (an unknown id is an error: a typo must not pass silently)."""
+        from dataclasses import replace
+
+        unknown = ids - set(self.bases) - set(self.loras) - set(self.controlnets)
+        if unknown:
+            raise ValueError(f"--exclude names ids the service does not serve: {sorted(unknown)}")
+        bases = [b for b in self.bases if b not in ids]
+        if not bases:
+            raise ValueError("--exclude leaves no base model to replay against")
+        default = self.default_base if self.default_base in bases else bases[0]
+        return replace(self, bases=bases, loras=[a for a in self.loras if a not in ids],
+                       controlnets=[c for c in self.controlnets if c not in ids], default_base=default)
+
     def applicable(self, kind: str, base: str) -> list[str]:
         ids = self.loras if kind == "lora" else self.controlnets
         return [a for a in ids if not self.applies_to.get(a) or base in self.applies_to[a]]

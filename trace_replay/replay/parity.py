@@ -1,0 +1,90 @@
+"""``t2i parity``: one trace slice replayed live and simulated, side by side.
+
+The live run is ``t2i replay`` against the service; the simulated run replays the very same
+mapped requests (same arrival times, base models, adapters, steps and images, see
+``mapping.to_table``) through the cluster simulator under the policy set the live service runs.
+Today that is Ray's defaults, so the simulated set is ``ray-default`` with the live deployment's
+shape read from the service's config: as many simulated GPUs as BaseModel replicas,
+``max_models_per_replica`` = ``cache.base_models_per_replica``, Ray's ``max_ongoing_requests``,
+and no autoscaling when the replica count is fixed. Service and load times come from a profile
+(``t2i profile`` writes one from the running service).
+
+Relative error is (sim - live) / live; for a violation rate of 0 live it is undefined (None)
+and the absolute difference is reported beside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+KEYS = ("latency_mean_s", "latency_p50_s", "latency_p95_s", "latency_p99_s", "slo_violation_rate",
+        "load_seconds")
+
+
+def live_policy_set(config):
+    """The simulator's ray-default set shaped like the live deployment in ``config``."""
+    from trace_replay.simulator.policy_sets import POLICY_SETS
+
+    dep = config.deployments.base_model
+    update: dict = {"name": "ray-default-live", "max_models_per_replica": config.cache.base_models_per_replica,
+                    "routing_args": {"max_ongoing": dep.max_ongoing_requests}}
+    if dep.autoscaling is None:
+        update.update(autoscaling="none", tick_s=0.0)
+    else:
+        update["guardrails"] = {"min_replicas": max(dep.autoscaling.min_replicas, 1),
+                                "max_replicas": dep.autoscaling.max_replicas}
+        update["autoscaling_args"] = {"target_ongoing_requests": dep.autoscaling.target_ongoing_requests}
+    return POLICY_SETS["ray-default"].model_copy(update=update), (
+        dep.autoscaling.max_replicas if dep.autoscaling is not None else dep.num_replicas)
+
+
+def load_profile(path: str | Path, gpus: int, slo_s: float, seed: int):
+    """The profile YAML as a SimConfig for this run (GPUs, SLO and seed from the live side)."""
+    import yaml
+
+    from trace_replay.simulator.config import SimConfig
+
+    doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: a profile is a YAML mapping (a simulator config), got {type(doc).__name__}")
+    doc.setdefault("cluster", {})["gpus"] = gpus
+    doc.update(slo_s=slo_s, seed=seed, time_scale=1.0)
+    try:
+        return SimConfig.model_validate(doc)
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a valid simulator profile: {exc}") from None
+
+
+def simulate_slice(requests, registry, config, profile_path: str | Path, slo_s: float, seed: int):
+    """Simulate the mapped ``requests`` as the live deployment ``config`` would serve them."""
+    from trace_replay.replay.mapping import to_table
+    from trace_replay.simulator import simulate
+
+    spec, gpus = live_policy_set(config)
+    cfg = load_profile(profile_path, gpus, slo_s, seed)
+    table = to_table(requests, registry)
+    # Arrivals are relative to the first request; the table keeps them (time_scale 1).
+    result = simulate(table, spec, cfg, data_dir=None)
+    return result, cfg, spec
+
+
+def compare(live: dict, sim: dict, keys=KEYS) -> dict:
+    rel, diff = {}, {}
+    for k in keys:
+        a, b = float(live.get(k, np.nan)), float(sim.get(k, np.nan))
+        diff[k] = b - a
+        rel[k] = None if not np.isfinite(a) or a == 0 or not np.isfinite(b) else (b - a) / a
+    return {"relative_error": rel, "difference": diff}
+
+
+def side_by_side(live: dict, sim: dict, cmp: dict) -> str:
+    lines = [f"{'':24s}{'live':>12s}{'sim':>12s}{'rel. error':>12s}"]
+    for k in KEYS + ("requests", "completed"):
+        a, b = live.get(k), sim.get(k)
+        r = cmp["relative_error"].get(k)
+        fmt = (lambda v: f"{v:12.2%}") if k == "slo_violation_rate" else (lambda v: f"{v:12.3f}")
+        cell = lambda v: fmt(v) if isinstance(v, float) else f"{v!s:>12s}"  # noqa: E731
+        lines.append(f"{k:24s}{cell(a)}{cell(b)}{'' if r is None else f'{r:+12.1%}'}")
+    return "\n".join(lines)

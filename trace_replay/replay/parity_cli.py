@@ -1,0 +1,83 @@
+"""``t2i parity``: replay one slice live, simulate the same slice, print both side by side.
+
+``app/cli.py`` dispatches ``t2i parity ARGS`` here; see ``parity.py`` for what is compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from trace_replay.replay.cli import build_parser as replay_parser
+from trace_replay.replay.cli import fetch_registry, live_run, prepare
+
+EPILOG = """\
+The simulated set is the simulator's ray-default shaped like the live deployment (--config):
+GPUs = BaseModel replicas, max_models_per_replica = cache.base_models_per_replica, Ray's
+max_ongoing_requests, no autoscaling when num_replicas is fixed. Service and load times come
+from --profile (write one with `t2i profile --url URL --out profile.yaml`).
+
+JSON: {"live": {...}, "sim": {...}, "relative_error": {...}, "difference": {...}}; relative error
+is (sim - live) / live, None where live is 0 (see "difference").
+
+example:
+  t2i demo-models --out models/many --bases 8 --loras 64
+  t2i serve --config models/many/config.yaml &
+  t2i profile --url http://127.0.0.1:8000 --out /tmp/profile.yaml
+  t2i trace synth --requests 2000 --instances 8 --base-models 40 --loras 300 --seed 1 --out /tmp/k.json
+  t2i parity --trace /tmp/k.json --format katz --config models/many/config.yaml \\
+      --profile /tmp/profile.yaml --arrival poisson --rate 1 --max-requests 200 --out /tmp/parity
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = replay_parser("t2i parity", "Replay one trace slice against the live service and through "
+                       "the simulator (same requests, same policy set), and compare latency and SLO "
+                       "violations.", EPILOG)
+    ap.add_argument("--config", required=True, help="the t2i config the service runs (replica count, "
+                    "multiplexing capacity, max_ongoing_requests)")
+    ap.add_argument("--profile", required=True, help="simulator profile YAML (`t2i profile`)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from app.config import ConfigError, load_config
+    from trace_replay.replay.parity import compare, side_by_side, simulate_slice
+
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        registry = fetch_registry(args.url)
+        served = set(registry.bases) | set(registry.loras) | set(registry.controlnets)
+        configured = {m.id for m in config.models if m.kind in ("base", "lora", "controlnet")}
+        if served != configured:
+            raise ValueError(f"--config {args.config} does not describe the service at {args.url}: "
+                             f"models only served: {sorted(served - configured)[:5]}, only in the "
+                             f"config: {sorted(configured - served)[:5]}")
+        requests, mapping, registry = prepare(args, registry)
+        slo = args.slo_s or registry.slo_s or 30.0
+        sim_result, cfg, spec = simulate_slice(requests, registry, config, args.profile, slo, args.seed)
+    except (ValueError, FileNotFoundError, KeyError, ConnectionError, ConfigError) as exc:
+        print(f"t2i parity: error: {exc}", file=sys.stderr)
+        return 2
+    args.slo_s = slo
+    live, result = live_run(args, registry, requests, mapping)
+    sim = dict(sim_result.summary)
+    cmp = compare(live, sim)
+    doc = {"live": {k: v for k, v in live.items() if k != "per_base_model"}, "sim": sim, **cmp,
+           "policy_set": spec.model_dump(), "profile": str(args.profile), "gpus": cfg.cluster.gpus}
+    (Path(args.out) / "parity.json").write_text(json.dumps(doc, indent=1, default=float))
+    if args.json:
+        print(json.dumps(doc, default=float))
+    else:
+        print(f"parity: {live['requests']} requests, live {args.url} vs simulated {spec.name} on "
+              f"{cfg.cluster.gpus} GPUs ({args.profile})")
+        print(side_by_side(live, sim, cmp))
+        print(f"wrote {Path(args.out) / 'parity.json'}")
+    return 1 if result.aborted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
