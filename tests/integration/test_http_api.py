@@ -49,6 +49,13 @@ def test_health_and_model_listing(http):
     assert listed["object"] == "list"
     assert kinds["tiny-sd-light"] == "base" and kinds["tiny-cn-canny"] == "controlnet"
     assert sum(k == "lora" for k in kinds.values()) >= 8 and kinds["tiny-disc"] == "discriminator"
+    # what a client (the trace-replay driver) needs to send only what the service accepts
+    light = next(m for m in listed["data"] if m["id"] == "tiny-sd-light")
+    assert light["sizes"][0] == "64x64" and light["default_steps"] == 2
+    extra = listed["t2i"]
+    assert extra["default_base_model"] == "tiny-sd-light" and extra["slo_s"] == 5.0
+    assert extra["limits"] == {"max_images_per_request": 4, "max_steps": 50,
+                               "max_loras_per_request": 3, "max_controlnets_per_request": 2}
 
 
 @pytest.mark.parametrize("size", ["64x64", "32x32", "128x128"])
