@@ -185,7 +185,7 @@ class Coordinator:
         return math.log(2) / half_life if math.isfinite(half_life) else 0.0
 
     def component_demand(self, now: float) -> np.ndarray:
-        """Decayed demand per component: each live pipeline's demand added to its components
+        """Decayed demand per component: each pipeline still ranked (not faded) adds its demand to its components
         (what cache-aware scale-down weighs a replica's cache by)."""
         d = self.pop.scores(self.state, now)
         out = np.zeros(self.table.n)

@@ -5,8 +5,10 @@ request. In the cluster the router decides that online, so no per-replica future
 the run. What the oracle gives instead is the cluster-wide future: for a component on a GPU, the
 index of the next request (in arrival order) that needs it, wherever it will be served. Belady's
 rule on that (evict what the cluster needs farthest ahead) is the offline reference the online
-policies are measured against; with byte sizes and routing in play it is a strong offline policy,
-not a proven optimum (size-aware MIN is NP-hard), which the benchmark's note says.
+policies are measured against. It is a heuristic reference, NOT a bound: with byte sizes
+(size-aware MIN is NP-hard), routing decided online and a next use that may fall on another
+replica, an online policy can load less than it. The exact MIN stays where it is exact:
+``t2i trace cache`` (one cache per instance, unit slots; ``trace_replay/cache_sim.py``).
 
 Request indices are the oracle's clock: monotone in time, so ``CacheView.next_seq`` ranks the
 same whether it holds sequence numbers or request indices (Belady reads only its order).

@@ -1,6 +1,6 @@
 """Named policy sets: which routing, eviction, prefetch, placement and autoscaling run together.
 
-A set is a typed spec (pydantic, so the live app can load the same file) plus a runtime that
+A set is a typed spec (pydantic, so a live deployment could load the same file) plus a runtime that
 wires it into the simulator. Eviction, popularity, placement and pipeline prefetch come from the
 ``policies/`` registries by name; routing and the autoscaler's tick are the fast mechanisms of
 ``control.py`` (see there for why).
@@ -9,7 +9,7 @@ wires it into the simulator. Eviction, popularity, placement and pipeline prefet
 |---|---|---|---|---|---|
 | ray-default | Ray multiplex (pow-2 among holders) | LRU, 3 models per replica | no host cache | Ray queue-length, defaults | none |
 | lru / lfu | Ray multiplex | LRU / LFU by GPU bytes | host + disk | fixed N | none |
-| belady | Ray multiplex | Belady's MIN on the cluster-wide next use (offline oracle) | host + disk | fixed N | none |
+| belady | Ray multiplex | Belady's MIN on the cluster-wide next use (offline oracle; a heuristic reference, not a bound) | host + disk | fixed N | none |
 | diffserve-static | static partition by offline demand | LRU | host + disk | fixed N | models pinned to partitions |
 | coordinator | policies.routing least-expected-latency (queue wait + missing loads by tier; band pools off, see below) | cost-aware | host + disk | fixed N | popularity bands: hot pipelines persisted on several replicas; warm ones prefetched by a UCB bandit |
 | coordinator-lean | as coordinator, but a request waits up to 1/4 of the SLO for a replica holding its pipeline rather than load it elsewhere | cost-aware | host + disk | fixed N | as coordinator |
@@ -63,9 +63,11 @@ POLICY_SETS: dict[str, PolicySetSpec] = {s.name: s for s in (
     PolicySetSpec(name="lfu", description="LFU by GPU bytes, host/disk tiers, Ray routing, all GPUs",
                   eviction="lfu"),
     # the offline reference of the cache-efficiency benchmark: lru's routing and tiers, Belady's
-    # MIN eviction on the cluster-wide next use (oracle.py); not runnable online
-    PolicySetSpec(name="belady", description="offline reference: as lru, but Belady's MIN evicts the "
-                  "component the cluster needs farthest ahead (a next-use oracle over the trace)",
+    # MIN eviction on the cluster-wide next use (oracle.py); not runnable online, and a heuristic
+    # reference, not a bound (byte sizes, online routing: see oracle.py)
+    PolicySetSpec(name="belady", description="offline heuristic reference (not a bound): as lru, but "
+                  "Belady's MIN evicts the component the cluster needs farthest ahead (a next-use "
+                  "oracle over the trace)",
                   eviction="belady"),
     PolicySetSpec(name="diffserve-static", description="static partition of replicas to base models "
                   "by offline demand share (DiffServe-style static provisioning), LRU inside",

@@ -1,9 +1,11 @@
-"""Autoscaling on control ticks through ``policies.autoscaling`` (the live app's code).
+"""Autoscaling on control ticks through ``policies.autoscaling`` (pure policy code; the live
+service does not run it yet).
 
 A policy from the ``AUTOSCALING`` registry, wrapped in ``Guardrails`` (Ray's defaults unless the
 set says otherwise), turns Ray's metric into a replica target; this class acts on it. Ray's
 metric is running + queued requests averaged over a look-back window (30 s); the simulator keeps
 the count in the loop (``Simulation.in_system``) and averages the samples taken at each tick.
+The mean service time it passes (``Simulation.mean_job_s``) comes from completed jobs only.
 Scaling up reserves inactive GPUs, routable after ``replica_startup_s`` with an empty GPU;
 scaling down removes idle replicas only (Ray drains busy ones; simplification), chosen by a
 ``SCALE_DOWN`` policy (``newest-first`` as Ray, or ``cache-aware``), and clears their GPU.
