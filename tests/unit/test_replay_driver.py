@@ -1,8 +1,6 @@
-"""The replay driver over real HTTP against a small scripted server (uvicorn on 127.0.0.1).
+"""The replay driver over real HTTP against a small scripted server (``replay_server.py``).
 
-The server answers like the t2i API (``/v1/models``, ``/v1/images/generations`` with timings),
-with a per-test behaviour: slow, failing, or hanging. The full service is exercised by the
-integration test ``tests/integration/test_replay_live.py``.
+The full service is exercised by the integration test ``tests/integration/test_replay_live.py``.
 """
 
 from __future__ import annotations
@@ -10,73 +8,16 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
-import time
 
 import numpy as np
 import pytest
-import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 
 from app.cli import main as t2i
 from trace_replay.replay.driver import replay
 from trace_replay.replay.mapping import ReplayRequest
 from trace_replay.replay.report import summarize
 
-MODELS = {"data": [{"id": "b0", "kind": "base", "base_models": [], "default_steps": 2},
-                   {"id": "b1", "kind": "base", "base_models": [], "default_steps": 2},
-                   {"id": "l0", "kind": "lora", "base_models": []},
-                   {"id": "c0", "kind": "controlnet", "base_models": []}],
-          "t2i": {"default_base_model": "b0", "slo_s": 1.0,
-                  "limits": {"max_images_per_request": 1, "max_steps": 4,
-                             "max_loras_per_request": 1, "max_controlnets_per_request": 1}}}
-
-
-class Scripted:
-    """What the server does per request: ('ok', delay_s) | ('error', status) | ('hang', s)."""
-
-    def __init__(self) -> None:
-        self.mode: tuple = ("ok", 0.0)
-        self.bodies: list[dict] = []
-        self.app = FastAPI()
-
-        @self.app.get("/v1/models")
-        async def models() -> dict:
-            return MODELS
-
-        @self.app.post("/v1/images/generations")
-        async def generate(request: Request) -> JSONResponse:
-            body = await request.json()
-            self.bodies.append(body)
-            replica = f"replica-{len(self.bodies) % 2}"
-            kind, value = self.mode
-            if kind == "error":
-                return JSONResponse({"error": {"message": "scripted failure", "param": None}},
-                                    status_code=value)
-            await asyncio.sleep(value)
-            return JSONResponse({"model": body["base_model"], "data": [{"b64_json": ""}],
-                                 "timings": {"queue_s": 0.0, "load_s": 0.01, "inference_s": value,
-                                             "total_s": value + 0.01},
-                                 "t2i": {"replica": replica}})
-
-
-@pytest.fixture(scope="module")
-def server():
-    scripted = Scripted()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(scripted.app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    scripted.url = f"http://127.0.0.1:{port}"
-    yield scripted
-    srv.should_exit = True
-    thread.join(timeout=10)
+from tests.unit.replay_server import server  # noqa: F401,E402  (the fixture)
 
 
 def _reqs(n: int, gap: float) -> list[ReplayRequest]:

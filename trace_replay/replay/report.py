@@ -39,6 +39,7 @@ def summarize(run: RunResult, slo_s: float) -> dict:
         v = np.array([r.timings.get(stage, 0.0) for r in done])
         stages[stage] = {"mean": float(v.mean()) if v.size else float("nan"),
                          "median": _q(v, 0.5), "p99": _q(v, 0.99), "sum": float(v.sum())}
+    lag = np.array([r.sent_s - r.scheduled_s for r in sent if np.isfinite(r.sent_s)])
     client_overhead = np.array([r.latency_s - r.timings.get("total_s", 0.0) for r in done])
     errors: dict[str, int] = {}
     for r in failed + timed_out:
@@ -72,6 +73,10 @@ def summarize(run: RunResult, slo_s: float) -> dict:
         "requests_with_load": int(sum(1 for r in done if r.timings.get("load_s", 0.0) > 0.05)),
         "stages": stages,
         "client_overhead_median_s": _q(client_overhead, 0.5),
+        # how late the driver sent (a concurrency limit's wait included): an open-loop replay is
+        # only as good as this is small
+        "send_lag_p50_s": _q(lag, 0.5),
+        "send_lag_p99_s": _q(lag, 0.99),
         "replicas_seen": len({r.replica for r in done if r.replica}),
         "errors": errors,
     }
@@ -186,6 +191,7 @@ def table(summary: dict) -> str:
     for stage, v in s["stages"].items():
         lines.append(f"{stage + ':':36s}{v['mean']:.3f} / {v['median']:.3f} / {v['p99']:.3f}")
     lines.append(f"{'Client + HTTP overhead (median s):':36s}{s['client_overhead_median_s']:.3f}")
+    lines.append(f"{'Send lag p50 / p99 (s):':36s}{s['send_lag_p50_s']:.3f} / {s['send_lag_p99_s']:.3f}")
     lines.append(f"{'Load seconds (sum of load_s):':36s}{s['load_seconds']:.2f}")
     if s.get("mapping"):
         m = s["mapping"]
