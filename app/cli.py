@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("trace", add_help=False, help="trace tooling (see `t2i trace --help`)")
     sub.add_parser("simulate", add_help=False, help="cluster simulator (see `t2i simulate --help`)")
+    sub.add_parser("profile", add_help=False, help="measure a running service into a simulator "
+                   "profile (see `t2i profile --help`)")
     sub.add_parser("replay", add_help=False, help="replay a trace against the live service "
                    "(see `t2i replay --help`)")
     sub.add_parser("parity", add_help=False, help="the same trace slice live and simulated, side "
@@ -140,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         from trace_replay.replay.parity_cli import main as parity_main
 
         return parity_main(argv[1:])
+    if argv and argv[0] == "profile":
+        from trace_replay.profile import main as profile_main
+
+        return profile_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -1,0 +1,76 @@
+"""`t2i profile`'s pure half on synthetic samples: the fit, load figures, the SimConfig it writes."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from trace_replay.profile import Sample, summarize
+from trace_replay.profile_fit import build_sim_profile, fit_service, render_table, yaml_text
+
+
+def _sample(kind, base="m", steps=2, size="64x64", load=0.001, inference=None, adapter=None,
+            replica="r1", latency_extra=0.02):
+    pixels = eval(size.replace("x", "*"))
+    inference = inference if inference is not None else 0.05 + 0.01 * steps * pixels / 4096
+    total = inference + load + 0.004
+    return Sample(kind, base, steps, size, adapter, total + latency_extra,
+                  {"inference_s": inference, "load_s": load, "queue_s": 0.0, "total_s": total},
+                  replica)
+
+
+def _samples():
+    out = [_sample("probe", load=0.8), _sample("probe", base="n", load=0.001)]
+    for steps in (2, 6):
+        for size in ("64x64", "32x32"):
+            out += [_sample("service", steps=steps, size=size),
+                    _sample("service", base="n", steps=steps, size=size)]
+    out += [_sample("lora-first", load=0.061, adapter="l1", inference=0.07 * 1.1),
+            _sample("lora-slot", load=0.001, adapter="l1", inference=0.07 * 1.1),
+            _sample("lora-store", base="n", load=0.021, adapter="l1"),
+            _sample("cn-first", load=0.301, adapter="c1", inference=0.07 * 1.5),
+            _sample("cn-warm", load=0.011, adapter="c1", inference=0.07 * 1.5),
+            _sample("cn-first", load=0.401, adapter="c2", inference=0.07 * 1.5),
+            _sample("cn-warm", load=0.351, adapter="c2", replica="r2", inference=0.07 * 1.5)]
+    return out
+
+
+def test_fit_recovers_the_per_step_line():
+    fit = fit_service([2, 6, 2, 6], [4096, 4096, 1024, 1024], [0.07, 0.11, 0.055, 0.065], 4096)
+    assert fit["s_per_step"] == pytest.approx(0.01) and fit["fixed_s"] == pytest.approx(0.05)
+    one_point = fit_service([2, 2], [4096, 4096], [0.1, 0.1], 4096)
+    assert one_point["s_per_step"] == pytest.approx(0.05) and one_point["fixed_s"] == 0.0
+
+
+def test_summary_loads_overheads_and_factors():
+    summary = summarize(_samples(), {"broken": "HTTP 500"})
+    assert summary["models"]["m"]["s_per_step"] == pytest.approx(0.01)
+    loads = summary["loads"]
+    assert loads["base_model"] == pytest.approx([0.799])  # n's probe was already loaded
+    assert loads["lora_first"] == pytest.approx([0.06]) and loads["lora_store"] == pytest.approx([0.02])
+    # c2's warm request landed on another replica: a first use there
+    assert loads["controlnet_first"] == pytest.approx([0.3, 0.4, 0.35])
+    assert loads["controlnet_warm"] == pytest.approx([0.01])
+    assert summary["overhead"]["total_s"] == pytest.approx(0.024)
+    assert summary["inference_factors"]["lora"] == pytest.approx(0.1)
+    assert summary["inference_factors"]["controlnet"] == pytest.approx(0.5)
+
+
+def test_the_profile_is_a_simulator_config_and_the_table_prints():
+    from trace_replay.simulator.config import InferenceSpec, SimConfig
+
+    summary = summarize(_samples(), {})
+    summary.update(url="http://x", measured_at="now", client_host="h", repeats=1, seconds=1.0,
+                   sizes_gb={"m": 0.005}, defaults={"default_pixels": 4096, "default_steps": 2})
+    summary["sim_profile"] = build_sim_profile(summary)
+    text = yaml_text(summary, "p.json")
+    assert text.startswith("# Simulator profile") and "p.json" in text
+    table = render_table(summary)
+    assert "s_per_step" in table and "LoRA first use" in table
+    if "per_model" not in InferenceSpec.model_fields:
+        pytest.skip("SimConfig has no inference.per_model yet (being added to the simulator)")
+    config = SimConfig.model_validate(yaml.safe_load(text))
+    assert config.inference.per_model["m"].s_per_step == pytest.approx(0.01)
+    assert config.inference.per_model["m"].fixed_s == pytest.approx(0.05 + 0.024)
+    assert config.components.reload_overhead_s.lora == pytest.approx(0.06)
+    assert config.cluster.load_model == "bandwidth" and config.components.sizes_gb == {"m": 0.005}
