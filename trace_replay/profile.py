@@ -42,8 +42,8 @@ PROMPT = "a lighthouse at dusk, profiled"
 class Sample:
     """One request and what the client and the server measured."""
 
-    # probe, service, reprobe, lora-warmup, lora-first, lora-slot, lora-store, cn-warmup,
-    # cn-first, cn-warm
+    # probe, service, reprobe, rewarm (base loads if cold), lora-warmup, lora-first, lora-slot,
+    # lora-store, cn-warmup, cn-first, cn-warm
     kind: str
     base: str
     steps: int
@@ -165,6 +165,13 @@ def measure(prober: Prober, plan: Plan) -> dict[str, str]:
         return failed
     base, size, steps = good[0]["id"], _model_sizes(good[0], plan)[0], _model_steps(good[0], plan)[0]
     other = good[1]["id"] if len(good) > 1 else None
+
+    def rewarm(entry: dict) -> None:
+        """A plain request first, so the adapter request after it finds its base loaded (with
+        more bases than the replicas hold, the passes above evicted some); a base load if cold."""
+        prober.send("rewarm", entry["id"], _model_steps(entry, plan)[0], _model_sizes(entry, plan)[0])
+
+    rewarm(good[0])
     applicable = [e for e in plan.loras if not e.get("base_models") or base in e["base_models"]]
     # Last registered first: earlier traffic usually used the first ones, and a LoRA already in
     # the store would read as a warm load. The first LoRA a fresh service sees also pays one-time
@@ -184,9 +191,11 @@ def measure(prober: Prober, plan: Plan) -> dict[str, str]:
         probed += 1
         prober.send("lora-slot", base, steps, size, lora=entry["id"])
         if other and (not entry.get("base_models") or other in entry["base_models"]):
-            other_entry = good[1]
-            prober.send("lora-store", other, _model_steps(other_entry, plan)[0],
-                        _model_sizes(other_entry, plan)[0], lora=entry["id"])
+            # in the store but in none of this base's slots: the swap alone (into another base)
+            rewarm(good[1])
+            prober.send("lora-store", other, _model_steps(good[1], plan)[0],
+                        _model_sizes(good[1], plan)[0], lora=entry["id"])
+            rewarm(good[0])
     nets = [e for e in plan.controlnets if not e.get("base_models") or base in e["base_models"]]
     probed, warmup = 0, len(nets) > plan.adapters
     for entry in nets:
@@ -305,7 +314,7 @@ def run(args: argparse.Namespace) -> dict:
                     [int(s) for s in args.steps.split(",")] if args.steps else None,
                     max(1, args.repeats), max(0, args.adapters))
         per_base = 1 + plan.repeats * 4 + (len(bases) >= 3)
-        with progress(total=len(bases) * per_base + 5 * plan.adapters + 2, desc="profile",
+        with progress(total=len(bases) * per_base + 7 * plan.adapters + 3, desc="profile",
                       disable=args.no_progress) as bar:
             prober = Prober(client, bar)
             failed = measure(prober, plan)

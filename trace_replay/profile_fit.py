@@ -74,7 +74,7 @@ def load_seconds(samples) -> dict[str, list[float]]:
              "cn-first": "controlnet_first", "cn-warm": "controlnet_warm"}
     for s in samples:
         extra = max(s.timings.get("load_s", 0.0) - base_ref.get(s.base, 0.0), 0.0)
-        if s.kind in ("probe", "reprobe"):
+        if s.kind in ("probe", "reprobe", "rewarm"):
             if extra > COLD_MARGIN_S:
                 out["base_model"].append(extra)
             continue
@@ -164,8 +164,9 @@ def render_table(result: dict) -> str:
                  f"{_fmt(ov['http_s'])}, server total - stages {_fmt(ov['server_s'])}, "
                  f"sum {_fmt(ov['total_s'])}")
     lines.append(f"base-model load      {_load_line(result, 'base_model')}")
-    lines.append(f"LoRA first use       {_load_line(result, 'lora_first')};  in the store "
-                 f"{_load_line(result, 'lora_store')};  in a slot {_load_line(result, 'lora_slot')}")
+    lines.append(f"LoRA first use       {_load_line(result, 'lora_first')};  in the store, "
+                 f"swapped into another base {_load_line(result, 'lora_store')};  in a slot "
+                 f"{_load_line(result, 'lora_slot')}")
     lines.append(f"ControlNet first use {_load_line(result, 'controlnet_first')};  warm "
                  f"{_load_line(result, 'controlnet_warm')}")
     lines.append(f"first adapter of a fresh service (one-time imports, left out): LoRA "
