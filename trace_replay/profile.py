@@ -320,11 +320,11 @@ def run(args: argparse.Namespace) -> dict:
             failed = measure(prober, plan)
     summary = summarize(prober.samples, failed)
     sizes_gb = component_sizes_gb(args.config)
-    default = bases[0] if bases else {}
-    defaults = {"default_pixels": int(np.prod([int(v) for v in _model_sizes(default, plan)[0].split("x")]))
-                if bases else None,
-                "default_steps": int(default.get("default_steps") or _model_steps(default, plan)[0])
-                if bases else None}
+    defaults = {}  # what the simulator assumes when a trace row has no size or steps
+    if bases:
+        width, height = map(int, _model_sizes(bases[0], plan)[0].split("x"))
+        defaults = {"default_pixels": width * height,
+                    "default_steps": int(bases[0].get("default_steps") or _model_steps(bases[0], plan)[0])}
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     summary.update(url=args.url, measured_at=now, client_host=socket.gethostname(),
                    repeats=plan.repeats, seconds=round(time.perf_counter() - started, 1),
