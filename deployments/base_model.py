@@ -37,6 +37,13 @@ class BaseModel:
         self._loader = load
         self.get_pipeline = serve.multiplexed(
             max_num_models_per_replica=self.config.cache.base_models_per_replica)(load)
+        # Before Serve marks the replica ready, so no user request pays the one-time work.
+        self.warm_up_s = self.engine.warm_up()
+
+    async def ready(self) -> dict:
+        """A cheap call the ingress makes at start-up: it opens the handle's path to a replica
+        (the first call through a fresh handle waited seconds), and says what warm-up cost."""
+        return {"warm_up_s": round(self.warm_up_s, 3)}
 
     async def _fetch_adapters(self, adapter_ids: list[str]) -> dict:
         if not adapter_ids:

@@ -77,6 +77,9 @@ class LoRAStore:
         self._seq = 0
         self.hits = self.misses = self.evictions = 0
         self.read_seconds = 0.0
+        # The readers read_lora_file imports, at start-up: on a fresh service the first LoRA
+        # request paid ~3 s for them (t2i profile, 'first adapter of a fresh service').
+        from diffusers import StableDiffusionPipeline  # noqa: F401
 
     def _entry(self, adapter_id: str):
         try:

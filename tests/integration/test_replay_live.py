@@ -15,8 +15,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def synth_trace(tmp_path_factory):
     path = tmp_path_factory.mktemp("trace") / "katz.json"
-    assert t2i(["trace", "--no-progress", "synth", "--requests", "400", "--instances", "4",
-                "--base-models", "12", "--loras", "40", "--controlnets", "4", "--seed", "3",
+    assert t2i(["trace", "--no-progress", "synth", "--requests", "2000", "--instances", "4",
+                "--base-models", "40", "--loras", "200", "--controlnets", "4", "--seed", "3",
                 "--out", str(path)]) == 0
     return path
 
