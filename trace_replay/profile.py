@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trace_replay.profile_fit import (build_sim_profile, fit_service, load_seconds, median,
-                                      ratio_overhead, render_table, yaml_text)
+from trace_replay.profile_fit import (build_sim_profile, fit_service, host_contention, load_seconds,
+                                      median, ratio_overhead, render_table, yaml_text)
 
 PROMPT = "a lighthouse at dusk, profiled"
 
@@ -53,6 +53,7 @@ class Sample:
     timings: dict[str, float] = field(default_factory=dict)
     replica: str | None = None
     error: str | None = None
+    group: int = -1  # 'concurrent' samples: the round they were sent in together
 
     @property
     def ok(self) -> bool:
@@ -73,7 +74,7 @@ class Prober:
         self._control_images: dict[str, str] = {}
 
     def send(self, kind: str, base: str, steps: int, size: str, lora: str | None = None,
-             controlnet: str | None = None) -> Sample:
+             controlnet: str | None = None, group: int = -1) -> Sample:
         body: dict = {"prompt": PROMPT, "model": base, "size": size, "num_inference_steps": steps,
                       "seed": 0, "n": 1, "cascade": False}
         if lora:
@@ -81,7 +82,7 @@ class Prober:
         if controlnet:
             body["controlnets"] = [{"id": controlnet, "image": self._control_image(size),
                                     "conditioning_scale": 1.0}]
-        sample = Sample(kind, base, steps, size, lora or controlnet)
+        sample = Sample(kind, base, steps, size, lora or controlnet, group=group)
         started = time.perf_counter()
         try:
             response = self.client.post("/v1/images/generations", json=body)
@@ -157,6 +158,7 @@ def measure(prober: Prober, plan: Plan) -> dict[str, str]:
             for steps in _model_steps(entry, plan):
                 for size in _model_sizes(entry, plan):
                     prober.send("service", entry["id"], steps, size)
+    measure_contention(prober, plan)
     if len(good) >= 3:  # round robin again: with more bases than a replica holds, these load
         for entry in good:
             prober.send("reprobe", entry["id"], _model_steps(entry, plan)[0],
@@ -214,6 +216,25 @@ def measure(prober: Prober, plan: Plan) -> dict[str, str]:
     return failed
 
 
+def measure_contention(prober: Prober, plan: Plan, rounds: int = 3) -> None:
+    """Replicas that share a host's processors slow each other down (two tiny-model replicas on
+    this 2-core machine: +23% inference when both computed, measured in a live replay). Each
+    replica's most recently served base model is surely resident there, so requests for those
+    bases sent at once run on distinct replicas at the same time: kind 'concurrent'."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    latest: dict[str, Sample] = {}
+    for sample in prober.samples:
+        if sample.kind == "service" and sample.ok and sample.replica:
+            latest[sample.replica] = sample
+    picks = list({s.base: s for s in latest.values()}.values())  # one request per distinct base
+    if len(picks) < 2:
+        return
+    with ThreadPoolExecutor(len(picks)) as pool:
+        for group in range(rounds):
+            list(pool.map(lambda s: prober.send("concurrent", s.base, s.steps, s.size, group=group), picks))
+
+
 def summarize(samples: list[Sample], failed: dict[str, str]) -> dict:
     """The medians and fits the profile is built from (pure: unit tests feed it samples)."""
     ok = [s for s in samples if s.ok]
@@ -237,6 +258,7 @@ def summarize(samples: list[Sample], failed: dict[str, str]) -> dict:
         "inference_factors": {
             "lora": ratio_overhead(ok, ("lora-first", "lora-slot", "lora-store")),
             "controlnet": ratio_overhead(ok, ("cn-first", "cn-warm"))},
+        "host": host_contention(ok),
         "failed": failed,
         "requests": len(samples),
     }
@@ -314,7 +336,7 @@ def run(args: argparse.Namespace) -> dict:
                     [int(s) for s in args.steps.split(",")] if args.steps else None,
                     max(1, args.repeats), max(0, args.adapters))
         per_base = 1 + plan.repeats * 4 + (len(bases) >= 3)
-        with progress(total=len(bases) * per_base + 7 * plan.adapters + 3, desc="profile",
+        with progress(total=len(bases) * per_base + 7 * plan.adapters + 9, desc="profile",
                       disable=args.no_progress) as bar:
             prober = Prober(client, bar)
             failed = measure(prober, plan)

@@ -105,6 +105,26 @@ def ratio_overhead(samples, kinds: tuple[str, ...]) -> float | None:
     return None if value is None else max(value, 0.0)
 
 
+def host_contention(samples) -> dict:
+    """Replicas on one host and how much they slow each other down: for each 'concurrent'
+    request, its inference over the plain (alone) median of the same base, steps and size, minus
+    one, per other request of its round that ran on another replica; the median of those."""
+    replicas = {s.replica for s in samples if s.replica}
+    per_other = []
+    for s in samples:
+        if s.kind != "concurrent":
+            continue
+        others = {o.replica for o in samples if o.kind == "concurrent" and o.group == s.group
+                  and o.replica and o.replica != s.replica}
+        alone = median(p.timings.get("inference_s") for p in samples if p.kind == "service"
+                       and (p.base, p.steps, p.size) == (s.base, s.steps, s.size))
+        if others and alone:
+            per_other.append((s.timings.get("inference_s", 0.0) / alone - 1.0) / len(others))
+    value = median(per_other)
+    return {"replicas": len(replicas), "contention": None if value is None else max(value, 0.0),
+            "n": len(per_other)}
+
+
 def build_sim_profile(summary: dict) -> dict:
     """The SimConfig document: inference per model, reload overheads by kind, one load tier."""
     overhead = summary["overhead"]["total_s"] or 0.0
@@ -137,9 +157,12 @@ def build_sim_profile(summary: dict) -> dict:
                         ("controlnet", "controlnet_load_s")):
         if measured[kind] is not None:
             components[field] = round(max(measured[kind], 1e-4), 6)
-    return {"inference": inference, "components": components,
-            "cluster": {"load_model": "bandwidth", "remote_gbps": REMOTE_GBPS, "host_gb": 0.0,
-                        "disk_gb": 0.0}}
+    cluster = {"load_model": "bandwidth", "remote_gbps": REMOTE_GBPS, "host_gb": 0.0, "disk_gb": 0.0}
+    host = summary.get("host") or {}
+    if host.get("contention") is not None and host.get("replicas", 0) >= 2:
+        # every replica of the profiled service shares this one host
+        cluster.update(replicas_per_host=host["replicas"], host_contention=round(host["contention"], 4))
+    return {"inference": inference, "components": components, "cluster": cluster}
 
 
 def _fmt(value: float | None, unit: str = "s") -> str:
@@ -176,6 +199,10 @@ def render_table(result: dict) -> str:
     pct = lambda v: "-" if v is None else f"+{v:.0%}"  # noqa: E731
     lines.append(f"inference with 1 LoRA {pct(factors['lora'])}, with 1 ControlNet "
                  f"{pct(factors['controlnet'])} (over plain, same steps and size)")
+    host = result.get("host") or {}
+    if host.get("contention") is not None:
+        lines.append(f"{host['replicas']} replicas on this host: each busy neighbour adds "
+                     f"{host['contention']:+.0%} to a request's inference (n={host['n']})")
     if result["failed"]:
         lines.append("failed (left out): " + "; ".join(
             f"{k}: {v[:80]}" for k, v in result["failed"].items()))

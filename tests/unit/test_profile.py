@@ -74,3 +74,21 @@ def test_the_profile_is_a_simulator_config_and_the_table_prints():
     assert config.inference.per_model["m"].fixed_s == pytest.approx(0.05 + 0.024)
     assert config.components.reload_overhead_s.lora == pytest.approx(0.06)
     assert config.cluster.load_model == "bandwidth" and config.components.sizes_gb == {"m": 0.005}
+
+
+def test_host_contention_from_requests_sent_together():
+    alone = _samples()
+    # rounds of two requests on two replicas at once: each inference 30% over its alone median
+    together = [_sample("concurrent", base=b, replica=r, inference=0.07 * 1.3) for b, r in (("m", "r1"), ("n", "r2"))]
+    for s, g in zip(together + [_sample("concurrent", base="m", replica="r1", inference=0.07 * 1.3)], (0, 0, 1)):
+        s.group = g
+    summary = summarize(alone + together, {})
+    host = summary["host"]
+    # round 1 had one request (no neighbour): only the two of round 0 count
+    assert host["replicas"] == 2 and host["n"] == 2 and host["contention"] == pytest.approx(0.3)
+    profile = build_sim_profile(summary | {"sizes_gb": {}, "defaults": {}})
+    assert profile["cluster"]["replicas_per_host"] == 2
+    assert profile["cluster"]["host_contention"] == pytest.approx(0.3)
+    # no concurrent samples: nothing claimed
+    assert summarize(alone, {})["host"]["contention"] is None
+    assert "host_contention" not in build_sim_profile(summarize(alone, {}) | {"sizes_gb": {}, "defaults": {}})["cluster"]

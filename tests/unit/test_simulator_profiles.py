@@ -171,3 +171,34 @@ def test_cli_table_shows_active_gpu_seconds_beside_violations(capsys):
     assert rc == 0
     header = capsys.readouterr().out.splitlines()[0].split()
     assert header.index("gpu_active_seconds") == header.index("slo_violation_rate") + 1
+
+
+def _contention_run(contention: float, per_host: int, n: int = 12):
+    """n requests 0.3 s apart for three bases on three GPUs, no loads (zero overhead, tiny sizes),
+    1 s of compute each: (start, duration, others busy at the start) per request."""
+    step = {"s_per_step": 0.5, "fixed_s": 0.0, "ref_pixels": 4096}
+    cfg = SimConfig.model_validate({
+        "cluster": {"gpus": 3, "load_model": "bandwidth", "remote_gbps": 1e6,
+                    "replicas_per_host": per_host, "host_contention": contention},
+        "components": {"reload_overhead_s": {"base_model": 0, "controlnet": 0, "lora": 0},
+                       "base_gb": [1e-9, 1e-9]},
+        "inference": {"default_pixels": 4096, "default_steps": 2, "jitter_cv": 0.0,
+                      "per_model": {x: step for x in ("a", "b", "c")}}})
+    times = np.arange(n) * 0.3
+    res = simulate(table(times, np.arange(n) % 3, names=("a", "b", "c")), "lru", cfg, data_dir=None)
+    start, finish, worker = res.records.start, res.records.finish, res.records.worker
+    busy = np.array([np.count_nonzero((start < start[i]) & (finish > start[i]) & (worker != worker[i])
+                                      & (worker // per_host == worker[i] // per_host)) for i in range(n)])
+    return finish - start, busy
+
+
+def test_replicas_sharing_a_host_slow_each_other_down():
+    dur, _ = _contention_run(0.0, 3)
+    assert np.allclose(dur, 1.0)  # no contention: each replica has its own processors
+    dur, busy = _contention_run(0.25, 3)
+    assert busy.max() >= 1  # the workload does overlap
+    assert np.allclose(dur, 1.0 + 0.25 * busy)  # stretched by the replicas busy at its start
+    dur, _ = _contention_run(0.25, 1)  # one replica per host (a GPU cluster): nothing shared
+    assert np.allclose(dur, 1.0)
+    with pytest.raises(ValidationError, match="host_contention"):
+        SimConfig.model_validate({"cluster": {"host_contention": -0.1}})

@@ -36,6 +36,12 @@ class ClusterSpec(BaseModel):
                             "distributions per component kind (end to end, overhead included), or "
                             "reload_overhead_s + size / remote_gbps")
     replica_startup_s: float = Field(10.0, ge=0, description="delay before a scaled-up replica serves")
+    replicas_per_host: int = Field(1, ge=1, description="replicas sharing one host's processors (a GPU "
+                                   "cluster: 1, one replica per GPU; the CPU demo: every replica)")
+    host_contention: float = Field(0.0, ge=0, description="extra duration of a job per other busy "
+                                   "replica on its host when it starts, as a fraction: replicas that "
+                                   "share processors slow each other down (t2i profile measures it; "
+                                   "0 = none)")
 
 
 class ReloadOverhead(BaseModel):

@@ -98,6 +98,10 @@ class Simulation:
         self.now = 0.0
         self.rnd = random.Random(cfg.seed)  # routing randomness: seeded, cheap per call
         self.holders: list[set[int]] = [set() for _ in range(wl.n_base)]  # base -> workers with it on GPU
+        # Replicas sharing a host's processors: a job starting next to m busy replicas takes
+        # (1 + host_contention x m) times as long (the busy count is what the host could observe).
+        self.per_host, self.contention = c.replicas_per_host, c.host_contention
+        self.host_busy = [0] * (c.gpus // c.replicas_per_host + 1)
         self.key_size = wl.key_size.tolist()
         self.key_kind = wl.key_kind.tolist()
         self.pool = {k: v.tolist() for k, v in wl.load_pool.items()}
@@ -219,6 +223,8 @@ class Simulation:
                 if s is not None:
                     w.next_seq[s] = nxt[off + j]
         dur = load + self.infer[i]
+        if self.contention:
+            dur *= 1.0 + self.contention * self.host_busy[w.idx // self.per_host]
         rec = self.rec
         rec.start[i] = now
         rec.load_s[i] = load
@@ -250,6 +256,7 @@ class Simulation:
         """``w`` runs a job of ``dur`` seconds (the clock's) that it expects to take ``expected``."""
         w.idle_s += now - w.free_since
         w.busy = True
+        self.host_busy[w.idx // self.per_host] += 1
         w.busy_s += dur
         w.job_start = now
         w.exp_end = now + expected
@@ -369,6 +376,7 @@ class Simulation:
                         self.exec_sum += self.infer[j]
                         self.exec_n += 1
                 w.busy = False
+                self.host_busy[w.idx // self.per_host] -= 1
                 w.free_since = now
                 if w.queue:
                     j, comps, e = w.queue.popleft()
