@@ -176,21 +176,8 @@ def measure(prober: Prober, plan: Plan) -> dict[str, str]:
     rewarm(good[0])
     applicable = [e for e in plan.loras if not e.get("base_models") or base in e["base_models"]]
     # Last registered first: earlier traffic usually used the first ones, and a LoRA already in
-    # the store would read as a warm load. The first LoRA a fresh service sees also pays one-time
-    # imports in the LoRA store (seconds): with a spare adapter, that one is a warm-up.
-    probed, warmup = 0, len(applicable) > plan.adapters
-    for entry in reversed(applicable):
-        if probed >= plan.adapters:
-            break
-        first = prober.send("lora-warmup" if warmup else "lora-first", base, steps, size,
-                            lora=entry["id"])
-        if not first.ok:
-            failed[entry["id"]] = first.error
-            continue
-        if warmup:
-            warmup = False
-            continue
-        probed += 1
+    # the store would read as a warm load.
+    def lora_after(entry: dict) -> None:
         prober.send("lora-slot", base, steps, size, lora=entry["id"])
         if other and (not entry.get("base_models") or other in entry["base_models"]):
             # in the store but in none of this base's slots: the swap alone (into another base)
@@ -198,13 +185,26 @@ def measure(prober: Prober, plan: Plan) -> dict[str, str]:
             prober.send("lora-store", other, _model_steps(good[1], plan)[0],
                         _model_sizes(good[1], plan)[0], lora=entry["id"])
             rewarm(good[0])
+
+    _probe_adapters(list(reversed(applicable)), "lora", plan.adapters, failed,
+                    lambda kind, e: prober.send(kind, base, steps, size, lora=e["id"]), lora_after)
     nets = [e for e in plan.controlnets if not e.get("base_models") or base in e["base_models"]]
-    probed, warmup = 0, len(nets) > plan.adapters
-    for entry in nets:
-        if probed >= plan.adapters:
+    _probe_adapters(nets, "cn", plan.adapters, failed,
+                    lambda kind, e: prober.send(kind, base, steps, size, controlnet=e["id"]),
+                    lambda e: prober.send("cn-warm", base, steps, size, controlnet=e["id"]))
+    return failed
+
+
+def _probe_adapters(entries: list[dict], label: str, limit: int, failed: dict[str, str],
+                    first_use, after) -> None:
+    """Up to ``limit`` adapters: each one's first use (``first_use(kind, entry)``), then
+    ``after(entry)``. The first adapter a fresh service sees also pays one-time imports (seconds):
+    with a spare adapter, that one is sent as a warm-up and left out of the load figures."""
+    probed, warmup = 0, len(entries) > limit
+    for entry in entries:
+        if probed >= limit:
             break
-        first = prober.send("cn-warmup" if warmup else "cn-first", base, steps, size,
-                            controlnet=entry["id"])
+        first = first_use(f"{label}-warmup" if warmup else f"{label}-first", entry)
         if not first.ok:
             failed[entry["id"]] = first.error
             continue
@@ -212,8 +212,7 @@ def measure(prober: Prober, plan: Plan) -> dict[str, str]:
             warmup = False
             continue
         probed += 1
-        prober.send("cn-warm", base, steps, size, controlnet=entry["id"])
-    return failed
+        after(entry)
 
 
 def measure_contention(prober: Prober, plan: Plan, rounds: int = 3) -> None:

@@ -149,3 +149,24 @@ def test_exclude_leaves_ids_out_and_names_unknown_ones():
         _registry().without({"nope"})
     with pytest.raises(ValueError, match="no base model"):
         _registry().without({"b0", "b1"})
+
+
+@pytest.mark.parametrize("fmt,name", [("katz", "katz_small.json"),
+                                      ("gentd26-requests", "lora_request_trace_small.csv"),
+                                      ("gentd26-processed", "data_trace_processed_small.csv"),
+                                      ("diffserve", "diffserve_trace.txt")])
+def test_every_trace_format_maps_onto_the_registry(fmt, name):
+    from tests.trace_fixtures import FIX
+    from trace_replay.formats import load_trace
+
+    opts = {"seed": 0} if fmt == "gentd26-processed" else {}
+    table = load_trace(FIX / name, fmt, **opts)
+    reqs, rep = map_requests(table, _registry(), steps="trace")
+    assert len(reqs) == len(table) > 0
+    assert [r.time_s for r in reqs] == sorted(r.time_s for r in reqs) and reqs[0].time_s == 0.0
+    reg = _registry()
+    for r in reqs:
+        assert r.base_model in reg.bases and 1 <= r.n <= reg.max_images and 1 <= r.steps <= reg.max_steps
+        assert all(a in reg.loras for a, _ in r.loras) and len(r.loras) <= reg.max_loras
+    if fmt in ("katz", "gentd26-processed"):  # the formats that name adapters
+        assert any(r.loras for r in reqs)
