@@ -164,9 +164,8 @@ def main() -> int:
                                  for k in ("latency_p50_s", "latency_p95_s", "slo_violation_rate"))
                   for d in runs}
         print(f"within {GOAL_REL_ERROR:.0%} on p50, p95 and violation rate: {within}")
-        slim = [{k: d[k] for k in ("rate", "relative_error", "difference", "gpus")}
-                | {"live": {k: v for k, v in d["live"].items() if k not in ("figures",)},
-                   "sim": d["sim"]} for d in runs]
+        slim = [{k: d[k] for k in ("rate", "live", "sim", "relative_error", "difference", "gpus",
+                                   "live_summary", "sim_summary")} for d in runs]
         write_result(args.out, {
             "benchmark": "live_replay", "goal": f"|relative error| <= {GOAL_REL_ERROR:.0%} on p50, p95 "
             "and SLO violation rate (issue: 200-request slice on this machine)",

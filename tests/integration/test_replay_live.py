@@ -44,3 +44,33 @@ def test_replay_maps_sends_and_accounts_for_every_request(base_url, http, synth_
     for trace_id, lora in mapping["loras"].items():
         assert ids[lora] == "lora", trace_id
     assert "broken-sd" not in {r["base_model"] for r in rows}  # --exclude kept it out
+
+
+def test_parity_live_and_simulated_on_a_short_slice(base_url, serve_config, synth_trace, tmp_path, capsys):
+    """The whole chain on the suite's service (1 BaseModel replica): profile, then one slice live
+    and simulated. A looser bound than the benchmark's 15%: a short slice, a service that earlier
+    tests left warm (the simulation starts cold), and a machine shared with the test runner. The
+    rate keeps the one replica about half busy: near saturation (1.5 req/s here) queueing
+    multiplies any error in service time, and one run's p50 came out 56% apart. The first 6
+    requests are a warm-up on both sides: the suite's service already holds both base models,
+    the simulation loads them (1.2 s each in one run), and the queue behind those loads made the
+    simulated p50 71% higher while the rest of the slice matched within 15%."""
+    import yaml
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(serve_config.model_dump(mode="json")))
+    profile = tmp_path / "profile.yaml"
+    assert t2i(["profile", "--url", base_url, "--out", str(profile), "--repeats", "2", "--adapters", "1",
+                "--models", "tiny-sd-light,tiny-sd-heavy", "--no-progress"]) == 0
+    capsys.readouterr()
+    rc = t2i(["parity", "--trace", str(synth_trace), "--format", "katz", "--url", base_url,
+              "--config", str(config), "--profile", str(profile), "--exclude", "broken-sd,broken-lora",
+              "--arrival", "poisson", "--rate", "0.7", "--max-requests", "30", "--slo-s", "2",
+              "--warmup-requests", "6",
+              "--out", str(tmp_path / "parity"), "--json", "--no-progress"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["gpus"] == 1 and doc["live"]["completed"] == doc["sim"]["completed"] == 24
+    assert doc["live_summary"]["completed"] == 30 and doc["warmup_requests"] == 6
+    for key in ("latency_mean_s", "latency_p50_s"):
+        assert abs(doc["relative_error"][key]) < 0.5, (key, doc["live"][key], doc["sim"][key])

@@ -57,7 +57,7 @@ def test_summary_loads_overheads_and_factors():
 
 
 def test_the_profile_is_a_simulator_config_and_the_table_prints():
-    from trace_replay.simulator.config import InferenceSpec, SimConfig
+    from trace_replay.simulator.config import SimConfig
 
     summary = summarize(_samples(), {})
     summary.update(url="http://x", measured_at="now", client_host="h", repeats=1, seconds=1.0,
@@ -67,8 +67,6 @@ def test_the_profile_is_a_simulator_config_and_the_table_prints():
     assert text.startswith("# Simulator profile") and "p.json" in text
     table = render_table(summary)
     assert "s_per_step" in table and "LoRA first use" in table
-    if "per_model" not in InferenceSpec.model_fields:
-        pytest.skip("SimConfig has no inference.per_model yet (being added to the simulator)")
     config = SimConfig.model_validate(yaml.safe_load(text))
     assert config.inference.per_model["m"].s_per_step == pytest.approx(0.01)
     assert config.inference.per_model["m"].fixed_s == pytest.approx(0.05 + 0.024)

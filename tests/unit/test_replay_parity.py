@@ -88,3 +88,19 @@ def test_compare_relative_error_and_zero_live():
                   {"latency_p50_s": 2.5, "slo_violation_rate": 0.1}, keys=("latency_p50_s", "slo_violation_rate"))
     assert cmp["relative_error"] == {"latency_p50_s": 0.25, "slo_violation_rate": None}
     assert cmp["difference"]["slo_violation_rate"] == pytest.approx(0.1)
+
+
+def test_slice_stats_one_definition_and_the_warmup_left_out():
+    import numpy as np
+
+    from trace_replay.replay.parity import slice_stats
+
+    lat = np.array([9.0, 9.0, 1.0, 2.0, 3.0, np.nan])
+    done = np.array([True, True, True, True, True, False])
+    load = np.array([1.0, 1.0, 0.1, 0.0, 0.0, 0.0])
+    s = slice_stats(lat, done, load, slo_s=2.5)
+    assert s["requests"] == 6 and s["completed"] == 5 and s["latency_p50_s"] == 3.0
+    assert s["slo_violation_rate"] == pytest.approx(4 / 6)  # three late, one never completed
+    w = slice_stats(lat, done, load, slo_s=2.5, skip=2)
+    assert w["requests"] == 4 and w["latency_mean_s"] == pytest.approx(2.0)
+    assert w["slo_violation_rate"] == pytest.approx(2 / 4) and w["load_seconds"] == pytest.approx(0.1)

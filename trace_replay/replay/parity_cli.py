@@ -19,8 +19,11 @@ GPUs = BaseModel replicas, max_models_per_replica = cache.base_models_per_replic
 max_ongoing_requests, no autoscaling when num_replicas is fixed. Service and load times come
 from --profile (write one with `t2i profile --url URL --out profile.yaml`).
 
-JSON: {"live": {...}, "sim": {...}, "relative_error": {...}, "difference": {...}}; relative error
-is (sim - live) / live, None where live is 0 (see "difference").
+JSON: {"live": {...}, "sim": {...}, "relative_error": {...}, "difference": {...}, "live_summary",
+"sim_summary"}: live and sim are the compared figures, computed from both sides' per-request
+latencies by one function (--warmup-requests N leaves the first N out of both); the summaries
+are the full `t2i replay` and `t2i simulate` ones. Relative error is (sim - live) / live, None
+where live is 0 (see "difference").
 
 example:
   t2i demo-models --out models/many --bases 8 --loras 64
@@ -39,12 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--config", required=True, help="the t2i config the service runs (replica count, "
                     "multiplexing capacity, max_ongoing_requests)")
     ap.add_argument("--profile", required=True, help="simulator profile YAML (`t2i profile`)")
+    ap.add_argument("--warmup-requests", type=int, default=0, help="leave the first N requests out "
+                    "of both sides' figures (default 0: compare against a freshly started service, "
+                    "whose caches are empty like the simulation's)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     from app.config import ConfigError, load_config
-    from trace_replay.replay.parity import compare, side_by_side, simulate_slice
+    from trace_replay.replay.parity import (compare, live_arrays, side_by_side, sim_arrays,
+                                            simulate_slice, slice_stats)
 
     args = build_parser().parse_args(argv)
     try:
@@ -63,16 +70,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"t2i parity: error: {exc}", file=sys.stderr)
         return 2
     args.slo_s = slo
-    live, result = live_run(args, registry, requests, mapping)
-    sim = dict(sim_result.summary)
+    live_summary, result = live_run(args, registry, requests, mapping)
+    skip = max(0, args.warmup_requests)
+    live = slice_stats(*live_arrays(result.records), slo, skip)
+    sim = slice_stats(*sim_arrays(sim_result), slo, skip)
     cmp = compare(live, sim)
-    doc = {"live": {k: v for k, v in live.items() if k != "per_base_model"}, "sim": sim, **cmp,
+    doc = {"live": live, "sim": sim, **cmp, "warmup_requests": skip,
+           "live_summary": {k: v for k, v in live_summary.items() if k != "per_base_model"},
+           "sim_summary": dict(sim_result.summary),
            "policy_set": spec.model_dump(), "profile": str(args.profile), "gpus": cfg.cluster.gpus}
     (Path(args.out) / "parity.json").write_text(json.dumps(doc, indent=1, default=float))
     if args.json:
         print(json.dumps(doc, default=float))
     else:
-        print(f"parity: {live['requests']} requests, live {args.url} vs simulated {spec.name} on "
+        print(f"parity: {live['requests']} requests compared ({skip} warm-up left out), live {args.url} vs simulated {spec.name} on "
               f"{cfg.cluster.gpus} GPUs ({args.profile})")
         print(side_by_side(live, sim, cmp))
         print(f"wrote {Path(args.out) / 'parity.json'}")
