@@ -103,7 +103,9 @@ class LFU:
 
 @EVICTION.register("belady")
 class Belady:
-    """Belady's MIN: the entry whose next use lies farthest ahead goes first (offline optimum).
+    """Belady's MIN: the entry whose next use lies farthest ahead goes first. The offline optimum
+    for one cache of equal-size slots (`t2i trace cache`); with byte sizes, or behind a cluster
+    router, a heuristic reference rather than a bound.
 
     Entries never used again all tie at NEVER; the tie goes to the least recently used so the
     choice is deterministic (any tie-break gives the same, optimal, miss count).
