@@ -11,8 +11,9 @@ The drain time is what a replica could report, never the sampled end of its job:
 expected end of the running job (``Worker.exp_end``: start + mean compute from the profile + the
 expected loads it began), a floor for a job running late, and the queued jobs' expected compute;
 at each route ``busy_until = max(exp_end, now + floor) + queued``, two numpy operations. The
-snapshot covers every GPU (replica index = worker index); one that is stopped or starting shows an endless queue, so no cost-aware router
-picks it (and a pick of one by a cost-blind router is redirected to the least loaded routable).
+snapshot covers every GPU (replica index = worker index); one that is stopped or starting shows
+an endless queue, so no cost-aware router picks it (and a pick of one by a cost-blind router is
+redirected to the least loaded routable).
 
 Tier bookkeeping is incremental: the engine reports the keys whose residency changed on a worker
 (a load, its evictions and the host/disk tiers' own evictions), and each is re-derived as the
