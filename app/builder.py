@@ -9,7 +9,7 @@ from __future__ import annotations
 from ray import serve
 from ray.serve import Application
 
-from app.config import DeploymentOptions, ServeConfig, load_config
+from deployments.config import DeploymentOptions, ServeConfig, load_config
 from app.ingress import T2IIngress
 from deployments.base_model import BaseModel
 from deployments.controlnet import ControlNet

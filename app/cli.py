@@ -10,7 +10,7 @@ DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "default.yaml")
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from app.config import ConfigError, load_config
+    from deployments.config import ConfigError, load_config
     from app.server import missing_local_models, run_server
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -53,7 +53,7 @@ def _demo_models(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from app.config import ConfigError, load_config
+    from deployments.config import ConfigError, load_config
 
     try:
         config = load_config(args.config)

@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from app.config import ServeConfig
+from deployments.config import ServeConfig
 from app.resolve import resolve_request
 from app.schemas import ImageGenerationRequest, error_body
 from deployments.errors import ModelLoadError, RequestError

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.config import ServeConfig, parse_size
+from deployments.config import ServeConfig, parse_size
 from app.schemas import ImageGenerationRequest
 from deployments import preprocessors
 from deployments.errors import RequestError

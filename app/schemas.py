@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.config import _MODEL_ID_RE, MODEL_ID_PATTERN
+from deployments.config import _MODEL_ID_RE, MODEL_ID_PATTERN
 
 
 def _check_id(value: str) -> str:

@@ -7,7 +7,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from app.config import ServeConfig
+from deployments.config import ServeConfig
 
 
 def missing_local_models(config: ServeConfig) -> list[str]:

@@ -70,7 +70,7 @@ def models_dir(given: str | None) -> str:
 
 def load_bench_config(models: str):
     """The default config on the given models and a free port (bound to 0, then released)."""
-    from app.config import load_config
+    from deployments.config import load_config
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from app.config import ServeConfig
+from deployments.config import ServeConfig
 from deployments.pipeline_engine import LoadedPipeline, PipelineEngine
 from deployments.spec import GenerationResult, GenerationSpec
 

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from app.config import ServeConfig
+from deployments.config import ServeConfig
 from deployments import preprocessors
 from deployments.pipeline_engine import PipelineEngine
 

@@ -6,7 +6,7 @@ import asyncio
 
 import numpy as np
 
-from app.config import ServeConfig
+from deployments.config import ServeConfig
 from deployments.discriminator_model import ImageDiscriminator
 from deployments.errors import ModelLoadError
 

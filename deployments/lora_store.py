@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.config import ServeConfig
+from deployments.config import ServeConfig
 from deployments.errors import ModelLoadError, RequestError
 from deployments.lora_format import prepare_adapter
 from policies.eviction import EVICTION, CacheView, propose_victims

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from app.config import ServeConfig
+from deployments.config import ServeConfig
 from deployments.errors import ModelLoadError
 from deployments.lora_slots import LoraSlots
 from deployments.spec import GenerationResult, GenerationSpec

@@ -23,7 +23,7 @@ def demo_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_config(demo_dir):
-    from app.config import load_config
+    from deployments.config import load_config
 
     return load_config(DEFAULT_CONFIG, {"model_root": str(demo_dir)})
 

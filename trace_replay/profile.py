@@ -268,7 +268,7 @@ def component_sizes_gb(config_path: str | None) -> dict[str, float]:
     folders are on this machine (entries with size_bytes use it)."""
     if not config_path:
         return {}
-    from app.config import load_config
+    from deployments.config import load_config
 
     config = load_config(config_path)
     sizes = {}

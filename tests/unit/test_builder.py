@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.builder import deployment_options
-from app.config import AutoscalingBounds, DeploymentOptions
+from deployments.config import AutoscalingBounds, DeploymentOptions
 
 
 def test_fixed_replicas_and_actor_resources():

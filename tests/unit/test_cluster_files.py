@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.config import load_config
+from deployments.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_FILE = REPO / "ray_cluster.yaml"

@@ -173,9 +173,24 @@ def test_lora_store_evicts_by_the_configured_registry_policy(demo_config, policy
 
 
 def test_store_policy_must_be_registered_and_online(demo_config):
-    from app.config import CacheBudgets
+    from deployments.config import CacheBudgets
 
     with pytest.raises(ValueError, match="unknown eviction policy 'nope'"):
         CacheBudgets(lora_store_policy="nope")
     with pytest.raises(ValueError, match="offline only"):
         CacheBudgets(lora_store_policy="belady")
+
+
+def test_deployments_never_import_app():
+    """Imports point one way, app -> deployments -> policies: the config schema lives in
+    deployments/ so no deployment reaches up into app/ (nor into trace_replay/)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "deployments"
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            for name in names:
+                assert name.split(".")[0] not in ("app", "trace_replay"), f"{path.name} imports {name}"

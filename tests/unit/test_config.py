@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from app.config import ConfigError, load_config, parse_config, parse_size
+from deployments.config import ConfigError, load_config, parse_config, parse_size
 from tests.conftest import DEFAULT_CONFIG
 
 

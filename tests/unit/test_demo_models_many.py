@@ -9,7 +9,7 @@ import pytest
 import ray
 
 from app.cli import main
-from app.config import load_config
+from deployments.config import load_config
 from app.demo_models import base_specs, controlnet_specs, lora_specs
 
 

@@ -47,7 +47,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from app.config import CacheBudgets, ServeConfig
+from deployments.config import CacheBudgets, ServeConfig
 from deployments import lora_store
 from deployments.lora_store import LoRAStore
 from policies.eviction import EMPTY, EVICTION

@@ -65,7 +65,7 @@ def test_live_and_simulated_agree_on_a_service_with_known_costs(server, tmp_path
 
 
 def test_live_policy_set_follows_the_deployment(tmp_path):
-    from app.config import load_config
+    from deployments.config import load_config
 
     spec, gpus = live_policy_set(load_config(_config(tmp_path, replicas=3)))
     assert gpus == 3 and spec.autoscaling == "none" and spec.max_models_per_replica == 2

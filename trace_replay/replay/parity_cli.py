@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from app.config import ConfigError, load_config
+    from deployments.config import ConfigError, load_config
     from trace_replay.replay.parity import (compare, live_arrays, side_by_side, sim_arrays,
                                             simulate_slice, slice_stats)
 
