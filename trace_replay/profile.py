@@ -20,8 +20,6 @@ a sibling ``.json`` (SimConfig forbids extra keys).
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import json
 import socket
 import sys
@@ -32,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trace_replay.replay.mapping import conditioning_image_b64
 from trace_replay.profile_fit import (build_sim_profile, fit_service, host_contention, load_seconds,
                                       median, ratio_overhead, render_table, yaml_text)
 
@@ -103,16 +102,8 @@ class Prober:
         return sample
 
     def _control_image(self, size: str) -> str:
-        """A white square on black, base64 PNG, the conditioning source for ControlNet requests."""
         if size not in self._control_images:
-            from PIL import Image
-
-            width, height = map(int, size.split("x"))
-            image = np.zeros((height, width, 3), np.uint8)
-            image[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = 255
-            buffer = io.BytesIO()
-            Image.fromarray(image).save(buffer, format="PNG")
-            self._control_images[size] = base64.b64encode(buffer.getvalue()).decode("ascii")
+            self._control_images[size] = conditioning_image_b64(*map(int, size.split("x")))
         return self._control_images[size]
 
 

@@ -93,7 +93,7 @@ def test_compare_relative_error_and_zero_live():
 def test_slice_stats_one_definition_and_the_warmup_left_out():
     import numpy as np
 
-    from trace_replay.replay.parity import slice_stats
+    from trace_replay.replay.report import slice_stats
 
     lat = np.array([9.0, 9.0, 1.0, 2.0, 3.0, np.nan])
     done = np.array([True, True, True, True, True, False])

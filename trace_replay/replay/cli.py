@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import io
 import json
 import sys
 from dataclasses import replace
@@ -73,17 +71,6 @@ def build_parser(prog: str = "t2i replay", description: str = "Replay a trace op
     ap.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap
-
-
-def control_image_b64(size: int = 64) -> str:
-    """A fixed conditioning image (concentric rings: Canny finds edges in it), base64 PNG."""
-    from PIL import Image
-
-    y, x = np.mgrid[:size, :size] - size / 2
-    rings = ((np.hypot(x, y) // (size / 8)) % 2 * 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(np.stack([rings] * 3, axis=-1)).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def fetch_registry(url: str):
@@ -157,6 +144,7 @@ def live_run(args: argparse.Namespace, registry, requests, mapping) -> tuple[dic
     """Replay ``requests`` and write records, mapping, summary and figures to ``args.out``."""
     from trace_replay.progress import progress
     from trace_replay.replay.driver import replay
+    from trace_replay.replay.mapping import conditioning_image_b64
     from trace_replay.replay.report import figures, per_model, summarize, write_records
 
     slo = args.slo_s or registry.slo_s or 30.0
@@ -172,7 +160,7 @@ def live_run(args: argparse.Namespace, registry, requests, mapping) -> tuple[dic
             bar.set_postfix(failed=counts["failed"], refresh=False)
         bar.update(1)
 
-    result = asyncio.run(replay(requests, args.url, control_image_b64=control_image_b64(),
+    result = asyncio.run(replay(requests, args.url, control_image_b64=conditioning_image_b64(),
                                 duration_s=args.duration_s, timeout_s=timeout,
                                 concurrency_limit=args.concurrency_limit,
                                 max_failures=args.max_failures, on_done=on_done))

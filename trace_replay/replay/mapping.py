@@ -88,6 +88,21 @@ class Registry:
         return [a for a in ids if not self.applies_to.get(a) or base in self.applies_to[a]]
 
 
+def conditioning_image_b64(width: int = 64, height: int = 64) -> str:
+    """A fixed ControlNet conditioning image, base64 PNG: a white square on black, which every
+    edge detector finds edges in (the replay driver and ``t2i profile`` both send it)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    image = np.zeros((height, width, 3), np.uint8)
+    image[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 @dataclass(frozen=True)
 class ReplayRequest:
     """One request as it will be sent: ``time_s`` is its arrival, relative to the replay start."""

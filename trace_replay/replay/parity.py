@@ -10,7 +10,7 @@ and no autoscaling when the replica count is fixed. Service and load times come 
 (``t2i profile`` writes one from the running service).
 
 The compared figures come from the per-request latencies of both sides through one function
-(``slice_stats``); ``--warmup-requests N`` leaves the first N out of both, for a service that is not
+(``report.slice_stats``, which a replay's summary uses too); ``--warmup-requests N`` leaves the first N out of both, for a service that is not
 freshly started (the simulation starts with empty caches; a warm service does not). Relative error
 is (sim - live) / live; for a violation rate of 0 live it is undefined (None) and the absolute
 difference is reported beside it.
@@ -71,28 +71,6 @@ def simulate_slice(requests, registry, config, profile_path: str | Path, slo_s: 
     # Arrivals are relative to the first request; the table keeps them (time_scale 1).
     result = simulate(table, spec, cfg, data_dir=None)
     return result, cfg, spec
-
-
-def slice_stats(latency: np.ndarray, completed: np.ndarray, load_s: np.ndarray, slo_s: float,
-                skip: int = 0) -> dict:
-    """The compared figures, from per-request arrays in request order, by one definition for both
-    sides: latency quantiles over completed requests, a violation = late or not completed. The
-    first ``skip`` requests (a warm-up) are left out of both."""
-    lat, done, load = latency[skip:], completed[skip:], load_s[skip:]
-    ok = lat[done]
-    q = np.quantile(ok, [0.5, 0.95, 0.99]) if ok.size else np.full(3, np.nan)
-    late = ~done | (np.nan_to_num(lat, nan=np.inf) > slo_s)
-    return {"requests": int(lat.size), "completed": int(done.sum()),
-            "latency_mean_s": float(ok.mean()) if ok.size else float("nan"),
-            "latency_p50_s": float(q[0]), "latency_p95_s": float(q[1]), "latency_p99_s": float(q[2]),
-            "slo_violation_rate": float(late.mean()) if lat.size else 0.0,
-            "load_seconds": float(np.nansum(load))}
-
-
-def live_arrays(records) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    sent = [r for r in records if r.outcome != "not_sent"]
-    return (np.array([r.latency_s for r in sent]), np.array([r.outcome == "completed" for r in sent]),
-            np.array([r.timings.get("load_s", 0.0) for r in sent]))
 
 
 def sim_arrays(result) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from deployments.config import ConfigError, load_config
-    from trace_replay.replay.parity import (compare, live_arrays, side_by_side, sim_arrays,
-                                            simulate_slice, slice_stats)
+    from trace_replay.replay.parity import compare, side_by_side, sim_arrays, simulate_slice
+    from trace_replay.replay.report import record_arrays, slice_stats
 
     args = build_parser().parse_args(argv)
     try:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args.slo_s = slo
     live_summary, result = live_run(args, registry, requests, mapping)
     skip = max(0, args.warmup_requests)
-    live = slice_stats(*live_arrays(result.records), slo, skip)
+    live = slice_stats(*record_arrays(result.records), slo, skip)
     sim = slice_stats(*sim_arrays(sim_result), slo, skip)
     cmp = compare(live, sim)
     doc = {"live": live, "sim": sim, **cmp, "warmup_requests": skip,

@@ -22,6 +22,30 @@ def _q(values: np.ndarray, p: float) -> float:
     return float(np.quantile(values, p)) if values.size else float("nan")
 
 
+def slice_stats(latency: np.ndarray, completed: np.ndarray, load_s: np.ndarray, slo_s: float,
+                skip: int = 0) -> dict:
+    """Latency and SLO figures from per-request arrays in request order: quantiles over completed
+    requests, a violation = late or not completed. One definition for a replay's summary and for
+    both sides of ``t2i parity``; the first ``skip`` requests (a warm-up) are left out."""
+    lat, done, load = latency[skip:], completed[skip:], load_s[skip:]
+    ok = lat[done]
+    q = np.quantile(ok, [0.5, 0.95, 0.99]) if ok.size else np.full(3, np.nan)
+    late = ~done | (np.nan_to_num(lat, nan=np.inf) > slo_s)
+    return {"requests": int(lat.size), "completed": int(done.sum()),
+            "slo_violations": int(late.sum()),
+            "slo_violation_rate": float(late.mean()) if lat.size else 0.0,
+            "latency_mean_s": float(ok.mean()) if ok.size else float("nan"),
+            "latency_p50_s": float(q[0]), "latency_p95_s": float(q[1]), "latency_p99_s": float(q[2]),
+            "load_seconds": float(np.nansum(load))}
+
+
+def record_arrays(records: list[Record]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(latency, completed, load_s) of the requests sent, in request order."""
+    sent = [r for r in records if r.outcome != "not_sent"]
+    return (np.array([r.latency_s for r in sent]), np.array([r.outcome == "completed" for r in sent], bool),
+            np.array([r.timings.get("load_s", 0.0) for r in sent]))
+
+
 def summarize(run: RunResult, slo_s: float) -> dict:
     recs = run.records
     sent = [r for r in recs if r.outcome != "not_sent"]
@@ -29,8 +53,8 @@ def summarize(run: RunResult, slo_s: float) -> dict:
     failed = [r for r in sent if r.outcome == "failed"]
     timed_out = [r for r in sent if r.outcome == "timeout"]
     lat = np.array([r.latency_s for r in done])
-    good = int(np.count_nonzero(lat <= slo_s))
-    violations = len(sent) - good
+    core = slice_stats(*record_arrays(recs), slo_s)
+    good = len(sent) - core["slo_violations"]
     # the run's span: first arrival to the last response (or the run's end when none came)
     ends = [r.done_s for r in sent if np.isfinite(r.done_s)]
     span = max(ends) if ends else run.duration_s
@@ -46,29 +70,21 @@ def summarize(run: RunResult, slo_s: float) -> dict:
         key = f"{r.outcome} {r.http_status or ''} {r.error[:80]}".strip()
         errors[key] = errors.get(key, 0) + 1
     out = {
-        "requests": len(sent),
+        **core,
         "planned": len(recs),
         "sent": len(sent),
         "not_sent": len(recs) - len(sent),
-        "completed": len(done),
         "failed": len(failed),
         "timed_out": len(timed_out),
         "stop_reason": run.stop_reason,
         "aborted": run.aborted,
         "duration_s": span,
         "slo_s": slo_s,
-        "slo_violations": violations,
-        "slo_violation_rate": violations / len(sent) if sent else 0.0,
         "slo_attainment": good / len(sent) if sent else 0.0,
         "request_throughput": len(done) / span if span > 0 else 0.0,
         "goodput": good / span if span > 0 else 0.0,
-        "latency_mean_s": float(lat.mean()) if lat.size else float("nan"),
-        "latency_p50_s": _q(lat, 0.5),
-        "latency_p95_s": _q(lat, 0.95),
-        "latency_p99_s": _q(lat, 0.99),
         "latency_max_s": float(lat.max()) if lat.size else float("nan"),
         "queue_wait_mean_s": stages["queue_s"]["mean"],
-        "load_seconds": stages["load_s"]["sum"],
         "compute_seconds": stages["inference_s"]["sum"],
         "requests_with_load": int(sum(1 for r in done if r.timings.get("load_s", 0.0) > 0.05)),
         "stages": stages,

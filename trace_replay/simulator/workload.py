@@ -116,7 +116,7 @@ def build_workload(table: RequestTable, cfg: SimConfig, data_dir: Path | None = 
         notes.append(f"component sizes: {len(hit)} of {len(comp.sizes_gb)} components.sizes_gb names "
                      "found in the trace")
 
-    expect = expected_infer_s(t, cfg, base, nb)
+    expect = expected_infer_s(t, cfg, base)
     infer = expect.copy()
     inf = cfg.inference
     if inf.jitter_cv > 0:
@@ -134,21 +134,19 @@ def build_workload(table: RequestTable, cfg: SimConfig, data_dir: Path | None = 
                     nb + 1, float(t.time[0]) if n else 0.0, expect), notes
 
 
-def expected_infer_s(t: RequestTable, cfg: SimConfig, base: np.ndarray, nb: int) -> np.ndarray:
+def expected_infer_s(t: RequestTable, cfg: SimConfig, base: np.ndarray) -> np.ndarray:
     """Mean service time per request under the configured profile (no jitter).
 
     Global: fixed_s + ref_runtime_s x (steps / ref_steps) x (pixels / ref_pixels) x images^b x
     (1 + controlnet_overhead x ControlNets) x (1 + lora_overhead x LoRAs). A base model in
     ``per_model``: fixed_s_m + s_per_step_m x steps x (pixels / ref_pixels_m) x the same factors.
-    Pixels come from the table's ``pixels`` column where it has one, else ``default_pixels``.
+    Pixels are ``default_pixels``: the request tables carry no size column.
     """
     inf = cfg.inference
     n = len(t)
     steps = np.where(t.steps > 0, t.steps, inf.default_steps).astype(np.float64)
     images = np.where(t.images > 0, t.images, 1).astype(np.float64)
-    px = getattr(t, "pixels", None)
-    pixels = (np.where(px > 0, px, inf.default_pixels).astype(np.float64) if px is not None
-              else np.full(n, float(inf.default_pixels)))
+    pixels = np.full(n, float(inf.default_pixels))
     factors = (images ** inf.batch_exponent * (1 + inf.controlnet_overhead * t.n_controlnets.astype(np.float64))
                * (1 + inf.lora_overhead * t.n_loras.astype(np.float64)))
     out = inf.fixed_s + inf.ref_runtime_s * (steps / inf.ref_steps) * (pixels / inf.ref_pixels) * factors
