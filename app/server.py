@@ -15,24 +15,35 @@ def missing_local_models(config: ServeConfig) -> list[str]:
             if m.path and not Path(config.resolve_source(m)).exists()]
 
 
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join the cluster at ``address``, or start a local Ray; a no-op when Ray is already up."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address)
+    else:
+        # A fresh temp dir per run: a stale `ray_current_cluster` file from an earlier
+        # `ray stop` makes a later ray.init(num_cpus=...) fail (ENVIRONMENT.md).
+        ray.init(num_cpus=num_cpus, include_dashboard=False,
+                 _temp_dir=tempfile.mkdtemp(prefix="t2i-ray-"),
+                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+
+
 def start_serve(config: ServeConfig, address: str | None = None, num_cpus: int | None = None):
     """Start (or join) Ray and deploy the app; returns the Serve app handle."""
-    import ray
     from ray import serve
 
     from app.builder import build_app
 
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address)
-        else:
-            # A fresh temp dir per run: a stale `ray_current_cluster` file from an earlier
-            # `ray stop` makes a later ray.init(num_cpus=...) fail (ENVIRONMENT.md).
-            ray.init(num_cpus=num_cpus, include_dashboard=False,
-                     _temp_dir=tempfile.mkdtemp(prefix="t2i-ray-"),
-                     runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    init_ray(address=address, num_cpus=num_cpus)
     serve.start(http_options={"host": config.host, "port": config.port})
     return serve.run(build_app(config), name=config.app_name, route_prefix="/", blocking=False)
+
+
+class _StopRequested(Exception):
+    """Raised by the signal handler while the app is still deploying, to leave serve.run."""
 
 
 def wait_warm(config: ServeConfig, timeout_s: float = 300.0, stop: threading.Event | None = None) -> dict | None:
@@ -62,18 +73,36 @@ def run_server(config: ServeConfig, address: str | None = None, num_cpus: int | 
     from ray import serve
 
     stop = threading.Event()
+    deploying = threading.Event()
+
+    def on_signal(*_):
+        stop.set()
+        if deploying.is_set():
+            raise _StopRequested()  # serve.run polls in this thread; leave it now, not when it is done
+
     try:
-        start_serve(config, address=address, num_cpus=num_cpus)
-        # After ray.init: it installs a native SIGTERM handler that dumps a stack and aborts;
-        # ours replaces it so Ctrl-C and SIGTERM both shut Serve and Ray down in order.
+        init_ray(address=address, num_cpus=num_cpus)
+        # Right after ray.init, before the (long) deploy: ray.init installs a native SIGTERM
+        # handler that dumps a stack and aborts the process (exit -6), and serve.run can still be
+        # polling for the app to be RUNNING after the HTTP proxy already answers. Ours replaces
+        # it so Ctrl-C and SIGTERM shut Serve and Ray down in order at any point.
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-        print(f"t2i: serving {len(config.models)} models at http://{config.host}:{config.port} "
-              "(POST /v1/images/generations, GET /v1/models). Ctrl-C to stop.", flush=True)
-        warm = wait_warm(config, stop=stop)
-        if warm is not None:
-            print(f"t2i: warm (the ingress reached every deployment in {warm.get('warm_up_s', 0):.1f} s)",
-                  flush=True)
+            signal.signal(sig, on_signal)
+        print(f"t2i: deploying {len(config.models)} models to http://{config.host}:{config.port}", flush=True)
+        try:
+            deploying.set()
+            if not stop.is_set():
+                start_serve(config, address=address, num_cpus=num_cpus)
+        except _StopRequested:
+            pass
+        finally:
+            deploying.clear()
+        if not stop.is_set():
+            print("t2i: serving (POST /v1/images/generations, GET /v1/models). Ctrl-C to stop.", flush=True)
+            warm = wait_warm(config, stop=stop)
+            if warm is not None:
+                print(f"t2i: warm (the ingress reached every deployment in {warm.get('warm_up_s', 0):.1f} s)",
+                      flush=True)
         stop.wait()
         print("t2i: shutting down", flush=True)
     finally:

@@ -1,5 +1,8 @@
 """`t2i serve` as a user runs it: a foreground process that serves until SIGTERM, then exits 0.
 
+The SIGTERM goes out as soon as the first request is answered, which on a busy box can be while
+`serve.run` is still polling for the app to be RUNNING: the process must exit 0 from there too.
+
 This file sorts before the HTTP suite, so it runs before the shared Serve fixture starts and the
 two Ray instances never compete for the two cores.
 """
@@ -40,11 +43,12 @@ def test_serve_runs_in_the_foreground_and_stops_cleanly_on_sigterm(demo_dir, tmp
                               json={"prompt": "a kite", "size": "32x32"}, timeout=300)  # first request loads the pipeline; slow on a busy 2-core box
         assert response.status_code == 200
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=90) == 0
+        code = process.wait(timeout=90)
+        assert code == 0, f"t2i serve exited {code} on SIGTERM:\n" + (tmp_path / "serve.log").read_text()[-4000:]
     finally:
         if process.poll() is None:
             process.kill()
     output = (tmp_path / "serve.log").read_text()
-    assert "serving 13 models" in output and "shutting down" in output
+    assert "deploying 13 models" in output and "shutting down" in output
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
