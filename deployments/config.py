@@ -158,6 +158,73 @@ class CacheBudgets(_Strict):
         return value
 
 
+_NAMED_POLICY = "a policy name from the registry (`t2i trace policies`)"
+
+
+class AutoscalingControl(_Strict):
+    """The custom BaseModel autoscaler (`policies.autoscaling` behind its `Guardrails`); the
+    replica bounds are `deployments.base_model.autoscaling`."""
+
+    policy: str = Field(default="ewma-headroom", description="Desired-replicas forecast, " + _NAMED_POLICY)
+    policy_args: dict = Field(default_factory=dict, description="Keyword arguments of the policy.")
+    upscale_delay_s: float = Field(default=10.0, ge=0)
+    downscale_delay_s: float = Field(default=60.0, ge=0)
+    hysteresis: float = Field(default=0.1, ge=0, lt=1)
+    scale_down: str = Field(default="cache-aware", description="Which replica goes first on a "
+                            "scale-down, " + _NAMED_POLICY)
+
+
+class ControlConfig(_Strict):
+    """The control plane: `coordinator` (the project's coordinator, replica cache, cache-aware
+    router and autoscaler) or `ray-default` (Ray Serve's `serve.multiplexed` count-based LRU,
+    power-of-two-choices router and queue-length autoscaler), one switch for the whole set."""
+
+    policies: Literal["coordinator", "ray-default"] = Field(default="coordinator")
+    gpu_budget_bytes: int | None = Field(
+        default=None, ge=1 << 20, description="Device-memory budget of one BaseModel replica's "
+        "model cache (pipelines and colocated ControlNets). Unset: 90% of the GPU's memory on "
+        "CUDA, 2 GiB on a CPU replica.")
+    host_budget_bytes: int = Field(
+        default=2 << 30, ge=0, description="Host-memory tier under the GPU budget: an evicted "
+        "pipeline's weights stay here, so its reload is a host-to-device copy. 0 turns it off.")
+    eviction: str = Field(default="cost-aware", description="Replica cache eviction, " + _NAMED_POLICY)
+    eviction_args: dict = Field(default_factory=dict)
+    routing: str = Field(default="least-expected-latency", description="Request router, " + _NAMED_POLICY)
+    routing_args: dict = Field(default_factory=dict)
+    popularity: str = Field(default="decayed", description=_NAMED_POLICY)
+    popularity_args: dict = Field(default_factory=lambda: {"half_life_s": 600.0, "min_demand": 0.05})
+    placement: str = Field(default="popularity-bands", description=_NAMED_POLICY)
+    placement_args: dict = Field(default_factory=lambda: {"fuse_top": 0})
+    prefetch: str = Field(default="ucb1", description="Warm-pipeline prefetch bandit, " + _NAMED_POLICY)
+    prefetch_args: dict = Field(default_factory=dict)
+    report_period_s: float = Field(default=1.0, gt=0, le=60, description="How often a replica "
+                                   "reports to the coordinator and fetches its actions.")
+    replan_period_s: float = Field(default=5.0, gt=0, description="Coordinator re-plan cadence.")
+    autoscaling: AutoscalingControl = Field(default_factory=AutoscalingControl)
+
+    @model_validator(mode="after")
+    def _known_policies(self) -> "ControlConfig":
+        from policies.autoscaling import AUTOSCALING, SCALE_DOWN
+        from policies.bandit import PIPELINE_PREFETCH
+        from policies.eviction import EVICTION
+        from policies.placement import PLACEMENT
+        from policies.popularity import POPULARITY
+        from policies.routing import ROUTING
+
+        checks = [("control.eviction", EVICTION, self.eviction), ("control.routing", ROUTING, self.routing),
+                  ("control.popularity", POPULARITY, self.popularity),
+                  ("control.placement", PLACEMENT, self.placement),
+                  ("control.prefetch", PIPELINE_PREFETCH, self.prefetch),
+                  ("control.autoscaling.policy", AUTOSCALING, self.autoscaling.policy),
+                  ("control.autoscaling.scale_down", SCALE_DOWN, self.autoscaling.scale_down)]
+        for where, registry, name in checks:
+            if name not in registry:
+                raise ValueError(f"{where}: unknown policy {name!r}; registered: {', '.join(registry.names())}")
+        if EVICTION.create(self.eviction, **self.eviction_args).needs_future:
+            raise ValueError(f"control.eviction: {self.eviction!r} needs the future (offline only)")
+        return self
+
+
 class CascadeConfig(_Strict):
     enabled: bool = Field(default=False, description="Run every request through the cascade "
                           "unless it sets `cascade: false`.")
@@ -201,6 +268,7 @@ class ServeConfig(_Strict):
     deployments: Deployments = Field(default_factory=Deployments)
     cache: CacheBudgets = Field(default_factory=CacheBudgets)
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
     limits: Limits = Field(default_factory=Limits)
     slo: SLOs = Field(default_factory=SLOs)
 
