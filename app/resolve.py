@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from deployments.config import ServeConfig, parse_size
 from app.schemas import ImageGenerationRequest
-from deployments import preprocessors
+from deployments import preprocessor_names
 from deployments.errors import RequestError
 from deployments.spec import GenerationSpec
 
@@ -75,9 +75,9 @@ def resolve_request(config: ServeConfig, body: ImageGenerationRequest, seed: int
         for base in bases:
             _compatible(net, base, f"controlnets[{index}].id")
         name = ref.preprocessor or net.default_preprocessor
-        if not preprocessors.known(name):
+        if not preprocessor_names.known(name):
             raise RequestError(f"controlnets[{index}].preprocessor", f"unknown preprocessor {name!r}; "
-                               f"choose one of {sorted(preprocessors.BUILTIN)} or 'aux:<detector>'")
+                               f"choose one of {list(preprocessor_names.BUILTIN_NAMES)} or 'aux:<detector>'")
 
     if body.guidance_scale is not None and body.guidance_scale > limits.max_guidance_scale:
         raise RequestError("guidance_scale", f"must be at most {limits.max_guidance_scale}")

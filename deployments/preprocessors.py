@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from deployments.errors import RequestError
+from deployments.preprocessor_names import BUILTIN_NAMES, known  # noqa: F401 (known: re-exported)
 
 Preprocessor = Callable[[np.ndarray], np.ndarray]  # RGB uint8 HxWx3 -> RGB uint8 HxWx3
 
@@ -43,6 +44,7 @@ def identity(image: np.ndarray) -> np.ndarray:
 
 BUILTIN: dict[str, Preprocessor] = {"canny": canny, "sobel": sobel, "grayscale": grayscale,
                                     "none": identity}
+assert tuple(sorted(BUILTIN)) == BUILTIN_NAMES, "preprocessor_names.BUILTIN_NAMES is out of date"
 
 
 def _aux_detector(name: str) -> Preprocessor:
@@ -62,10 +64,6 @@ def _aux_detector(name: str) -> Preprocessor:
         return np.asarray(detector(image, output_type="np")).astype(np.uint8)
 
     return run
-
-
-def known(name: str) -> bool:
-    return name in BUILTIN or (name.startswith("aux:") and name[4:].isidentifier())
 
 
 def get(name: str) -> Preprocessor:

@@ -194,3 +194,14 @@ def test_deployments_never_import_app():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
             for name in names:
                 assert name.split(".")[0] not in ("app", "trace_replay"), f"{path.name} imports {name}"
+
+
+def test_request_validation_does_not_load_opencv():
+    """The ingress validates preprocessor names from deployments.preprocessor_names; importing the ingress
+    module must not drag OpenCV into its process."""
+    import subprocess
+    import sys
+
+    code = "import sys, app.ingress; print('cv2' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
