@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 MODELS ?= models/demo
 CONFIG ?= app/configs/default.yaml
 
-.PHONY: install demo-models serve test test-unit test-integration bench clean
+.PHONY: install demo-models many-models serve serve-multi test test-unit test-integration bench clean
 
 # torch is installed first, pinned, so no later step resolves it to a CUDA build (ENVIRONMENT.md).
 $(STAMP): pyproject.toml constraints.txt
@@ -22,9 +22,18 @@ $(MODELS)/manifest.json: | $(STAMP)
 
 demo-models: $(MODELS)/manifest.json
 
+models/many/manifest.json: | $(STAMP)
+	$(VENV)/bin/t2i demo-models --out models/many --bases 8 --loras 64 --replicas 4
+
+many-models: models/many/manifest.json
+
 # Foreground until Ctrl-C / SIGTERM; exec so the signal reaches t2i, which stops Serve and Ray.
 serve: $(STAMP) $(MODELS)/manifest.json
 	exec $(VENV)/bin/t2i serve --config $(CONFIG) --model-root $(MODELS)
+
+# Four BaseModel replicas, eight base models: the coordinator's demo (app/configs/multi-replica.yaml).
+serve-multi: $(STAMP) models/many/manifest.json
+	exec $(VENV)/bin/t2i serve --config app/configs/multi-replica.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider

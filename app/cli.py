@@ -13,7 +13,8 @@ def _serve(args: argparse.Namespace) -> int:
     from deployments.config import ConfigError, load_config
     from app.server import missing_local_models, run_server
 
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
+                                   ("metrics_export_port", args.metrics_port)) if v is not None}
     if args.model_root:
         overrides["model_root"] = args.model_root
     try:
@@ -21,6 +22,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"t2i serve: {exc}", file=sys.stderr)
         return 2
+    if args.policies:
+        config = config.model_copy(update={"control": config.control.model_copy(
+            update={"policies": args.policies})})
     missing = missing_local_models(config)
     if missing:
         print("t2i serve: these models' folders do not exist under "
@@ -84,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "starting a local Ray instance")
     serve.add_argument("--num-cpus", type=int, default=None,
                        help="CPUs for the local Ray instance (default: all)")
+    serve.add_argument("--policies", choices=("coordinator", "ray-default"),
+                       help="the whole control set, overriding the config's control.policies: "
+                       "coordinator (cache coordinator, replica model cache, cache-aware router, "
+                       "custom autoscaler) or ray-default (serve.multiplexed LRU, Ray's router "
+                       "and queue-length autoscaler); default: the config's, which defaults "
+                       "to coordinator")
+    serve.add_argument("--metrics-port", type=int, help="Prometheus export port of the local "
+                       "Ray instance (overrides the config's metrics_export_port)")
     serve.set_defaults(func=_serve)
 
     demo = sub.add_parser("demo-models", help="build the tiny random-weight demo models",

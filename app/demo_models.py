@@ -371,6 +371,11 @@ def demo_config(out: Path, manifest: dict, base_set: tuple[BaseSpec, ...],
         store_bytes = max(sum(lora_bytes) // 2, 4 * max(lora_bytes))
     bases = [b.id for b in base_set]
     light, heavy = (bases[0], bases[1]) if len(bases) > 1 else (None, None)
+    # The coordinator's replica cache gets the device bytes of what serve.multiplexed holds
+    # (2 pipelines, 2 ControlNets: equal cost for a comparison), and twice that in host memory.
+    largest = lambda kind: max([m["size_bytes"] for m in manifest["models"] if m["kind"] == kind] or [0])  # noqa: E731
+    # rounded to 0.1 MB: safetensors metadata makes sizes wobble by bytes between builds
+    gpu_budget = max(round(2 * largest("base") + 2 * largest("controlnet"), -5), 1 << 20)
     return {
         "host": "127.0.0.1", "port": 8000,
         "model_root": str(out.resolve()),
@@ -392,6 +397,8 @@ def demo_config(out: Path, manifest: dict, base_set: tuple[BaseSpec, ...],
         "limits": {"max_images_per_request": 4, "max_steps": 50, "max_image_bytes": 4 << 20,
                    "max_loras_per_request": 3, "max_controlnets_per_request": 2},
         "slo": {"latency_s": 5.0},
+        "control": {"policies": "coordinator", "gpu_budget_bytes": int(gpu_budget),
+                    "host_budget_bytes": int(2 * gpu_budget)},
     }
 
 
@@ -411,7 +418,7 @@ def write_demo_config(out: Path, manifest: dict, base_set: tuple[BaseSpec, ...],
                                     width=1 << 16).strip()
     models = "".join(f"  - {line(m)}\n" for m in config.pop("models"))
     head = {k: config.pop(k) for k in list(config) if k != "deployments" and k not in (
-        "cache", "cascade", "limits", "slo")}
+        "cache", "cascade", "limits", "slo", "control")}
     deployments = {"deployments": config.pop("deployments")}
     dump = lambda d, flow: yaml.safe_dump(d, sort_keys=False, default_flow_style=flow, width=120)  # noqa: E731
     path.write_text(header + dump(head, False) + "models:\n" + models + dump(deployments, None)

@@ -88,5 +88,20 @@ class ImageGenerationResponse(BaseModel):
     t2i: dict = Field(default_factory=dict, description="What ran: seed, adapters, cascade.")
 
 
+class CachePinRequest(BaseModel):
+    """POST /v1/cache/pin and /v1/cache/unpin: an operator's pins over the coordinator's plan."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] = Field(min_length=1, max_length=64, description="Base-model or ControlNet ids.")
+    replicas: list[str] | None = Field(default=None, max_length=1024, description="Replica ids to pin "
+                                       "on (pin only; default: the coordinator picks one replica).")
+
+    @field_validator("models")
+    @classmethod
+    def _ids(cls, value: list[str]) -> list[str]:
+        return [_check_id(v) for v in value]
+
+
 def error_body(message: str, param: str | None, kind: str = "invalid_request_error") -> dict:
     return {"error": {"message": message, "type": kind, "param": param, "code": None}}

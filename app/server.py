@@ -15,7 +15,8 @@ def missing_local_models(config: ServeConfig) -> list[str]:
             if m.path and not Path(config.resolve_source(m)).exists()]
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None,
+             metrics_export_port: int | None = None) -> None:
     """Join the cluster at ``address``, or start a local Ray; a no-op when Ray is already up."""
     import ray
 
@@ -26,9 +27,18 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     else:
         # A fresh temp dir per run: a stale `ray_current_cluster` file from an earlier
         # `ray stop` makes a later ray.init(num_cpus=...) fail (ENVIRONMENT.md).
+        extra = {"_metrics_export_port": metrics_export_port} if metrics_export_port else {}
         ray.init(num_cpus=num_cpus, include_dashboard=False,
                  _temp_dir=tempfile.mkdtemp(prefix="t2i-ray-"),
-                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}, **extra)
+
+
+def metrics_ports() -> list[int]:
+    """Prometheus export port of every live Ray node (what `t2i serve` prints)."""
+    import ray
+
+    return sorted({int(n["MetricsExportPort"]) for n in ray.nodes()
+                   if n.get("Alive") and n.get("MetricsExportPort")})
 
 
 def start_serve(config: ServeConfig, address: str | None = None, num_cpus: int | None = None):
@@ -37,7 +47,7 @@ def start_serve(config: ServeConfig, address: str | None = None, num_cpus: int |
 
     from app.builder import build_app
 
-    init_ray(address=address, num_cpus=num_cpus)
+    init_ray(address=address, num_cpus=num_cpus, metrics_export_port=config.metrics_export_port)
     serve.start(http_options={"host": config.host, "port": config.port})
     return serve.run(build_app(config), name=config.app_name, route_prefix="/", blocking=False)
 
@@ -81,14 +91,19 @@ def run_server(config: ServeConfig, address: str | None = None, num_cpus: int | 
             raise _StopRequested()  # serve.run polls in this thread; leave it now, not when it is done
 
     try:
-        init_ray(address=address, num_cpus=num_cpus)
+        init_ray(address=address, num_cpus=num_cpus, metrics_export_port=config.metrics_export_port)
         # Right after ray.init, before the (long) deploy: ray.init installs a native SIGTERM
         # handler that dumps a stack and aborts the process (exit -6), and serve.run can still be
         # polling for the app to be RUNNING after the HTTP proxy already answers. Ours replaces
         # it so Ctrl-C and SIGTERM shut Serve and Ray down in order at any point.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, on_signal)
-        print(f"t2i: deploying {len(config.models)} models to http://{config.host}:{config.port}", flush=True)
+        print(f"t2i: deploying {len(config.models)} models to http://{config.host}:{config.port} "
+              f"with the {config.control.policies} control plane", flush=True)
+        ports = metrics_ports()
+        if ports:
+            print("t2i: Prometheus metrics at " + ", ".join(f"http://127.0.0.1:{p}/metrics" for p in ports)
+                  + " (t2i_* for the model caches)", flush=True)
         try:
             deploying.set()
             if not stop.is_set():

@@ -256,6 +256,10 @@ class ServeConfig(_Strict):
     host: str = Field(default="127.0.0.1")
     port: int = Field(default=8000, ge=1, le=65535)
     app_name: str = Field(default="t2i")
+    metrics_export_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Port of Ray's Prometheus metrics endpoint "
+        "(`/metrics`, the t2i_* cache metrics among Ray's) when `t2i serve` starts a local Ray; "
+        "unset: Ray picks one (t2i serve prints it). A joined cluster keeps its own.")
     model_root: str = Field(default="models/demo", description="Folder that relative model "
                             "paths resolve under; relative to the working directory.")
     default_base_model: str | None = Field(default=None, description="Used when a request names "

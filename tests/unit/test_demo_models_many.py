@@ -71,3 +71,29 @@ def test_a_many_set_lora_loads_through_the_store_and_styles_an_extra_base(many_d
 def test_bad_counts_stop_with_exit_code_2(tmp_path, capsys):
     assert main(["demo-models", "--out", str(tmp_path / "x"), "--bases", "0", "--quiet"]) == 2
     assert "bases >= 1" in capsys.readouterr().err
+
+
+def test_multi_replica_config_is_what_demo_models_writes(tmp_path):
+    """app/configs/multi-replica.yaml is `t2i demo-models --out models/many --bases 8 --loras 64
+    --replicas 4`'s config (model_root aside), so the committed demo never drifts from the models
+    `make serve-multi` builds; and its replica cache holds fewer pipelines than there are bases."""
+    from pathlib import Path
+
+    import yaml
+
+    out = tmp_path / "many"
+    assert main(["demo-models", "--out", str(out), "--bases", "8", "--loras", "64",
+                 "--replicas", "4", "--quiet"]) == 0
+    built = yaml.safe_load((out / "config.yaml").read_text())
+    committed = yaml.safe_load((Path(__file__).resolve().parents[2] / "app" / "configs" /
+                                "multi-replica.yaml").read_text())
+    assert committed.pop("model_root") == "models/many"
+    built.pop("model_root")
+    assert committed == built
+    config = load_config(out / "config.yaml")
+    assert config.deployments.base_model.num_replicas >= 4
+    import json
+
+    manifest = json.loads((out / "manifest.json").read_text())["models"]
+    sizes = sorted(m["size_bytes"] for m in manifest if m["kind"] == "base")
+    assert config.control.gpu_budget_bytes < sum(sizes[:3])  # three pipelines never fit one replica
