@@ -20,8 +20,8 @@ from trace_replay.replay.parity import compare, live_policy_set, load_profile
 S_PER_STEP = 0.04  # b0 and b1 default to 2 steps: 80 ms a request
 
 
-def _config(tmp_path, replicas: int = 1) -> str:
-    doc = {"models": [{"id": "b0", "kind": "base", "path": "b0", "default_steps": 2},
+def _config(tmp_path, replicas: int = 1, policies: str = "ray-default") -> str:
+    doc = {"control": {"policies": policies, "gpu_budget_bytes": 8 << 20, "host_budget_bytes": 16 << 20},"models": [{"id": "b0", "kind": "base", "path": "b0", "default_steps": 2},
                       {"id": "b1", "kind": "base", "path": "b1", "default_steps": 2},
                       {"id": "l0", "kind": "lora", "path": "l0"},
                       {"id": "c0", "kind": "controlnet", "path": "c0"}],
@@ -71,6 +71,21 @@ def test_live_policy_set_follows_the_deployment(tmp_path):
     assert gpus == 3 and spec.autoscaling == "none" and spec.max_models_per_replica == 2
     assert spec.routing == "ray-multiplex" and spec.routing_args == {"max_ongoing": 100}
     assert not spec.host_cache  # Ray's multiplexer drops evicted models
+
+
+def test_coordinator_deployment_is_simulated_as_the_coordinator_set_with_its_budgets(tmp_path):
+    from deployments.config import load_config
+
+    config = load_config(_config(tmp_path, replicas=4, policies="coordinator"))
+    spec, gpus = live_policy_set(config)
+    assert gpus == 4 and spec.placement == "coordinator" and spec.eviction == "cost-aware"
+    assert spec.max_models_per_replica is None and spec.host_cache
+    cfg = load_profile(_profile(tmp_path), gpus, 5.0, 0, config.control)
+    assert cfg.cluster.gpu_model_gb == pytest.approx((8 << 20) / 1e9)
+    assert cfg.cluster.host_gb == pytest.approx((16 << 20) / 1e9) and cfg.cluster.disk_gb == 0
+    # a ray-default deployment keeps the profile's memory: its cache counts models, not bytes
+    ray_cfg = load_profile(_profile(tmp_path), gpus, 5.0, 0, load_config(_config(tmp_path)).control)
+    assert ray_cfg.cluster.gpu_model_gb != cfg.cluster.gpu_model_gb
 
 
 def test_bad_profile_names_the_file_and_field(tmp_path):

@@ -3,10 +3,10 @@
 The live run is ``t2i replay`` against the service; the simulated run replays the very same
 mapped requests (same arrival times, base models, adapters, steps and images, see
 ``mapping.to_table``) through the cluster simulator under the policy set the live service runs.
-Today that is Ray's defaults, so the simulated set is ``ray-default`` with the live deployment's
-shape read from the service's config: as many simulated GPUs as BaseModel replicas,
-``max_models_per_replica`` = ``cache.base_models_per_replica``, Ray's ``max_ongoing_requests``,
-and no autoscaling when the replica count is fixed. Service and load times come from a profile
+That is the config's ``control.policies``: ``ray-default`` with the live deployment's shape read
+from the service's config (as many simulated GPUs as BaseModel replicas, ``max_models_per_replica``
+= ``cache.base_models_per_replica``, Ray's ``max_ongoing_requests``, no autoscaling when the
+replica count is fixed), or ``coordinator`` on as many GPUs with the replica cache's byte budgets. Service and load times come from a profile
 (``t2i profile`` writes one from the running service).
 
 The compared figures come from the per-request latencies of both sides through one function
@@ -27,10 +27,26 @@ KEYS = ("latency_mean_s", "latency_p50_s", "latency_p95_s", "latency_p99_s", "sl
 
 
 def live_policy_set(config):
-    """The simulator's ray-default set shaped like the live deployment in ``config``."""
+    """The simulator's set for the live deployment in ``config``, shaped like it: ``coordinator``
+    (cost-aware byte-budgeted caches, least-expected-latency routing, popularity placement and
+    bandit prefetch) or ``ray-default`` (count-based LRU, Ray's multiplex routing), as the
+    config's ``control.policies`` says, on as many GPUs as BaseModel replicas."""
     from trace_replay.simulator.policy_sets import POLICY_SETS
 
     dep = config.deployments.base_model
+    if config.control.policies == "coordinator":
+        update = {"name": "coordinator-live"}
+        if dep.autoscaling is not None:
+            update.update(autoscaling=config.control.autoscaling.policy,
+                          autoscaling_args=dict(config.control.autoscaling.policy_args),
+                          scale_down=config.control.autoscaling.scale_down,
+                          guardrails={"min_replicas": max(dep.autoscaling.min_replicas, 1),
+                                      "max_replicas": dep.autoscaling.max_replicas,
+                                      "upscale_delay_s": config.control.autoscaling.upscale_delay_s,
+                                      "downscale_delay_s": config.control.autoscaling.downscale_delay_s,
+                                      "hysteresis": config.control.autoscaling.hysteresis})
+        return POLICY_SETS["coordinator"].model_copy(update=update), (
+            dep.autoscaling.max_replicas if dep.autoscaling is not None else dep.num_replicas)
     update: dict = {"name": "ray-default-live", "max_models_per_replica": config.cache.base_models_per_replica,
                     "routing_args": {"max_ongoing": dep.max_ongoing_requests}}
     if dep.autoscaling is None:
@@ -43,8 +59,10 @@ def live_policy_set(config):
         dep.autoscaling.max_replicas if dep.autoscaling is not None else dep.num_replicas)
 
 
-def load_profile(path: str | Path, gpus: int, slo_s: float, seed: int):
-    """The profile YAML as a SimConfig for this run (GPUs, SLO and seed from the live side)."""
+def load_profile(path: str | Path, gpus: int, slo_s: float, seed: int, control=None):
+    """The profile YAML as a SimConfig for this run (GPUs, SLO and seed from the live side; with
+    the live config's ``control`` under the coordinator, its replica-cache budgets as each simulated
+    worker's GPU and host memory, and no disk tier, which the live cache does not have)."""
     import yaml
 
     from trace_replay.simulator.config import SimConfig
@@ -53,6 +71,9 @@ def load_profile(path: str | Path, gpus: int, slo_s: float, seed: int):
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: a profile is a YAML mapping (a simulator config), got {type(doc).__name__}")
     doc.setdefault("cluster", {})["gpus"] = gpus
+    if control is not None and control.policies == "coordinator" and control.gpu_budget_bytes:
+        doc["cluster"].update(gpu_model_gb=control.gpu_budget_bytes / 1e9,
+                              host_gb=control.host_budget_bytes / 1e9, disk_gb=0.0)
     doc.update(slo_s=slo_s, seed=seed, time_scale=1.0)
     try:
         return SimConfig.model_validate(doc)
@@ -66,7 +87,7 @@ def simulate_slice(requests, registry, config, profile_path: str | Path, slo_s: 
     from trace_replay.simulator import simulate
 
     spec, gpus = live_policy_set(config)
-    cfg = load_profile(profile_path, gpus, slo_s, seed)
+    cfg = load_profile(profile_path, gpus, slo_s, seed, config.control)
     table = to_table(requests, registry)
     # Arrivals are relative to the first request; the table keeps them (time_scale 1).
     result = simulate(table, spec, cfg, data_dir=None)

@@ -14,10 +14,11 @@ from trace_replay.replay.cli import build_parser as replay_parser
 from trace_replay.replay.cli import fetch_registry, live_run, prepare
 
 EPILOG = """\
-The simulated set is the simulator's ray-default shaped like the live deployment (--config):
-GPUs = BaseModel replicas, max_models_per_replica = cache.base_models_per_replica, Ray's
-max_ongoing_requests, no autoscaling when num_replicas is fixed. Service and load times come
-from --profile (write one with `t2i profile --url URL --out profile.yaml`).
+The simulated set follows the deployment's control.policies (--config), shaped like it:
+ray-default (GPUs = BaseModel replicas, max_models_per_replica = cache.base_models_per_replica,
+Ray's max_ongoing_requests, no autoscaling when num_replicas is fixed) or coordinator (the same
+GPUs, each with the replica cache's control.gpu_budget_bytes and host_budget_bytes). Service and
+load times come from --profile (write one with `t2i profile --url URL --out profile.yaml`).
 
 JSON: {"live": {...}, "sim": {...}, "relative_error": {...}, "difference": {...}, "live_summary",
 "sim_summary"}: live and sim are the compared figures, computed from both sides' per-request
