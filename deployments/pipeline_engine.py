@@ -2,7 +2,8 @@
 
 Loads base pipelines (SD 1.x or SDXL class) and ControlNets through diffusers' own loaders, puts
 LoRA adapters into pre-allocated hotswap slots, and runs generation. The Ray deployment wraps this
-with multiplexing, the LoRA store and the ControlNet deployment; tests drive it directly.
+with its model cache (`EngineModels` is what `deployments.model_cache` loads through) or
+`serve.multiplexed`, the LoRA store and the ControlNet deployment; tests drive it directly.
 Callers serialise `generate` per engine: a pipeline's LoRA slots are replica-wide state.
 """
 
@@ -11,9 +12,11 @@ from __future__ import annotations
 import gc
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +25,7 @@ from deployments.config import ServeConfig
 from deployments.errors import ModelLoadError
 from deployments.lora_slots import LoraSlots
 from deployments.spec import GenerationResult, GenerationSpec
+from policies.snapshot import BASE, CONTROLNET, DISK, REMOTE
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -120,12 +124,21 @@ class PipelineEngine:
         return LoadedPipeline(model_id, pipe, slots, time.perf_counter() - started)
 
     def load_controlnet(self, controlnet_id: str):
-        """A ControlNetModel from the per-replica cache, loading (and evicting LRU) as needed."""
-        from diffusers import ControlNetModel
-
+        """A ControlNetModel from the engine's own count-based LRU (`cache.controlnets_per_replica`),
+        the `ray-default` control set's cache; the coordinator set uses a ModelCache instead."""
         if controlnet_id in self._controlnets:
             self._controlnets.move_to_end(controlnet_id)
             return self._controlnets[controlnet_id]
+        model = self.load_controlnet_model(controlnet_id)
+        self._controlnets[controlnet_id] = model
+        while len(self._controlnets) > self.config.cache.controlnets_per_replica:
+            self._controlnets.popitem(last=False)
+        return model
+
+    def load_controlnet_model(self, controlnet_id: str):
+        """Load ControlNet `controlnet_id` onto the device (no caching); ModelLoadError on failure."""
+        from diffusers import ControlNetModel
+
         entry = self.config.entry(controlnet_id)
         try:
             model = ControlNetModel.from_pretrained(self.config.resolve_source(entry),
@@ -133,9 +146,6 @@ class PipelineEngine:
             model.to(self.device)
         except Exception as exc:
             raise ModelLoadError(controlnet_id, f"{type(exc).__name__}: {exc}") from exc
-        self._controlnets[controlnet_id] = model
-        while len(self._controlnets) > self.config.cache.controlnets_per_replica:
-            self._controlnets.popitem(last=False)
         return model
 
     # -- generation -------------------------------------------------------------------------
@@ -196,6 +206,88 @@ class PipelineEngine:
         while len(loaded.controlnet_pipes) > self.config.cache.controlnets_per_replica:
             loaded.controlnet_pipes.popitem(last=False)
         return pipe
+
+
+def default_gpu_budget(device: str) -> int:
+    """`control.gpu_budget_bytes` when unset: 90% of the CUDA device's memory, 2 GiB on a CPU."""
+    if device.startswith("cuda"):
+        return int(torch.cuda.get_device_properties(torch.device(device)).total_memory * 0.9)
+    return 2 << 30
+
+
+class EngineModels:
+    """The `deployments.model_cache.ModelSource` of a PipelineEngine: base pipelines (with their
+    LoRA slots) and ControlNet modules. Moving to the host tier is `.to("cpu")` on a GPU and
+    nothing on a CPU replica (the object is kept as it is)."""
+
+    _WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.ckpt")
+
+    def __init__(self, engine: PipelineEngine):
+        self.engine = engine
+        self._disk: dict[str, int] = {}
+        # pipelines loaded here, to drop their ControlNet pipelines when a ControlNet is freed
+        self._pipelines: weakref.WeakValueDictionary[int, LoadedPipeline] = weakref.WeakValueDictionary()
+
+    def kind(self, model_id: str) -> int:
+        kind = self.engine.config.entry(model_id).kind
+        if kind not in ("base", "controlnet"):
+            raise ValueError(f"{model_id!r} is a {kind}; the model cache holds base models and ControlNets")
+        return BASE if kind == "base" else CONTROLNET
+
+    def source_tier(self, model_id: str) -> int:
+        return DISK if self.engine.config.entry(model_id).path else REMOTE
+
+    def estimate_bytes(self, model_id: str) -> int:
+        """`size_bytes` from the registry, else the weight files' size on disk (0 for a hub model
+        without one: the cache then reserves its measured size right after the load)."""
+        entry = self.engine.config.entry(model_id)
+        if entry.size_bytes is not None:
+            return entry.size_bytes
+        if model_id not in self._disk:
+            root = Path(self.engine.config.resolve_source(entry))
+            files = {f for pattern in self._WEIGHTS for f in root.rglob(pattern)} if root.is_dir() else set()
+            self._disk[model_id] = sum(f.stat().st_size for f in files)
+        return self._disk[model_id]
+
+    def load(self, model_id: str) -> object:
+        if self.kind(model_id) == CONTROLNET:
+            return self.engine.load_controlnet_model(model_id)
+        loaded = self.engine.load_pipeline(model_id)
+        self._pipelines[id(loaded)] = loaded
+        return loaded
+
+    def size_of(self, obj: object) -> int:
+        modules = ([m for m in obj.pipe.components.values() if isinstance(m, torch.nn.Module)]
+                   if isinstance(obj, LoadedPipeline) else [obj])
+        tensors = {t.data_ptr(): t.numel() * t.element_size() for m in modules
+                   for t in (*m.parameters(), *m.buffers())}
+        return sum(tensors.values())
+
+    def to_host(self, obj: object) -> object:
+        return self._move(obj, "cpu")
+
+    def to_device(self, obj: object) -> object:
+        return self._move(obj, self.engine.device)
+
+    def _move(self, obj: object, device: str) -> object:
+        if self.engine.device == "cpu":
+            return obj
+        (obj.pipe if isinstance(obj, LoadedPipeline) else obj).to(device)
+        if device == "cpu":
+            torch.cuda.empty_cache()
+        return obj
+
+    def free(self, obj: object) -> None:
+        if isinstance(obj, LoadedPipeline):
+            obj._free()
+            return
+        for loaded in list(self._pipelines.values()):
+            for key, (nets, _) in list(loaded.controlnet_pipes.items()):
+                if any(net is obj for net in nets):
+                    del loaded.controlnet_pipes[key]
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def _to_pil(image: np.ndarray):

@@ -1,0 +1,525 @@
+"""A replica's model cache: a device byte budget, a host-memory tier under it, single-flight loads.
+
+Entries are whole loaded models (a base pipeline, a ControlNet module) keyed by registry id. An
+entry sits in one tier: GPU (on the device, usable), HOST (weights moved to host RAM, so bringing
+it back is a host-to-device copy, not a read from storage), or nowhere (REMOTE: the next use loads
+it from its source). Each tier has a byte budget that is never exceeded: bytes are reserved before
+a load starts (the known size, else `ModelSource.estimate_bytes`), corrected to the measured size
+after it, and a load that cannot be given room fails with `CacheBudgetError` naming the budget.
+
+Which entry leaves is proposed by an eviction policy from the shared registry on a `CacheView`
+carrying sizes and load costs (policies decide, this module evicts). Pinned entries and entries in
+use by a request are never proposed; an entry evicted from the device goes to the host tier when
+it fits there (the host tier evicts by the same policy, to nowhere).
+
+Concurrency: every method runs on the replica's event loop (no locks on the bookkeeping); loads
+and device/host moves run in worker threads. Requests for a model being loaded wait on that one
+load (single flight). A request that needs room held by entries other requests are using waits
+for a release, first giving back what it holds itself so two requests cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections.abc import Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from policies.eviction import CacheView, EvictionPolicy, propose_victims
+from policies.snapshot import DISK, GPU, HOST, KIND_NAMES, REMOTE, TIER_NAMES
+
+logger = logging.getLogger(__name__)
+
+# Bytes per second assumed per source tier until this replica has measured loads from it:
+# a pinned host-to-device copy on PCIe 4 (pageable memory is about half), a local
+# `from_pretrained` (read + construct), a hub download. Measured means replace them.
+DEFAULT_BANDWIDTH = {HOST: 8e9, DISK: 1e9, REMOTE: 2e8}
+
+
+class CacheBudgetError(RuntimeError):
+    """A model cannot be given room without exceeding a cache budget (the message names it)."""
+
+    def __init__(self, model_id: str, reason: str):
+        super().__init__(f"model {model_id!r} cannot be loaded: {reason}")
+        self.model_id = model_id
+        self.reason = reason
+
+    def __reduce__(self):  # Ray pickles exceptions (see deployments.errors)
+        return (type(self), (self.model_id, self.reason))
+
+
+class ModelSource(Protocol):
+    """What the cache needs to know about, and do with, the models it holds. Methods other than
+    the first three block and run in a worker thread."""
+
+    def kind(self, model_id: str) -> int: ...  # policies.snapshot kind code
+    def source_tier(self, model_id: str) -> int: ...  # DISK (local files) or REMOTE (hub)
+    def estimate_bytes(self, model_id: str) -> int: ...  # device bytes before the first load
+    def load(self, model_id: str) -> object: ...  # from its source onto the device
+    def size_of(self, obj: object) -> int: ...  # device bytes of a loaded model
+    def to_host(self, obj: object) -> object: ...  # device -> host RAM (a CPU replica: itself)
+    def to_device(self, obj: object) -> object: ...  # host RAM -> device
+    def free(self, obj: object) -> None: ...  # drop it for good
+
+
+class _NoRoom(Exception):
+    def __init__(self, reason: str, transient: bool):
+        super().__init__(reason)
+        self.reason, self.transient = reason, transient
+
+
+@dataclass(eq=False)
+class _Entry:
+    model_id: str
+    key: int
+    kind: int
+    tier: int = REMOTE  # where it settled: GPU or HOST (REMOTE only while its first load runs)
+    obj: object = None
+    gpu_bytes: int = 0  # reserved on the device (while loading: the reservation)
+    host_bytes: int = 0  # reserved in the host tier
+    users: int = 0  # requests holding it
+    waiters: int = 0  # requests waiting on its load; they become users when it lands
+    loading: asyncio.Task | None = None  # a load or host-to-device copy in progress
+    moving: asyncio.Future | None = None  # a device-to-host move in progress
+    load_from: int = REMOTE
+    load_started: float = 0.0
+    uses: int = 0  # requests served since it last came onto the device
+    prefetched: bool = False  # came onto the device by prefetch and no request used it yet
+    loaded_seq: int = 0
+    last_seq: int = 0
+    last_time: float = 0.0
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A model held for one request; `ModelCache.release` gives it back."""
+
+    model_id: str
+    obj: object
+    entry: _Entry = field(repr=False)
+
+
+class ModelCache:
+    def __init__(self, source: ModelSource, gpu_budget_bytes: int, host_budget_bytes: int,
+                 policy: EvictionPolicy, clock=time.time):
+        self.source = source
+        self.gpu_budget = int(gpu_budget_bytes)
+        self.host_budget = int(host_budget_bytes)
+        self.policy = policy
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+        self._keys: dict[str, int] = {}  # stable integer ids, as the policies' views use
+        self._sizes: dict[str, int] = {}  # measured device bytes per model
+        self._seq = 0
+        self._room = asyncio.Lock()  # one caller at a time chooses victims and reserves bytes
+        self._released = asyncio.Event()  # set (and replaced) whenever bytes may have freed up
+        self.pins: frozenset[str] = frozenset()
+        # (model, source tier) -> [count, mean seconds]; tier -> [bytes, seconds] of all loads
+        self._load_s: dict[tuple[str, int], list[float]] = {}
+        self._bandwidth: dict[int, list[float]] = {}
+        self._counters = _zero_counters()
+        # since the last drain_events(): what the coordinator report carries
+        self._loads: list[dict] = []
+        self._evicted: list[dict] = []
+        self._prefetch_hits: list[str] = []
+
+    # -- requests ---------------------------------------------------------------------------
+    async def acquire(self, model_ids: Sequence[str], wait_s: float = 0.0) -> list[Lease]:
+        """Hold every model in `model_ids` on the device, loading what is missing. When room is
+        held by other requests' models, wait up to `wait_s` for them (holding nothing meanwhile);
+        CacheBudgetError when that runs out or pinned entries block. Load errors propagate."""
+        deadline = time.monotonic() + wait_s
+        counted: set[str] = set()
+        while True:
+            held: list[Lease] = []
+            try:
+                for model_id in model_ids:
+                    held.append(await self._acquire_one(model_id, model_id not in counted))
+                    counted.add(model_id)
+                return held
+            except _NoRoom as no_room:
+                self.release(held)
+                left = deadline - time.monotonic()
+                if not no_room.transient or left <= 0:
+                    self._counters["failures"]["budget"] += 1
+                    raise CacheBudgetError(model_ids[len(held)], no_room.reason) from None
+                released = self._released
+                try:
+                    await asyncio.wait_for(released.wait(), left)
+                except asyncio.TimeoutError:
+                    pass
+            except BaseException:
+                self.release(held)
+                raise
+
+    def release(self, leases: Sequence[Lease]) -> None:
+        for lease in leases:
+            lease.entry.users -= 1
+        if leases:
+            self._notify()
+
+    @asynccontextmanager
+    async def use(self, model_ids: Sequence[str], wait_s: float = 0.0):
+        leases = await self.acquire(model_ids, wait_s)
+        try:
+            yield [lease.obj for lease in leases]
+        finally:
+            self.release(leases)
+
+    async def _acquire_one(self, model_id: str, count: bool) -> Lease:
+        self._seq += 1
+        while True:
+            entry = self._entries.get(model_id)
+            if entry is not None and entry.moving is not None:
+                await asyncio.shield(entry.moving)
+                continue
+            if entry is not None and entry.tier == GPU and entry.loading is None:
+                if count:
+                    self._counters["hits"]["gpu"] += 1
+                entry.users += 1
+                self._touch(entry)
+                return Lease(model_id, entry.obj, entry)
+            if entry is not None and entry.loading is not None:
+                if count:
+                    self._count_join(entry)
+                await self._join(entry)
+                self._touch(entry)
+                return Lease(model_id, entry.obj, entry)
+            entry, started = await self._start_load(model_id, prefetch=False)
+            if count and started:
+                tier = entry.load_from
+                self._counters["hits" if tier == HOST else "misses"][TIER_NAMES[tier]] += 1
+                count = False
+
+    def _count_join(self, entry: _Entry) -> None:
+        if entry.prefetched:
+            self._counters["hits"]["gpu"] += 1  # the prefetch was for this request: a hit
+        else:
+            self._counters["joined"] += 1
+
+    async def _join(self, entry: _Entry) -> None:
+        """Wait for `entry`'s load; on success this caller is one of its users."""
+        task = entry.loading
+        entry.waiters += 1
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done() and not task.cancelled() and task.exception() is None:
+                entry.users -= 1  # the load landed and counted this caller in
+                self._notify()
+            else:
+                entry.waiters -= 1
+            raise
+
+    def _touch(self, entry: _Entry) -> None:
+        if entry.prefetched and entry.uses == 0:
+            self._counters["prefetch"]["used"] += 1
+            self._prefetch_hits.append(entry.model_id)
+        entry.prefetched = False
+        entry.uses += 1
+        entry.last_seq = self._seq
+        entry.last_time = self._clock()
+
+    # -- prefetch and pins ------------------------------------------------------------------
+    async def prefetch(self, model_id: str) -> bool:
+        """Load `model_id` into free device budget (no eviction); False when it is already
+        there or does not fit. The caller decides when the replica is idle enough."""
+        entry = self._entries.get(model_id)
+        if entry is not None and (entry.tier == GPU or entry.loading is not None or entry.moving):
+            return False
+        try:
+            entry, started = await self._start_load(model_id, prefetch=True)
+        except _NoRoom:
+            return False
+        if not started:
+            return False
+        self._counters["prefetch"]["started"] += 1
+        try:
+            await asyncio.shield(entry.loading)
+        except Exception as exc:  # a prefetch failing is logged, never raised into a request
+            logger.warning("prefetch of %r failed: %s", model_id, exc)
+            return False
+        return True
+
+    def set_pins(self, model_ids) -> None:
+        """The full pinned set (replaces the previous one): pinned entries are never evicted."""
+        self.pins = frozenset(model_ids)
+        self._notify()  # unpinned entries may make room for a waiting request
+
+    # -- loading ----------------------------------------------------------------------------
+    async def _start_load(self, model_id: str, prefetch: bool) -> tuple[_Entry, bool]:
+        """Reserve device bytes for `model_id` and start its load as a task: (entry, True); or
+        (entry, False) when another caller got there first. Raises _NoRoom."""
+        async with self._room:
+            entry = self._entries.get(model_id)
+            if entry is not None and (entry.tier == GPU or entry.loading or entry.moving):
+                return entry, False
+            need = self.size_estimate(model_id)
+            await self._make_room(need, model_id, evict=not prefetch)
+            entry = self._entries.get(model_id)
+            if entry is None:
+                key = self._keys.setdefault(model_id, len(self._keys))
+                entry = self._entries[model_id] = _Entry(model_id, key, self.source.kind(model_id))
+            entry.load_from = HOST if entry.tier == HOST else self.source.source_tier(model_id)
+            entry.gpu_bytes = need
+            entry.load_started = time.perf_counter()
+            entry.prefetched = prefetch
+            entry.loading = asyncio.create_task(self._run_load(entry, prefetch))
+            return entry, True
+
+    async def _run_load(self, entry: _Entry, prefetch: bool) -> None:
+        # A task of its own: a request cancelled mid-load cannot leave the bookkeeping half done.
+        tier = entry.load_from
+        try:
+            if tier == HOST:
+                obj = await asyncio.to_thread(self.source.to_device, entry.obj)
+            else:
+                obj = await asyncio.to_thread(self.source.load, entry.model_id)
+            size = self.source.size_of(obj)
+            if size > entry.gpu_bytes:  # the estimate was low: more room, or give up
+                async with self._room:
+                    try:
+                        await self._make_room(size - entry.gpu_bytes, entry.model_id, evict=True)
+                    except _NoRoom as no_room:
+                        await asyncio.to_thread(self.source.free, obj)
+                        raise CacheBudgetError(entry.model_id, f"measured {size} bytes after "
+                                               f"loading; {no_room.reason}") from None
+        except BaseException as exc:
+            self._drop(entry, free=tier == HOST)
+            self._counters["failures"]["budget" if isinstance(exc, CacheBudgetError) else "load"] += 1
+            entry.loading = None
+            self._notify()
+            raise
+        seconds = time.perf_counter() - entry.load_started
+        self._sizes[entry.model_id] = size
+        entry.obj, entry.gpu_bytes, entry.host_bytes, entry.tier = obj, size, 0, GPU
+        entry.users += entry.waiters
+        entry.waiters = 0
+        entry.uses = 0
+        entry.loaded_seq = entry.last_seq = self._seq
+        entry.last_time = self._clock()
+        entry.loading = None
+        self._record_load(entry, tier, seconds, size, prefetch)
+        self._notify()
+
+    def _record_load(self, entry: _Entry, tier: int, seconds: float, size: int, prefetch: bool) -> None:
+        count, mean = self._load_s.get((entry.model_id, tier), (0, 0.0))
+        self._load_s[(entry.model_id, tier)] = [count + 1, mean + (seconds - mean) / (count + 1)]
+        total = self._bandwidth.setdefault(tier, [0.0, 0.0])
+        total[0] += size
+        total[1] += seconds
+        kind = KIND_NAMES[entry.kind]
+        self._counters["loads"][kind][TIER_NAMES[tier]] += 1
+        self._counters["load_seconds"][kind][TIER_NAMES[tier]] += seconds
+        self._loads.append({"id": entry.model_id, "from": tier, "seconds": seconds, "prefetch": prefetch})
+
+    # -- room -------------------------------------------------------------------------------
+    async def _make_room(self, need: int, model_id: str, evict: bool) -> None:
+        """Free device bytes until `need` more fit (caller holds self._room). Raises _NoRoom,
+        transient when entries in use or loading are what stands in the way."""
+        if need > self.gpu_budget:
+            raise _NoRoom(f"it needs {need} bytes, more than the whole device budget "
+                          f"(control.gpu_budget_bytes={self.gpu_budget})", transient=False)
+        free = self.gpu_budget - self.gpu_used()
+        if need <= free:
+            return
+        # on the device or reserved there (a load in progress)
+        on_gpu = [e for e in self._entries.values() if e.gpu_bytes > 0 and e.model_id != model_id]
+        idle = [e for e in on_gpu if self._evictable(e)]
+        unpinned = [e for e in idle if e.model_id not in self.pins]
+        if not evict or free + sum(e.gpu_bytes for e in unpinned) < need:
+            pinned = sum(e.gpu_bytes for e in idle if e.model_id in self.pins)
+            busy = sum(e.gpu_bytes for e in on_gpu if not self._evictable(e))
+            reason = (f"it needs {need} bytes and control.gpu_budget_bytes={self.gpu_budget} has "
+                      f"{free} free, {pinned} pinned and {busy} in use or loading")
+            if not evict:
+                reason += " (prefetch loads only into free budget)"
+            # room may come once requests let go of what they use, never from pinned entries
+            raise _NoRoom(reason, transient=evict and free + sum(
+                e.gpu_bytes for e in on_gpu if e.model_id not in self.pins) >= need)
+        self._seq += 1  # the ranking is an event of the cache's logical clock
+        for victim in self._rank(unpinned, GPU):
+            if self._evictable(victim) and victim.model_id not in self.pins:
+                await self._demote(victim, keep=model_id)
+                if self.gpu_budget - self.gpu_used() >= need:
+                    return
+        raise _NoRoom("entries were taken while evicting", transient=True)
+
+    def _evictable(self, entry: _Entry) -> bool:
+        return entry.users == 0 and entry.waiters == 0 and entry.loading is None and entry.moving is None
+
+    async def _demote(self, entry: _Entry, keep: str) -> None:
+        """Move `entry` off the device: to the host tier when it fits there (never dropping
+        `keep`'s host copy for it: that is what is being loaded), else drop it."""
+        if entry.prefetched and entry.uses == 0:
+            self._counters["prefetch"]["wasted"] += 1
+        entry.prefetched = False
+        if not (entry.gpu_bytes <= self.host_budget and self._make_host_room(entry.gpu_bytes, keep)):
+            self._drop(entry, free=True)
+            return
+        # Marked before the first await, so no request takes it meanwhile; the move is a task of
+        # its own, so a caller cancelled meanwhile cannot leave it half recorded.
+        entry.moving = asyncio.get_running_loop().create_future()
+        entry.host_bytes = entry.gpu_bytes
+        await asyncio.shield(asyncio.create_task(self._move_to_host(entry)))
+
+    async def _move_to_host(self, entry: _Entry) -> None:
+        try:
+            entry.obj = await asyncio.to_thread(self.source.to_host, entry.obj)
+            entry.tier, entry.gpu_bytes = HOST, 0
+            self._evicted.append({"id": entry.model_id, "to": HOST})
+            self._counters["evictions"]["host"] += 1
+        except Exception as exc:
+            logger.warning("moving %r to host memory failed, dropping it: %s", entry.model_id, exc)
+            self._drop(entry, free=True)
+        finally:
+            moving, entry.moving = entry.moving, None
+            moving.set_result(None)
+
+    def _make_host_room(self, need: int, keep: str) -> bool:
+        """Drop host-tier entries (policy order, pinned last) until `need` bytes fit."""
+        resting = [e for e in self._entries.values()
+                   if e.tier == HOST and e.loading is None and e.model_id != keep]
+        if self.host_budget - self.host_used() + sum(e.host_bytes for e in resting) < need:
+            return False
+        for victim in self._rank(resting, HOST):
+            if self.host_budget - self.host_used() >= need:
+                break
+            self._drop(victim, free=True)
+        return self.host_budget - self.host_used() >= need
+
+    def _rank(self, entries: list[_Entry], tier: int) -> list[_Entry]:
+        """Entries in the policy's eviction order, pinned ones last."""
+        if not entries:
+            return []
+        view = self._view(entries, tier)
+        pinned = np.array([e.model_id in self.pins for e in entries])
+        order = propose_victims(self.policy, view, n=len(entries), pinned=pinned).tolist()
+        rest = [i for i in range(len(entries)) if i not in set(order)]
+        return [entries[i] for i in order + rest]
+
+    def _view(self, entries: list[_Entry], tier: int) -> CacheView:
+        def col(attr, dtype):
+            return np.array([getattr(e, attr) for e in entries], dtype=dtype)
+
+        sizes = np.array([e.gpu_bytes if tier == GPU else e.host_bytes for e in entries], np.int64)
+        # what evicting it costs: the copy back from host when the host tier can take it,
+        # else a load from its source
+        costs = [self.load_cost_s(e.model_id)[HOST if tier == GPU and s <= self.host_budget
+                                               else self.source.source_tier(e.model_id)]
+                 for e, s in zip(entries, sizes)]
+        return CacheView(
+            key=col("key", np.int64), kind=col("kind", np.int8), uses=col("uses", np.int64),
+            last_seq=col("last_seq", np.int64), loaded_seq=col("loaded_seq", np.int64),
+            last_time=col("last_time", np.float64), seq=np.int64(self._seq),
+            now=np.float64(self._clock()), size_bytes=sizes,
+            load_cost_s=np.array(costs, np.float64))
+
+    def _drop(self, entry: _Entry, free: bool) -> None:
+        if self._entries.get(entry.model_id) is entry:
+            del self._entries[entry.model_id]
+        if entry.tier in (GPU, HOST) and entry.obj is not None:
+            self._evicted.append({"id": entry.model_id, "to": REMOTE})
+            self._counters["evictions"]["remote"] += 1
+        if free and entry.obj is not None:
+            self.source.free(entry.obj)
+        entry.obj, entry.gpu_bytes, entry.host_bytes, entry.tier = None, 0, 0, REMOTE
+
+    def _notify(self) -> None:
+        self._released.set()
+        self._released = asyncio.Event()
+
+    # -- what it holds and costs ------------------------------------------------------------
+    def gpu_used(self) -> int:
+        return sum(e.gpu_bytes for e in self._entries.values())
+
+    def host_used(self) -> int:
+        return sum(e.host_bytes for e in self._entries.values())
+
+    def size_estimate(self, model_id: str) -> int:
+        """Measured device bytes when it has been loaded here, else the source's estimate."""
+        size = self._sizes.get(model_id)
+        return size if size is not None else int(self.source.estimate_bytes(model_id))
+
+    def load_cost_s(self, model_id: str) -> list[float]:
+        """Seconds to bring `model_id` onto the device from [gpu, host, disk, remote]: measured
+        means where this cache has loaded it from that tier, else its size over the bandwidth
+        measured from that tier on any model (a default before any). A model whose source is a
+        local disk has its disk cost in the remote column too: disk is where it comes from."""
+        size = self.size_estimate(model_id)
+        out = [0.0, 0.0, 0.0, 0.0]
+        for tier in (HOST, DISK, REMOTE):
+            measured = self._load_s.get((model_id, tier))
+            if measured is not None:
+                out[tier] = measured[1]
+            else:
+                nbytes, seconds = self._bandwidth.get(tier, (0.0, 0.0))
+                rate = nbytes / seconds if nbytes > 0 and seconds > 0 else DEFAULT_BANDWIDTH[tier]
+                out[tier] = size / rate
+        if self.source.source_tier(model_id) == DISK:
+            out[REMOTE] = out[DISK]
+        return out
+
+    def tiers(self) -> dict[str, int]:
+        """{model id: GPU or HOST} for every settled entry (loads in progress: `loading()`)."""
+        return {m: e.tier for m, e in self._entries.items() if e.tier in (GPU, HOST) and not e.loading}
+
+    def loading(self) -> list[str]:
+        return [m for m, e in self._entries.items() if e.loading is not None]
+
+    def loading_remaining_s(self) -> float:
+        """Expected seconds left of the loads in progress (expected cost minus elapsed)."""
+        now = time.perf_counter()
+        return sum(max(0.0, self.load_cost_s(e.model_id)[e.load_from] - (now - e.load_started))
+                   for e in self._entries.values() if e.loading is not None)
+
+    def resident(self, model_id: str) -> bool:
+        entry = self._entries.get(model_id)
+        return entry is not None and entry.tier == GPU and entry.loading is None
+
+    def objects(self) -> dict[str, object]:
+        """{model id: loaded object} of the entries settled on the device."""
+        return {m: e.obj for m, e in self._entries.items() if e.tier == GPU and not e.loading}
+
+    def in_use(self) -> int:
+        return sum(e.users + e.waiters for e in self._entries.values())
+
+    def drain_events(self) -> dict:
+        """Loads, evictions and prefetch hits since the previous drain (for the coordinator)."""
+        out = {"loads": self._loads, "evicted": self._evicted, "prefetch_hits": self._prefetch_hits}
+        self._loads, self._evicted, self._prefetch_hits = [], [], []
+        return out
+
+    def counters(self) -> dict:
+        """Monotonic counters: hits by tier found (gpu, host), misses by source tier (disk,
+        remote), requests that joined a load in flight, loads and load-seconds by kind and
+        source tier, prefetches started/used/wasted, evictions by destination, failures."""
+        return copy.deepcopy(self._counters)
+
+    def state(self) -> dict:
+        """What the cache holds by tier, with bytes, users and pins (for debugging)."""
+        def describe(e: _Entry) -> dict:
+            return {"bytes": e.gpu_bytes or e.host_bytes, "users": e.users, "uses": e.uses,
+                    "pinned": e.model_id in self.pins, "prefetched": e.prefetched}
+
+        held = {name: {m: describe(e) for m, e in self._entries.items() if e.tier == tier and not e.loading}
+                for name, tier in (("gpu", GPU), ("host", HOST))}
+        return {**held, "loading": self.loading(), "pins": sorted(self.pins),
+                "gpu_budget_bytes": self.gpu_budget, "gpu_used_bytes": self.gpu_used(),
+                "host_budget_bytes": self.host_budget, "host_used_bytes": self.host_used(),
+                "policy": getattr(self.policy, "name", type(self.policy).__name__),
+                "counters": self.counters()}
+
+
+def _zero_counters() -> dict:
+    by_kind = {kind: {TIER_NAMES[t]: 0 for t in (HOST, DISK, REMOTE)} for kind in KIND_NAMES}
+    return {"hits": {"gpu": 0, "host": 0}, "misses": {"disk": 0, "remote": 0}, "joined": 0,
+            "loads": by_kind, "load_seconds": {k: {t: 0.0 for t in v} for k, v in by_kind.items()},
+            "prefetch": {"started": 0, "used": 0, "wasted": 0},
+            "evictions": {"host": 0, "remote": 0}, "failures": {"budget": 0, "load": 0}}
