@@ -1,0 +1,374 @@
+"""Cache-aware request routing for the BaseModel deployment: a Ray Serve ``RequestRouter`` that
+ranks replicas with ``policies.routing`` (the simulator's own routing code).
+
+Ray Serve runs one router per deployment handle (in the ingress replica, or the driver) and asks
+``choose_replicas`` for a ranking whenever it routes a request. This adapter turns what it knows
+into a ``policies.snapshot.ClusterSnapshot`` over the candidate replicas and asks the policy named
+by ``control.routing`` (default ``least-expected-latency``: queue wait plus the time to load the
+missing components, by tier). What it knows, per replica:
+
+- the replica's last ``record_routing_stats()`` (S1 in the issue-10 plan: ``t``, ``queue_len``,
+  ``busy_s``, ``tiers``, ``loading``, free bytes, ``load_cost_s``, ``pool``), which Ray delivers
+  as ``RunningReplica.routing_stats`` every ``request_routing_stats_period_s``;
+- what this router sent since those stats were measured (a *flight* per request, recorded the
+  moment Ray assigns a replica to it, dropped when the request completes or when newer stats
+  cover it): each adds its expected service time to the replica's wait, so a burst spreads
+  instead of landing on the one replica that held the model a period ago;
+- what it routed there since the stats: those components count as resident (loading) on that
+  replica until stats newer than the routing say otherwise.
+
+Stats older than ``stale_after_s`` (or none, or unreadable) make a replica *stale*: it is judged
+by queue length only (Ray's queue-length cache, else this router's own flights), holding nothing,
+and exact ties are broken at random. Requests without a ``GenerationSpec`` argument (``ready``,
+``loaded_models``) are ranked by queue only. Nothing here talks to the coordinator: band pools
+arrive in the stats, so a dead coordinator leaves routing on the replicas' last pools.
+
+The ranking is every available candidate, one per rank: the policy's choice first, then the rest
+by expected latency. Ray tries the ranks in order, so when the first rejects (full queue), the
+fallback still follows the cache. Ranks hold one replica each because Ray picks the shortest
+queue *within* a rank, which would ignore the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from ray.serve._private.common import ReplicaID, RequestMetadata
+from ray.serve.request_router import PendingRequest, ReplicaResult, RequestRouter, RunningReplica
+
+from deployments.spec import GenerationSpec
+from policies.routing import ROUTING, expected_latency_s
+from policies.snapshot import (BASE, COLD, CONTROLNET, GPU, HOT, LORA, REMOTE, SHARED, ClusterSnapshot,
+                               ComponentTable, ReplicaTable, RouteRequest)
+
+logger = logging.getLogger("ray.serve")
+
+ROUTER_PATH = "deployments.routing:CacheAwareRouter"
+_KIND = {"base": BASE, "controlnet": CONTROLNET, "lora": LORA}
+# Seconds to the GPU from GPU/HOST/DISK/REMOTE for a component no fresh replica reports a cost
+# for (the replicas report every registry model, so this is for a model added since).
+DEFAULT_LOAD_COST_S = (0.0, 0.5, 2.0, 10.0)
+FLIGHT_TTL_S = 600.0  # a flight whose completion never came (cancelled caller) is forgotten
+
+
+def router_config(config) -> dict:
+    """The ``request_router_config`` deployment option for BaseModel (a ``ServeConfig`` in):
+    this router, the routing policy from ``config.control``, stats every ``report_period_s``."""
+    control = config.control
+    period = float(control.report_period_s)
+    kinds = {m.id: m.kind for m in config.models if m.kind in _KIND}
+    return {"request_router_class": ROUTER_PATH,
+            "request_router_kwargs": {
+                "policy": control.routing, "policy_args": dict(control.routing_args),
+                "stale_after_s": 3 * period + 1.0,  # three missed reports plus delivery slack
+                "colocated_controlnets": config.controlnet_mode == "colocated", "kinds": kinds},
+            "request_routing_stats_period_s": period}
+
+
+def find_spec(pending_request: PendingRequest | None) -> GenerationSpec | None:
+    """The request's ``GenerationSpec``, if one of its arguments is one. In the handle's process
+    ``pending_request.args`` holds the caller's objects as passed (``handle.generate.remote(spec,
+    images)`` gives ``[spec, images]``); only ``DeploymentResponse`` arguments are replaced (by
+    ObjectRefs, which this router does not fetch: such a request routes by queue)."""
+    if pending_request is None:
+        return None
+    for value in (*pending_request.args, *pending_request.kwargs.values()):
+        if isinstance(value, GenerationSpec):
+            return value
+    return None
+
+
+@dataclass
+class _Flight:
+    """A request this router assigned to a replica and has not seen complete."""
+
+    request: int  # id() of the PendingRequest (Ray reuses the object on a retry)
+    internal_id: str  # Ray's internal request id: shared by every handle call an ingress request
+    #                   makes (copied from the request context), so not unique on its own
+    routed_at: float
+    components: tuple[str, ...]
+    expected_s: float  # its service time plus the load it was expected to pay there
+    accepted: bool = False
+
+
+@dataclass
+class _View:
+    """What this router believes about one replica now."""
+
+    fresh: bool
+    stats_t: float
+    tiers: dict[str, int] = field(default_factory=dict)
+    wait_s: float = 0.0
+    queue_len: int = 0
+    pool: int = SHARED
+    n_models: int = 0
+    load_cost_s: dict = field(default_factory=dict)
+
+
+class CacheAwareRouter(RequestRouter):
+    """Ranks BaseModel replicas by ``policies.routing`` on their published cache state."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.initialize_state()
+
+    def initialize_state(self, policy: str = "least-expected-latency", policy_args: dict | None = None,
+                         stale_after_s: float = 4.0, colocated_controlnets: bool = True,
+                         kinds: dict | None = None, default_service_s: float = 1.0,
+                         seed: int | None = None, **_ignored: Any) -> None:
+        """Called by Ray with ``request_router_kwargs`` (see ``router_config``)."""
+        self.policy = ROUTING.create(policy, **(policy_args or {}))
+        self.stale_after_s = float(stale_after_s)
+        self.colocated_controlnets = bool(colocated_controlnets)
+        self.kinds = {k: _KIND.get(v, BASE) for k, v in (kinds or {}).items()}
+        self.default_service_s = float(default_service_s)
+        self.rng = np.random.default_rng(seed)
+        self._flights: dict[ReplicaID, list[_Flight]] = defaultdict(list)  # oldest first
+        # the replica each request waiting for one was ranked first for: Ray may await a queue
+        # probe between ranking and assigning, and concurrent routing tasks must see the choice
+        self._tentative: dict[int, tuple[PendingRequest, ReplicaID, _Flight]] = {}
+        self._resident: dict[ReplicaID, dict[str, float]] = defaultdict(dict)  # routed-to, when
+        self._warned = False
+
+    # -- what Ray calls --------------------------------------------------------------------------
+    async def choose_replicas(self, candidate_replicas: list[RunningReplica],
+                              pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
+        if not candidate_replicas:
+            return []
+        try:
+            return [[r] for r in self.rank(candidate_replicas, pending_request)]
+        except Exception:  # never fail a request over routing: queue order, ties at random
+            if not self._warned:
+                self._warned = True
+                logger.exception("cache-aware routing failed; falling back to queue length")
+            return [[r] for r in self._by_queue(candidate_replicas)]
+
+    def _fulfill_next_pending_request(self, replica: RunningReplica,
+                                      request_metadata: RequestMetadata | None = None) -> None:
+        """Give ``replica`` to the request it was chosen for, and record the flight.
+
+        Ray's base version finds that request by ``internal_request_id``, which concurrent handle
+        calls from one ingress request share (a cascade's reruns): the second would never be
+        matched and its routing task would spin. Here the match is the metadata object itself
+        (the routing task passes the metadata of the request it routes).
+        """
+        if request_metadata is None:
+            return
+        pr = next((p for p in self._pending_requests_to_fulfill
+                   if p.metadata is request_metadata and not p.future.done()), None)
+        if pr is None:  # Ray's own match, should the metadata object ever be a copy
+            pr = self._pending_requests_by_id.get(request_metadata.internal_request_id)
+            if pr is None or pr.future.done():
+                return
+        self._cancel_routing_task_for_pending_request(pr)
+        self._record_queue_wait_time(pr)
+        pr.future.set_result(replica)
+        key = pr.metadata.internal_request_id
+        if self._pending_requests_by_id.get(key) is pr:
+            self._pending_requests_by_id.pop(key, None)
+        self._record_flight(pr, replica)
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID,
+                          result: ReplicaResult) -> None:
+        """The replica accepted: mark its flight (or record one, if assigned by another path)."""
+        for f in self._flights.get(replica_id, ()):
+            if f.request == id(pending_request) and not f.accepted:
+                f.accepted = True
+                return
+        replica = self._replicas.get(replica_id)
+        if replica is not None:
+            self._record_flight(pending_request, replica, accepted=True)
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        """Finished, failed or rejected: its flight no longer adds to the replica's wait. Ray
+        calls this for a rejected request too (which never got ``on_request_routed``), so an
+        unaccepted flight goes first."""
+        flights = self._flights.get(replica_id, [])
+        mine = [i for i, f in enumerate(flights) if f.internal_id == internal_request_id]
+        if mine:
+            flights.pop(next((i for i in mine if not flights[i].accepted), mine[0]))
+
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        super().update_replicas(replicas)
+        live = {r.replica_id for r in replicas}
+        for rid in [k for k in self._flights if k not in live]:
+            del self._flights[rid]
+        for rid in [k for k in self._resident if k not in live]:
+            del self._resident[rid]
+
+    # -- ranking -------------------------------------------------------------------------------
+    def rank(self, candidates: list[RunningReplica], pending_request: PendingRequest | None) -> list[RunningReplica]:
+        """Available candidates (those Ray's queue cache does not show full; all if none), the
+        policy's choice first, then by expected latency; full ones last, by queue."""
+        available = self.select_available_replicas(candidates) or list(candidates)
+        full = [r for r in candidates if r not in available]
+        now = self._get_curr_time_s()
+        spec = find_spec(pending_request)
+        if spec is None:
+            ranked = self._by_queue(available, now) + self._by_queue(full, now)
+            if pending_request is not None:
+                self._hold(pending_request, ranked[0], (), 0.0, now)
+            return ranked
+        comps = self.components(spec)
+        views = [self.view(r, now) for r in available]
+        snap = self.snapshot(views, comps, now)
+        req = RouteRequest(pipeline=0, components=np.arange(len(comps), dtype=np.int64),
+                           band=self._band(views, snap), arrival_s=now)
+        first = self.policy.route(snap, req, self.rng)
+        cost = expected_latency_s(snap, req)
+        order = np.lexsort((self.rng.random(cost.size), cost))  # ties at random
+        order = [first] + [int(i) for i in order if i != first]
+        ranked = [available[i] for i in order] + self._by_queue(full, now)
+        if pending_request is not None:
+            load = float(snap.missing_load_s(req.components)[first])
+            self._hold(pending_request, ranked[0], tuple(comps), load, now)
+        return ranked
+
+    def components(self, spec: GenerationSpec) -> list[str]:
+        """Model ids the request needs on its replica: base first, then ControlNets (when the
+        BaseModel replica runs them) and LoRAs, each once."""
+        ids = [spec.base_model]
+        if self.colocated_controlnets:
+            ids += [c for c, _ in spec.controlnets]
+        ids += [x for x, _ in spec.loras]
+        return list(dict.fromkeys(ids))
+
+    def view(self, replica: RunningReplica, now: float) -> _View:
+        """The replica's stats, aged to ``now``, plus this router's flights since them."""
+        rid = replica.replica_id
+        stats = replica.routing_stats or {}
+        t = stats.get("t")
+        fresh = isinstance(t, (int, float)) and 0 <= now - t <= self.stale_after_s
+        if not fresh:
+            # queue length only: Ray's cache (the replica's own count at the last response,
+            # plus sends since), else this router's flights; it is assumed to hold nothing
+            cached = self.replica_queue_len_cache.get(rid)
+            self._forget(rid, now - FLIGHT_TTL_S)
+            q = cached if cached is not None else len(self._flights.get(rid, ()))
+            q += len(self._held(rid))
+            return _View(fresh=False, stats_t=-np.inf, wait_s=q * self.default_service_s, queue_len=q)
+        t = float(t)
+        self._forget(rid, t)  # the stats count everything routed before they were taken
+        flights = [*self._flights.get(rid, ()), *self._held(rid)]
+        tiers = {str(k): int(v) for k, v in (stats.get("tiers") or {}).items()}
+        for c in stats.get("loading") or ():
+            tiers[str(c)] = GPU  # S1: a load in progress counts as resident
+        for c in self._resident.get(rid, {}):
+            tiers[c] = GPU
+        for f in flights:
+            for c in f.components:
+                tiers[c] = GPU
+        wait = max(0.0, float(stats.get("busy_s", 0.0)) - (now - t))
+        wait += sum(f.expected_s for f in flights)
+        q = int(stats.get("queue_len", 0)) + len(flights)
+        n_models = sum(1 for c, tier in tiers.items() if tier == GPU and self.kinds.get(c, BASE) == BASE)
+        return _View(fresh=True, stats_t=t, tiers=tiers, wait_s=wait, queue_len=q,
+                     pool=int(stats.get("pool", SHARED)), n_models=n_models,
+                     load_cost_s=stats.get("load_cost_s") or {})
+
+    def snapshot(self, views: list[_View], comps: list[str], now: float) -> ClusterSnapshot:
+        """A snapshot over ``views`` whose components are just ``comps`` (a policy reads only the
+        request's columns); a component's load costs are the mean over the fresh replicas that
+        report them."""
+        n, k = len(views), len(comps)
+        tier = np.full((n, k), REMOTE, dtype=np.int8)
+        for i, v in enumerate(views):
+            for j, c in enumerate(comps):
+                tier[i, j] = min(max(v.tiers.get(c, REMOTE), GPU), REMOTE)
+        cost = np.array([self._cost_row(views, c) for c in comps], dtype=np.float64).reshape(k, 4)
+        table = ComponentTable(kind=np.array([self.kinds.get(c, BASE) for c in comps], dtype=np.int8),
+                               size_bytes=np.zeros(k, np.int64), load_cost_s=cost)
+        replicas = ReplicaTable(
+            tier=tier, queue_len=np.array([v.queue_len for v in views], np.int64),
+            busy_until=now + np.array([v.wait_s for v in views], np.float64),
+            gpu_free_bytes=np.zeros(n, np.int64), host_free_bytes=np.zeros(n, np.int64),
+            pool=np.array([v.pool for v in views], np.int8),
+            n_models=np.array([v.n_models for v in views], np.int64))
+        return ClusterSnapshot(now, replicas, table)
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _record_flight(self, pr: PendingRequest, replica: RunningReplica, accepted: bool = False) -> None:
+        self._tentative.pop(id(pr), None)
+        spec = find_spec(pr)
+        now = self._get_curr_time_s()
+        rid = replica.replica_id
+        comps = tuple(self.components(spec)) if spec is not None else ()
+        expected = float(self._service_s(replica))
+        if comps:
+            view = self.view(replica, now)
+            for c in comps:
+                expected += float(self._cost_row([view], c)[min(max(view.tiers.get(c, REMOTE), GPU), REMOTE)])
+                self._resident[rid][c] = now
+        self._flights[rid].append(_Flight(id(pr), pr.metadata.internal_request_id, now, comps,
+                                          expected, accepted))
+
+    def _hold(self, pr: PendingRequest, replica: RunningReplica, comps: tuple, load_s: float,
+              now: float) -> None:
+        """Count ``pr`` on the replica ranked first for it until Ray assigns it somewhere."""
+        expected = float(self._service_s(replica)) + load_s
+        self._tentative[id(pr)] = (pr, replica.replica_id,
+                                   _Flight(id(pr), pr.metadata.internal_request_id, now, comps, expected))
+
+    def _held(self, rid: ReplicaID) -> list[_Flight]:
+        """Tentative flights on ``rid``; those of requests that are gone (cancelled) are dropped."""
+        out = []
+        for key, (pr, r, f) in list(self._tentative.items()):
+            if pr.future.done() or f.routed_at < self._get_curr_time_s() - FLIGHT_TTL_S:
+                del self._tentative[key]
+            elif r == rid:
+                out.append(f)
+        return out
+
+    def _forget(self, rid: ReplicaID, before: float) -> None:
+        """Drop flights and routed-to residency of ``rid`` older than ``before``."""
+        flights = self._flights.get(rid)
+        if flights and flights[0].routed_at < before:
+            flights[:] = [f for f in flights if f.routed_at >= before]
+        res = self._resident.get(rid)
+        if res:
+            for c in [c for c, at in res.items() if at < before]:
+                del res[c]
+
+    def _service_s(self, replica: RunningReplica) -> float:
+        """Expected seconds one more request adds to the replica's queue: the stats' optional
+        ``service_s``, else its busy seconds per queued request, else ``default_service_s``."""
+        stats = replica.routing_stats or {}
+        s = stats.get("service_s")
+        if isinstance(s, (int, float)) and s > 0:
+            return float(s)
+        q, busy = stats.get("queue_len", 0), stats.get("busy_s", 0.0)
+        if isinstance(q, int) and q > 0 and isinstance(busy, (int, float)) and busy > 0:
+            return float(busy) / q
+        return self.default_service_s
+
+    def _cost_row(self, views: list[_View], c: str) -> np.ndarray:
+        rows = [v.load_cost_s[c] for v in views if v.fresh and c in v.load_cost_s]
+        rows = [r for r in rows if isinstance(r, (list, tuple)) and len(r) == 4]
+        row = np.mean(np.array(rows, dtype=np.float64), axis=0) if rows else np.array(DEFAULT_LOAD_COST_S)
+        row[GPU] = 0.0
+        return row
+
+    def _band(self, views: list[_View], snap: ClusterSnapshot) -> int:
+        """The request's popularity band, as far as the replicas show it: HOT when a hot-pool
+        replica holds the whole pipeline on its GPU (placement pins hot pipelines there), else
+        COLD (warm and cold requests both stay on shared-pool replicas)."""
+        hot = snap.replicas.pool == HOT
+        if hot.any() and (snap.replicas.tier[hot] == GPU).all(axis=1).any():
+            return HOT
+        return COLD
+
+    def _by_queue(self, replicas: list[RunningReplica], now: float | None = None) -> list[RunningReplica]:
+        """Shortest expected queue first, exact ties at random."""
+        if not replicas:
+            return []
+        now = self._get_curr_time_s() if now is None else now
+        try:
+            wait = np.array([self.view(r, now).wait_s for r in replicas])
+        except Exception:
+            wait = np.array([float(self.replica_queue_len_cache.get(r.replica_id) or 0) for r in replicas])
+        order = np.lexsort((self.rng.random(wait.size), wait))
+        return [replicas[int(i)] for i in order]
