@@ -11,8 +11,10 @@ replica; Ray averages each over ``look_back_period_s`` into ``ctx.aggregated_met
 the samples in ``ctx.raw_metrics``):
 
 - ``arrival_rate``: growth of each replica's ``requests_total`` (latest sample) since the
-  previous decision tick, summed over replicas, over the controller time between the ticks. A
-  replica first seen contributes its whole count (it started at 0 since about the last tick).
+  previous decision tick, summed over replicas, plus the growth of Ray's handle-queued requests
+  (``ctx.total_queued_requests``: a saturated deployment accepts only what it serves, the rest
+  waits at the handles), over the controller time between the ticks. A replica first seen
+  contributes its whole count (it started at 0 since about the last tick).
 - ``service_time_s``: the replicas' ``service_s`` (window means), weighted by their
   ``requests_total``; the last known value while no replica has served, else ``default_service_s``.
 - ``total_num_requests``: the larger of Ray's own total (running + queued at handles) and the
@@ -132,7 +134,13 @@ def to_policy_context(ctx: Any, metrics: Mapping[str, Mapping[str, float]], adap
         total, before = m[REQUESTS_TOTAL], prev_counts.get(rid)
         growth += total if before is None or total < before else total - before
         counts[rid] = total
-    rate = growth / (now - prev_t) if prev_t is not None and now > prev_t else 0.0
+    # arrivals = accepted + growth of the handles' queue (a saturated deployment accepts only
+    # what it can serve; the rest waits at the handles, unseen by the replicas' counters)
+    queued = _number(ctx.total_queued_requests) or 0.0
+    if prev_t is not None and now > prev_t:
+        rate = max(growth + queued - float(adapter.get("queued", queued)), 0.0) / (now - prev_t)
+    else:
+        rate = 0.0
 
     weighted = [(m[SERVICE_S], m.get(REQUESTS_TOTAL, 0.0)) for m in metrics.values() if m.get(SERVICE_S, 0) > 0]
     weight = sum(w for _, w in weighted)
@@ -144,13 +152,13 @@ def to_policy_context(ctx: Any, metrics: Mapping[str, Mapping[str, float]], adap
 
     ray_total = _number(ctx.total_num_requests) or 0.0
     reported = [m[QUEUE_LEN] + m.get(LOADS, 0.0) for m in metrics.values() if QUEUE_LEN in m]
-    queued = _number(ctx.total_queued_requests) or 0.0
     total = max(ray_total, sum(reported) + queued) if reported else ray_total
 
     policy_ctx = AutoscalingContext(now=now, current_replicas=int(ctx.current_num_replicas),
                                     target_replicas=int(ctx.target_num_replicas), total_num_requests=total,
                                     arrival_rate=rate, service_time_s=service)
-    return policy_ctx, {"t": now, "counts": counts, "service_s": service, "rate": rate, "total": total}
+    return policy_ctx, {"t": now, "counts": counts, "service_s": service, "queued": queued, "rate": rate,
+                        "total": total}
 
 
 class BaseModelAutoscaler:

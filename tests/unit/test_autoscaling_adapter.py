@@ -176,13 +176,13 @@ def test_state_round_trips_through_policy_state_and_is_plain_json():
 
 
 def test_arrival_rate_service_time_and_total_come_from_the_replicas_metrics():
-    before = {"t": 10.0, "counts": {"a": 10.0, "c": 50.0, "d": 7.0}, "service_s": 9.0}
+    before = {"t": 10.0, "counts": {"a": 10.0, "c": 50.0, "d": 7.0}, "service_s": 9.0, "queued": 2.0}
     stats = {"a": {"requests_total": 15.0, "service_s": 2.0, "queue_len": 3.0, "loads_in_progress": 1.0},
              "b": {"requests_total": 3.0, "service_s": 4.0, "queue_len": 1.0},  # new replica: all 3 new
              "d": {"requests_total": 2.0, "queue_len": 0.0}}  # its counter restarted: 2 new
     ctx = ray_ctx(12.0, 3, stats, ray_total=4.0, queued=6.0)
     policy_ctx, after = to_policy_context(ctx, replica_metrics(ctx), before, 1.0)
-    assert policy_ctx.arrival_rate == pytest.approx((5 + 3 + 2) / 2.0)
+    assert policy_ctx.arrival_rate == pytest.approx((5 + 3 + 2 + (6 - 2)) / 2.0)  # + handle queue growth
     assert policy_ctx.service_time_s == pytest.approx((2.0 * 15 + 4.0 * 3) / 18)
     assert policy_ctx.total_num_requests == pytest.approx(3 + 1 + 1 + 0 + 6)  # > Ray's 4
     assert after["counts"] == {"a": 15.0, "b": 3.0, "d": 2.0}  # c is gone
@@ -190,6 +190,7 @@ def test_arrival_rate_service_time_and_total_come_from_the_replicas_metrics():
     policy_ctx, later = to_policy_context(quiet, replica_metrics(quiet), after, 1.0)
     assert policy_ctx.service_time_s == pytest.approx(after["service_s"])  # last known while idle
     assert policy_ctx.total_num_requests == 4.0  # Ray's count when it is the larger
+    assert policy_ctx.arrival_rate == 0.0  # no growth; the handle queue drained (6 -> 0) is not negative
     assert later["counts"] == {"a": 15.0}  # a's count kept while it does not report one
 
 
