@@ -76,8 +76,9 @@ STATE_KEY = "t2i"  # this adapter's part of ctx.policy_state; Ray keeps its own 
 RAY_SCALE_DOWN_ORDER = "newest-first"  # what Ray does on one node, as a SCALE_DOWN name
 LOOK_BACK_PERIODS = 5  # Ray's look-back window, in report periods (records once per period)
 
-# S2 metric names (BaseModel.record_autoscaling_stats)
-QUEUE_LEN, LOADS, BUSY_S = "queue_len", "loads_in_progress", "busy_s"
+# the S2 metrics (BaseModel.record_autoscaling_stats) this policy reads; busy_s and
+# resident_bytes are reported too but not read here
+QUEUE_LEN, LOADS = "queue_len", "loads_in_progress"
 REQUESTS_TOTAL, SERVICE_S, CACHE_VALUE = "requests_total", "service_s", "cache_value"
 
 
@@ -107,7 +108,7 @@ def replica_metrics(ctx: Any) -> dict[str, dict[str, float]]:
     aggregated = ctx.aggregated_metrics or {}
     raw = ctx.raw_metrics or {}
     out: dict[str, dict[str, float]] = {_key(r): {} for r in ctx.running_replicas or []}
-    for name in (QUEUE_LEN, LOADS, BUSY_S, SERVICE_S, CACHE_VALUE):
+    for name in (QUEUE_LEN, LOADS, SERVICE_S, CACHE_VALUE):
         per_replica = aggregated.get(name)
         for rid, value in (per_replica.items() if isinstance(per_replica, Mapping) else ()):
             if _key(rid) in out and (v := _number(value)) is not None:
@@ -122,7 +123,7 @@ def replica_metrics(ctx: Any) -> dict[str, dict[str, float]]:
 def to_policy_context(ctx: Any, metrics: Mapping[str, Mapping[str, float]], adapter: Mapping[str, Any],
                       default_service_s: float) -> tuple[AutoscalingContext, dict[str, Any]]:
     """Ray's context + the replicas' metrics -> the policies' context; and the adapter's next state
-    (``adapter`` is its state from the previous tick: ``t``, ``counts``, ``service_s``)."""
+    (``adapter`` is its state from the previous tick: ``t``, ``counts``, ``service_s``, ``queued``)."""
     now = float(ctx.current_time)
     prev_t = adapter.get("t")
     prev_counts: Mapping[str, float] = adapter.get("counts", {})
@@ -209,8 +210,8 @@ class BaseModelAutoscaler:
         self._failing = False
         if target < ctx.target_num_replicas:
             values = {rid: m.get(CACHE_VALUE, 0.0) for rid, m in metrics.items()}
-            logger.info("BaseModel autoscaler: %d -> %d replicas (Ray stops the newest; cache_value by "
-                        "replica: %s)", ctx.target_num_replicas, target, values)
+            logger.info("BaseModel autoscaler: %d -> %d replicas (Ray's scheduler picks which stop, newest first "
+                        "on a node; cache_value by replica: %s)", ctx.target_num_replicas, target, values)
         state[STATE_KEY] = {"adapter": adapter, "policy": policy_state}
         return int(target), state
 

@@ -52,7 +52,8 @@ def ray_ctx(now: float, target: int, stats: dict[str, dict], state: dict | None 
     for r, metrics in stats.items():
         for name, value in metrics.items():
             if name == "requests_total":
-                raw.setdefault(name, {})[rid(r)] = [TimeStampedValue(now - 2.0, 0.0), TimeStampedValue(now - 0.5, value)]
+                series = [TimeStampedValue(now - 2.0, 0.0), TimeStampedValue(now - 0.5, value)]
+                raw.setdefault(name, {})[rid(r)] = series
             else:
                 aggregated.setdefault(name, {})[rid(r)] = value
     return RayContext(deployment_id=DEP, deployment_name=DEP.name, app_name=DEP.app_name,
@@ -236,6 +237,7 @@ def test_options_build_the_policy_through_rays_own_path():
     cfg = ray_config(config)
     assert (cfg.metrics_interval_s, cfg.look_back_period_s) == (1.0, 5.0)
     assert (cfg.upscale_delay_s, cfg.downscale_delay_s) == (0.0, 0.0)
+    assert cfg.get_upscaling_factor() == cfg.get_downscaling_factor() == 1.0  # identity on our integer target
     assert cfg.policy.policy_function == "deployments.autoscaling:BaseModelAutoscaler"
     json.dumps(cfg.policy.policy_kwargs)
     policy = _resolve_policy_callable(cfg.policy)
