@@ -9,12 +9,22 @@ Each arm is a pipeline. After a prefetch the caller measures the reward over its
 so a prefetch that is never used scores minus its cost, and arms whose estimate is not positive
 are left alone: the policy only fills idle memory when it expects to gain.
 
+The bandit forgets (discounted UCB / Thompson, after Garivier & Moulines' D-UCB, in time rather
+than in pulls): with ``half_life_s`` set and the caller passing ``now`` to ``update``, every
+pull and reward counted at ``t`` weighs ``2 ** (-(now - t) / half_life_s)``. Why: which warm
+pipelines come back moves with popularity (a daytime spike, a model going out of fashion); a
+bandit that never forgets keeps prefetching last week's favourite for as many pulls as it once
+won, while the discounted one sees its evidence fade and its uncertainty bonus grow again.
+Means are unchanged by the discount (sums and counts fade together); the bonus is what moves.
+Without ``now`` (the old call) nothing decays.
+
 Arm statistics are state the caller keeps (``ArmStats``, indexed by pipeline id); ``update``
 returns a new object and never writes the old one, so a run can be replayed from any point.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -25,11 +35,14 @@ from policies.registry import Registry
 
 @dataclass(frozen=True)
 class ArmStats:
-    """Per-arm pulls and reward sums, indexed by pipeline id; ``total`` = all pulls so far."""
+    """Per-arm pulls and reward sums, indexed by pipeline id; ``total`` = all pulls so far.
+
+    With a forgetting bandit these are discounted to time ``t`` (NaN: no time seen yet)."""
 
     pulls: np.ndarray  # float64 (n_arms,)
     reward_sum: np.ndarray  # float64 (n_arms,)
     total: float = 0.0
+    t: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -58,43 +71,63 @@ class PipelinePrefetch(Protocol):
         """Indices into ``offer.arms`` to prefetch, best first, fitting in ``offer.free_bytes``."""
         ...
 
-    def update(self, stats: ArmStats, arms: np.ndarray, rewards: np.ndarray) -> ArmStats: ...
+    def update(self, stats: ArmStats, arms: np.ndarray, rewards: np.ndarray, now: float | None = None) -> ArmStats: ...
 
 
 PIPELINE_PREFETCH: Registry[PipelinePrefetch] = Registry("pipeline-prefetch", discover="policies")
 
 
 class _Bandit:
-    """Shared state handling and knapsack fill; subclasses only score arms."""
+    """Shared state handling, forgetting and knapsack fill; subclasses only score arms.
+
+    ``half_life_s``: seconds after which a pull's weight halves (None: never forget). It acts
+    only when the caller passes ``now`` to ``update`` (and ``offer.now`` on proposals)."""
 
     name: ClassVar[str] = ""
 
-    def __init__(self, max_prefetch: int = 4) -> None:
+    def __init__(self, max_prefetch: int = 4, half_life_s: float | None = 3600.0) -> None:
         if max_prefetch < 0:
             raise ValueError(f"max_prefetch must be >= 0, got {max_prefetch}")
+        if half_life_s is not None and not half_life_s > 0:
+            raise ValueError(f"half_life_s must be > 0 or None (never forget), got {half_life_s}")
         self.max_prefetch = int(max_prefetch)
+        self.half_life_s = None if half_life_s is None or math.isinf(half_life_s) else float(half_life_s)
 
     def new_stats(self, n_arms: int = 0) -> ArmStats:
         return ArmStats(np.zeros(n_arms), np.zeros(n_arms), 0.0)
 
-    def update(self, stats: ArmStats, arms, rewards) -> ArmStats:
-        """New stats with one pull of each of ``arms`` (pipeline ids) credited ``rewards`` (seconds)."""
+    def _fade(self, stats: ArmStats, now: float | None) -> float:
+        """Weight at ``now`` of what ``stats`` counted at ``stats.t`` (1 when nothing forgets)."""
+        if self.half_life_s is None or now is None or not math.isfinite(stats.t) or now <= stats.t:
+            return 1.0
+        return 2.0 ** (-(now - stats.t) / self.half_life_s)
+
+    def update(self, stats: ArmStats, arms, rewards, now: float | None = None) -> ArmStats:
+        """New stats with one pull of each of ``arms`` (pipeline ids) credited ``rewards`` (seconds);
+        with ``now`` and a half-life, what was counted before fades to ``now`` first."""
         arms = np.atleast_1d(np.asarray(arms, dtype=np.int64))
         rewards = np.broadcast_to(np.asarray(rewards, dtype=np.float64), arms.shape)
         n = max(stats.pulls.size, int(arms.max()) + 1 if arms.size else 0)
+        f = self._fade(stats, now)
         pulls, rsum = np.zeros(n), np.zeros(n)
         pulls[: stats.pulls.size], rsum[: stats.reward_sum.size] = stats.pulls, stats.reward_sum
+        if f != 1.0:
+            pulls *= f
+            rsum *= f
         np.add.at(pulls, arms, 1.0)
         np.add.at(rsum, arms, rewards)
-        return ArmStats(pulls, rsum, stats.total + arms.size)
+        t = stats.t if now is None else (float(now) if not math.isfinite(stats.t) else max(stats.t, float(now)))
+        return ArmStats(pulls, rsum, stats.total * f + arms.size, t)
 
-    @staticmethod
-    def _arm_stats(stats: ArmStats, arms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _arm_stats(self, stats: ArmStats, arms: np.ndarray, now: float | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, float]:
+        """(pulls, reward sums) of ``arms`` and the total pulls, faded to ``now``."""
         known = arms < stats.pulls.size
         idx = np.where(known, arms, 0)
         pulls = np.where(known, stats.pulls[idx] if stats.pulls.size else 0.0, 0.0)
         rsum = np.where(known, stats.reward_sum[idx] if stats.reward_sum.size else 0.0, 0.0)
-        return pulls, rsum
+        f = self._fade(stats, now)
+        return pulls * f, rsum * f, stats.total * f
 
     def index(self, offer: PrefetchOffer, stats: ArmStats, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError
@@ -126,17 +159,17 @@ class UCB1(_Bandit):
 
     name: ClassVar[str] = "ucb1"
 
-    def __init__(self, scale_s: float = 5.0, max_prefetch: int = 4) -> None:
-        super().__init__(max_prefetch)
+    def __init__(self, scale_s: float = 5.0, max_prefetch: int = 4, half_life_s: float | None = 3600.0) -> None:
+        super().__init__(max_prefetch, half_life_s)
         if not scale_s >= 0:
             raise ValueError(f"scale_s must be >= 0, got {scale_s}")
         self.scale_s = float(scale_s)
 
     def index(self, offer: PrefetchOffer, stats: ArmStats, rng: np.random.Generator) -> np.ndarray:
-        pulls, rsum = self._arm_stats(stats, offer.arms)
+        pulls, rsum, total = self._arm_stats(stats, offer.arms, offer.now)
         with np.errstate(divide="ignore", invalid="ignore"):
             mean = rsum / pulls
-            bonus = self.scale_s * np.sqrt(2.0 * np.log(max(stats.total, 1.0)) / pulls)
+            bonus = self.scale_s * np.sqrt(2.0 * np.log(max(total, 1.0)) / pulls)
         untried = np.inf if offer.prior_reward_s is None else offer.prior_reward_s
         return np.where(pulls > 0, mean + bonus, untried)  # untried arms first (or by their prior)
 
@@ -152,14 +185,14 @@ class Thompson(_Bandit):
 
     name: ClassVar[str] = "thompson"
 
-    def __init__(self, scale_s: float = 5.0, max_prefetch: int = 4) -> None:
-        super().__init__(max_prefetch)
+    def __init__(self, scale_s: float = 5.0, max_prefetch: int = 4, half_life_s: float | None = 3600.0) -> None:
+        super().__init__(max_prefetch, half_life_s)
         if not scale_s > 0:
             raise ValueError(f"scale_s must be > 0, got {scale_s}")
         self.scale_s = float(scale_s)
 
     def index(self, offer: PrefetchOffer, stats: ArmStats, rng: np.random.Generator) -> np.ndarray:
-        pulls, rsum = self._arm_stats(stats, offer.arms)
+        pulls, rsum, _ = self._arm_stats(stats, offer.arms, offer.now)
         prior = 0.0 if offer.prior_reward_s is None else offer.prior_reward_s
         return rng.normal((rsum + prior) / (pulls + 1.0), self.scale_s / np.sqrt(pulls + 1.0))
 

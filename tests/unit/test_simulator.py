@@ -157,15 +157,16 @@ def test_coordinator_prefetches_a_warm_pipeline_only_when_it_is_likely_to_come_b
     sim = Simulation(wl, cfg, build_runtime("coordinator", cfg))
     sim.rt.attach(sim)
     co = sim.rt.placement
+    st = co.st  # the control core's state (policies/coordination.py)
     p = co.pid_list[1]  # the pipeline of base model m1
-    co.warm = np.array([p])
-    co.warm_rate = np.array([rate])
-    co.warm_base = [int(co.comps[p][0])]
-    co.warm_flat, co.warm_off = co.comps[p].astype(np.int64), np.array([0, len(co.comps[p])])
+    st.warm = np.array([p])
+    st.warm_rate = np.array([rate])
+    st.warm_base = np.array([int(co.comps[p][0])])
+    st.warm_flat, st.warm_off = co.comps[p].astype(np.int64), np.array([0, len(co.comps[p])])
     w = sim.workers[0]
     co.on_idle(w, 0.0)
     assert (sim.rec.prefetch_loads > 0) == expect_prefetch
-    assert (p in co.prefetched[0]) == expect_prefetch
+    assert (p in st.open[0]) == expect_prefetch
 
 
 @pytest.mark.parametrize("calibrate", [True, False])
@@ -183,15 +184,16 @@ def test_unused_prefetches_calibrate_the_rate_model_down(calibrate):
     sim = Simulation(wl, cfg, build_runtime(spec, cfg))
     sim.rt.attach(sim)
     co = sim.rt.placement
+    st, window = co.st, co.core.window
     for fake_pid in range(100, 109):  # closed windows: paid 4 s, no hit, predicted P(used) = 1
-        co.prefetched[1][fake_pid] = [0.0, 4.0, 0, 4.0, 1.0]
-    co._credit(co.window + 1.0)
-    assert co.prefetched[1] == {} and (co.uses_predicted, co.uses_seen) == (10.0, 1.0)
+        st.open[1][fake_pid] = [0.0, 4.0, 0, 4.0, 1.0, frozenset()]
+    co.core._credit(st, window + 1.0)
+    assert st.open[1] == {} and (st.uses_predicted, st.uses_seen) == (10.0, 1.0)
     p = co.pid_list[1]
-    co.warm, co.warm_rate, co.warm_base = np.array([p]), np.array([1.0]), [int(co.comps[p][0])]
-    co.warm_flat, co.warm_off = co.comps[p].astype(np.int64), np.array([0, len(co.comps[p])])
-    co.on_idle(sim.workers[0], co.window + 1.0)
-    assert (p in co.prefetched[0]) == (not calibrate)
+    st.warm, st.warm_rate, st.warm_base = np.array([p]), np.array([1.0]), np.array([int(co.comps[p][0])])
+    st.warm_flat, st.warm_off = co.comps[p].astype(np.int64), np.array([0, len(co.comps[p])])
+    co.on_idle(sim.workers[0], window + 1.0)
+    assert (p in st.open[0]) == (not calibrate)
 
 
 def test_a_request_that_grows_the_gpu_cache_counts_its_uses_in_the_grown_arrays():
