@@ -137,6 +137,10 @@ class CacheAwareRouter(RequestRouter):
     # -- what Ray calls --------------------------------------------------------------------------
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
+        if pending_request is not None:
+            # after every rank was tried, Ray backs off before asking again only when told to
+            # (its mixins set this); without it a request no replica accepts spins the loop
+            pending_request.routing_context.should_backoff = True
         if not candidate_replicas:
             return []
         try:

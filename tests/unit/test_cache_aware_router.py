@@ -286,6 +286,22 @@ def test_replicas_known_to_be_full_are_ranked_last():
     assert run(main()) == ["b", "a"]
 
 
+def test_when_every_replica_is_full_the_request_waits_then_goes_to_the_first_free():
+    async def main():
+        a = FakeRunningReplica("a", stats(tiers={"m": GPU}), queue_len=MAX_ONGOING)
+        b = FakeRunningReplica("b", stats(), queue_len=MAX_ONGOING)
+        h = Harness([a, b])
+        task = asyncio.ensure_future(h.route(pending(spec())))
+        done, _ = await asyncio.wait([task], timeout=0.05)  # backs off (the loop stays free)
+        assert not done
+        b.queue_len = 0
+        chosen = await task
+        h.done()
+        return chosen
+
+    assert run(main()) == "b"
+
+
 def test_band_pools_from_the_stats():
     async def main():
         h = Harness([FakeRunningReplica("hot", stats(tiers={"m": GPU}, pool=HOT)),
