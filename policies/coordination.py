@@ -15,8 +15,8 @@ Events in:
 - ``tiers_changed(st, r, comps, tiers, now)``: components moved tier on ``r`` (a load, an eviction,
   a spill to host or disk); O(len(comps)). A prefetched copy that leaves the GPU before its
   pipeline came back closes its prefetch as wasted.
-- ``prefetch_loaded(st, r, seconds)``: what the latest prefetch on ``r`` cost, spread evenly over
-  the pipelines it fetched.
+- ``prefetch_loaded(st, r, seconds, component=None)``: what the latest prefetch on ``r`` cost
+  (all of it, or the load of one of its components), spread evenly over the pipelines it fetched.
 - ``forget_replica(st, r)``: ``r`` is gone (stopped reporting); its row, pins and open prefetches go.
 
 Steps out:
@@ -55,8 +55,9 @@ from policies.placement import PLACEMENT, PlacementContext, PlacementPlan
 from policies.popularity import POPULARITY, PopularityState
 from policies.snapshot import GPU, REMOTE, SHARED, WARM, ClusterSnapshot, ComponentTable, ReplicaTable
 
-# open prefetch record fields (a list, not an object: hits are counted per request)
-T_OPEN, PAID, HITS, SAVED, P_USED, COMPS = range(6)
+# open prefetch record fields (a list, not an object: hits are counted per request); PAID is the
+# whole prefetch's seconds, shared by its N_ARMS pipelines when credited
+T_OPEN, PAID, HITS, SAVED, P_USED, COMPS, N_ARMS = range(7)
 
 
 @dataclass(frozen=True)
@@ -95,9 +96,10 @@ class CoordinatorState:
     last_prefetch: np.ndarray  # float64 (R,): when each replica last considered a prefetch
     pins: list[frozenset[int]]
     pending: dict[int, list[int]] = field(default_factory=dict)  # pinned components to load when idle
-    # per replica: pipeline -> [opened at, paid s, hits, saved s if used, predicted P(used), comps]
+    # per replica: pipeline -> [opened at, paid s, hits, saved s if used, predicted P(used), comps, arms]
     open: list[dict[int, list]] = field(default_factory=list)
     batch: list[tuple[int, ...]] = field(default_factory=list)  # latest prefetch's arms per replica
+    batch_comps: list[frozenset[int]] = field(default_factory=list)  # and the components it loads
     closed_arms: list[int] = field(default_factory=list)  # closed, not yet credited to the bandit
     closed_rewards: list[float] = field(default_factory=list)
     since_plan: int = 0
@@ -163,7 +165,8 @@ class Coordination:
             components=components, pipelines=pipelines, pop=self.pop.new_state(n_pipelines),
             stats=self.bandit.new_stats(n_pipelines), tier=np.full((R, C), REMOTE, dtype=np.int8),
             gpu_bytes=gpu, last_prefetch=np.full(R, -np.inf), pins=[frozenset()] * R,
-            open=[{} for _ in range(R)], batch=[()] * R, pool=np.full(R, SHARED, np.int8))
+            open=[{} for _ in range(R)], batch=[()] * R, batch_comps=[frozenset()] * R,
+            pool=np.full(R, SHARED, np.int8))
 
     def grow(self, st: CoordinatorState, n_replicas: int | None = None,
              components: ComponentTable | None = None) -> None:
@@ -184,6 +187,7 @@ class Coordination:
             st.pins = st.pins + [frozenset()] * extra
             st.open = st.open + [{} for _ in range(extra)]
             st.batch = st.batch + [()] * extra
+            st.batch_comps = st.batch_comps + [frozenset()] * extra
 
     def forget_replica(self, st: CoordinatorState, r: int) -> None:
         """Replica ``r`` is gone: it holds nothing, gets no pins, and its open prefetches are
@@ -194,6 +198,7 @@ class Coordination:
         st.pending.pop(r, None)
         st.open[r] = {}
         st.batch[r] = ()
+        st.batch_comps[r] = frozenset()
         st.pool[r] = SHARED
         st.last_prefetch[r] = -np.inf
 
@@ -228,17 +233,18 @@ class Coordination:
         st.used += hit
         st.wasted += not hit
         st.closed_arms.append(p)
-        st.closed_rewards.append(rec[SAVED] if hit else -rec[PAID])
+        st.closed_rewards.append(rec[SAVED] if hit else -rec[PAID] / rec[N_ARMS])
 
-    def prefetch_loaded(self, st: CoordinatorState, r: int, seconds: float) -> None:
-        """Seconds replica ``r`` spent on its latest prefetch, spread over the pipelines it fetched."""
+    def prefetch_loaded(self, st: CoordinatorState, r: int, seconds: float, component: int | None = None) -> None:
+        """Seconds replica ``r`` spent on its latest prefetch (``component``: on that one of its
+        loads; a load that is not part of it, such as a pinned component, is ignored), spread over
+        the pipelines it fetched."""
         arms = st.batch[r]
-        if arms:
-            share = float(seconds) / len(arms)
+        if arms and (component is None or component in st.batch_comps[r]):
             for p in arms:
                 rec = st.open[r].get(p)
                 if rec is not None:
-                    rec[PAID] += share
+                    rec[PAID] += seconds
 
     # -- control -------------------------------------------------------------------------------
     def per_second(self) -> float:
@@ -337,8 +343,9 @@ class Coordination:
         arms = tuple(int(st.warm[a]) for a in chosen)
         for a, p in zip(chosen, arms):
             st.open[r][p] = [now, 0.0, 0, float(cost[a]), float(p_used[a]),
-                             frozenset(st.pipelines[p].tolist())]
+                             frozenset(st.pipelines[p].tolist()), len(arms)]
         st.batch[r] = arms
+        st.batch_comps[r] = frozenset(keys)
         return Load(tuple(keys), True, arms)
 
     # -- reads ---------------------------------------------------------------------------------

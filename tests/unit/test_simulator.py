@@ -186,7 +186,7 @@ def test_unused_prefetches_calibrate_the_rate_model_down(calibrate):
     co = sim.rt.placement
     st, window = co.st, co.core.window
     for fake_pid in range(100, 109):  # closed windows: paid 4 s, no hit, predicted P(used) = 1
-        st.open[1][fake_pid] = [0.0, 4.0, 0, 4.0, 1.0, frozenset()]
+        st.open[1][fake_pid] = [0.0, 4.0, 0, 4.0, 1.0, frozenset(), 1]
     co.core._credit(st, window + 1.0)
     assert st.open[1] == {} and (st.uses_predicted, st.uses_seen) == (10.0, 1.0)
     p = co.pid_list[1]

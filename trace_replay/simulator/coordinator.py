@@ -134,10 +134,9 @@ class Coordinator:
         load = self.core.idle(self.st, w.idx, now, w.free_bytes, self.rng, w.active)
         if load is None:
             return
-        busy_before = w.busy_s
-        self.sim.start_prefetch(w, list(load.components), now)
+        paid = self.sim.start_prefetch(w, list(load.components), now)
         if load.prefetch:
-            self.core.prefetch_loaded(self.st, w.idx, w.busy_s - busy_before)
+            self.core.prefetch_loaded(self.st, w.idx, paid)
 
     def component_demand(self, now: float) -> np.ndarray:
         """Decayed demand per component (what cache-aware scale-down weighs a replica's cache by)."""

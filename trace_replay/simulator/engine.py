@@ -235,8 +235,9 @@ class Simulation:
         if self.watch is not None:
             self.watch(w)
 
-    def start_prefetch(self, w: Worker, keys: list[int], now: float) -> None:
-        """An idle worker loads ``keys`` ahead of demand (a job like any other: it is busy)."""
+    def start_prefetch(self, w: Worker, keys: list[int], now: float) -> float:
+        """An idle worker loads ``keys`` ahead of demand (a job like any other: it is busy);
+        returns the seconds of loading it began."""
         w.clock += 1
         dur = 0.0
         self._exp_load = 0.0
@@ -245,12 +246,13 @@ class Simulation:
                 dur += self.bring(w, k, now, tuple(keys), uses=0)
                 self.rec.prefetch_loads += 1
         if dur <= 0.0:
-            return
+            return 0.0
         self.rec.prefetch_s += dur
         self._occupy(w, now, dur, self._exp_load)
         self.push(now + dur, FINISH, w.idx, -1)
         if self.watch is not None:
             self.watch(w)
+        return dur
 
     def _occupy(self, w: Worker, now: float, dur: float, expected: float) -> None:
         """``w`` runs a job of ``dur`` seconds (the clock's) that it expects to take ``expected``."""
