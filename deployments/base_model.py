@@ -1,9 +1,15 @@
-"""BaseModel deployment: diffusers pipelines multiplexed by base-model id.
+"""BaseModel deployment: diffusers pipelines by base-model id, behind one of two caches.
 
-Ray Serve's `serve.multiplexed` keeps up to `cache.base_models_per_replica` pipelines per replica
-and tells the router which replica holds which model, so requests follow the cache. Adapters are
-fetched from the LoRA store before the replica's execution lock is taken, so fetching overlaps
-the previous request's denoising; only the (milliseconds) hotswap runs under the lock.
+- `control.policies: coordinator`: the replica's own `ModelCache` (deployments/model_cache.py):
+  one device byte budget for base pipelines and colocated ControlNets, a host-memory tier under
+  it, victims from the `control.eviction` policy, pins and idle prefetches from the coordinator
+  (replica_control.py runs the report loop). The replica publishes what it holds to the cache-
+  aware router (`record_routing_stats`) and the autoscaler (`record_autoscaling_stats`).
+- `ray-default`: Ray Serve's `serve.multiplexed`, at most `cache.base_models_per_replica`
+  pipelines, count-based LRU, as before this issue (the baseline the benchmark compares against).
+
+Adapters are fetched from the LoRA store before the replica's execution lock is taken, so
+fetching overlaps the previous request's denoising; only the (milliseconds) hotswap runs under it.
 """
 
 from __future__ import annotations
@@ -13,13 +19,12 @@ import time
 
 from deployments.config import ServeConfig
 from deployments.pipeline_engine import LoadedPipeline, PipelineEngine
+from deployments.replica_control import ReplicaControl
 from deployments.spec import GenerationResult, GenerationSpec
 
 
 class BaseModel:
     def __init__(self, config: dict | ServeConfig, lora_store=None, controlnet=None):
-        from ray import serve
-
         self.config = config if isinstance(config, ServeConfig) else ServeConfig.model_validate(config)
         self.engine = PipelineEngine(self.config)
         self.lora_store = lora_store
@@ -28,22 +33,99 @@ class BaseModel:
         # and serialising is what keeps one request's adapters out of another's image.
         self._lock = asyncio.Lock()
         self._remote_nets: dict[str, object] = {}
+        self.coordinated = self.config.control.policies == "coordinator"
+        # queue, timings, cache and coordinator loop; the stats methods below read it
+        self.control = ReplicaControl(self.config, self.engine, self._multiplexed_pipelines,
+                                      replica_id=_replica_id)
+        self.cache = self.control.cache  # None under ray-default
+        self._loader = None
+        if not self.coordinated:
+            from ray import serve
 
-        # A plain function, not a bound method: serve.multiplexed keeps its cache as an attribute
-        # of the function object it wraps, which a bound method cannot hold.
-        async def load(model_id: str) -> LoadedPipeline:
-            return await asyncio.to_thread(self.engine.load_pipeline, model_id)
+            # A plain function, not a bound method: serve.multiplexed keeps its cache as an
+            # attribute of the function object it wraps, which a bound method cannot hold.
+            async def load(model_id: str) -> LoadedPipeline:
+                return await asyncio.to_thread(self.engine.load_pipeline, model_id)
 
-        self._loader = load
-        self.get_pipeline = serve.multiplexed(
-            max_num_models_per_replica=self.config.cache.base_models_per_replica)(load)
+            self._loader = load
+            self.get_pipeline = serve.multiplexed(
+                max_num_models_per_replica=self.config.cache.base_models_per_replica)(load)
         # Before Serve marks the replica ready, so no user request pays the one-time work.
         self.warm_up_s = self.engine.warm_up()
+        self.control.start()  # the coordinator loop, when there is an event loop (a replica)
 
     async def ready(self) -> dict:
         """A cheap call the ingress makes at start-up: it opens the handle's path to a replica
         (the first call through a fresh handle waited seconds), and says what warm-up cost."""
+        self.control.start()
         return {"warm_up_s": round(self.warm_up_s, 3)}
+
+    # -- what Ray Serve and the operator read ----------------------------------------------
+    async def record_routing_stats(self) -> dict:
+        """S1: what the cache-aware router ranks this replica by. Ray Serve calls it every
+        `request_routing_stats_period_s` (async, so it reads the cache on the loop that
+        mutates it); an exception keeps the router's previous stats."""
+        self.control.start()
+        return self.control.routing_stats()
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """S2: custom autoscaling metrics, every value an int or float (Ray disables custom
+        metrics for the replica's lifetime if the first dict has any other value type)."""
+        return self.control.autoscaling_stats()
+
+    async def cache_state(self) -> dict:
+        """What this replica holds by tier, pins, pool, counters and coordinator reachability."""
+        return self.control.cache_state()
+
+    async def loaded_models(self) -> dict:
+        pipelines = (self.cache.objects() if self.coordinated else self._multiplexed_pipelines())
+        return {model_id: {"lora_slots": list(p.slots.holding), "swaps": p.slots.swaps,
+                           "load_seconds": round(p.load_seconds, 4)}
+                for model_id, p in pipelines.items() if isinstance(p, LoadedPipeline)}
+
+    def _multiplexed_pipelines(self) -> dict:
+        wrapper = getattr(self._loader, "__serve_multiplex_wrapper", None)
+        return dict(wrapper.models) if wrapper is not None else {}
+
+    # -- serving ----------------------------------------------------------------------------
+    async def generate(self, spec: GenerationSpec, control_images=None) -> GenerationResult:
+        self.control.start()
+        started = time.perf_counter()
+        with self.control.request(spec) as record:
+            if self.coordinated:
+                colocated = self.config.controlnet_mode == "colocated"
+                ids = [spec.base_model, *([cn for cn, _ in spec.controlnets] if colocated else [])]
+                # ControlNets come with their pipeline in one acquire: a request waiting for room
+                # holds nothing, so two requests cannot each hold what the other needs
+                leases = await self.cache.acquire(list(dict.fromkeys(ids)),
+                                                  wait_s=self.config.slo.latency_s)
+                try:
+                    nets = {lease.model_id: lease.obj for lease in leases[1:]}
+                    result = await self._generate(leases[0].obj, spec, control_images,
+                                                  time.perf_counter() - started,
+                                                  nets.__getitem__ if spec.controlnets and colocated else None)
+                finally:
+                    self.cache.release(leases)
+            else:
+                loaded = await self._acquire(spec.base_model)
+                try:
+                    result = await self._generate(loaded, spec, control_images,
+                                                  time.perf_counter() - started)
+                finally:
+                    loaded.release()
+            record(result)
+            return result
+
+    async def _acquire(self, model_id: str) -> LoadedPipeline:
+        """(ray-default) The pipeline for `model_id`, counted in use so an eviction by
+        serve.multiplexed cannot free it mid-request."""
+        for _ in range(3):
+            loaded = await self.get_pipeline(model_id)
+            if loaded.acquire():
+                return loaded
+            # evicted and freed between the cache lookup and here: the next lookup reloads it
+        raise RuntimeError(f"base model {model_id!r} was evicted repeatedly while loading; "
+                           "raise cache.base_models_per_replica")
 
     async def _fetch_adapters(self, adapter_ids: list[str]) -> dict:
         if not adapter_ids:
@@ -71,31 +153,12 @@ class BaseModel:
                 self._remote_nets[cn_id] = remote_controlnet(cn_id, config, call, self.engine.device)
         return self._remote_nets.__getitem__
 
-    async def _acquire(self, model_id: str) -> LoadedPipeline:
-        """The pipeline for `model_id`, counted in use so an eviction cannot free it mid-request."""
-        for _ in range(3):
-            loaded = await self.get_pipeline(model_id)
-            if loaded.acquire():
-                return loaded
-            # evicted and freed between the cache lookup and here: the next lookup reloads it
-        raise RuntimeError(f"base model {model_id!r} was evicted repeatedly while loading; "
-                           "raise cache.base_models_per_replica")
-
-    async def generate(self, spec: GenerationSpec, control_images=None) -> GenerationResult:
-        started = time.perf_counter()
-        loaded = await self._acquire(spec.base_model)
-        try:
-            return await self._generate(loaded, spec, control_images, time.perf_counter() - started)
-        finally:
-            loaded.release()
-
     async def _generate(self, loaded: LoadedPipeline, spec: GenerationSpec, control_images,
-                        pipeline_s: float) -> GenerationResult:
+                        pipeline_s: float, factory=None) -> GenerationResult:
         wanted = [a for a, _ in spec.loras]
         fetch_started = time.perf_counter()
         prefetched = await self._fetch_adapters(loaded.slots.missing(wanted))
         fetch_s = time.perf_counter() - fetch_started
-        factory = None
         if spec.controlnets and self.config.controlnet_mode == "remote":
             factory = await self._remote_controlnets([cn for cn, _ in spec.controlnets])
 
@@ -108,16 +171,10 @@ class BaseModel:
             result = await asyncio.to_thread(
                 self.engine.generate, loaded, spec, {**prefetched, **late}, control_images, factory)
         result.timings["queue_s"] = queue_s
+        # pipeline_s: the cache (or serve.multiplexed) lookup, loads included
         result.timings["load_s"] += pipeline_s + fetch_s
         result.replica = _replica_id()
         return result
-
-    async def loaded_models(self) -> dict:
-        wrapper = getattr(self._loader, "__serve_multiplex_wrapper", None)
-        models = wrapper.models if wrapper is not None else {}
-        return {model_id: {"lora_slots": list(p.slots.holding), "swaps": p.slots.swaps,
-                           "load_seconds": round(p.load_seconds, 4)}
-                for model_id, p in models.items()}
 
 
 def _replica_id() -> str | None:

@@ -6,6 +6,10 @@ Two ways ControlNet outputs can reach the denoising loop (config `controlnet_mod
 - remote: the BaseModel replica holds an empty (meta-device) ControlNet whose forward calls
   `residuals` here once per denoising step; this deployment owns the weights and scales alone.
 benchmarks/controlnet_placement.py measures both.
+
+Which ControlNets this deployment keeps loaded: under `control.policies: coordinator` a ModelCache
+of its own (deployments/model_cache.py: the same byte budgets, eviction policy and host tier as a
+BaseModel replica's); under `ray-default` the engine's count-based LRU, as before.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import torch
 
 from deployments.config import ServeConfig
 from deployments import preprocessors
-from deployments.pipeline_engine import PipelineEngine
+from deployments.model_cache import ModelCache
+from deployments.pipeline_engine import EngineModels, PipelineEngine, default_gpu_budget
+from policies.eviction import EVICTION
 
 
 class ControlNet:
@@ -28,6 +34,13 @@ class ControlNet:
         # colocated mode, so both placements run identical ControlNet weights.
         self.engine = PipelineEngine(self.config)
         self.device = self.engine.device
+        self.cache: ModelCache | None = None
+        control = self.config.control
+        if control.policies == "coordinator":
+            self.cache = ModelCache(EngineModels(self.engine),
+                                    control.gpu_budget_bytes or default_gpu_budget(self.device),
+                                    control.host_budget_bytes,
+                                    EVICTION.create(control.eviction, **control.eviction_args))
         # One preprocessing pass at start-up (PIL decode, OpenCV): the first user request paid it.
         started = time.perf_counter()
         preprocessors.prepare(np.zeros((8, 8, 3), np.uint8), "canny", 8, 8)
@@ -44,13 +57,26 @@ class ControlNet:
         decoded = preprocessors.decode_image(image, field)
         return await asyncio.to_thread(preprocessors.prepare, decoded, preprocessor, width, height)
 
-    def config_of(self, controlnet_id: str) -> dict:
-        return dict(self.engine.load_controlnet(controlnet_id).config)
+    async def config_of(self, controlnet_id: str) -> dict:
+        if self.cache is None:
+            return dict(self.engine.load_controlnet(controlnet_id).config)
+        async with self.cache.use([controlnet_id], wait_s=self.config.slo.latency_s) as (model,):
+            return dict(model.config)
 
-    def residuals(self, controlnet_id: str, sample: torch.Tensor, timestep, encoder_hidden_states,
-                  controlnet_cond: torch.Tensor, conditioning_scale: float, guess_mode: bool):
-        """One ControlNet forward: (down-block residuals, mid-block residual), on the CPU."""
-        model = self.engine.load_controlnet(controlnet_id)
+    async def residuals(self, controlnet_id: str, sample: torch.Tensor, timestep, encoder_hidden_states,
+                        controlnet_cond: torch.Tensor, conditioning_scale: float, guess_mode: bool):
+        """One ControlNet forward: (down-block residuals, mid-block residual), on the CPU. The
+        forward runs on the replica's event loop, as the synchronous method before it did: a
+        per-step call is milliseconds and a thread hop each step would add to every one."""
+        if self.cache is None:
+            return self._forward(self.engine.load_controlnet(controlnet_id), sample, timestep,
+                                 encoder_hidden_states, controlnet_cond, conditioning_scale, guess_mode)
+        async with self.cache.use([controlnet_id], wait_s=self.config.slo.latency_s) as (model,):
+            return self._forward(model, sample, timestep, encoder_hidden_states, controlnet_cond,
+                                 conditioning_scale, guess_mode)
+
+    def _forward(self, model, sample, timestep, encoder_hidden_states, controlnet_cond,
+                 conditioning_scale, guess_mode):
         with torch.inference_mode():
             down, mid = model(sample.to(self.device), timestep,
                               encoder_hidden_states=encoder_hidden_states.to(self.device),
@@ -58,6 +84,12 @@ class ControlNet:
                               conditioning_scale=conditioning_scale, guess_mode=guess_mode,
                               return_dict=False)
         return [d.cpu() for d in down], mid.cpu()
+
+    async def cache_state(self) -> dict:
+        """What this replica's ControlNet cache holds (ray-default: the engine's LRU)."""
+        if self.cache is None:
+            return {"policy": "lru-count", "gpu": {cn: {} for cn in self.engine._controlnets}}
+        return self.cache.state()
 
 
 def remote_controlnet(controlnet_id: str, model_config: dict, call,

@@ -116,6 +116,7 @@ class ModelCache:
         self._entries: dict[str, _Entry] = {}
         self._keys: dict[str, int] = {}  # stable integer ids, as the policies' views use
         self._sizes: dict[str, int] = {}  # measured device bytes per model
+        self._ratio: dict[int, list[int]] = {}  # kind -> [measured bytes, estimated bytes]
         self._seq = 0
         self._room = asyncio.Lock()  # one caller at a time chooses victims and reserves bytes
         self._released = asyncio.Event()  # set (and replaced) whenever bytes may have freed up
@@ -297,6 +298,10 @@ class ModelCache:
             self._notify()
             raise
         seconds = time.perf_counter() - entry.load_started
+        if entry.model_id not in self._sizes:
+            ratio = self._ratio.setdefault(entry.kind, [0, 0])
+            ratio[0] += size
+            ratio[1] += self.source.estimate_bytes(entry.model_id)
         self._sizes[entry.model_id] = size
         entry.obj, entry.gpu_bytes, entry.host_bytes, entry.tier = obj, size, 0, GPU
         entry.users += entry.waiters
@@ -443,9 +448,14 @@ class ModelCache:
         return sum(e.host_bytes for e in self._entries.values())
 
     def size_estimate(self, model_id: str) -> int:
-        """Measured device bytes when it has been loaded here, else the source's estimate."""
+        """Measured device bytes when it has been loaded here, else the source's estimate scaled
+        by how measured sizes compared with estimates for models of its kind loaded so far."""
         size = self._sizes.get(model_id)
-        return size if size is not None else int(self.source.estimate_bytes(model_id))
+        if size is not None:
+            return size
+        estimate = self.source.estimate_bytes(model_id)
+        measured, estimated = self._ratio.get(self.source.kind(model_id), (0, 0))
+        return int(estimate * measured / estimated) if estimated > 0 else int(estimate)
 
     def load_cost_s(self, model_id: str) -> list[float]:
         """Seconds to bring `model_id` onto the device from [gpu, host, disk, remote]: measured
@@ -489,6 +499,16 @@ class ModelCache:
 
     def in_use(self) -> int:
         return sum(e.users + e.waiters for e in self._entries.values())
+
+    def value_s(self) -> float:
+        """Load seconds the entries held have saved: for each, the requests it served since it
+        came onto the device x (seconds from its source - seconds from the tier it is in)."""
+        total = 0.0
+        for model_id, entry in self._entries.items():
+            if entry.tier in (GPU, HOST) and entry.loading is None:
+                cost = self.load_cost_s(model_id)
+                total += entry.uses * max(0.0, cost[self.source.source_tier(model_id)] - cost[entry.tier])
+        return total
 
     def drain_events(self) -> dict:
         """Loads, evictions and prefetch hits since the previous drain (for the coordinator)."""

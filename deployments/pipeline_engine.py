@@ -238,16 +238,18 @@ class EngineModels:
         return DISK if self.engine.config.entry(model_id).path else REMOTE
 
     def estimate_bytes(self, model_id: str) -> int:
-        """`size_bytes` from the registry, else the weight files' size on disk (0 for a hub model
-        without one: the cache then reserves its measured size right after the load)."""
+        """Size on disk (`size_bytes` from the registry, else the weight files'), times 1.5 for a
+        base model: its LoRA slots are allocated at load and are not on disk (the cache learns
+        the real ratio from its first load). 0 for a hub model without `size_bytes`: the cache
+        then reserves the measured size right after the load."""
         entry = self.engine.config.entry(model_id)
         if entry.size_bytes is not None:
-            return entry.size_bytes
-        if model_id not in self._disk:
+            self._disk[model_id] = entry.size_bytes
+        elif model_id not in self._disk:
             root = Path(self.engine.config.resolve_source(entry))
             files = {f for pattern in self._WEIGHTS for f in root.rglob(pattern)} if root.is_dir() else set()
             self._disk[model_id] = sum(f.stat().st_size for f in files)
-        return self._disk[model_id]
+        return int(self._disk[model_id] * (1.5 if entry.kind == "base" else 1.0))
 
     def load(self, model_id: str) -> object:
         if self.kind(model_id) == CONTROLNET:

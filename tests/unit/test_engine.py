@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 
 import numpy as np
@@ -94,19 +95,23 @@ def test_controlnet_applies_to_the_heavy_model_too(engine, control_image):
 def test_remote_controlnet_gives_the_colocated_image(engine, light, demo_config, control_image):
     """The per-step remote design computes the same residuals, just elsewhere."""
     service = ControlNet(demo_config)
+    assert service.cache is not None  # the default control set: its own model cache
     calls = []
+    with asyncio.Runner() as runner:  # one loop, as a replica has
 
-    def call(*args):
-        calls.append(args[0])
-        return service.residuals(*args)
+        def call(*args):
+            calls.append(args[0])
+            return runner.run(service.residuals(*args))
 
-    spec = _spec(controlnets=(("tiny-cn-canny", 1.0), ("tiny-cn-edges", 0.5)))
-    local = engine.generate(light, spec, control_images=[control_image] * 2).images[0]
-    remote = engine.generate(
-        light, spec, control_images=[control_image] * 2,
-        controlnet_factory=lambda cn: remote_controlnet(cn, service.config_of(cn), call)).images[0]
+        spec = _spec(controlnets=(("tiny-cn-canny", 1.0), ("tiny-cn-edges", 0.5)))
+        local = engine.generate(light, spec, control_images=[control_image] * 2).images[0]
+        remote = engine.generate(
+            light, spec, control_images=[control_image] * 2,
+            controlnet_factory=lambda cn: remote_controlnet(cn, runner.run(service.config_of(cn)), call)).images[0]
     assert np.abs(local.astype(int) - remote.astype(int)).max() <= 1
     assert calls.count("tiny-cn-canny") == spec.steps and calls.count("tiny-cn-edges") == spec.steps
+    counters = service.cache.counters()
+    assert counters["misses"]["disk"] == 2 and counters["hits"]["gpu"] == 2 * spec.steps
 
 
 def test_wrong_number_of_control_images_is_an_error(engine, light, control_image):

@@ -1,0 +1,263 @@
+"""The replica cache on the tiny real models: ModelCache over PipelineEngine, then BaseModel
+(constructed directly, outside Ray) with its routing/autoscaling stats and coordinator loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import numpy as np
+import pytest
+
+from deployments import replica_control
+from deployments.base_model import BaseModel
+from deployments.lora_store import LoRAStore
+from deployments.model_cache import CacheBudgetError, ModelCache
+from deployments.pipeline_engine import EngineModels, PipelineEngine
+from deployments.spec import GenerationSpec
+from policies.eviction import EVICTION
+from policies.snapshot import GPU, HOST, SHARED
+
+MIB = 1 << 20
+S1_KEYS = {"t", "queue_len", "busy_s", "tiers", "loading", "gpu_free_bytes", "host_free_bytes",
+           "load_cost_s", "pool", "service_s"}
+S2_KEYS = {"queue_len", "loads_in_progress", "busy_s", "requests_total", "service_s",
+           "resident_bytes", "cache_value"}
+
+
+def _spec(**overrides) -> GenerationSpec:
+    values = dict(prompt="a small boat", base_model="tiny-sd-light", width=32, height=32, steps=2,
+                  guidance_scale=5.0, seed=7)
+    values.update(overrides)
+    return GenerationSpec(**values)
+
+
+def _config(demo_config, **control):
+    """The demo config with a device budget for one tiny pipeline and a ControlNet, not two
+    pipelines (light ~6.6 MiB, heavy ~9.5 MiB, a ControlNet ~1.6 MiB measured)."""
+    values = {"gpu_budget_bytes": 12 * MIB, "host_budget_bytes": 32 * MIB, **control}
+    return demo_config.model_copy(update={"control": demo_config.control.model_copy(update=values)})
+
+
+@pytest.fixture
+def control_image() -> np.ndarray:
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[8:24, 8:24] = 255
+    return image
+
+
+class CountingEngine(PipelineEngine):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.disk_loads: list[str] = []
+
+    def load_pipeline(self, model_id):
+        self.disk_loads.append(model_id)
+        return super().load_pipeline(model_id)
+
+
+def test_engine_models_through_the_cache_host_tier_reload_skips_from_pretrained(demo_config):
+    engine = CountingEngine(_config(demo_config), device="cpu")
+    source = EngineModels(engine)
+    cache = ModelCache(source, 12 * MIB, 32 * MIB, EVICTION.create("cost-aware"))
+
+    async def main():
+        async with cache.use(["tiny-sd-light"]) as (light,):
+            first = engine.generate(light, _spec()).images[0]
+        assert cache.gpu_used() == source.size_of(light) <= cache.gpu_budget
+        async with cache.use(["tiny-sd-heavy"]) as (heavy,):
+            assert engine.generate(heavy, _spec(base_model="tiny-sd-heavy")).images[0].shape == (32, 32, 3)
+        assert cache.tiers() == {"tiny-sd-light": HOST, "tiny-sd-heavy": GPU}
+        assert cache.gpu_used() <= cache.gpu_budget and cache.host_used() <= cache.host_budget
+        async with cache.use(["tiny-sd-light"]) as (again,):
+            assert again is light and np.array_equal(engine.generate(again, _spec()).images[0], first)
+        assert engine.disk_loads == ["tiny-sd-light", "tiny-sd-heavy"]
+        counters = cache.counters()
+        assert counters["hits"]["host"] == 1 and counters["misses"]["disk"] == 2
+        assert counters["loads"]["base"] == {"host": 1, "disk": 2, "remote": 0}
+        costs = cache.load_cost_s("tiny-sd-light")
+        assert costs[GPU] == 0.0 and costs[HOST] < costs[2] == costs[3]
+
+    asyncio.run(main())
+
+
+@pytest.fixture(scope="module")
+def replica(demo_config):
+    """A coordinated BaseModel outside Ray, its LoRA store called in-process, and the one event
+    loop the replica's cache lives on."""
+    class InProcess:  # stands in for a Serve handle: handle.get.remote(x) is awaitable
+        def __init__(self, store):
+            self.get = type("M", (), {"remote": staticmethod(store.get)})()
+
+    config = _config(demo_config)
+    with asyncio.Runner() as runner:
+        model = BaseModel(config, lora_store=InProcess(LoRAStore(config)))
+        model.control.start = lambda: None  # these tests call report_once themselves
+        yield model, runner
+
+
+def test_generations_then_routing_and_autoscaling_stats(replica, control_image):
+    model, runner = replica
+    results = [runner.run(model.generate(spec, images)) for spec, images in [
+        (_spec(), None), (_spec(seed=8), None),
+        (_spec(base_model="tiny-sd-heavy", controlnets=(("tiny-cn-canny", 1.0),),
+               loras=(("tiny-lora-ink", 1.0),)), [control_image])]]
+    assert all(r.images[0].shape == (32, 32, 3) and r.replica is None for r in results)
+    # load_s includes the cache's load: the first request loaded the pipeline, the second hit
+    assert results[0].timings["load_s"] > results[1].timings["load_s"]
+    cache = model.cache
+    assert cache.gpu_used() <= cache.gpu_budget and cache.host_used() <= cache.host_budget
+
+    stats = runner.run(model.record_routing_stats())
+    assert set(stats) == S1_KEYS
+    assert stats["queue_len"] == 0 and stats["loading"] == [] and stats["pool"] == SHARED
+    assert stats["tiers"] == {"tiny-sd-light": HOST, "tiny-sd-heavy": GPU, "tiny-cn-canny": GPU,
+                              "tiny-lora-ink": GPU}  # the LoRA sits in heavy's slots
+    assert stats["gpu_free_bytes"] == cache.gpu_budget - cache.gpu_used() >= 0
+    assert stats["host_free_bytes"] == cache.host_budget - cache.host_used() >= 0
+    assert set(stats["load_cost_s"]) == {"tiny-sd-light", "tiny-sd-heavy", "tiny-cn-canny", "tiny-cn-edges"}
+    for costs in stats["load_cost_s"].values():
+        assert len(costs) == 4 and costs[GPU] == 0.0 and all(c >= 0 for c in costs)
+    assert stats["load_cost_s"]["tiny-sd-light"][2] == cache._load_s[("tiny-sd-light", 2)][1]  # measured
+    assert stats["busy_s"] == 0.0 and stats["service_s"] > 0
+
+    auto = runner.run(model.record_autoscaling_stats())
+    assert set(auto) == S2_KEYS and all(type(v) is float for v in auto.values())
+    assert auto["requests_total"] == 3.0 and auto["queue_len"] == 0.0 and auto["loads_in_progress"] == 0.0
+    assert auto["resident_bytes"] == cache.gpu_used() and auto["service_s"] > 0 and auto["cache_value"] > 0
+
+    state = runner.run(model.cache_state())
+    assert set(state["gpu"]) == {"tiny-sd-heavy", "tiny-cn-canny"} and set(state["host"]) == {"tiny-sd-light"}
+    assert state["counters"]["misses"]["disk"] == 3 and state["policies"] == "coordinator"
+
+
+class FakeCoordinator:
+    """Answers report.remote(...) like an actor handle; records what it was sent."""
+
+    def __init__(self, actions):
+        self.actions, self.reports, self.hang, self.dead = actions, [], False, False
+
+        async def report(replica_id, report):
+            if self.dead:
+                from ray.exceptions import ActorDiedError
+                raise ActorDiedError()
+            if self.hang:
+                await asyncio.sleep(60)
+            self.reports.append((replica_id, report))
+            return self.actions
+
+        self.report = type("M", (), {"remote": staticmethod(report)})()
+
+
+def test_report_loop_applies_actions_and_survives_the_coordinator_going_away(replica, monkeypatch, caplog):
+    model, runner = replica
+    control = model.control
+    coordinator = FakeCoordinator({"pins": ["tiny-sd-heavy", "tiny-lora-ink"], "prefetch": ["tiny-cn-edges"],
+                                   "pool": 1})
+    control._resolve = lambda: coordinator
+    runner.run(model.generate(_spec(base_model="tiny-sd-heavy")))
+    assert runner.run(control.report_once())
+    replica_id, report = coordinator.reports[-1]
+    assert replica_id == "local"
+    assert {"t", "tiers", "queue_len", "loading", "gpu_free_bytes", "host_free_bytes", "gpu_budget_bytes",
+            "host_budget_bytes", "load_cost_s", "served", "loads", "evicted", "prefetch_hits"} <= set(report)
+    assert report["served"][-1]["base"] == "tiny-sd-heavy" and report["gpu_budget_bytes"] == 12 * MIB
+    assert model.cache.pins == {"tiny-sd-heavy"}  # LoRAs are not this cache's to pin
+    assert runner.run(model.record_routing_stats())["pool"] == 1
+
+    async def prefetch():
+        control.maybe_prefetch()
+        await control._prefetch_task
+    held = model.cache.tiers()
+    runner.run(prefetch())
+    # heavy (pinned) and canny leave less than a ControlNet free: a prefetch never evicts
+    assert model.cache.gpu_budget - model.cache.gpu_used() < model.cache.size_estimate("tiny-cn-edges")
+    assert model.cache.tiers() == held and model.cache.counters()["prefetch"]["started"] == 0
+
+    assert runner.run(control.report_once())
+    assert coordinator.reports[-1][1]["served"] == []  # delivered events are not sent twice
+
+    # a pinned entry is never evicted: light does not fit beside pinned heavy
+    with pytest.raises(CacheBudgetError, match=r"'tiny-sd-light'.*9948220 pinned"):
+        runner.run(model.generate(_spec()))
+
+    # away: the actor dies, then the lookup fails (being recreated), then a new one hangs;
+    # requests go on, each outage is logged once, and its pins go after a few failed reports
+    monkeypatch.setattr(replica_control, "REPORT_TIMEOUT_S", 0.2)
+
+    def gone():
+        raise ValueError("Failed to look up actor 'coordinator'")
+    coordinator.dead = True
+    with caplog.at_level(logging.WARNING, logger="deployments.replica_control"):
+        assert not runner.run(control.report_once())
+        control._resolve = gone
+        assert not runner.run(control.report_once())
+        assert model.cache.pins == {"tiny-sd-heavy"}
+        assert not runner.run(control.report_once())
+        assert model.cache.pins == frozenset() and control.prefetch_wanted == []
+        assert runner.run(model.generate(_spec())).images[0].shape == (32, 32, 3)
+    assert sum("coordinator unreachable" in r.message for r in caplog.records) == 1
+    assert not runner.run(model.cache_state())["coordinator"]["reachable"]
+    coordinator = FakeCoordinator({"pins": [], "prefetch": [], "pool": 0})
+    control._resolve = lambda: coordinator
+    coordinator.hang = True
+    assert not runner.run(control.report_once())
+    coordinator.hang = False
+    assert runner.run(control.report_once())  # back: the outage's requests arrive now
+    # back: what was served meanwhile (the failed light request included) arrives now
+    assert [s["base"] for s in coordinator.reports[-1][1]["served"]] == ["tiny-sd-light"] * 2
+    assert model.cache.pins == frozenset() and model.control.pool == 0
+    assert model.cache.gpu_used() <= model.cache.gpu_budget
+
+
+def test_a_model_over_the_budget_fails_naming_it(demo_config):
+    config = _config(demo_config, gpu_budget_bytes=2 * MIB)
+
+    async def main():
+        model = BaseModel(config)
+        with pytest.raises(CacheBudgetError, match=r"'tiny-sd-light'.*control.gpu_budget_bytes=2097152"):
+            await model.generate(_spec())
+        assert model.control.queue_len == 0 and model.cache.gpu_used() == 0
+
+    asyncio.run(main())
+
+
+def test_ray_default_keeps_serve_multiplexed_and_publishes_the_same_shapes(demo_config):
+    config = _config(demo_config, policies="ray-default")
+
+    async def main():
+        model = BaseModel(config)
+        assert model.cache is None and model.get_pipeline is not None
+        stats = await model.record_routing_stats()
+        auto = await model.record_autoscaling_stats()
+        assert set(stats) == S1_KEYS and stats["tiers"] == {} and set(auto) == S2_KEYS
+        assert all(type(v) is float for v in auto.values())
+
+    asyncio.run(main())
+
+
+def test_the_background_loop_reports_every_period_and_outlives_failures(demo_config):
+    config = _config(demo_config, report_period_s=0.02)
+    coordinator = FakeCoordinator({"pins": ["tiny-sd-light"], "prefetch": [], "pool": 2})
+    lookups = []
+
+    def resolve():
+        lookups.append(1)
+        if len(lookups) <= 2:
+            raise ValueError("no coordinator yet")
+        return coordinator
+
+    async def main():
+        control = replica_control.ReplicaControl(config, PipelineEngine(config, device="cpu"), dict,
+                                                 resolve_coordinator=resolve)
+        control.start()
+        control.start()  # once only
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if len(coordinator.reports) >= 2:
+                break
+        assert len(coordinator.reports) >= 2 and not control._task.done()
+        assert control.cache.pins == {"tiny-sd-light"} and control.pool == 2
+        control._task.cancel()
+
+    asyncio.run(main())
