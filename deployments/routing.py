@@ -34,8 +34,6 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 from ray.serve._private.common import ReplicaID, RequestMetadata
 from ray.serve.request_router import PendingRequest, ReplicaResult, RequestRouter, RunningReplica
@@ -119,7 +117,7 @@ class CacheAwareRouter(RequestRouter):
     def initialize_state(self, policy: str = "least-expected-latency", policy_args: dict | None = None,
                          stale_after_s: float = 4.0, colocated_controlnets: bool = True,
                          kinds: dict | None = None, default_service_s: float = 1.0,
-                         seed: int | None = None, **_ignored: Any) -> None:
+                         seed: int | None = None) -> None:
         """Called by Ray with ``request_router_kwargs`` (see ``router_config``)."""
         self.policy = ROUTING.create(policy, **(policy_args or {}))
         self.stale_after_s = float(stale_after_s)
@@ -174,6 +172,16 @@ class CacheAwareRouter(RequestRouter):
         key = pr.metadata.internal_request_id
         if self._pending_requests_by_id.get(key) is pr:
             self._pending_requests_by_id.pop(key, None)
+        # Ray indexes requests by multiplexed model id too and only MultiplexMixin's matching
+        # (not used here) drops the done ones: without this, a handle that sets
+        # multiplexed_model_id would keep every request it ever sent
+        model = pr.metadata.multiplexed_model_id
+        waiting = self._pending_requests_by_model_id.get(model) if model else None
+        if waiting is not None:
+            while waiting and waiting[0].future.done():
+                waiting.popleft()
+            if not waiting:
+                del self._pending_requests_by_model_id[model]
         self._record_flight(pr, replica)
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID,
@@ -208,6 +216,8 @@ class CacheAwareRouter(RequestRouter):
     def rank(self, candidates: list[RunningReplica], pending_request: PendingRequest | None) -> list[RunningReplica]:
         """Available candidates (those Ray's queue cache does not show full; all if none), the
         policy's choice first, then by expected latency; full ones last, by queue."""
+        if pending_request is not None:  # ranked again (after a rejection): not counted twice
+            self._tentative.pop(id(pending_request), None)
         available = self.select_available_replicas(candidates) or list(candidates)
         full = [r for r in candidates if r not in available]
         now = self._get_curr_time_s()
@@ -242,37 +252,47 @@ class CacheAwareRouter(RequestRouter):
         return list(dict.fromkeys(ids))
 
     def view(self, replica: RunningReplica, now: float) -> _View:
-        """The replica's stats, aged to ``now``, plus this router's flights since them."""
+        """The replica's stats, aged to ``now``, plus this router's flights since them; a replica
+        whose stats are stale, missing or unreadable is judged by queue length alone."""
+        try:
+            view = self._fresh_view(replica, now)
+        except (TypeError, ValueError, AttributeError):
+            view = None
+        if view is not None:
+            return view
+        # queue length only: Ray's cache (the replica's own count at its last response, plus
+        # sends since), else this router's flights; it is assumed to hold nothing
         rid = replica.replica_id
+        self._forget(rid, now - FLIGHT_TTL_S)
+        cached = self.replica_queue_len_cache.get(rid)
+        q = (cached if cached is not None else len(self._flights.get(rid, ()))) + len(self._held(rid))
+        return _View(fresh=False, stats_t=-np.inf, wait_s=q * self.default_service_s, queue_len=q)
+
+    def _fresh_view(self, replica: RunningReplica, now: float) -> _View | None:
         stats = replica.routing_stats or {}
         t = stats.get("t")
-        fresh = isinstance(t, (int, float)) and 0 <= now - t <= self.stale_after_s
-        if not fresh:
-            # queue length only: Ray's cache (the replica's own count at the last response,
-            # plus sends since), else this router's flights; it is assumed to hold nothing
-            cached = self.replica_queue_len_cache.get(rid)
-            self._forget(rid, now - FLIGHT_TTL_S)
-            q = cached if cached is not None else len(self._flights.get(rid, ()))
-            q += len(self._held(rid))
-            return _View(fresh=False, stats_t=-np.inf, wait_s=q * self.default_service_s, queue_len=q)
-        t = float(t)
-        self._forget(rid, t)  # the stats count everything routed before they were taken
-        flights = [*self._flights.get(rid, ()), *self._held(rid)]
+        # a report from up to stale_after_s in the future is clock skew between nodes, not stale
+        if not isinstance(t, (int, float)) or abs(now - t) > self.stale_after_s:
+            return None
+        t, rid = float(t), replica.replica_id
         tiers = {str(k): int(v) for k, v in (stats.get("tiers") or {}).items()}
         for c in stats.get("loading") or ():
             tiers[str(c)] = GPU  # S1: a load in progress counts as resident
+        busy, q, pool = float(stats.get("busy_s", 0.0)), int(stats.get("queue_len", 0)), int(stats.get("pool", SHARED))
+        costs = stats.get("load_cost_s") or {}
+        if not isinstance(costs, dict):
+            raise TypeError("load_cost_s")
+        self._forget(rid, min(t, now))  # the stats count everything routed before they were taken
+        flights = [*self._flights.get(rid, ()), *self._held(rid)]
         for c in self._resident.get(rid, {}):
             tiers[c] = GPU
         for f in flights:
             for c in f.components:
                 tiers[c] = GPU
-        wait = max(0.0, float(stats.get("busy_s", 0.0)) - (now - t))
-        wait += sum(f.expected_s for f in flights)
-        q = int(stats.get("queue_len", 0)) + len(flights)
+        wait = max(0.0, busy - max(0.0, now - t)) + sum(f.expected_s for f in flights)
         n_models = sum(1 for c, tier in tiers.items() if tier == GPU and self.kinds.get(c, BASE) == BASE)
-        return _View(fresh=True, stats_t=t, tiers=tiers, wait_s=wait, queue_len=q,
-                     pool=int(stats.get("pool", SHARED)), n_models=n_models,
-                     load_cost_s=stats.get("load_cost_s") or {})
+        return _View(fresh=True, stats_t=t, tiers=tiers, wait_s=wait, queue_len=q + len(flights),
+                     pool=pool, n_models=n_models, load_cost_s=costs)
 
     def snapshot(self, views: list[_View], comps: list[str], now: float) -> ClusterSnapshot:
         """A snapshot over ``views`` whose components are just ``comps`` (a policy reads only the

@@ -326,32 +326,62 @@ def test_concurrent_calls_of_one_ingress_request_are_all_routed():
     assert len(run(main())) == 3
 
 
-def test_completion_releases_the_flight_and_a_rejection_releases_first():
-    async def main():
-        a, b = FakeRunningReplica("a", stats(tiers={"m": GPU})), FakeRunningReplica("b", stats(tiers={"m": GPU}))
-        h = Harness([a, b])
-        first = pending(spec(), internal_id="x")
-        to = await h.route(first)
-        h.router.on_request_routed(first, next(r.replica_id for r in (a, b) if repr(r) == to), None)
-        rejected = pending(spec(), internal_id="x")
-        assert await h.route(rejected) != to  # the first one's flight makes its replica busier
-        h.router._fulfill_next_pending_request  # noqa: B018 (the override under test)
-        rid = next(r.replica_id for r in (a, b) if repr(r) == to)
-        h.router.on_request_completed(rid, "x")  # accepted flight: gone
-        return len(h.router._flights[rid])
+def test_a_multiplexed_model_id_on_the_handle_is_ignored_and_not_retained():
+    async def main():  # the ray-default ingress sets multiplexed_model_id = base model
+        h = Harness([FakeRunningReplica("a", stats()), FakeRunningReplica("b", stats(tiers={"m": GPU}))])
+        chosen = []
+        for _ in range(5):
+            pr = pending(spec())
+            pr.metadata.multiplexed_model_id = "a"
+            chosen.append(await h.route_and_complete(pr))
+        h.done()
+        return chosen, dict(h.router._pending_requests_by_model_id)
 
-    assert run(main()) == 0
+    chosen, retained = run(main())
+    assert chosen == ["b"] * 5 and retained == {}
+
+
+def test_completion_releases_the_flight_and_a_rejection_releases_first():
+    """Ray calls on_request_completed for a rejected request too (never accepted); with two
+    requests of one internal id on a replica, the rejected one's flight is the one released."""
+    async def main():
+        a, b = FakeRunningReplica("a", stats(tiers={"m": GPU})), FakeRunningReplica("b", stats())
+        h = Harness([a, b])
+        accepted, rejected = pending(spec(), internal_id="x"), pending(spec(), internal_id="x")
+        assert await h.route(accepted) == "a"
+        h.router.on_request_routed(accepted, a.replica_id, None)
+        h.router._record_flight(rejected, a)  # assigned to a, then rejected by it
+        h.router.on_request_completed(a.replica_id, "x")
+        left = [f.request for f in h.router._flights[a.replica_id]]
+        h.router.on_request_completed(a.replica_id, "x")
+        h.router.on_request_completed(a.replica_id, "x")  # unknown by now: ignored
+        return left == [id(accepted)], h.router._flights[a.replica_id]
+
+    assert run(main()) == (True, [])
 
 
 @pytest.mark.parametrize("bad", [{"t": "yesterday", "tiers": None, "busy_s": "x"},
                                  {"t": NOW, "tiers": {"m": "gpu"}, "load_cost_s": {"m": [1]}},
-                                 {"t": NOW, "tiers": ["m"], "pool": None}])
-def test_unreadable_stats_never_raise(bad):
+                                 {"t": NOW, "tiers": ["m"], "pool": None},
+                                 {"t": NOW, "tiers": {}, "loading": 5, "load_cost_s": [1, 2]}])
+def test_unreadable_stats_never_raise_and_spoil_only_their_replica(bad):
     async def main():
-        h = Harness([FakeRunningReplica("a", bad), FakeRunningReplica("b", stats())])
+        h = Harness([FakeRunningReplica("a", bad), FakeRunningReplica("b", stats()),
+                     FakeRunningReplica("c", stats(tiers={"m": GPU}))])
         return [await h.route_and_complete(pending(spec())) for _ in range(3)]
 
-    assert set(run(main())) <= {"a", "b"}
+    assert run(main()) == ["c"] * 3
+
+
+@pytest.mark.parametrize("skew_s,expected", [(1.0, "a"), (-3.0, "a"), (10.0, "b")])
+def test_stats_from_a_replica_clock_ahead_are_skew_not_staleness(skew_s, expected):
+    async def main():
+        a = FakeRunningReplica("a", stats(t=NOW + skew_s, tiers={"m": GPU}), queue_len=2)
+        h = Harness([a, FakeRunningReplica("b", stats(t=NOW + skew_s), queue_len=0)])
+        await h.probe()
+        return await h.route_and_complete(pending(spec()))
+
+    assert run(main()) == expected  # 10 s off (stale after 4): shortest queue
 
 
 def test_find_spec():
