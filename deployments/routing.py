@@ -12,12 +12,14 @@ missing components, by tier). What it knows, per replica:
   as ``RunningReplica.routing_stats`` every ``request_routing_stats_period_s``;
 - what this router sent since those stats were measured (a *flight* per request, recorded the
   moment Ray assigns a replica to it, dropped when the request completes or when newer stats
-  cover it): each adds its expected service time to the replica's wait, so a burst spreads
-  instead of landing on the one replica that held the model a period ago;
+  cover it; before that, a request counts on the replica it was ranked first for, since Ray may
+  await a queue probe between ranking and assigning): each adds its expected service time plus
+  the load it was expected to pay to the replica's wait, so a burst spreads instead of landing
+  on the one replica that held the model a period ago;
 - what it routed there since the stats: those components count as resident (loading) on that
   replica until stats newer than the routing say otherwise.
 
-Stats older than ``stale_after_s`` (or none, or unreadable) make a replica *stale*: it is judged
+Stats more than ``stale_after_s`` old (or none, or unreadable) make a replica *stale*: it is judged
 by queue length only (Ray's queue-length cache, else this router's own flights), holding nothing,
 and exact ties are broken at random. Requests without a ``GenerationSpec`` argument (``ready``,
 ``loaded_models``) are ranked by queue only. Nothing here talks to the coordinator: band pools
@@ -34,6 +36,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
+
 import numpy as np
 from ray.serve._private.common import ReplicaID, RequestMetadata
 from ray.serve.request_router import PendingRequest, ReplicaResult, RequestRouter, RunningReplica
@@ -99,12 +102,16 @@ class _View:
 
     fresh: bool
     stats_t: float
-    tiers: dict[str, int] = field(default_factory=dict)
+    tiers: dict[str, int] = field(default_factory=dict)  # the report's (shared: never written)
+    routed: set[str] = field(default_factory=set)  # routed here since the report: counts as GPU
     wait_s: float = 0.0
     queue_len: int = 0
     pool: int = SHARED
     n_models: int = 0
     load_cost_s: dict = field(default_factory=dict)
+
+    def tier(self, c: str) -> int:
+        return GPU if c in self.routed else min(max(self.tiers.get(c, REMOTE), GPU), REMOTE)
 
 
 class CacheAwareRouter(RequestRouter):
@@ -130,6 +137,7 @@ class CacheAwareRouter(RequestRouter):
         # probe between ranking and assigning, and concurrent routing tasks must see the choice
         self._tentative: dict[int, tuple[PendingRequest, ReplicaID, _Flight]] = {}
         self._resident: dict[ReplicaID, dict[str, float]] = defaultdict(dict)  # routed-to, when
+        self._parsed: dict[ReplicaID, tuple[dict, tuple]] = {}  # last report read, and its parse
         self._warned = False
 
     # -- what Ray calls --------------------------------------------------------------------------
@@ -209,8 +217,9 @@ class CacheAwareRouter(RequestRouter):
         live = {r.replica_id for r in replicas}
         for rid in [k for k in self._flights if k not in live]:
             del self._flights[rid]
-        for rid in [k for k in self._resident if k not in live]:
-            del self._resident[rid]
+        for table in (self._resident, self._parsed):
+            for rid in [k for k in table if k not in live]:
+                del table[rid]
 
     # -- ranking -------------------------------------------------------------------------------
     def rank(self, candidates: list[RunningReplica], pending_request: PendingRequest | None) -> list[RunningReplica]:
@@ -275,24 +284,34 @@ class CacheAwareRouter(RequestRouter):
         if not isinstance(t, (int, float)) or abs(now - t) > self.stale_after_s:
             return None
         t, rid = float(t), replica.replica_id
+        tiers, n_models, busy, q, pool, costs = self._parse(rid, stats)
+        self._forget(rid, min(t, now))  # the stats count everything routed before they were taken
+        flights = [*self._flights.get(rid, ()), *self._held(rid)]
+        routed = set(self._resident.get(rid, ()))
+        for f in flights:
+            routed.update(f.components)
+        n_models += sum(1 for c in routed if tiers.get(c) != GPU and self.kinds.get(c, BASE) == BASE)
+        wait = max(0.0, busy - max(0.0, now - t)) + sum(f.expected_s for f in flights)
+        return _View(fresh=True, stats_t=t, tiers=tiers, routed=routed, wait_s=wait,
+                     queue_len=q + len(flights), pool=pool, n_models=n_models, load_cost_s=costs)
+
+    def _parse(self, rid: ReplicaID, stats: dict) -> tuple:
+        """(tiers with loads as GPU, base models on GPU, busy_s, queue_len, pool, load_cost_s) of
+        one report, parsed once per report (Ray hands over a new dict when a replica reports)."""
+        cached = self._parsed.get(rid)
+        if cached is not None and cached[0] is stats:
+            return cached[1]
         tiers = {str(k): int(v) for k, v in (stats.get("tiers") or {}).items()}
         for c in stats.get("loading") or ():
             tiers[str(c)] = GPU  # S1: a load in progress counts as resident
-        busy, q, pool = float(stats.get("busy_s", 0.0)), int(stats.get("queue_len", 0)), int(stats.get("pool", SHARED))
         costs = stats.get("load_cost_s") or {}
         if not isinstance(costs, dict):
-            raise TypeError("load_cost_s")
-        self._forget(rid, min(t, now))  # the stats count everything routed before they were taken
-        flights = [*self._flights.get(rid, ()), *self._held(rid)]
-        for c in self._resident.get(rid, {}):
-            tiers[c] = GPU
-        for f in flights:
-            for c in f.components:
-                tiers[c] = GPU
-        wait = max(0.0, busy - max(0.0, now - t)) + sum(f.expected_s for f in flights)
+            raise TypeError("load_cost_s must map model ids to [gpu, host, disk, remote] seconds")
         n_models = sum(1 for c, tier in tiers.items() if tier == GPU and self.kinds.get(c, BASE) == BASE)
-        return _View(fresh=True, stats_t=t, tiers=tiers, wait_s=wait, queue_len=q + len(flights),
-                     pool=pool, n_models=n_models, load_cost_s=costs)
+        parsed = (tiers, n_models, float(stats.get("busy_s", 0.0)), int(stats.get("queue_len", 0)),
+                  int(stats.get("pool", SHARED)), costs)
+        self._parsed[rid] = (stats, parsed)
+        return parsed
 
     def snapshot(self, views: list[_View], comps: list[str], now: float) -> ClusterSnapshot:
         """A snapshot over ``views`` whose components are just ``comps`` (a policy reads only the
@@ -302,7 +321,7 @@ class CacheAwareRouter(RequestRouter):
         tier = np.full((n, k), REMOTE, dtype=np.int8)
         for i, v in enumerate(views):
             for j, c in enumerate(comps):
-                tier[i, j] = min(max(v.tiers.get(c, REMOTE), GPU), REMOTE)
+                tier[i, j] = v.tier(c)
         cost = np.array([self._cost_row(views, c) for c in comps], dtype=np.float64).reshape(k, 4)
         table = ComponentTable(kind=np.array([self.kinds.get(c, BASE) for c in comps], dtype=np.int8),
                                size_bytes=np.zeros(k, np.int64), load_cost_s=cost)
@@ -325,7 +344,7 @@ class CacheAwareRouter(RequestRouter):
         if comps:
             view = self.view(replica, now)
             for c in comps:
-                expected += float(self._cost_row([view], c)[min(max(view.tiers.get(c, REMOTE), GPU), REMOTE)])
+                expected += float(self._cost_row([view], c)[view.tier(c)])
                 self._resident[rid][c] = now
         self._flights[rid].append(_Flight(id(pr), pr.metadata.internal_request_id, now, comps,
                                           expected, accepted))
