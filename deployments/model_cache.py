@@ -31,16 +31,11 @@ from typing import Protocol
 
 import numpy as np
 
+from deployments.load_costs import LoadCosts
 from policies.eviction import CacheView, EvictionPolicy, propose_victims
 from policies.snapshot import DISK, GPU, HOST, KIND_NAMES, REMOTE, TIER_NAMES
 
 logger = logging.getLogger(__name__)
-
-# Bytes per second assumed per source tier until this replica has measured loads from it:
-# a pinned host-to-device copy on PCIe 4 (pageable memory is about half), a local
-# `from_pretrained` (read + construct), a hub download. Measured means replace them.
-DEFAULT_BANDWIDTH = {HOST: 8e9, DISK: 1e9, REMOTE: 2e8}
-
 
 class CacheBudgetError(RuntimeError):
     """A model cannot be given room without exceeding a cache budget (the message names it)."""
@@ -115,15 +110,11 @@ class ModelCache:
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
         self._keys: dict[str, int] = {}  # stable integer ids, as the policies' views use
-        self._sizes: dict[str, int] = {}  # measured device bytes per model
-        self._ratio: dict[int, list[int]] = {}  # kind -> [measured bytes, estimated bytes]
+        self.costs = LoadCosts(source)  # measured sizes and load seconds
         self._seq = 0
         self._room = asyncio.Lock()  # one caller at a time chooses victims and reserves bytes
         self._released = asyncio.Event()  # set (and replaced) whenever bytes may have freed up
         self.pins: frozenset[str] = frozenset()
-        # (model, source tier) -> [count, mean seconds]; tier -> [bytes, seconds] of all loads
-        self._load_s: dict[tuple[str, int], list[float]] = {}
-        self._bandwidth: dict[int, list[float]] = {}
         self._counters = _zero_counters()
         # since the last drain_events(): what the coordinator report carries
         self._loads: list[dict] = []
@@ -298,11 +289,6 @@ class ModelCache:
             self._notify()
             raise
         seconds = time.perf_counter() - entry.load_started
-        if entry.model_id not in self._sizes:
-            ratio = self._ratio.setdefault(entry.kind, [0, 0])
-            ratio[0] += size
-            ratio[1] += self.source.estimate_bytes(entry.model_id)
-        self._sizes[entry.model_id] = size
         entry.obj, entry.gpu_bytes, entry.host_bytes, entry.tier = obj, size, 0, GPU
         entry.users += entry.waiters
         entry.waiters = 0
@@ -314,11 +300,7 @@ class ModelCache:
         self._notify()
 
     def _record_load(self, entry: _Entry, tier: int, seconds: float, size: int, prefetch: bool) -> None:
-        count, mean = self._load_s.get((entry.model_id, tier), (0, 0.0))
-        self._load_s[(entry.model_id, tier)] = [count + 1, mean + (seconds - mean) / (count + 1)]
-        total = self._bandwidth.setdefault(tier, [0.0, 0.0])
-        total[0] += size
-        total[1] += seconds
+        self.costs.record(entry.model_id, entry.kind, tier, size, seconds)
         kind = KIND_NAMES[entry.kind]
         self._counters["loads"][kind][TIER_NAMES[tier]] += 1
         self._counters["load_seconds"][kind][TIER_NAMES[tier]] += seconds
@@ -448,33 +430,13 @@ class ModelCache:
         return sum(e.host_bytes for e in self._entries.values())
 
     def size_estimate(self, model_id: str) -> int:
-        """Measured device bytes when it has been loaded here, else the source's estimate scaled
-        by how measured sizes compared with estimates for models of its kind loaded so far."""
-        size = self._sizes.get(model_id)
-        if size is not None:
-            return size
-        estimate = self.source.estimate_bytes(model_id)
-        measured, estimated = self._ratio.get(self.source.kind(model_id), (0, 0))
-        return int(estimate * measured / estimated) if estimated > 0 else int(estimate)
+        """Device bytes a load of `model_id` reserves (deployments/load_costs.py)."""
+        return self.costs.size(model_id)
 
     def load_cost_s(self, model_id: str) -> list[float]:
         """Seconds to bring `model_id` onto the device from [gpu, host, disk, remote]: measured
-        means where this cache has loaded it from that tier, else its size over the bandwidth
-        measured from that tier on any model (a default before any). A model whose source is a
-        local disk has its disk cost in the remote column too: disk is where it comes from."""
-        size = self.size_estimate(model_id)
-        out = [0.0, 0.0, 0.0, 0.0]
-        for tier in (HOST, DISK, REMOTE):
-            measured = self._load_s.get((model_id, tier))
-            if measured is not None:
-                out[tier] = measured[1]
-            else:
-                nbytes, seconds = self._bandwidth.get(tier, (0.0, 0.0))
-                rate = nbytes / seconds if nbytes > 0 and seconds > 0 else DEFAULT_BANDWIDTH[tier]
-                out[tier] = size / rate
-        if self.source.source_tier(model_id) == DISK:
-            out[REMOTE] = out[DISK]
-        return out
+        means, else size-based estimates (deployments/load_costs.py)."""
+        return self.costs.seconds(model_id)
 
     def tiers(self) -> dict[str, int]:
         """{model id: GPU or HOST} for every settled entry (loads in progress: `loading()`)."""

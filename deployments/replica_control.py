@@ -19,7 +19,8 @@ from collections.abc import Callable
 from contextlib import contextmanager
 
 from deployments.config import ServeConfig
-from deployments.model_cache import DEFAULT_BANDWIDTH, ModelCache
+from deployments.load_costs import DEFAULT_BANDWIDTH
+from deployments.model_cache import ModelCache
 from deployments.pipeline_engine import EngineModels, LoadedPipeline, PipelineEngine, default_gpu_budget
 from deployments.spec import GenerationResult, GenerationSpec
 from policies.eviction import EVICTION
@@ -217,7 +218,7 @@ class ReplicaControl:
         except Exception as exc:  # RayActorError, ValueError (no such actor yet), timeout, ...
             self._coordinator = None  # a recreated coordinator is a new actor: look it up again
             self._failures += 1
-            if self._failures == STALE_AFTER_FAILURES:
+            if self._failures == STALE_AFTER_FAILURES and (self.cache.pins or self.prefetch_wanted):
                 logger.warning("coordinator away for %d reports: dropping its pins and prefetches",
                                self._failures)
                 self.cache.set_pins(())

@@ -118,7 +118,7 @@ def test_generations_then_routing_and_autoscaling_stats(replica, control_image):
     assert set(stats["load_cost_s"]) == {"tiny-sd-light", "tiny-sd-heavy", "tiny-cn-canny", "tiny-cn-edges"}
     for costs in stats["load_cost_s"].values():
         assert len(costs) == 4 and costs[GPU] == 0.0 and all(c >= 0 for c in costs)
-    assert stats["load_cost_s"]["tiny-sd-light"][2] == cache._load_s[("tiny-sd-light", 2)][1]  # measured
+    assert stats["load_cost_s"]["tiny-sd-light"][2] == cache.costs.means[("tiny-sd-light", 2)][1]  # measured
     assert stats["busy_s"] == 0.0 and stats["service_s"] > 0
 
     auto = runner.run(model.record_autoscaling_stats())
@@ -259,5 +259,31 @@ def test_the_background_loop_reports_every_period_and_outlives_failures(demo_con
         assert len(coordinator.reports) >= 2 and not control._task.done()
         assert control.cache.pins == {"tiny-sd-light"} and control.pool == 2
         control._task.cancel()
+
+    asyncio.run(main())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_an_evicted_pipeline_waits_in_host_memory_and_comes_back(demo_config):
+    import torch
+
+    engine = CountingEngine(_config(demo_config), device="cuda")
+    cache = ModelCache(EngineModels(engine), 12 * MIB, 32 * MIB, EVICTION.create("cost-aware"))
+
+    def device_of(loaded):
+        return next(loaded.pipe.unet.parameters()).device.type
+
+    async def main():
+        async with cache.use(["tiny-sd-light"]) as (light,):
+            first = engine.generate(light, _spec()).images[0]
+        allocated = torch.cuda.memory_allocated()
+        async with cache.use(["tiny-sd-heavy"]) as (heavy,):
+            assert device_of(heavy) == "cuda" and device_of(light) == "cpu"
+        async with cache.use(["tiny-sd-light"]) as (again,):
+            assert again is light and device_of(again) == "cuda" and device_of(heavy) == "cpu"
+            assert np.array_equal(engine.generate(again, _spec()).images[0], first)
+        assert engine.disk_loads == ["tiny-sd-light", "tiny-sd-heavy"]
+        assert torch.cuda.memory_allocated() <= allocated + MIB  # heavy's weights left the device
 
     asyncio.run(main())
