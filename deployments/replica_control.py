@@ -201,6 +201,8 @@ class ReplicaControl:
                 "loading": stats["loading"], "gpu_free_bytes": stats["gpu_free_bytes"],
                 "host_free_bytes": stats["host_free_bytes"], "gpu_budget_bytes": self.gpu_budget,
                 "host_budget_bytes": self.cache.host_budget, "load_cost_s": stats["load_cost_s"],
+                # device bytes per model: measured where loaded here, else the estimate
+                "sizes": {m: self.cache.size_estimate(m) for m in self.cacheable},
                 **{name: list(events) for name, events in self._pending.items()}}
 
     async def report_once(self) -> bool:
@@ -265,12 +267,17 @@ class ReplicaControl:
     def _export_metrics(self) -> None:
         """Prometheus counters and gauges (deployments.cache_metrics) inside a Serve replica."""
         replica = self._replica_id()
-        if replica is None:
+        if replica is None or self._metrics is False:
             return
         if self._metrics is None:
-            from deployments.cache_metrics import CacheMetrics
+            try:
+                from deployments.cache_metrics import CacheMetrics
 
-            self._metrics = CacheMetrics("BaseModel", replica)
+                self._metrics = CacheMetrics("BaseModel", replica)
+            except Exception:  # metrics are an extra: never let them take the loop down
+                logger.exception("cache metrics unavailable on this replica")
+                self._metrics = False
+                return
         self._metrics.update(self.cache.counters(), self.queue_len, self.cache.gpu_used(), self.cache.host_used())
 
 

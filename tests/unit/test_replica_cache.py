@@ -162,6 +162,7 @@ def test_report_loop_applies_actions_and_survives_the_coordinator_going_away(rep
     assert {"t", "tiers", "queue_len", "loading", "gpu_free_bytes", "host_free_bytes", "gpu_budget_bytes",
             "host_budget_bytes", "load_cost_s", "served", "loads", "evicted", "prefetch_hits"} <= set(report)
     assert report["served"][-1]["base"] == "tiny-sd-heavy" and report["gpu_budget_bytes"] == 12 * MIB
+    assert report["sizes"]["tiny-sd-heavy"] == model.cache.state()["gpu"]["tiny-sd-heavy"]["bytes"]
     assert model.cache.pins == {"tiny-sd-heavy"}  # LoRAs are not this cache's to pin
     assert runner.run(model.record_routing_stats())["pool"] == 1
 
