@@ -18,6 +18,7 @@ import asyncio
 import time
 
 from deployments.config import ServeConfig
+from deployments.model_cache import room_wait_s
 from deployments.pipeline_engine import LoadedPipeline, PipelineEngine
 from deployments.replica_control import ReplicaControl
 from deployments.spec import GenerationResult, GenerationSpec
@@ -98,12 +99,12 @@ class BaseModel:
                 # ControlNets come with their pipeline in one acquire: a request waiting for room
                 # holds nothing, so two requests cannot each hold what the other needs
                 leases = await self.cache.acquire(list(dict.fromkeys(ids)),
-                                                  wait_s=self.config.slo.latency_s)
+                                                  wait_s=room_wait_s(self.config.slo.latency_s))
                 try:
                     nets = {lease.model_id: lease.obj for lease in leases[1:]}
+                    factory = nets.__getitem__ if spec.controlnets and colocated else None
                     result = await self._generate(leases[0].obj, spec, control_images,
-                                                  time.perf_counter() - started,
-                                                  nets.__getitem__ if spec.controlnets and colocated else None)
+                                                  time.perf_counter() - started, factory)
                 finally:
                     self.cache.release(leases)
             else:

@@ -22,7 +22,7 @@ import torch
 
 from deployments.config import ServeConfig
 from deployments import preprocessors
-from deployments.model_cache import ModelCache
+from deployments.model_cache import ModelCache, room_wait_s
 from deployments.pipeline_engine import EngineModels, PipelineEngine, default_gpu_budget
 from policies.eviction import EVICTION
 
@@ -60,7 +60,8 @@ class ControlNet:
     async def config_of(self, controlnet_id: str) -> dict:
         if self.cache is None:
             return dict(self.engine.load_controlnet(controlnet_id).config)
-        async with self.cache.use([controlnet_id], wait_s=self.config.slo.latency_s) as (model,):
+        wait_s = room_wait_s(self.config.slo.latency_s)
+        async with self.cache.use([controlnet_id], wait_s=wait_s) as (model,):
             return dict(model.config)
 
     async def residuals(self, controlnet_id: str, sample: torch.Tensor, timestep, encoder_hidden_states,
@@ -71,7 +72,8 @@ class ControlNet:
         if self.cache is None:
             return self._forward(self.engine.load_controlnet(controlnet_id), sample, timestep,
                                  encoder_hidden_states, controlnet_cond, conditioning_scale, guess_mode)
-        async with self.cache.use([controlnet_id], wait_s=self.config.slo.latency_s) as (model,):
+        wait_s = room_wait_s(self.config.slo.latency_s)
+        async with self.cache.use([controlnet_id], wait_s=wait_s) as (model,):
             return self._forward(model, sample, timestep, encoder_hidden_states, controlnet_cond,
                                  conditioning_scale, guess_mode)
 

@@ -37,6 +37,13 @@ from policies.snapshot import DISK, GPU, HOST, KIND_NAMES, REMOTE, TIER_NAMES
 
 logger = logging.getLogger(__name__)
 
+def room_wait_s(slo_latency_s: float) -> float:
+    """How long a request waits for other requests to release device room before it fails: long
+    enough that a busy replica serves it late rather than not at all (as a queue would), bounded
+    so a stuck replica answers with an error naming the budget instead of hanging."""
+    return max(60.0, 4.0 * slo_latency_s)
+
+
 class CacheBudgetError(RuntimeError):
     """A model cannot be given room without exceeding a cache budget (the message names it)."""
 

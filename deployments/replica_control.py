@@ -85,7 +85,8 @@ class ReplicaControl:
         """Count a request in for its duration; yields a callback taking its result's timings."""
         self.queue_len += 1
         self.requests_total += 1
-        self._pending["served"].append({"base": spec.base_model, "controlnets": [c for c, _ in spec.controlnets],
+        self._pending["served"].append({"base": spec.base_model,
+                                        "controlnets": [c for c, _ in spec.controlnets],
                                         "loras": [a for a, _ in spec.loras], "t": time.time()})
         del self._pending["served"][:-MAX_PENDING]
         try:
@@ -96,8 +97,8 @@ class ReplicaControl:
     def _record(self, result: GenerationResult) -> None:
         compute = float(result.timings.get("inference_s", 0.0))
         total = compute + float(result.timings.get("load_s", 0.0))
-        self.compute_s = compute if self.compute_s is None else self.compute_s + EWMA_WEIGHT * (compute - self.compute_s)
-        self.service_s = total if self.service_s is None else self.service_s + EWMA_WEIGHT * (total - self.service_s)
+        self.compute_s = _ewma(self.compute_s, compute)
+        self.service_s = _ewma(self.service_s, total)
 
     def idle(self) -> bool:
         return self.queue_len == 0 and not (self.cache and self.cache.loading())
@@ -160,7 +161,8 @@ class ReplicaControl:
 
     def cache_state(self) -> dict:
         held = (self.cache.state() if self.cache else
-                {"gpu": {m: {"load_seconds": round(p.load_seconds, 4)} for m, p in self._multiplexed().items()},
+                {"gpu": {m: {"load_seconds": round(p.load_seconds, 4)}
+                         for m, p in self._multiplexed().items()},
                  "policy": "serve.multiplexed"})
         return {"replica": self._replica_id(), "policies": self.config.control.policies,
                 "queue_len": self.queue_len, "requests_total": self.requests_total, "pool": self.pool,
@@ -254,7 +256,8 @@ class ReplicaControl:
         self.pool = int(actions.get("pool", SHARED))
 
     def maybe_prefetch(self) -> None:
-        if self.prefetch_wanted and self.idle() and (self._prefetch_task is None or self._prefetch_task.done()):
+        running = self._prefetch_task is not None and not self._prefetch_task.done()
+        if self.prefetch_wanted and self.idle() and not running:
             self._prefetch_task = asyncio.get_running_loop().create_task(self._prefetch())
 
     async def _prefetch(self) -> None:
@@ -278,7 +281,12 @@ class ReplicaControl:
                 logger.exception("cache metrics unavailable on this replica")
                 self._metrics = False
                 return
-        self._metrics.update(self.cache.counters(), self.queue_len, self.cache.gpu_used(), self.cache.host_used())
+        self._metrics.update(self.cache.counters(), self.queue_len, self.cache.gpu_used(),
+                             self.cache.host_used())
+
+
+def _ewma(mean: float | None, value: float) -> float:
+    return value if mean is None else mean + EWMA_WEIGHT * (value - mean)
 
 
 async def _awaitable(ref):
