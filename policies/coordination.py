@@ -93,7 +93,7 @@ class CoordinatorState:
     stats: ArmStats
     tier: np.ndarray  # int8 (R, C): fastest tier of each component on each replica
     gpu_bytes: np.ndarray  # float64 (R,): device memory per replica for placement; 0 = not routable
-    last_prefetch: np.ndarray  # float64 (R,): when each replica last considered a prefetch
+    last_prefetch: list[float]  # per replica: when it last considered a prefetch (a list: read per idle)
     pins: list[frozenset[int]]
     pending: dict[int, list[int]] = field(default_factory=dict)  # pinned components to load when idle
     # per replica: pipeline -> [opened at, paid s, hits, saved s if used, predicted P(used), comps, arms]
@@ -164,7 +164,7 @@ class Coordination:
         return CoordinatorState(
             components=components, pipelines=pipelines, pop=self.pop.new_state(n_pipelines),
             stats=self.bandit.new_stats(n_pipelines), tier=np.full((R, C), REMOTE, dtype=np.int8),
-            gpu_bytes=gpu, last_prefetch=np.full(R, -np.inf), pins=[frozenset()] * R,
+            gpu_bytes=gpu, last_prefetch=[-math.inf] * R, pins=[frozenset()] * R,
             open=[{} for _ in range(R)], batch=[()] * R, batch_comps=[frozenset()] * R,
             pool=np.full(R, SHARED, np.int8))
 
@@ -182,7 +182,7 @@ class Coordination:
         extra = R - st.gpu_bytes.size
         if extra > 0:
             st.gpu_bytes = np.concatenate([st.gpu_bytes, np.zeros(extra)])
-            st.last_prefetch = np.concatenate([st.last_prefetch, np.full(extra, -np.inf)])
+            st.last_prefetch = st.last_prefetch + [-math.inf] * extra
             st.pool = np.concatenate([st.pool, np.full(extra, SHARED, np.int8)])
             st.pins = st.pins + [frozenset()] * extra
             st.open = st.open + [{} for _ in range(extra)]
@@ -200,7 +200,7 @@ class Coordination:
         st.batch[r] = ()
         st.batch_comps[r] = frozenset()
         st.pool[r] = SHARED
-        st.last_prefetch[r] = -np.inf
+        st.last_prefetch[r] = -math.inf
 
     # -- events --------------------------------------------------------------------------------
     def routed(self, st: CoordinatorState, r: int, p: int, now: float) -> None:
@@ -312,13 +312,14 @@ class Coordination:
     def idle(self, st: CoordinatorState, r: int, now: float, free_bytes: float, rng: np.random.Generator,
              active: bool = True) -> Load | None:
         """What idle replica ``r`` (``free_bytes`` of free GPU memory) should load now, if anything."""
-        lack = st.pending.pop(r, None)
-        if lack:
-            row = st.tier[r]
-            lack = [k for k in lack if row[k] != GPU]
+        if st.pending:
+            lack = st.pending.pop(r, None)
             if lack:
-                return Load(tuple(lack), False)
-        if (st.warm.size == 0 or now - st.last_prefetch[r] < self.interval or not active
+                row = st.tier[r]
+                lack = [k for k in lack if row[k] != GPU]
+                if lack:
+                    return Load(tuple(lack), False)
+        if (now - st.last_prefetch[r] < self.interval or not st.warm.size or not active
                 or free_bytes < self.min_free_bytes):
             return None  # cheap exits first: this runs whenever a replica's queue empties
         st.last_prefetch[r] = now

@@ -123,8 +123,11 @@ class Coordinator:
             self.router.band = plan.bands
             self.router.pool[:] = plan.pool
         ws = self.sim.workers
+        n_keys = st.tier.shape[1]
         for w in ws:
-            w.pinned = plan.pins[w.idx]
+            w.pinned = pins = plan.pins[w.idx]
+            w.pin_mask = mask = np.zeros(n_keys, dtype=bool)
+            mask[list(pins)] = True
         for r in plan.lacking:
             w = ws[r]
             if not w.busy and not w.queue:

@@ -111,7 +111,7 @@ class Autoscaler:
             for k in cleared:
                 if sim.key_kind[k] == 2:
                     sim.holders[k].discard(w.idx)
-            w.pinned = set()
+            w.pinned, w.pin_mask = set(), None
             if sim.track is not None:
                 sim.track.keys(w, cleared)
             if sim.watch is not None:

@@ -56,7 +56,7 @@ class Worker:
                  "last_time", "size", "cost", "free_bytes", "cap_bytes", "n_base", "clock", "queue",
                  "busy", "active", "free_since", "idle_s", "busy_s", "host", "disk", "last_prefetch",
                  "ready_at", "pinned", "_seq", "_now", "_view", "routable", "next_seq", "future",
-                 "job_start", "exp_end", "exp_floor", "exp_queue")
+                 "job_start", "exp_end", "exp_floor", "exp_queue", "pin_mask")
 
     def __init__(self, idx: int, gpu_bytes: float, host_bytes: float, disk_bytes: float,
                  slots: int = 32, future: bool = False) -> None:
@@ -97,6 +97,9 @@ class Worker:
         self.exp_floor = 0.0
         self.exp_queue = 0.0
         self.pinned: set[int] = set()  # keys placement wants kept (hot models), never victims
+        # the same as a bool array over all keys, when the owner of ``pinned`` keeps one (the
+        # coordinator does): one gather per eviction instead of a loop over the pins
+        self.pin_mask: np.ndarray | None = None
         # One CacheView per worker over its live arrays, with 0-d clock arrays updated in place:
         # building a frozen view per eviction was a tenth of the loop's time.
         self._seq = np.zeros((), dtype=np.int64)
@@ -158,10 +161,13 @@ class Worker:
             s = self.slot_of.get(k)
             if s is not None:
                 allowed[s] = False
-        for k in self.pinned:
-            s = self.slot_of.get(k)
-            if s is not None:
-                allowed[s] = False
+        if self.pin_mask is not None:
+            allowed &= ~self.pin_mask[self.key]  # EMPTY slots index the last key: already not allowed
+        else:
+            for k in self.pinned:
+                s = self.slot_of.get(k)
+                if s is not None:
+                    allowed[s] = False
         keys = policy.priority(self.view(now))
         cand = allowed.nonzero()[0]
         if cand.size == 0:
