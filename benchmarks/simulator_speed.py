@@ -8,16 +8,27 @@ compressed time scale (arrivals x10 faster: queues, evictions and misses are far
 which is the expensive path), because the production rate leaves 100 GPUs mostly idle.
 The goal is the baseline: rows report ``ratio_to_goal`` = rate / 50k.
 
+``--compare-root DIR`` also times another checkout of the project (e.g. ``git archive`` of the
+commit before a change) on the same trace, alternating with this one repeat by repeat, so a
+before/after on this noisy shared machine is one run: rows then carry the other tree's walls, its
+median and ``speedup`` = its median wall / this tree's median wall, and both trees' outcomes
+(SLO violations, loads), so a change in decisions shows beside the change in speed.
+
     python benchmarks/simulator_speed.py                       # both sizes, writes JSON
     python benchmarks/simulator_speed.py --sizes 550000:100 --sets lru,coordinator
+    python benchmarks/simulator_speed.py --sizes 550000:100 --sets coordinator --scales 10 \
+        --repeats 2 --compare-root /tmp/before --out benchmarks/results/simulator_speed_coordinator_550k.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,10 +38,33 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks._common import RESULTS, git, write_result  # noqa: E402
 GOAL_RPS = 50_000.0
+# Times one set in another checkout (argv: root, trace, gpus, scale, seed, set); prints its summary.
+_OTHER = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from trace_replay.formats import load_trace
+from trace_replay.paths import gentd26_dir
+from trace_replay.simulator import SimConfig, simulate
+from trace_replay.simulator.config import ClusterSpec
+from trace_replay.simulator.workload import build_workload
+table = load_trace(sys.argv[2], "katz")
+cfg = SimConfig(cluster=ClusterSpec(gpus=int(sys.argv[3])), time_scale=float(sys.argv[4]), seed=int(sys.argv[5]))
+wl, _ = build_workload(table, cfg, gentd26_dir())
+s = simulate(table, sys.argv[6], cfg, workload=wl).summary
+print(json.dumps({k: s[k] for k in ("sim_wall_s", "slo_violation_rate", "loads", "load_seconds")}))
+"""
+
+
+def run_other(root: str, trace: Path, gpus: int, scale: float, seed: int, name: str) -> dict:
+    """One run of ``name`` in the checkout at ``root`` (a fresh interpreter; only its loop is timed)."""
+    env = {**os.environ, "PYTHONPATH": root}
+    out = subprocess.run([sys.executable, "-c", _OTHER, root, str(trace), str(gpus), str(scale), str(seed), name],
+                         cwd=root, env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def run_size(n: int, gpus: int, sets: list[str], scales: list[float], repeats: int, tmp: Path,
-             seed: int) -> list[dict]:
+             seed: int, compare_root: str | None = None) -> list[dict]:
     from trace_replay.formats import load_trace
     from trace_replay.paths import gentd26_dir
     from trace_replay.simulator import SimConfig, simulate
@@ -50,8 +84,10 @@ def run_size(n: int, gpus: int, sets: list[str], scales: list[float], repeats: i
         wl, notes = build_workload(table, cfg, gentd26_dir())
         build_s = time.perf_counter() - t0
         for name in sets:
-            walls, summary = [], {}
+            walls, summary, other = [], {}, []
             for _ in range(repeats):
+                if compare_root:  # alternate with the other tree, so both see the same noise
+                    other.append(run_other(compare_root, trace, gpus, scale, seed, name))
                 summary = simulate(table, name, cfg, workload=wl).summary
                 walls.append(summary["sim_wall_s"])
             wall = statistics.median(walls)
@@ -61,11 +97,21 @@ def run_size(n: int, gpus: int, sets: list[str], scales: list[float], repeats: i
                    "load_trace_s": round(load_s, 2), "build_s": round(build_s, 2),
                    "gpu_busy_fraction": round(summary["gpu_busy_fraction"], 4),
                    "slo_violation_rate": round(summary["slo_violation_rate"], 5),
-                   "loads": summary["loads"], "notes": notes}
+                   "loads": summary["loads"], "load_seconds": round(summary["load_seconds"]), "notes": notes}
+            if other:
+                other_wall = statistics.median(o["sim_wall_s"] for o in other)
+                row["compare"] = {"root": compare_root, "walls_s": [round(o["sim_wall_s"], 2) for o in other],
+                                  "sim_wall_s": round(other_wall, 2), "requests_per_s": round(n / other_wall),
+                                  "slo_violation_rate": round(other[-1]["slo_violation_rate"], 5),
+                                  "loads": other[-1]["loads"], "load_seconds": round(other[-1]["load_seconds"])}
+                row["speedup"] = round(other_wall / wall, 3)
             rows.append(row)
             print(f"{n:>9,} req {gpus:>4} GPUs x{scale:<4g} {name:17s} {row['requests_per_s']:>8,} req/s "
                   f"(x{row['ratio_to_goal']:.2f} of goal; loop {wall:.1f} s, build {build_s:.1f} s, "
                   f"busy {row['gpu_busy_fraction']:.1%})", flush=True)
+            if other:
+                print(f"{'':>37}compare tree: {row['compare']['requests_per_s']:>8,} req/s; "
+                      f"speedup x{row['speedup']:.2f}", flush=True)
     trace.unlink()
     return rows
 
@@ -77,6 +123,8 @@ def main() -> int:
     ap.add_argument("--scales", default="1,10", help="time scales (arrival compression)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compare-root", default=None, help="another checkout to time on the same traces, "
+                    "alternating (before/after in one run)")
     ap.add_argument("--out", default=str(RESULTS / "simulator_speed.json"))
     args = ap.parse_args()
     sizes = [tuple(int(x) for x in s.split(":")) for s in args.sizes.split(",")]
@@ -85,7 +133,7 @@ def main() -> int:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for n, gpus in sizes:
-            rows += run_size(n, gpus, sets, scales, args.repeats, Path(tmp), args.seed)
+            rows += run_size(n, gpus, sets, scales, args.repeats, Path(tmp), args.seed, args.compare_root)
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
     doc = {

@@ -281,3 +281,18 @@ def test_an_idle_replica_gets_a_prefetch_of_a_warm_pipeline_and_a_busy_one_does_
     assert acts["prefetch"]  # idle with room: pins it lacks first, or a warm pipeline
     clock.t = 2.0
     assert c.report("r0", rep({"sd-a": GPU}, queue_len=3))["prefetch"] == []
+
+
+def test_actions_and_view_are_plain_json():
+    # they cross a Ray actor call and the /v1/cache response: no numpy scalars, no sets
+    import json
+
+    clock = Clock()
+    c = CacheCoordinator(config(), clock=clock, core_args={"replan_requests": 2, "min_free_bytes": 0})
+    acts = c.report("r0", rep({"sd-a": GPU, "ink": HOST}, [req("sd-a", 0.0), req("sd-b", 0.0, ["ink"])] * 3,
+                              queue_len=0, free=12 << 30))
+    c.pin(["cn"])
+    assert json.loads(json.dumps(acts)) == acts
+    view = c.view()
+    assert json.loads(json.dumps(view)) == view
+    assert view["replicas"][0]["tiers"] == {"gpu": ["sd-a"], "host": ["ink"], "disk": []}
