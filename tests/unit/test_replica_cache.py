@@ -288,3 +288,32 @@ def test_on_cuda_an_evicted_pipeline_waits_in_host_memory_and_comes_back(demo_co
         assert torch.cuda.memory_allocated() <= allocated + MIB  # heavy's weights left the device
 
     asyncio.run(main())
+
+
+def test_concurrent_requests_for_more_pipelines_than_fit_all_succeed_within_budget(demo_config):
+    """The budget holds one pipeline at a time: requests wait for the one in use to be released
+    (holding nothing meanwhile), evicted pipelines come back from host memory, never from disk."""
+    config = _config(demo_config)
+
+    async def main():
+        model = BaseModel(config)
+        model.control.start = lambda: None
+        cache = model.cache
+        peaks, sources = [], []
+        original = cache._run_load
+
+        async def watched(entry, prefetch):  # each load starts with its bytes reserved
+            peaks.append(cache.gpu_used())
+            sources.append(entry.load_from)
+            await original(entry, prefetch)
+        cache._run_load = watched
+        specs = [_spec(base_model="tiny-sd-light" if i % 2 else "tiny-sd-heavy", seed=i) for i in range(6)]
+        results = [r for _ in range(2) for r in await asyncio.gather(*(model.generate(s) for s in specs))]
+        assert all(r.images[0].shape == (32, 32, 3) for r in results)
+        assert max(peaks) <= cache.gpu_budget and cache.gpu_used() <= cache.gpu_budget
+        counters = cache.counters()
+        assert counters["misses"]["disk"] == 2 and counters["loads"]["base"]["disk"] == 2
+        assert sources.count(HOST) == counters["hits"]["host"] >= 1
+        assert counters["failures"] == {"budget": 0, "load": 0} and cache.in_use() == 0
+
+    asyncio.run(main())
