@@ -6,6 +6,8 @@ it back is a host-to-device copy, not a read from storage), or nowhere (REMOTE: 
 it from its source). Each tier has a byte budget that is never exceeded: bytes are reserved before
 a load starts (the known size, else `ModelSource.estimate_bytes`), corrected to the measured size
 after it, and a load that cannot be given room fails with `CacheBudgetError` naming the budget.
+(A first load whose estimate was low has its weights on the device before its size is known; if
+the difference cannot be made room for, they are freed and the request fails.)
 
 Which entry leaves is proposed by an eviction policy from the shared registry on a `CacheView`
 carrying sizes and load costs (policies decide, this module evicts). Pinned entries and entries in
