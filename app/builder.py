@@ -31,6 +31,31 @@ def deployment_options(options: DeploymentOptions, name: str) -> dict:
     return kwargs
 
 
+def control_options(config: ServeConfig, raw: dict) -> dict:
+    """BaseModel's extra Serve options for the coordinator control set: the cache coordinator as
+    a deployment-scoped actor (the Serve controller health-checks it and recreates it after a
+    crash, and it goes away with the deployment), the cache-aware request router, and the
+    custom autoscaling policy when the config gives BaseModel replica bounds. Empty for
+    ray-default (serve.multiplexed, Ray's router, Ray's queue-length autoscaler)."""
+    if config.control.policies != "coordinator":
+        return {}
+    import ray
+    from ray.serve.config import DeploymentActorConfig
+
+    from deployments.autoscaling import autoscaling_options
+    from deployments.coordinator import CacheCoordinator
+    from deployments.routing import router_config
+
+    options: dict = {
+        "deployment_actors": [DeploymentActorConfig(
+            name="coordinator", actor_class=ray.remote(CacheCoordinator), init_args=(raw,),
+            actor_options={"num_cpus": 0})],
+        "request_router_config": router_config(config),
+    }
+    options.update(autoscaling_options(config) or {})  # {"autoscaling_config": ...} with bounds
+    return options
+
+
 def build_app(config: ServeConfig) -> Application:
     raw = config.model_dump(mode="json")
     d = config.deployments
@@ -38,8 +63,10 @@ def build_app(config: ServeConfig) -> Application:
         **deployment_options(d.lora_store, "LoRAStore")).bind(raw)
     controlnet = serve.deployment(ControlNet).options(
         **deployment_options(d.controlnet, "ControlNet")).bind(raw)
-    base_model = serve.deployment(BaseModel).options(
-        **deployment_options(d.base_model, "BaseModel")).bind(raw, lora_store, controlnet)
+    base_options = {**deployment_options(d.base_model, "BaseModel"), **control_options(config, raw)}
+    if "autoscaling_config" in base_options:
+        base_options.pop("num_replicas", None)
+    base_model = serve.deployment(BaseModel).options(**base_options).bind(raw, lora_store, controlnet)
     discriminator = serve.deployment(Discriminator).options(
         **deployment_options(d.discriminator, "Discriminator")).bind(raw)
     return serve.deployment(T2IIngress).options(

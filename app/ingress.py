@@ -22,8 +22,9 @@ from ray import serve
 
 from deployments.config import ServeConfig
 from app.resolve import resolve_request
-from app.schemas import ImageGenerationRequest, error_body
+from app.schemas import CachePinRequest, ImageGenerationRequest, error_body
 from deployments.errors import ModelLoadError, RequestError
+from deployments.model_cache import CacheBudgetError
 from deployments.spec import GenerationSpec
 
 logger = logging.getLogger("ray.serve")
@@ -51,6 +52,35 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
 @api.exception_handler(RequestError)
 async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
     return JSONResponse(status_code=400, content=error_body(str(exc), exc.field))
+
+
+class CacheOffError(Exception):
+    """The /v1/cache endpoints need the coordinator control plane."""
+
+
+@api.exception_handler(CacheOffError)
+async def _cache_off(_: Request, exc: CacheOffError) -> JSONResponse:
+    return JSONResponse(status_code=409, content=error_body(
+        "the cache coordinator is off: this deployment runs control.policies: ray-default "
+        "(start it with --policies coordinator)", None, "cache_coordinator_off"))
+
+
+class CoordinatorUnavailableError(Exception):
+    """The coordinator could not be reached for a /v1/cache call (it may be restarting)."""
+
+
+@api.exception_handler(CoordinatorUnavailableError)
+async def _coordinator_away(_: Request, exc: CoordinatorUnavailableError) -> JSONResponse:
+    return JSONResponse(status_code=503, headers={"Retry-After": "2"}, content=error_body(
+        f"the cache coordinator is unavailable ({exc}); serving continues on the replicas' "
+        "local decisions, retry shortly", None, "cache_coordinator_unavailable"))
+
+
+@api.exception_handler(CacheBudgetError)
+async def _no_room(_: Request, exc: CacheBudgetError) -> JSONResponse:
+    # capacity, not a bad request: the same request can succeed once pins or load move
+    return JSONResponse(status_code=503, headers={"Retry-After": "5"},
+                        content=error_body(str(exc), None, "capacity_error"))
 
 
 @api.exception_handler(ModelLoadError)
@@ -132,6 +162,28 @@ class Ingress:
             self._warm = asyncio.ensure_future(self._warm_up())
         warm = await asyncio.shield(self._warm)
         return {"status": "ok", "uptime_s": round(time.time() - self.started, 1), "warm_up_s": warm}
+
+    async def cache(self, action: str = "view", body: CachePinRequest | None = None) -> dict:
+        """The coordinator's view, or an operator's pin/unpin, through a BaseModel replica (the
+        coordinator is that deployment's deployment-scoped actor, reachable from its replicas)."""
+        if self.config.control.policies != "coordinator":
+            raise CacheOffError()
+        if body is not None:
+            for index, model_id in enumerate(body.models):
+                if model_id not in self.config.ids("base") + self.config.ids("controlnet"):
+                    raise RequestError(f"models[{index}]", f"{model_id!r} is not a base model or "
+                                       "ControlNet of this deployment")
+            if action == "unpin" and body.replicas is not None:
+                raise RequestError("replicas", "unpin removes a model's pins on every replica")
+        args = () if body is None else (body.models, body.replicas) if action == "pin" else (body.models,)
+        try:
+            return await self.base_model.coordinator_call.remote(action, *args)
+        except (TimeoutError, ValueError) as exc:  # lookup/timeout while Serve recreates it
+            raise CoordinatorUnavailableError(f"{type(exc).__name__}: {exc}") from None
+        except Exception as exc:
+            if type(exc).__name__ in ("RayActorError", "ActorDiedError", "ActorUnavailableError"):
+                raise CoordinatorUnavailableError(type(exc).__name__) from None
+            raise
 
     async def _warm_up(self) -> float:
         started = time.perf_counter()
@@ -226,6 +278,18 @@ class T2IIngress(Ingress):
     @api.get("/v1/models")
     async def list_models(self) -> dict:
         return await self.models()
+
+    @api.get("/v1/cache")
+    async def cache_view(self) -> dict:
+        return await self.cache("view")
+
+    @api.post("/v1/cache/pin")
+    async def cache_pin(self, body: CachePinRequest) -> dict:
+        return await self.cache("pin", body)
+
+    @api.post("/v1/cache/unpin")
+    async def cache_unpin(self, body: CachePinRequest) -> dict:
+        return await self.cache("unpin", body)
 
     @api.get("/healthz", include_in_schema=False)
     async def health(self) -> dict:

@@ -78,6 +78,18 @@ class BaseModel:
         """What this replica holds by tier, pins, pool, counters and coordinator reachability."""
         return self.control.cache_state()
 
+    async def coordinator_call(self, method: str, *args) -> dict:
+        """`view`, `pin` or `unpin` on the deployment's coordinator (GET /v1/cache and the pin
+        endpoints go through a replica: the deployment-scoped actor is looked up from one)."""
+        from deployments.replica_control import REPORT_TIMEOUT_S, deployment_coordinator
+
+        if method not in ("view", "pin", "unpin"):
+            raise ValueError(f"unknown coordinator method {method!r}")
+        if not self.coordinated:
+            raise RuntimeError("this deployment runs control.policies: ray-default (no coordinator)")
+        actor = await asyncio.wait_for(asyncio.to_thread(deployment_coordinator), REPORT_TIMEOUT_S)
+        return await asyncio.wait_for(getattr(actor, method).remote(*args), 10.0)
+
     async def loaded_models(self) -> dict:
         pipelines = (self.cache.objects() if self.coordinated else self._multiplexed_pipelines())
         return {model_id: {"lora_slots": list(p.slots.holding), "swaps": p.slots.swaps,
