@@ -13,14 +13,16 @@ applies the actions it gets back (S3 in the issue's plan):
                "evicted": [{"id", "to"}], "prefetch_hits": [id], "sizes": {id: bytes} (optional)}
     actions = {"pins": [id], "prefetch": [id], "pool": int}
 
-Each report becomes the same core calls the simulator's adapter makes for the same events, in
-the same order: every served request -> ``routed`` (pipeline = base + ControlNets + LoRAs,
-interned in order of first appearance), the report's prefetch load seconds ->
-``prefetch_loaded``, evictions and the new tiers (diffed against what the core knew) ->
-``tiers_changed``, then ``tick`` once a re-plan period has passed (on a grid of
-``replan_period_s``), then ``idle`` when the replica has nothing queued and nothing loading.
-Within one report the served requests count before its evictions (a report does not say which
-came first).
+Each report becomes the same core calls the simulator's adapter makes for the same events:
+served requests -> ``routed`` (pipeline = base + ControlNets + LoRAs, interned in order of first
+appearance), the report's prefetch load seconds -> ``prefetch_loaded``, evictions and the new
+tiers (diffed against what the core knew) -> ``tiers_changed``, then ``tick`` once a re-plan
+period has passed (on a grid of ``replan_period_s``), then ``idle`` when the replica has nothing
+queued and nothing loading. A report does not order its events, so the replica's
+``prefetch_hits`` decide: a served request whose open prefetch the replica used counts (as a hit)
+before the report's evictions, every other one after them (a hit only if no eviction closed the
+prefetch first). A prefetch is thus used only if its copy was still resident. Not covered: a
+prefetch the replica never began (a request came first) stays open and counts a later request.
 
 State is soft: nothing a request needs lives here, and a recreated coordinator rebuilds its
 view from the next reports (popularity and bandit statistics start again). Replicas that stop
@@ -38,7 +40,7 @@ from collections.abc import Callable
 import numpy as np
 
 from deployments.config import ServeConfig
-from policies.coordination import Coordination
+from policies.coordination import COMPS, Coordination
 from policies.snapshot import (BAND_NAMES, BASE, CONTROLNET, GPU, HOT, LORA, REMOTE, SHARED, TIER_NAMES, WARM,
                                ComponentTable)
 
@@ -160,12 +162,23 @@ class CacheCoordinator:
         self._learn(report)
         st, core = self.st, self.core
         st.gpu_bytes[r] = float(report.get("gpu_budget_bytes") or 0)
+        # A report does not order its events. A served request whose open prefetch the replica
+        # says it used (prefetch_hits: a prefetched model's first use while still resident)
+        # counts before this report's evictions; every other one after them (a hit only if its
+        # prefetch is still open then, i.e. no eviction took the copy).
+        used_models = {self._component(m) for m in report.get("prefetch_hits") or ()}
+        later = []
         for s in report.get("served") or ():
-            core.routed(st, r, self._pipeline(s), float(s.get("t", now)))
+            p, t = self._pipeline(s), float(s.get("t", now))
+            rec = st.open[r].get(p)
+            if rec is not None and used_models & rec[COMPS]:
+                core.routed(st, r, p, t, used=True)
+            else:
+                later.append((p, t))
         for x in report.get("loads") or ():
             if x.get("prefetch"):  # the core keeps only loads that were part of its latest prefetch
                 core.prefetch_loaded(st, r, float(x.get("seconds", 0.0)), self._component(x["id"]))
-        self.replica_prefetch_hits += len(report.get("prefetch_hits") or ())
+        self.replica_prefetch_hits += len(used_models)
         if self._dirty:  # ids first seen in this report: a larger table before any tier lands
             core.grow(st, components=self._table())
         for e in report.get("evicted") or ():  # left the GPU, even if it is back by now
@@ -179,6 +192,8 @@ class CacheCoordinator:
         changed = np.flatnonzero(new != st.tier[r]).tolist()
         if changed:
             core.tiers_changed(st, r, changed, new[changed].tolist(), now)
+        for p, t in later:
+            core.routed(st, r, p, t)
         if now >= self.next_tick:
             if core.tick(st, now) is not None:
                 self.plans += 1

@@ -203,12 +203,15 @@ class Coordination:
         st.last_prefetch[r] = -math.inf
 
     # -- events --------------------------------------------------------------------------------
-    def routed(self, st: CoordinatorState, r: int, p: int, now: float) -> None:
-        """A request for pipeline ``p`` went to replica ``r`` at ``now``; O(1)."""
+    def routed(self, st: CoordinatorState, r: int, p: int, now: float, used: bool | None = None) -> None:
+        """A request for pipeline ``p`` went to replica ``r`` at ``now``; O(1). An open prefetch of
+        ``p`` on ``r`` counts it as a hit (open = its copy is still on r's GPU: an eviction closes
+        it) unless ``used`` is False: a caller that knows the request did not find the prefetched
+        copy (the replica says so) says so."""
         st.since_plan += 1
         self.pop.observe(st.pop, p, now)
         rec = st.open[r].get(p)
-        if rec is not None:  # open = its copy is still on r's GPU (an eviction closes it)
+        if rec is not None and used is not False:
             rec[HITS] += 1
 
     def tiers_changed(self, st: CoordinatorState, r: int, comps, tiers, now: float) -> None:

@@ -70,13 +70,20 @@ class Harness:
         self.sim_loaded = None
         evict, bring = sim.evict, sim.bring
 
+        # as a replica's cache reports prefetch_hits: models a prefetch brought onto the GPU that
+        # a request then used while still there (first use)
+        self.prefetched = [set() for _ in sim.workers]
+
         def on_evict(w, key):
             self.evicted[w.idx].append({"id": name(key), "to": REMOTE})
+            self.prefetched[w.idx].discard(key)
             evict(w, key)
 
         def on_bring(w, key, now, protect, uses=1):
             t = bring(w, key, now, protect, uses)
             self.loads[w.idx].append({"id": name(key), "from": REMOTE, "seconds": t, "prefetch": uses == 0})
+            if uses == 0 and key in w.slot_of:
+                self.prefetched[w.idx].add(key)
             return t
 
         sim.evict, sim.bring = on_evict, on_bring
@@ -100,13 +107,13 @@ class Harness:
                 out[name(k)] = DISK
         return out
 
-    def report(self, r: int, idle: bool = False, served=()) -> dict:
+    def report(self, r: int, idle: bool = False, served=(), hits=()) -> dict:
         w = self.sim.workers[r]
         rep = {"t": self.now, "tiers": self.tiers(w), "queue_len": 0 if idle else 1, "loading": [],
                "gpu_free_bytes": int(w.free_bytes), "host_free_bytes": int(w.host.free),
                "gpu_budget_bytes": int(w.cap_bytes), "host_budget_bytes": int(w.host.cap),
                "load_cost_s": self.costs, "served": list(served), "loads": self.loads[r],
-               "evicted": self.evicted[r], "prefetch_hits": []}
+               "evicted": self.evicted[r], "prefetch_hits": list(hits)}
         self.loads[r], self.evicted[r] = [], []
         return self.live.report(f"replica-{r}", rep)
 
@@ -115,12 +122,14 @@ class Harness:
         self.now = t
         wl, w = self.wl, self.sim.workers[r]
         comps = wl.comp_key[wl.comp_offsets[i]:wl.comp_offsets[i + 1]].tolist()
+        hits = [name(k) for k in comps if k in self.prefetched[r] and k in w.slot_of]
+        self.prefetched[r] -= set(comps)
         self.target = w
         self.route(i, comps, t)
         self.sim.start(w, i, comps, t)  # its loads and evictions
         w.busy = False
         served = {"base": name(comps[0]), "controlnets": [], "loras": [name(k) for k in comps[1:]], "t": t}
-        self.report(r, served=[served])
+        self.report(r, served=[served], hits=hits)
 
     def idle(self, r: int, t: float):
         """Both adapters see replica r idle; returns (what the simulator loaded, the live action)."""
@@ -296,3 +305,22 @@ def test_actions_and_view_are_plain_json():
     view = c.view()
     assert json.loads(json.dumps(view)) == view
     assert view["replicas"][0]["tiers"] == {"gpu": ["sd-a"], "host": ["ink"], "disk": []}
+
+
+@pytest.mark.parametrize("replica_used_it", [True, False])
+def test_a_served_request_and_an_eviction_in_one_report_are_ordered_by_the_replicas_prefetch_hits(
+        replica_used_it):
+    # pipeline sd-b+ink was prefetched onto r0 (its LoRA loaded by the prefetch). One report
+    # carries a request for it and the LoRA's eviction: if the replica says the request used the
+    # prefetched LoRA, the request came first (a hit); if not, the eviction did (wasted).
+    clock = Clock()
+    c = CacheCoordinator(config(), clock=clock)
+    c.report("r0", rep({"sd-b": GPU, "ink": GPU}, [req("sd-b", 0.0, ["ink"])]))
+    p = c.pipe_id[(c.comp_id["sd-b"], (), (c.comp_id["ink"],))]
+    comps = frozenset({c.comp_id["sd-b"], c.comp_id["ink"]})
+    c.st.open[0][p] = [0.0, 2.0, 0, 5.0, 0.9, comps, 1]  # an open prefetch record (core layout)
+    clock.t = 1.0
+    c.report("r0", rep({"sd-b": GPU, "ink": HOST}, [req("sd-b", 0.5, ["ink"])],
+                       evicted=[{"id": "ink", "to": HOST}], prefetch_hits=["ink"] if replica_used_it else []))
+    c.core._credit(c.st, 1e9)  # close every window
+    assert (c.st.used, c.st.wasted) == ((1, 0) if replica_used_it else (0, 1))
