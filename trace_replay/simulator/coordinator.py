@@ -111,7 +111,13 @@ class Coordinator:
         host, disk, gpu = w.host, w.disk, w.slot_of
         tiers = [GPU if k in gpu else HOST if host is not None and k in host.items
                  else DISK if disk is not None and k in disk.items else REMOTE for k in keys]
-        self.core.tiers_changed(self.st, w.idx, keys, tiers, self.sim.now)
+        st = self.st
+        if st.open[w.idx]:  # an open prefetch on w may lose its copy: the core decides
+            self.core.tiers_changed(st, w.idx, keys, tiers, self.sim.now)
+        else:  # nothing to close (the common case, once per load): only the residency to record
+            row = st.tier[w.idx]
+            for k, t in zip(keys, tiers):
+                row[k] = t
 
     def on_tick(self, now: float) -> None:
         st = self.st
