@@ -51,8 +51,9 @@ class Harness:
     """Drives the simulator's adapter with events and sends the live adapter what replicas
     would report about the same events, one report per event."""
 
-    def __init__(self, table, cfg):
-        spec = get_policy_set("coordinator").model_copy(update={"placement_args": CORE})
+    def __init__(self, table, cfg, prefetch: str = "ucb1"):
+        core = {**CORE, "prefetch": prefetch}
+        spec = get_policy_set("coordinator").model_copy(update={"placement_args": core})
         wl, _ = build_workload(table, cfg)
         self.sim = sim = Simulation(wl, cfg, build_runtime(spec, cfg))
         sim.rt.attach(sim)
@@ -63,7 +64,7 @@ class Harness:
                            "path": name(k)}
                           for k in range(wl.n_keys)],
                "control": {"replan_period_s": TICK_S, "report_period_s": 60.0}}
-        self.live = CacheCoordinator(raw, clock=lambda: self.now, seed=cfg.seed + 1, core_args=CORE)
+        self.live = CacheCoordinator(raw, clock=lambda: self.now, seed=cfg.seed + 1, core_args=core)
         self.costs = {name(k): sim.tier_cost[k].tolist() for k in range(wl.n_keys)}
         self.evicted = [[] for _ in sim.workers]  # since each replica's last report
         self.loads = [[] for _ in sim.workers]
@@ -157,9 +158,10 @@ class Harness:
         return sim_pins, live_pins, self.co.router.pool.tolist(), self.live.st.pool.tolist()
 
 
-def test_one_event_sequence_through_both_adapters_gives_identical_actions():
+@pytest.mark.parametrize("prefetch", ["ucb1", "thompson"])  # thompson draws: same seed, same draws
+def test_one_event_sequence_through_both_adapters_gives_identical_actions(prefetch):
     table, cfg, rng = scenario()
-    h = Harness(table, cfg)
+    h = Harness(table, cfg, prefetch)
     n_pins = n_prefetch = 0
     h.tick(0.0)
     t = 0.0
