@@ -57,7 +57,10 @@ print(json.dumps({k: s[k] for k in ("sim_wall_s", "slo_violation_rate", "loads",
 
 def run_other(root: str, trace: Path, gpus: int, scale: float, seed: int, name: str) -> dict:
     """One run of ``name`` in the checkout at ``root`` (a fresh interpreter; only its loop is timed)."""
-    env = {**os.environ, "PYTHONPATH": root}
+    from trace_replay.paths import shared_data_dir
+
+    # the same load-time samples as this tree's run (the other tree's ../shared may not exist)
+    env = {**os.environ, "PYTHONPATH": root, "T2I_SHARED_DATA": str(shared_data_dir())}
     out = subprocess.run([sys.executable, "-c", _OTHER, root, str(trace), str(gpus), str(scale), str(seed), name],
                          cwd=root, env=env, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
