@@ -174,6 +174,8 @@ class Worker:
             return None if need_bytes > self.free_bytes else []
         if len(keys) == 1:  # one key (LRU, LFU's packed key): a stable argsort is the same order
             order = cand[np.argsort(np.asarray(keys[0])[cand], kind="stable")]
+        elif len(keys) == 2:  # cost-aware's (utility, last use): no generator on the hot path
+            order = cand[np.lexsort((np.asarray(keys[1])[cand], np.asarray(keys[0])[cand]))]
         else:
             order = cand[np.lexsort(tuple(np.asarray(k)[cand] for k in reversed(keys)))]
         out: list[int] = []
