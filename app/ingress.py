@@ -23,7 +23,7 @@ from ray import serve
 from deployments.config import ServeConfig
 from app.resolve import resolve_request
 from app.schemas import CachePinRequest, ImageGenerationRequest, error_body
-from deployments.errors import ModelLoadError, RequestError
+from deployments.errors import CoordinatorUnavailableError, ModelLoadError, RequestError
 from deployments.model_cache import CacheBudgetError
 from deployments.spec import GenerationSpec
 
@@ -65,14 +65,10 @@ async def _cache_off(_: Request, exc: CacheOffError) -> JSONResponse:
         "(start it with --policies coordinator)", None, "cache_coordinator_off"))
 
 
-class CoordinatorUnavailableError(Exception):
-    """The coordinator could not be reached for a /v1/cache call (it may be restarting)."""
-
-
 @api.exception_handler(CoordinatorUnavailableError)
 async def _coordinator_away(_: Request, exc: CoordinatorUnavailableError) -> JSONResponse:
     return JSONResponse(status_code=503, headers={"Retry-After": "2"}, content=error_body(
-        f"the cache coordinator is unavailable ({exc}); serving continues on the replicas' "
+        f"the cache coordinator is unavailable ({exc.reason}); serving continues on the replicas' "
         "local decisions, retry shortly", None, "cache_coordinator_unavailable"))
 
 
@@ -80,7 +76,8 @@ async def _coordinator_away(_: Request, exc: CoordinatorUnavailableError) -> JSO
 async def _no_room(_: Request, exc: CacheBudgetError) -> JSONResponse:
     # capacity, not a bad request: the same request can succeed once pins or load move
     return JSONResponse(status_code=503, headers={"Retry-After": "5"},
-                        content=error_body(str(exc), None, "capacity_error"))
+                        content=error_body(f"model {exc.model_id!r} cannot be loaded: {exc.reason}",
+                                           None, "capacity_error"))
 
 
 @api.exception_handler(ModelLoadError)
@@ -176,14 +173,7 @@ class Ingress:
             if action == "unpin" and body.replicas is not None:
                 raise RequestError("replicas", "unpin removes a model's pins on every replica")
         args = () if body is None else (body.models, body.replicas) if action == "pin" else (body.models,)
-        try:
-            return await self.base_model.coordinator_call.remote(action, *args)
-        except (TimeoutError, ValueError) as exc:  # lookup/timeout while Serve recreates it
-            raise CoordinatorUnavailableError(f"{type(exc).__name__}: {exc}") from None
-        except Exception as exc:
-            if type(exc).__name__ in ("RayActorError", "ActorDiedError", "ActorUnavailableError"):
-                raise CoordinatorUnavailableError(type(exc).__name__) from None
-            raise
+        return await self.base_model.coordinator_call.remote(action, *args)
 
     async def _warm_up(self) -> float:
         started = time.perf_counter()

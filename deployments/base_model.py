@@ -81,14 +81,24 @@ class BaseModel:
     async def coordinator_call(self, method: str, *args) -> dict:
         """`view`, `pin` or `unpin` on the deployment's coordinator (GET /v1/cache and the pin
         endpoints go through a replica: the deployment-scoped actor is looked up from one)."""
+        import ray
+
+        from deployments.errors import CoordinatorUnavailableError
         from deployments.replica_control import REPORT_TIMEOUT_S, deployment_coordinator
 
         if method not in ("view", "pin", "unpin"):
             raise ValueError(f"unknown coordinator method {method!r}")
         if not self.coordinated:
             raise RuntimeError("this deployment runs control.policies: ray-default (no coordinator)")
-        actor = await asyncio.wait_for(asyncio.to_thread(deployment_coordinator), REPORT_TIMEOUT_S)
-        return await asyncio.wait_for(getattr(actor, method).remote(*args), 10.0)
+        try:
+            actor = await asyncio.wait_for(asyncio.to_thread(deployment_coordinator), REPORT_TIMEOUT_S)
+            ref = getattr(actor, method).remote(*args)
+        except Exception as exc:  # ValueError while Serve recreates it, a timeout, a dead handle
+            raise CoordinatorUnavailableError(f"{type(exc).__name__}: {exc}") from None
+        try:
+            return await asyncio.wait_for(ref, 10.0)
+        except (asyncio.TimeoutError, ray.exceptions.RayActorError) as exc:
+            raise CoordinatorUnavailableError(type(exc).__name__) from None
 
     async def loaded_models(self) -> dict:
         pipelines = (self.cache.objects() if self.coordinated else self._multiplexed_pipelines())

@@ -30,3 +30,14 @@ class RequestError(ValueError):
 
     def __reduce__(self):
         return (type(self), (self.field, self.message))
+
+
+class CoordinatorUnavailableError(RuntimeError):
+    """The deployment's cache coordinator did not answer (dead, being recreated, or slow)."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"the cache coordinator is unavailable ({reason})")
+        self.reason = reason
+
+    def __reduce__(self):
+        return (type(self), (self.reason,))

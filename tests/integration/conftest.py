@@ -34,6 +34,7 @@ def broken_models(demo_dir, tmp_path_factory):
 def serve_config(demo_config, broken_models):
     raw = demo_config.model_dump()
     raw["port"] = _free_port()
+    raw["metrics_export_port"] = _free_port()
     raw["models"] += [
         {"id": "broken-sd", "kind": "base", "path": broken_models["base"], "sizes": ["32x32"]},
         {"id": "broken-lora", "kind": "lora", "path": broken_models["lora"]},
