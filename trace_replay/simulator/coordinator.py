@@ -109,15 +109,22 @@ class Coordinator:
     def keys(self, w: Worker, keys) -> None:
         """Residency of ``keys`` on ``w`` changed: each is now at the fastest tier holding it."""
         host, disk, gpu = w.host, w.disk, w.slot_of
-        tiers = [GPU if k in gpu else HOST if host is not None and k in host.items
-                 else DISK if disk is not None and k in disk.items else REMOTE for k in keys]
         st = self.st
         if st.open[w.idx]:  # an open prefetch on w may lose its copy: the core decides
+            tiers = [GPU if k in gpu else HOST if host is not None and k in host.items
+                     else DISK if disk is not None and k in disk.items else REMOTE for k in keys]
             self.core.tiers_changed(st, w.idx, keys, tiers, self.sim.now)
-        else:  # nothing to close (the common case, once per load): only the residency to record
-            row = st.tier[w.idx]
-            for k, t in zip(keys, tiers):
-                row[k] = t
+            return
+        row = st.tier[w.idx]  # nothing to close (the common case, once per load): record residency
+        for k in keys:
+            if k in gpu:
+                row[k] = GPU
+            elif host is not None and k in host.items:
+                row[k] = HOST
+            elif disk is not None and k in disk.items:
+                row[k] = DISK
+            else:
+                row[k] = REMOTE
 
     def on_tick(self, now: float) -> None:
         st = self.st

@@ -60,15 +60,10 @@ class PolicyRouter:
         self.rng = np.random.default_rng(sim.cfg.seed + 2)
         sim.track = self
         sim.watch = self.changed
-        # workers changed since the last route: their rows are rewritten at the next route only
-        # (a worker often changes twice between routes: a job ends, the next starts)
-        self.dirty: set[int] = set()
         for w in sim.workers:
             self.changed(w)
 
     def __call__(self, i: int, comps: list, now: float) -> Worker:
-        if self.dirty:
-            self.refresh()
         bu = self.busy_until
         np.add(self.run_floor, now, out=bu)
         np.maximum(bu, self.run_end, out=bu)
@@ -84,24 +79,17 @@ class PolicyRouter:
 
     # -- bookkeeping the engine calls ------------------------------------------------------------
     def changed(self, w: Worker) -> None:
-        """``w``'s queue, job, free bytes or routability changed (recorded at the next route)."""
-        self.dirty.add(w.idx)
-
-    def refresh(self) -> None:
-        """Queue, drain time, free bytes and model count of every worker changed since the last route."""
-        ws = self.sim.workers
-        for j in self.dirty:
-            w = ws[j]
-            self.gpu_free[j] = w.free_bytes
-            self.host_free[j] = w.host.free if w.host is not None else 0
-            self.n_models[j] = w.n_base
-            if not w.routable:  # stopped or starting: the snapshot shows it as never free
-                self.q[j], self.run_end[j], self.queued[j] = _FULL, np.inf, 0.0
-            else:
-                self.q[j] = len(w.queue) + w.busy
-                self.run_end[j], self.run_floor[j] = (w.exp_end, w.exp_floor) if w.busy else (0.0, 0.0)
-                self.queued[j] = w.exp_queue
-        self.dirty.clear()
+        """Queue, drain time, free bytes and model count of ``w`` after any change to it."""
+        j = w.idx
+        self.gpu_free[j] = w.free_bytes
+        self.host_free[j] = w.host.free if w.host is not None else 0
+        self.n_models[j] = w.n_base
+        if not w.routable:  # stopped or starting: the snapshot shows it as never free
+            self.q[j], self.run_end[j], self.queued[j] = _FULL, np.inf, 0.0
+        else:
+            self.q[j] = len(w.queue) + w.busy
+            self.run_end[j], self.run_floor[j] = (w.exp_end, w.exp_floor) if w.busy else (0.0, 0.0)
+            self.queued[j] = w.exp_queue
 
     def keys(self, w: Worker, keys) -> None:
         """Re-derive the tier of ``keys`` on ``w``: the fastest tier that holds each."""
