@@ -270,6 +270,7 @@ class CacheCoordinator:
         """What ``GET /v1/cache`` shows: per replica what it holds by tier, its pins, pool and report
         age; hot and warm pipelines; operator pins; prefetches used and wasted, and the hit rate."""
         now = float(self.clock())
+        self._forget_stale(now)  # also when no replica reports any more
         st, names = self.st, self.comp_name
         replicas = []
         for r, rid in enumerate(self.rep_name):

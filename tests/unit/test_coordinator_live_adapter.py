@@ -247,6 +247,8 @@ def test_a_silent_replica_is_forgotten_after_three_report_periods():
     assert r0 is None and (c.st.tier[0] == REMOTE).all()  # its row holds nothing any more
     c.report("r2", rep({"cn": HOST}))  # a new replica takes the freed index
     assert c.rep_index["r2"] == 0 and c.st.tier[0, c.comp_id["cn"]] == HOST
+    clock.t = 10.0  # nobody reports any more: the view forgets them too
+    assert c.view()["replicas"] == []
 
 
 def test_a_restarted_coordinator_rebuilds_its_view_from_the_next_reports():
