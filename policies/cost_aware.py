@@ -62,13 +62,14 @@ class CostAware:
 
     def reuse_probability(self, view: CacheView) -> np.ndarray:
         """f / (f + 1) for the decayed frequency f = (uses + 1) x 2**(-idle accesses / half-life)."""
-        seq = np.asarray(view.seq)[..., None]
+        seq = np.asarray(view.seq)
+        seq = seq[..., None] if seq.ndim else seq  # one cache: a 0-d clock broadcasts as is
         idle = np.maximum(seq - view.last_seq, 0).astype(np.float64)
         f = (view.uses + 1.0) * np.exp2(-idle / self.half_life_accesses)
         return f / (f + 1.0)
 
     def utility(self, view: CacheView) -> np.ndarray:
-        kind = np.clip(view.kind.astype(np.intp), 0, self._weight.size - 1)
+        kind = np.minimum(np.maximum(view.kind.astype(np.intp), 0), self._weight.size - 1)  # clip, minus its wrapper
         cost = self._cost[kind] if view.load_cost_s is None else np.asarray(view.load_cost_s, np.float64)
         p = self.reuse_probability(view) * cost * self._weight[kind]
         return p if view.size_bytes is None else p / np.maximum(view.size_bytes, 1).astype(np.float64)

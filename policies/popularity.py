@@ -81,6 +81,11 @@ class DecayedPopularity:
     def observe(self, state: PopularityState, ids, now: float, weight: float = 1.0) -> PopularityState:
         """Count a request for each of ``ids`` (an int or int array) at ``now``; in place, O(len(ids))."""
         f = weight * self._factor(state, now)
+        if type(ids) is int:  # the per-request call: no numpy dispatch
+            if ids >= state.n:
+                self._grow(state, ids + 1)
+            state.weight[ids] += f
+            return state
         if np.ndim(ids) == 0:
             i = int(ids)
             if i >= state.n:

@@ -52,8 +52,9 @@ def _pick_min(cost: np.ndarray, cand: np.ndarray | None, rng: np.random.Generato
     """Lowest cost among candidates; exact ties broken at random (so idle replicas share load)."""
     c = cost if cand is None else cost[cand]
     i = int(c.argmin())
-    ties = np.flatnonzero(c == c[i])
-    if ties.size > 1:
+    eq = c == c[i]
+    if np.count_nonzero(eq) > 1:  # most routes have one best replica: skip the index list then
+        ties = np.flatnonzero(eq)
         i = int(ties[rng.integers(ties.size)])
     return i if cand is None else int(cand[i])
 
