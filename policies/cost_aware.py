@@ -76,3 +76,47 @@ class CostAware:
 
     def priority(self, view: CacheView) -> tuple[np.ndarray, ...]:
         return (self.utility(view), view.last_seq)
+
+    def eviction_order(self, slots, kind, uses, last_seq, seq: int, size_bytes=None, load_cost_s=None) -> list[int]:
+        """``slots`` of one cache, best victim first: the order ``priority`` gives (lowest utility,
+        then least recently used, then lowest slot, as a stable lexsort does), computed in Python
+        floats with the same operations in the same order, so the same values. For a cache of a
+        few entries (one GPU) this is several times cheaper than the vectorised form's ~20 numpy
+        calls. ``kind``, ``uses``, ``last_seq`` and the optional ``size_bytes`` / ``load_cost_s``
+        are sequences indexed by slot (lists: no numpy scalars); ``seq`` is the cache's clock.
+        """
+        decay = self._decay_table()
+        n = len(decay)
+        top = self._weight.size - 1
+        weight, default_cost = self._weight_list, self._cost_list
+        keyed = []
+        for s in slots:
+            idle = seq - last_seq[s]
+            if idle < n:
+                e = decay[idle if idle > 0 else 0]  # np.maximum(idle, 0)
+            elif self._decay_whole:
+                e = 0.0  # past the table 2**(-idle / half-life) underflows to 0
+            else:
+                e = float(np.exp2(-np.array([float(idle)]) / self.half_life_accesses)[0])
+            f = (uses[s] + 1.0) * e
+            k = kind[s]
+            k = 0 if k < 0 else top if k > top else k
+            p = f / (f + 1.0) * (default_cost[k] if load_cost_s is None else load_cost_s[s]) * weight[k]
+            if size_bytes is not None:
+                b = size_bytes[s]
+                p = p / float(b if b >= 1 else 1)
+            keyed.append((p, last_seq[s], s))
+        keyed.sort()
+        return [t[2] for t in keyed]
+
+    def _decay_table(self) -> list[float]:
+        """2**(-idle / half-life) for idle = 0, 1, ... up to where it underflows to 0 (2**-1075),
+        computed once by numpy's exp2 so each value is the one ``reuse_probability`` computes."""
+        table = self.__dict__.get("_decay")
+        if table is None:
+            n = int(1076 * self.half_life_accesses) + 2
+            idle = np.arange(min(n, 1 << 17), dtype=np.int64).astype(np.float64)
+            table = self._decay = np.exp2(-idle / self.half_life_accesses).tolist()
+            self._decay_whole = len(table) >= n
+            self._weight_list, self._cost_list = self._weight.tolist(), self._cost.tolist()
+        return table

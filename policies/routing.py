@@ -17,17 +17,24 @@
   goes to the shorter queue of the last pair (where it would have waited in the router anyway).
 - ``random``: uniform, the floor.
 
-A router is O(R) numpy per request; the simulator calls it for every request.
+A router is O(R) numpy per request; the simulator calls it for every request. For that caller,
+``LeastExpectedLatency.route_indexed`` is the same policy on a ``LatencyIndex`` the caller keeps
+current (per component: which replicas hold it on the GPU, and its load seconds on every replica):
+a request that some idle replica holds entirely on its GPU is decided from those holder sets alone
+(expected latency exactly 0 there, above 0 everywhere else), any other from the index's rows with
+fewer numpy operations than the snapshot form; the choice, ties and random draws included, is the
+snapshot form's (tests/unit/test_routing_index.py checks them on random states).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from policies.registry import Registry
-from policies.snapshot import GPU, SHARED, ClusterSnapshot, RouteRequest
+from policies.snapshot import GPU, REMOTE, SHARED, ClusterSnapshot, ComponentTable, RouteRequest
 
 
 @runtime_checkable
@@ -95,6 +102,102 @@ class LeastExpectedLatency:
             l = load[near]  # least to load first, then the lowest expected latency among those
             return _pick_min(cost, near[l == l.min()], rng)
         return _pick_min(cost, cand, rng)
+
+    @property
+    def indexable(self) -> bool:
+        """Whether ``route_indexed`` applies: no band pools, no slack, no budget."""
+        return not self.band_pools and self.slack_s == 0 and self.budget_s == 0
+
+    def route_indexed(self, index: "LatencyIndex", now: float, components: list[int],
+                      busy_until: Callable[[], np.ndarray], rng: np.random.Generator) -> int:
+        """``route`` for a snapshot whose tiers ``index`` mirrors and whose ``busy_until`` the
+        callable returns (called only when needed), with the same choice and the same draws from
+        ``rng``. ``components``: the request's component ids (ints, base first).
+
+        Exact because: loads from the GPU cost 0 and from every other tier more than 0
+        (``LatencyIndex.exact_zero``), and waits are >= 0 and 0 exactly where busy_until <= now; so
+        the replicas of cost 0 are those holding every component on the GPU with busy_until <= now,
+        and when there is one, the lowest cost is 0 and they are the ties, in index order.
+        """
+        if not self.indexable:
+            raise ValueError("route_indexed needs band_pools=False, slack_s=0 and budget_s=0")
+        if index.n == 0:
+            raise ValueError("cannot route: the snapshot has no replicas")
+        bu = None
+        if components and index.exact_zero:
+            gpu = index.gpu
+            held = gpu[components[0]]
+            if held and len(components) > 1:
+                held = held.intersection(*[gpu[c] for c in components[1:]])
+            if held:
+                idle = index.idle
+                zero = [r for r in held if r in idle]
+                if len(zero) < len(held):  # holders not known idle: their wait may still be 0
+                    bu = busy_until()
+                    zero += [r for r in held if r not in idle and bu[r] <= now]
+                if zero:
+                    if len(zero) == 1:
+                        return zero[0]
+                    zero.sort()
+                    return zero[int(rng.integers(len(zero)))]
+        if bu is None:
+            bu = busy_until()
+        cost = np.maximum(bu, now)
+        cost -= now  # queue wait, as ClusterSnapshot.queue_wait_s
+        if components:  # + missing loads, summed in the request's order as missing_load_s does
+            lc = index.load_s
+            load = lc[components[0]]
+            if len(components) > 1:
+                load = load + lc[components[1]]
+                for c in components[2:]:
+                    load += lc[c]
+            cost += load
+        # _pick_min's choice with fewer calls: the first minimum is argmin's; a tie draws as it does
+        ties = np.flatnonzero(cost == cost.min())
+        if ties.size == 1:
+            return int(ties[0])
+        if ties.size == 0:  # NaN costs (none in practice): exactly as the snapshot form
+            return _pick_min(cost, None, rng)
+        return int(ties[rng.integers(ties.size)])
+
+
+class LatencyIndex:
+    """What ``LeastExpectedLatency.route_indexed`` reads, kept current by its owner in O(1) per change.
+
+    - ``set_tier(r, c, t)`` on every tier change of component ``c`` on replica ``r`` (all start
+      REMOTE): ``load_s[c, r]`` becomes ``load_cost_s[c, t]`` and ``gpu[c]`` the set of replicas
+      holding ``c`` on their GPU;
+    - ``idle``: replicas whose busy_until is certainly <= now at any later route (no work queued or
+      running); the owner adds and removes them. Any other replica's wait is read from busy_until.
+    """
+
+    def __init__(self, n_replicas: int, components: ComponentTable) -> None:
+        cost = np.asarray(components.load_cost_s, dtype=np.float64)
+        self.n = int(n_replicas)
+        self._cost = cost.tolist()
+        # (C, R), one row per component, contiguous: a request's loads are k row additions
+        self.load_s = np.repeat(cost[:, REMOTE][:, None], self.n, axis=1)
+        self.gpu: list[set[int]] = [set() for _ in range(cost.shape[0])]
+        self.idle: set[int] = set()
+        # the 0-cost shortcut holds only if the GPU tier is free and every other tier is not
+        self.exact_zero = bool((cost[:, GPU] == 0).all() and (cost[:, GPU + 1:] > 0).all())
+
+    def set_tier(self, r: int, c: int, t: int) -> None:
+        self.load_s[c, r] = self._cost[c][t]
+        if t == GPU:
+            self.gpu[c].add(r)
+        else:
+            self.gpu[c].discard(r)
+
+    def set_tiers(self, r: int, comps, tiers) -> None:
+        """``set_tier`` for parallel sequences of components and tiers on replica ``r``."""
+        load, cost, gpu = self.load_s, self._cost, self.gpu
+        for c, t in zip(comps, tiers):
+            load[c, r] = cost[c][t]
+            if t == GPU:
+                gpu[c].add(r)
+            else:
+                gpu[c].discard(r)
 
 
 @ROUTING.register("ray-multiplex")

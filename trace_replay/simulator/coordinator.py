@@ -84,6 +84,7 @@ class Coordinator:
         self.st = self.core.new_state(len(ws), component_table(sim), self.comps, self._gpu_bytes(),
                                       n_pipelines=len(self.comps))
         self.router = runtime.router if hasattr(runtime.router, "band") else None  # a PolicyRouter
+        self.index = self.router.index if self.router is not None else None
         if self.router is not None:
             self.router.pid = self.pid_list
             self.st.tier = self.router.tier  # one residency matrix for routing and control
@@ -110,21 +111,16 @@ class Coordinator:
         """Residency of ``keys`` on ``w`` changed: each is now at the fastest tier holding it."""
         host, disk, gpu = w.host, w.disk, w.slot_of
         st = self.st
+        tiers = [GPU if k in gpu else HOST if host is not None and k in host.items
+                 else DISK if disk is not None and k in disk.items else REMOTE for k in keys]
         if st.open[w.idx]:  # an open prefetch on w may lose its copy: the core decides
-            tiers = [GPU if k in gpu else HOST if host is not None and k in host.items
-                     else DISK if disk is not None and k in disk.items else REMOTE for k in keys]
             self.core.tiers_changed(st, w.idx, keys, tiers, self.sim.now)
-            return
-        row = st.tier[w.idx]  # nothing to close (the common case, once per load): record residency
-        for k in keys:
-            if k in gpu:
-                row[k] = GPU
-            elif host is not None and k in host.items:
-                row[k] = HOST
-            elif disk is not None and k in disk.items:
-                row[k] = DISK
-            else:
-                row[k] = REMOTE
+        else:  # nothing to close (the common case, once per load): record residency
+            row = st.tier[w.idx]
+            for k, t in zip(keys, tiers):
+                row[k] = t
+        if self.index is not None:  # the router's incremental index reads the same residency
+            self.index.set_tiers(w.idx, keys, tiers)
 
     def on_tick(self, now: float) -> None:
         st = self.st

@@ -18,13 +18,20 @@ redirected to the least loaded routable).
 Tier bookkeeping is incremental: the engine reports the keys whose residency changed on a worker
 (a load, its evictions and the host/disk tiers' own evictions), and each is re-derived as the
 fastest tier holding it.
+
+Where the policy has an incremental form with the same decisions (``least-expected-latency``
+without band pools, slack or budget: ``route_indexed``), the router also keeps its
+``policies.routing.LatencyIndex`` (GPU holders and load seconds per component, idle workers) and
+routes through that: a request an idle worker holds entirely on its GPU costs a few set
+operations, any other about half the numpy of the snapshot form; busy_until is computed only when
+the index asks for it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from policies.routing import ROUTING
+from policies.routing import ROUTING, LatencyIndex
 from policies.snapshot import COLD, DISK, GPU, HOST, REMOTE, SHARED, ClusterSnapshot, ReplicaTable, RouteRequest
 from trace_replay.simulator.snapshots import component_table
 from trace_replay.simulator.worker import Worker
@@ -36,8 +43,11 @@ _FULL = 1 << 40  # queue length shown for a GPU that is not routable
 class PolicyRouter:
     max_ongoing = 1 << 30  # never holds a request (the policy always names a replica)
 
-    def __init__(self, policy: str = "least-expected-latency", **args) -> None:
+    def __init__(self, policy: str = "least-expected-latency", indexed: bool = True, **args) -> None:
         self.policy = ROUTING.create(policy, **args)
+        # route through the policy's incremental form where it has one (same decisions; False:
+        # always the snapshot form, for tests that compare the two)
+        self.indexed = bool(indexed)
         self.pid: list[int] | None = None  # pipeline id per request (the coordinator sets these)
         self.band: np.ndarray | None = None  # band per pipeline id at the last plan
 
@@ -46,25 +56,42 @@ class PolicyRouter:
         self.table = component_table(sim)
         n = len(sim.workers)
         self.tier = np.full((n, self.table.n), REMOTE, dtype=np.int8)
-        self.q = np.zeros(n, np.int64)
-        self.busy_until = np.zeros(n)
+        self._q = np.zeros(n, np.int64)
+        self._bu = np.zeros(n)
         self.run_end = np.zeros(n)  # expected end of the running job (0: idle; inf: not routable)
         self.run_floor = np.zeros(n)  # expected remainder once it runs late
         self.queued = np.zeros(n)  # queued jobs' expected compute
-        self.gpu_free = np.array([w.free_bytes for w in sim.workers], np.int64)
-        self.host_free = np.array([w.host.free if w.host else 0 for w in sim.workers], np.int64)
+        self._gpu_free = np.array([w.free_bytes for w in sim.workers], np.int64)
+        self._host_free = np.array([w.host.free if w.host else 0 for w in sim.workers], np.int64)
         self.pool = np.full(n, SHARED, np.int8)
-        self.n_models = np.zeros(n, np.int64)
-        self.replicas = ReplicaTable(self.tier, self.q, self.busy_until, self.gpu_free, self.host_free,
-                                     self.pool, self.n_models)
+        self._n_models = np.zeros(n, np.int64)
+        self.replicas = ReplicaTable(self.tier, self._q, self._bu, self._gpu_free, self._host_free,
+                                     self.pool, self._n_models)
         self.rng = np.random.default_rng(sim.cfg.seed + 2)
+        self.index = (LatencyIndex(n, self.table) if self.indexed and getattr(self.policy, "indexable", False)
+                      else None)
+        self._now = 0.0
         sim.track = self
         sim.watch = self.changed
         for w in sim.workers:
             self.changed(w)
 
+    def _busy_until(self) -> np.ndarray:
+        """Expected drain time per worker at the route being decided (``self._now``)."""
+        bu = self._bu
+        np.add(self.run_floor, self._now, out=bu)
+        np.maximum(bu, self.run_end, out=bu)
+        bu += self.queued
+        return bu
+
     def __call__(self, i: int, comps: list, now: float) -> Worker:
-        bu = self.busy_until
+        if self.index is not None:
+            self._now = now
+            w = self.sim.workers[self.policy.route_indexed(self.index, now, comps, self._busy_until, self.rng)]
+            if not w.routable:
+                w = min((x for x in self.sim.workers if x.routable), key=lambda x: len(x.queue) + x.busy)
+            return w
+        bu = self._bu
         np.add(self.run_floor, now, out=bu)
         np.maximum(bu, self.run_end, out=bu)
         bu += self.queued
@@ -77,19 +104,61 @@ class PolicyRouter:
             w = min((x for x in self.sim.workers if x.routable), key=lambda x: len(x.queue) + x.busy)
         return w
 
+    # -- the snapshot's per-replica counts: kept per event for the snapshot form, derived on read
+    # for the indexed one (which reads only tiers and drain times)
+    def _counts(self) -> None:
+        if self.index is not None:
+            for w in self.sim.workers:
+                self._count(w)
+
+    @property
+    def busy_until(self) -> np.ndarray:
+        """Expected drain times as of the latest route (the indexed form computes them on demand)."""
+        return self._busy_until() if self.index is not None else self._bu
+
+    @property
+    def q(self) -> np.ndarray:
+        self._counts()
+        return self._q
+
+    @property
+    def gpu_free(self) -> np.ndarray:
+        self._counts()
+        return self._gpu_free
+
+    @property
+    def host_free(self) -> np.ndarray:
+        self._counts()
+        return self._host_free
+
+    @property
+    def n_models(self) -> np.ndarray:
+        self._counts()
+        return self._n_models
+
+    def _count(self, w: Worker) -> None:
+        j = w.idx
+        self._gpu_free[j] = w.free_bytes
+        self._host_free[j] = w.host.free if w.host is not None else 0
+        self._n_models[j] = w.n_base
+        self._q[j] = len(w.queue) + w.busy if w.routable else _FULL
+
     # -- bookkeeping the engine calls ------------------------------------------------------------
     def changed(self, w: Worker) -> None:
         """Queue, drain time, free bytes and model count of ``w`` after any change to it."""
         j = w.idx
-        self.gpu_free[j] = w.free_bytes
-        self.host_free[j] = w.host.free if w.host is not None else 0
-        self.n_models[j] = w.n_base
+        if self.index is None:
+            self._count(w)
         if not w.routable:  # stopped or starting: the snapshot shows it as never free
-            self.q[j], self.run_end[j], self.queued[j] = _FULL, np.inf, 0.0
+            self.run_end[j], self.queued[j] = np.inf, 0.0
         else:
-            self.q[j] = len(w.queue) + w.busy
             self.run_end[j], self.run_floor[j] = (w.exp_end, w.exp_floor) if w.busy else (0.0, 0.0)
             self.queued[j] = w.exp_queue
+        if self.index is not None:  # idle: busy_until = max(0 + now, 0) + 0 = now at every route
+            if w.routable and not w.busy and w.exp_queue == 0.0:
+                self.index.idle.add(j)
+            else:
+                self.index.idle.discard(j)
 
     def keys(self, w: Worker, keys) -> None:
         """Re-derive the tier of ``keys`` on ``w``: the fastest tier that holds each."""
@@ -104,3 +173,5 @@ class PolicyRouter:
                 row[k] = DISK
             else:
                 row[k] = REMOTE
+        if self.index is not None:
+            self.index.set_tiers(w.idx, keys, row[keys].tolist())

@@ -156,6 +156,9 @@ class Worker:
         the policy's key order, computed once (the policy is pure, so the order of the remaining
         entries does not change as earlier ones go).
         """
+        order_of = getattr(policy, "eviction_order", None)  # the policy's one-cache form (cost-aware)
+        if order_of is not None:
+            return self._victims_in_order(order_of, need_bytes, need_base, max_base, protect)
         allowed = self.key != EMPTY
         for k in protect:
             s = self.slot_of.get(k)
@@ -187,6 +190,33 @@ class Worker:
             out.append(int(self.key[s]))
             free += self.size[s]
             if self.kind[s] == 2:
+                n_base -= 1
+                base_ok = not need_base or max_base is None or n_base < max_base
+        if free < need_bytes or not base_ok:
+            return None
+        return out
+
+    def _victims_in_order(self, order_of, need_bytes: float, need_base: bool, max_base: int | None,
+                          protect: tuple) -> list[int] | None:
+        """``victims`` through the policy's ``eviction_order`` over plain lists: the same
+        candidates (occupied, not protected, not pinned), order and stopping rule."""
+        pinned = self.pinned
+        cand = [s for k, s in self.slot_of.items() if k not in protect and k not in pinned]
+        if not cand:
+            return None if need_bytes > self.free_bytes else []
+        size, kind = self.size.tolist(), self.kind.tolist()
+        order = order_of(cand, kind, self.uses.tolist(), self.last_seq.tolist(), self.clock, size,
+                         self.cost.tolist())
+        out: list[int] = []
+        free, n_base = self.free_bytes, self.n_base
+        base_ok = not need_base or max_base is None or n_base < max_base
+        key = self.key
+        for s in order:
+            if free >= need_bytes and base_ok:
+                break
+            out.append(int(key[s]))
+            free += size[s]
+            if kind[s] == 2:
                 n_base -= 1
                 base_ok = not need_base or max_base is None or n_base < max_base
         if free < need_bytes or not base_ok:
