@@ -44,15 +44,21 @@ if str(REPO) not in sys.path:
 from benchmarks._common import RESULTS, machine_info, write_result  # noqa: E402
 from benchmarks.live_replay import free_port, start_service, stop_service, t2i  # noqa: E402
 
+# control-section overrides per arm; "{lean_budget}" is a quarter of the SLO (the simulator's
+# coordinator-lean: a request may wait that long behind a replica holding its pipeline rather
+# than load it elsewhere)
 ARMS = {"ray-default": {"policies": "ray-default"},
         "coordinator": {"policies": "coordinator"},
+        "coordinator-lean": {"policies": "coordinator",
+                             "routing_args": {"band_pools": False, "budget_s": "{lean_budget}"}},
         "coordinator-no-host": {"policies": "coordinator", "host_budget_bytes": 0}}
 GOAL_LOAD_S_CUT = 0.40
 
 
-def arm_config(base: Path, arm: str, out: Path) -> Path:
+def arm_config(base: Path, arm: str, out: Path, slo_s: float) -> Path:
     doc = yaml.safe_load(base.read_text())
-    doc.setdefault("control", {}).update(ARMS[arm])
+    overrides = json.loads(json.dumps(ARMS[arm]).replace('"{lean_budget}"', str(slo_s / 4)))
+    doc.setdefault("control", {}).update(overrides)
     out.write_text(yaml.safe_dump(doc, sort_keys=False))
     return out
 
@@ -67,7 +73,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=300, help="requests per arm")
     ap.add_argument("--rate", type=float, default=2.0, help="Poisson arrival rate, requests/s")
-    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
+    ap.add_argument("--arms", default="ray-default,coordinator,coordinator-lean,coordinator-no-host",
+                    help=f"comma-separated, of {', '.join(ARMS)}")
     ap.add_argument("--slo-s", type=float, default=2.0, help="latency SLO for the violation rate")
     ap.add_argument("--models", help="a many-model demo folder already built (with its config.yaml)")
     ap.add_argument("--seed", type=int, default=0)
@@ -92,7 +99,7 @@ def main() -> int:
             "--instances", "8", "--base-models", "40", "--loras", "300", "--controlnets", "8",
             "--seed", str(args.seed + 1), "--out", str(trace))
         profile = work / "profile.yaml"
-        ray_config = arm_config(base_config, "ray-default", work / "config-ray-default.yaml")
+        ray_config = arm_config(base_config, "ray-default", work / "config-ray-default.yaml", args.slo_s)
         port = free_port()
         proc = start_service(ray_config, port, work / "serve-profile.log")
         try:
@@ -102,7 +109,7 @@ def main() -> int:
             stop_service(proc)
         runs = {}
         for arm in arms:
-            config = arm_config(base_config, arm, work / f"config-{arm}.yaml")
+            config = arm_config(base_config, arm, work / f"config-{arm}.yaml", args.slo_s)
             port = free_port()
             proc = start_service(config, port, work / f"serve-{arm}.log")
             try:

@@ -116,19 +116,7 @@ class BaseModel:
         started = time.perf_counter()
         with self.control.request(spec) as record:
             if self.coordinated:
-                colocated = self.config.controlnet_mode == "colocated"
-                ids = [spec.base_model, *([cn for cn, _ in spec.controlnets] if colocated else [])]
-                # ControlNets come with their pipeline in one acquire: a request waiting for room
-                # holds nothing, so two requests cannot each hold what the other needs
-                leases = await self.cache.acquire(list(dict.fromkeys(ids)),
-                                                  wait_s=room_wait_s(self.config.slo.latency_s))
-                try:
-                    nets = {lease.model_id: lease.obj for lease in leases[1:]}
-                    factory = nets.__getitem__ if spec.controlnets and colocated else None
-                    result = await self._generate(leases[0].obj, spec, control_images,
-                                                  time.perf_counter() - started, factory)
-                finally:
-                    self.cache.release(leases)
+                result = await self._generate_cached(spec, control_images, started)
             else:
                 loaded = await self._acquire(spec.base_model)
                 try:
@@ -138,6 +126,38 @@ class BaseModel:
                     loaded.release()
             record(result)
             return result
+
+    async def _generate_cached(self, spec: GenerationSpec, control_images, started: float) -> GenerationResult:
+        """(coordinator) Models come from the replica cache under the execution lock: only the
+        running request holds leases, so a queue of requests for different pipelines never
+        fills the device budget with models waiting their turn (which made later requests wait
+        for room, and counted that wait as load time). Loads therefore do not overlap another
+        request's compute, as the simulator models them. Adapters are fetched before the lock."""
+        colocated = self.config.controlnet_mode == "colocated"
+        ids = list(dict.fromkeys([spec.base_model, *([cn for cn, _ in spec.controlnets] if colocated else [])]))
+        # every adapter: which slots the pipeline holds is known only once it is ours, under the lock
+        adapters = await self._fetch_adapters([a for a, _ in spec.loras])
+        fetch_s = time.perf_counter() - started
+        factory = None
+        if spec.controlnets and not colocated:
+            factory = await self._remote_controlnets([cn for cn, _ in spec.controlnets])
+        lock_started = time.perf_counter()
+        async with self._lock:
+            queue_s = time.perf_counter() - lock_started
+            load_started = time.perf_counter()
+            leases = await self.cache.acquire(ids, wait_s=room_wait_s(self.config.slo.latency_s))
+            load_s = time.perf_counter() - load_started
+            try:
+                if spec.controlnets and colocated:
+                    factory = {lease.model_id: lease.obj for lease in leases[1:]}.__getitem__
+                result = await asyncio.to_thread(
+                    self.engine.generate, leases[0].obj, spec, adapters, control_images, factory)
+            finally:
+                self.cache.release(leases)
+        result.timings["queue_s"] = queue_s
+        result.timings["load_s"] += load_s + fetch_s
+        result.replica = _replica_id()
+        return result
 
     async def _acquire(self, model_id: str) -> LoadedPipeline:
         """(ray-default) The pipeline for `model_id`, counted in use so an eviction by

@@ -190,7 +190,9 @@ class ControlConfig(_Strict):
     eviction: str = Field(default="cost-aware", description="Replica cache eviction, " + _NAMED_POLICY)
     eviction_args: dict = Field(default_factory=dict)
     routing: str = Field(default="least-expected-latency", description="Request router, " + _NAMED_POLICY)
-    routing_args: dict = Field(default_factory=dict)
+    routing_args: dict = Field(default_factory=lambda: {"band_pools": False}, description="Router "
+                               "arguments; band pools off as in the simulator's coordinator set (on, "
+                               "they raised SLO violations there: simulator_policies.json).")
     popularity: str = Field(default="decayed", description=_NAMED_POLICY)
     popularity_args: dict = Field(default_factory=lambda: {"half_life_s": 600.0, "min_demand": 0.05})
     placement: str = Field(default="popularity-bands", description=_NAMED_POLICY)

@@ -35,7 +35,9 @@ def live_policy_set(config):
 
     dep = config.deployments.base_model
     if config.control.policies == "coordinator":
-        update = {"name": "coordinator-live"}
+        update = {"name": "coordinator-live", "eviction": config.control.eviction,
+                  "eviction_args": dict(config.control.eviction_args),
+                  "routing_args": {"policy": config.control.routing, **config.control.routing_args}}
         if dep.autoscaling is not None:
             update.update(autoscaling=config.control.autoscaling.policy,
                           autoscaling_args=dict(config.control.autoscaling.policy_args),
