@@ -199,6 +199,10 @@ class ControlConfig(_Strict):
     placement_args: dict = Field(default_factory=lambda: {"fuse_top": 0})
     prefetch: str = Field(default="ucb1", description="Warm-pipeline prefetch bandit, " + _NAMED_POLICY)
     prefetch_args: dict = Field(default_factory=dict)
+    prefetch_interval_s: float = Field(default=600.0, gt=0, description="Least time between two "
+                                       "bandit prefetch offers to one idle replica.")
+    prefetch_reward_window_s: float = Field(default=1800.0, gt=0, description="How long a prefetched "
+                                            "pipeline has to be used before it counts as wasted.")
     report_period_s: float = Field(default=1.0, gt=0, le=60, description="How often a replica "
                                    "reports to the coordinator and fetches its actions.")
     replan_period_s: float = Field(default=5.0, gt=0, description="Coordinator re-plan cadence.")

@@ -55,9 +55,9 @@ class CacheCoordinator:
     def __init__(self, raw: dict, clock: Callable[[], float] = time.time, seed: int = 0,
                  core_args: dict | None = None) -> None:
         self.config = ServeConfig.model_validate(raw)
-        # core_args: further policies.coordination.Coordination arguments (tests, tuning), e.g.
-        # prefetch_interval_s and reward_window_s (600 s and 30 min by default, tuned on
-        # production-length traces in the simulator; a short demo may want less)
+        # core_args: further policies.coordination.Coordination arguments (tests, tuning); the
+        # prefetch interval and reward window come from control.prefetch_interval_s and
+        # prefetch_reward_window_s (600 s and 30 min by default, the simulator's values)
         self._dirty = False  # components interned since the core's table was built
         ctl = self.config.control
         args = {"popularity": ctl.popularity, "popularity_args": dict(ctl.popularity_args),
@@ -67,7 +67,8 @@ class CacheCoordinator:
                 "replan_max_s": ctl.replan_period_s,
                 # the simulator's 0.5 GB floor assumes datacenter GPUs; a replica's byte budget is
                 # the config's, and the bandit only proposes what fits the free bytes anyway
-                "min_free_bytes": 0.0}
+                "min_free_bytes": 0.0,
+                "prefetch_interval_s": ctl.prefetch_interval_s, "reward_window_s": ctl.prefetch_reward_window_s}
         args.update(core_args or {})
         self.core = Coordination(**args)
         self.clock = clock

@@ -35,9 +35,14 @@ def live_policy_set(config):
 
     dep = config.deployments.base_model
     if config.control.policies == "coordinator":
-        update = {"name": "coordinator-live", "eviction": config.control.eviction,
+        update = {"name": "coordinator-live", "tick_s": config.control.replan_period_s,
+                  "eviction": config.control.eviction,
                   "eviction_args": dict(config.control.eviction_args),
-                  "routing_args": {"policy": config.control.routing, **config.control.routing_args}}
+                  "routing_args": {"policy": config.control.routing, **config.control.routing_args},
+                  # the live coordinator's core arguments (deployments/coordinator.py)
+                  "placement_args": {"prefetch_interval_s": config.control.prefetch_interval_s,
+                                     "reward_window_s": config.control.prefetch_reward_window_s,
+                                     "replan_max_s": config.control.replan_period_s, "min_free_bytes": 0.0}}
         if dep.autoscaling is not None:
             update.update(autoscaling=config.control.autoscaling.policy,
                           autoscaling_args=dict(config.control.autoscaling.policy_args),
