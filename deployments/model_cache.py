@@ -10,14 +10,17 @@ after it, and a load that cannot be given room fails with `CacheBudgetError` nam
 the difference cannot be made room for, they are freed and the request fails.)
 
 Which entry leaves is proposed by an eviction policy from the shared registry on a `CacheView`
-carrying sizes and load costs (policies decide, this module evicts). Pinned entries and entries in
-use by a request are never proposed; an entry evicted from the device goes to the host tier when
-it fits there (the host tier evicts by the same policy, to nowhere).
+carrying sizes and load costs (policies decide, this module evicts). Entries in use by a request
+are never proposed; pinned entries only when nothing unpinned can make the room a request needs
+(a pin is the coordinator's advice, never a reason to refuse a request; counted as
+`pins_overridden`). An entry evicted from the device goes to the host tier when it fits there (the
+host tier evicts by the same policy, to nowhere).
 
 Concurrency: every method runs on the replica's event loop (no locks on the bookkeeping); loads
 and device/host moves run in worker threads. Requests for a model being loaded wait on that one
 load (single flight). A request that needs room held by entries other requests are using waits
-for a release, first giving back what it holds itself so two requests cannot deadlock.
+for a release, first giving back what it holds itself so two requests cannot deadlock; room that
+only its own models hold fails it at once (no wait could free it).
 """
 
 from __future__ import annotations
@@ -141,7 +144,8 @@ class ModelCache:
             held: list[Lease] = []
             try:
                 for model_id in model_ids:
-                    held.append(await self._acquire_one(model_id, model_id not in counted))
+                    held.append(await self._acquire_one(model_id, model_id not in counted,
+                                                        frozenset(lease.model_id for lease in held)))
                     counted.add(model_id)
                 return held
             except _NoRoom as no_room:
@@ -173,7 +177,7 @@ class ModelCache:
         finally:
             self.release(leases)
 
-    async def _acquire_one(self, model_id: str, count: bool) -> Lease:
+    async def _acquire_one(self, model_id: str, count: bool, holding: frozenset = frozenset()) -> Lease:
         self._seq += 1
         while True:
             entry = self._entries.get(model_id)
@@ -192,7 +196,7 @@ class ModelCache:
                 await self._join(entry)
                 self._touch(entry)
                 return Lease(model_id, entry.obj, entry)
-            entry, started = await self._start_load(model_id, prefetch=False)
+            entry, started = await self._start_load(model_id, prefetch=False, holding=holding)
             if count and started:
                 tier = entry.load_from
                 self._counters["hits" if tier == HOST else "misses"][TIER_NAMES[tier]] += 1
@@ -249,12 +253,14 @@ class ModelCache:
         return True
 
     def set_pins(self, model_ids) -> None:
-        """The full pinned set (replaces the previous one): pinned entries are never evicted."""
+        """The full pinned set (replaces the previous one): pinned entries are evicted last, only
+        when nothing unpinned can make the room a request needs."""
         self.pins = frozenset(model_ids)
         self._notify()  # unpinned entries may make room for a waiting request
 
     # -- loading ----------------------------------------------------------------------------
-    async def _start_load(self, model_id: str, prefetch: bool) -> tuple[_Entry, bool]:
+    async def _start_load(self, model_id: str, prefetch: bool,
+                          holding: frozenset = frozenset()) -> tuple[_Entry, bool]:
         """Reserve device bytes for `model_id` and start its load as a task: (entry, True); or
         (entry, False) when another caller got there first. Raises _NoRoom."""
         async with self._room:
@@ -262,7 +268,7 @@ class ModelCache:
             if entry is not None and (entry.tier == GPU or entry.loading or entry.moving):
                 return entry, False
             need = self.size_estimate(model_id)
-            await self._make_room(need, model_id, evict=not prefetch)
+            await self._make_room(need, model_id, evict=not prefetch, holding=holding)
             entry = self._entries.get(model_id)
             if entry is None:
                 key = self._keys.setdefault(model_id, len(self._keys))
@@ -316,9 +322,13 @@ class ModelCache:
         self._loads.append({"id": entry.model_id, "from": tier, "seconds": seconds, "prefetch": prefetch})
 
     # -- room -------------------------------------------------------------------------------
-    async def _make_room(self, need: int, model_id: str, evict: bool) -> None:
-        """Free device bytes until `need` more fit (caller holds self._room). Raises _NoRoom,
-        transient when entries in use or loading are what stands in the way."""
+    async def _make_room(self, need: int, model_id: str, evict: bool, holding: frozenset = frozenset()) -> None:
+        """Free device bytes until `need` more fit (caller holds self._room). Victims in the
+        policy's order, unpinned ones first; pinned ones only when nothing else makes room (a pin
+        is the coordinator's advice: a request is never refused for one; counted in
+        counters()["pins_overridden"]). Raises _NoRoom, transient when entries that other
+        requests use or load stand in the way (`holding`: what this request already holds, which
+        no wait can free)."""
         if need > self.gpu_budget:
             raise _NoRoom(f"it needs {need} bytes, more than the whole device budget "
                           f"(control.gpu_budget_bytes={self.gpu_budget})", transient=False)
@@ -328,20 +338,24 @@ class ModelCache:
         # on the device or reserved there (a load in progress)
         on_gpu = [e for e in self._entries.values() if e.gpu_bytes > 0 and e.model_id != model_id]
         idle = [e for e in on_gpu if self._evictable(e)]
-        unpinned = [e for e in idle if e.model_id not in self.pins]
-        if not evict or free + sum(e.gpu_bytes for e in unpinned) < need:
+        if not evict or free + sum(e.gpu_bytes for e in idle) < need:
             pinned = sum(e.gpu_bytes for e in idle if e.model_id in self.pins)
-            busy = sum(e.gpu_bytes for e in on_gpu if not self._evictable(e))
+            busy = [e for e in on_gpu if not self._evictable(e)]
             reason = (f"it needs {need} bytes and control.gpu_budget_bytes={self.gpu_budget} has "
-                      f"{free} free, {pinned} pinned and {busy} in use or loading")
+                      f"{free} free, {pinned} pinned and {sum(e.gpu_bytes for e in busy)} in use "
+                      "or loading")
             if not evict:
-                reason += " (prefetch loads only into free budget)"
-            # room may come once requests let go of what they use, never from pinned entries
-            raise _NoRoom(reason, transient=evict and free + sum(
-                e.gpu_bytes for e in on_gpu if e.model_id not in self.pins) >= need)
+                raise _NoRoom(reason + " (prefetch loads only into free budget)", transient=False)
+            # room may come once other requests let go of what they use or load
+            others = sum(e.gpu_bytes for e in busy if e.model_id not in holding)
+            raise _NoRoom(reason, transient=free + sum(e.gpu_bytes for e in idle) + others >= need)
         self._seq += 1  # the ranking is an event of the cache's logical clock
-        for victim in self._rank(unpinned, GPU):
-            if self._evictable(victim) and victim.model_id not in self.pins:
+        for victim in self._rank(idle, GPU):  # pinned ones last
+            if self._evictable(victim):
+                if victim.model_id in self.pins:
+                    self._counters["pins_overridden"] += 1
+                    logger.info("evicting pinned %r: %r needs the room and nothing else frees it",
+                                victim.model_id, model_id)
                 await self._demote(victim, keep=model_id)
                 if self.gpu_budget - self.gpu_used() >= need:
                     return
@@ -513,4 +527,5 @@ def _zero_counters() -> dict:
     return {"hits": {"gpu": 0, "host": 0}, "misses": {"disk": 0, "remote": 0}, "joined": 0,
             "loads": by_kind, "load_seconds": {k: {t: 0.0 for t in v} for k, v in by_kind.items()},
             "prefetch": {"started": 0, "used": 0, "wasted": 0},
-            "evictions": {"host": 0, "remote": 0}, "failures": {"budget": 0, "load": 0}}
+            "evictions": {"host": 0, "remote": 0}, "failures": {"budget": 0, "load": 0},
+            "pins_overridden": 0}

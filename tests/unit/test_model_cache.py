@@ -4,6 +4,7 @@ the eviction policy's say, prefetch. The real PipelineEngine runs through it in 
 from __future__ import annotations
 
 import asyncio
+import time
 import threading
 
 import numpy as np
@@ -112,8 +113,24 @@ def test_pinned_entry_is_not_evicted_even_when_least_recent():
         cache.release(await cache.acquire(["c"]))  # LRU would take a; the pin keeps it
         assert cache.resident("a") and not cache.resident("b") and cache.resident("c")
         cache.set_pins(["a", "c"])
-        with pytest.raises(CacheBudgetError, match=r"control.gpu_budget_bytes=200.* 200 pinned"):
-            await cache.acquire(["b"], wait_s=5)  # pins are not released by waiting: fails at once
+        # only pins stand in the way: a pin is advice, never a refusal; the policy's victim goes
+        cache.release(await cache.acquire(["b"], wait_s=5))
+        assert cache.resident("b") and cache.resident("a") != cache.resident("c")
+        assert cache.counters()["pins_overridden"] == 1
+        assert_within_budgets(cache)
+    run(main())
+
+
+def test_a_request_never_waits_on_room_its_own_models_hold():
+    """Base and ControlNet of one request that cannot both fit: fail at once, naming the budget,
+    rather than wait for a release that only this request could make (it held the replica's
+    execution lock for the whole wait: a 60 s stall measured live)."""
+    async def main():
+        cache, source = make({"base": 150, "cn": 100}, gpu=200)
+        started = time.monotonic()
+        with pytest.raises(CacheBudgetError, match=r"control.gpu_budget_bytes=200 has 50 free"):
+            await cache.acquire(["base", "cn"], wait_s=30)
+        assert time.monotonic() - started < 5
         assert_within_budgets(cache)
     run(main())
 
@@ -315,7 +332,8 @@ def test_an_unused_prefetch_evicted_counts_as_wasted():
 def test_random_operations_never_exceed_a_budget(seed, policy):
     """Random gets (alone and concurrent), releases, pins and prefetches; sizes the cache
     underestimates before the first load; budgets checked after every step and inside every
-    load and move. Pinned and in-use entries stay on the device throughout."""
+    load and move. In-use entries stay on the device throughout; pinned ones too, unless a pin
+    override (counted) was the only way to make room."""
     rng = np.random.default_rng(seed)
     ids = [f"m{i}" for i in range(8)]
     sizes = {m: int(rng.integers(50, 250)) for m in ids}
@@ -325,6 +343,7 @@ def test_random_operations_never_exceed_a_budget(seed, policy):
     async def main():
         cache, source = make(sizes, gpu=500, host=300, policy=policy, kinds=kinds, estimates=estimates)
         held: list = []
+        overrides = 0
         for _ in range(120):
             op = rng.choice(["get", "gets", "release", "pin", "prefetch"], p=[.35, .15, .3, .1, .1])
             pinned_before = {m for m in cache.pins if cache.resident(m)}
@@ -347,7 +366,11 @@ def test_random_operations_never_exceed_a_budget(seed, policy):
             assert_within_budgets(cache)
             for lease in held:  # in use: on the device, never moved or freed
                 assert cache.resident(lease.model_id) and lease.obj.where == "gpu" and not lease.obj.freed
-            assert all(cache.resident(m) for m in pinned_before if m in cache.pins)
+            # a pinned entry leaves only when nothing unpinned could make the room (counted)
+            overridden = cache.counters()["pins_overridden"] - overrides
+            gone = [m for m in pinned_before if m in cache.pins and not cache.resident(m)]
+            assert len(gone) <= overridden, (gone, overridden)
+            overrides += overridden
         cache.release(held)
         assert cache.in_use() == 0
         counters = cache.counters()
