@@ -132,11 +132,16 @@ class BaseModel:
         running request holds leases, so a queue of requests for different pipelines never
         fills the device budget with models waiting their turn (which made later requests wait
         for room, and counted that wait as load time). Loads therefore do not overlap another
-        request's compute, as the simulator models them. Adapters are fetched before the lock."""
+        request's compute, as the simulator models them. Adapters are fetched before the lock where
+        the pipeline's slots lack them, and under it for what another request swapped out."""
         colocated = self.config.controlnet_mode == "colocated"
         ids = list(dict.fromkeys([spec.base_model, *([cn for cn, _ in spec.controlnets] if colocated else [])]))
-        # every adapter: which slots the pipeline holds is known only once it is ours, under the lock
-        adapters = await self._fetch_adapters([a for a, _ in spec.loras])
+        # before the lock, the adapters the resident pipeline's slots lack (all of them when it is
+        # not resident); under the lock, any another request swapped out meanwhile
+        wanted = [a for a, _ in spec.loras]
+        resident = self.cache.objects().get(spec.base_model)
+        adapters = await self._fetch_adapters(resident.slots.missing(wanted) if resident is not None
+                                              and resident.slots is not None else wanted)
         fetch_s = time.perf_counter() - started
         factory = None
         if spec.controlnets and not colocated:
@@ -150,6 +155,8 @@ class BaseModel:
             try:
                 if spec.controlnets and colocated:
                     factory = {lease.model_id: lease.obj for lease in leases[1:]}.__getitem__
+                adapters.update(await self._fetch_adapters(
+                    [a for a in leases[0].obj.slots.missing(wanted) if a not in adapters]))
                 result = await asyncio.to_thread(
                     self.engine.generate, leases[0].obj, spec, adapters, control_images, factory)
             finally:
