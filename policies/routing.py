@@ -109,21 +109,23 @@ class LeastExpectedLatency:
         return not self.band_pools and self.slack_s == 0 and self.budget_s == 0
 
     def route_indexed(self, index: "LatencyIndex", now: float, components: list[int],
-                      busy_until: Callable[[], np.ndarray], rng: np.random.Generator) -> int:
-        """``route`` for a snapshot whose tiers ``index`` mirrors and whose ``busy_until`` the
-        callable returns (called only when needed), with the same choice and the same draws from
-        ``rng``. ``components``: the request's component ids (ints, base first).
+                      queue_wait: Callable[[], np.ndarray], rng: np.random.Generator) -> int:
+        """``route`` for a snapshot whose tiers ``index`` mirrors, with the same choice and the same
+        draws from ``rng``. ``queue_wait()`` returns what that snapshot's ``queue_wait_s()`` would
+        (seconds until each replica drains, >= 0), is called only when needed, and its array may be
+        overwritten here. ``components``: the request's component ids (ints, base first).
 
         Exact because: loads from the GPU cost 0 and from every other tier more than 0
-        (``LatencyIndex.exact_zero``), and waits are >= 0 and 0 exactly where busy_until <= now; so
-        the replicas of cost 0 are those holding every component on the GPU with busy_until <= now,
-        and when there is one, the lowest cost is 0 and they are the ties, in index order.
+        (``LatencyIndex.exact_zero``) and waits are >= 0, so the replicas of cost 0 are those
+        holding every component on the GPU with no wait; when there is one, the lowest cost is 0
+        and they are the ties, in index order. Otherwise the costs are the snapshot form's: the
+        wait plus the request's load rows summed in the same order.
         """
         if not self.indexable:
             raise ValueError("route_indexed needs band_pools=False, slack_s=0 and budget_s=0")
         if index.n == 0:
             raise ValueError("cannot route: the snapshot has no replicas")
-        bu = None
+        wait = None
         if components and index.exact_zero:
             gpu = index.gpu
             held = gpu[components[0]]
@@ -133,17 +135,14 @@ class LeastExpectedLatency:
                 idle = index.idle
                 zero = [r for r in held if r in idle]
                 if len(zero) < len(held):  # holders not known idle: their wait may still be 0
-                    bu = busy_until()
-                    zero += [r for r in held if r not in idle and bu[r] <= now]
+                    wait = queue_wait()
+                    zero += [r for r in held if r not in idle and wait[r] == 0.0]
                 if zero:
                     if len(zero) == 1:
                         return zero[0]
                     zero.sort()
                     return zero[int(rng.integers(len(zero)))]
-        if bu is None:
-            bu = busy_until()
-        cost = np.maximum(bu, now)
-        cost -= now  # queue wait, as ClusterSnapshot.queue_wait_s
+        cost = queue_wait() if wait is None else wait
         if components:  # + missing loads, summed in the request's order as missing_load_s does
             lc = index.load_s
             load = lc[components[0]]
@@ -152,13 +151,17 @@ class LeastExpectedLatency:
                 for c in components[2:]:
                     load += lc[c]
             cost += load
-        # _pick_min's choice with fewer calls: the first minimum is argmin's; a tie draws as it does
-        ties = np.flatnonzero(cost == cost.min())
+        # _pick_min's choice in fewer calls (no Python-level wrappers): the first of the minima is
+        # argmin's; a tie draws as it does
+        ties = (cost == _min(cost)).nonzero()[0]
         if ties.size == 1:
             return int(ties[0])
         if ties.size == 0:  # NaN costs (none in practice): exactly as the snapshot form
             return _pick_min(cost, None, rng)
         return int(ties[rng.integers(ties.size)])
+
+
+_min = np.minimum.reduce
 
 
 class LatencyIndex:

@@ -49,7 +49,7 @@ def test_indexed_route_matches_the_snapshot_route(p_gpu):
         a_rng, b_rng = np.random.default_rng(seed), np.random.default_rng(seed)
         a = router.route(snap, RouteRequest(0, np.array(comps, np.int64)), a_rng)
         calls = []
-        b = router.route_indexed(ix, now, comps, lambda: calls.append(1) or snap.replicas.busy_until, b_rng)
+        b = router.route_indexed(ix, now, comps, lambda: calls.append(1) or snap.queue_wait_s(), b_rng)
         assert a == b, (trial, comps)
         assert a_rng.integers(1 << 62) == b_rng.integers(1 << 62)  # the same draws were taken
         zero_hits += not calls

@@ -71,3 +71,23 @@ def test_routing_index_mirrors_the_tier_matrix(workload):
     assert [sorted(s) for s in ix.gpu] == [np.flatnonzero(tier[:, k] == GPU).tolist() for k in range(tier.shape[1])]
     assert (tier != REMOTE).any()
     assert ix.idle == {w.idx for w in sim.workers if w.routable and not w.busy}
+
+
+def test_queue_wait_skips_the_clamp_only_when_no_seconds_are_negative():
+    from trace_replay.simulator.policy_routing import PolicyRouter
+
+    router = PolicyRouter(band_pools=False)
+    gen = np.random.default_rng(0)
+    for negative in (False, True):
+        n = 50
+        router.run_floor = gen.random(n) * (gen.random(n) < 0.5)
+        router.run_end = np.where(gen.random(n) < 0.5, 100.0 + gen.random(n) * 9, 0.0)
+        router.run_end[3] = np.inf
+        router.queued = gen.random(n) * 4 * (gen.random(n) < 0.5)
+        if negative:
+            router.queued[7] = -1e-12  # rounding left behind by a dequeue: the clamp must run
+            router.run_floor[7] = router.run_end[7] = 0.0
+        router._negative = set(np.flatnonzero((router.run_floor < 0) | (router.queued < 0)).tolist())
+        router._bu, router._wait, router._now = np.zeros(n), np.zeros(n), 101.0
+        bu = np.maximum(np.add(router.run_floor, 101.0), router.run_end) + router.queued
+        np.testing.assert_array_equal(router._queue_wait(), np.maximum(bu, 101.0) - 101.0)

@@ -71,6 +71,8 @@ class PolicyRouter:
         self.index = (LatencyIndex(n, self.table) if self.indexed and getattr(self.policy, "indexable", False)
                       else None)
         self._now = 0.0
+        self._wait = np.zeros(n)
+        self._negative: set[int] = set()  # workers showing negative floor or queued seconds (rounding)
         sim.track = self
         sim.watch = self.changed
         for w in sim.workers:
@@ -84,10 +86,23 @@ class PolicyRouter:
         bu += self.queued
         return bu
 
+    def _queue_wait(self) -> np.ndarray:
+        """``ClusterSnapshot.queue_wait_s()`` of the snapshot form, max(busy_until, now) - now, in
+        a scratch array. With no negative floor or queued seconds busy_until >= now already
+        (now + floor >= now, + queued >= 0), so the max is skipped: the same values."""
+        w = self._wait
+        np.add(self.run_floor, self._now, out=w)
+        np.maximum(w, self.run_end, out=w)
+        w += self.queued
+        if self._negative:
+            np.maximum(w, self._now, out=w)
+        w -= self._now
+        return w
+
     def __call__(self, i: int, comps: list, now: float) -> Worker:
         if self.index is not None:
             self._now = now
-            w = self.sim.workers[self.policy.route_indexed(self.index, now, comps, self._busy_until, self.rng)]
+            w = self.sim.workers[self.policy.route_indexed(self.index, now, comps, self._queue_wait, self.rng)]
             if not w.routable:
                 w = min((x for x in self.sim.workers if x.routable), key=lambda x: len(x.queue) + x.busy)
             return w
@@ -159,6 +174,10 @@ class PolicyRouter:
                 self.index.idle.add(j)
             else:
                 self.index.idle.discard(j)
+            if self.run_floor[j] < 0 or self.queued[j] < 0:
+                self._negative.add(j)
+            elif self._negative:
+                self._negative.discard(j)
 
     def keys(self, w: Worker, keys) -> None:
         """Re-derive the tier of ``keys`` on ``w``: the fastest tier that holds each."""

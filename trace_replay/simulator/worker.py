@@ -127,8 +127,8 @@ class Worker:
         s = self.free_slots.pop()
         self.slot_of[key] = s
         self.key[s], self.kind[s], self.size[s], self.cost[s] = key, kind, size, cost
-        kl, sl, cl = self._lists  # the values as the arrays hold them (int8, float64, float64)
-        kl[s], sl[s], cl[s] = int(self.kind[s]), float(self.size[s]), float(self.cost[s])
+        kl, sl, cl = self._lists  # the values as the arrays hold them (kind 0-2 fits int8)
+        kl[s], sl[s], cl[s] = kind, float(size), float(cost)
         self.uses[s], self.last_seq[s], self.loaded_seq[s], self.last_time[s] = uses, self.clock, self.clock, now
         self.next_seq[s] = -1  # unknown: the oracle looks it up before the next eviction
         self.free_bytes -= size
