@@ -177,16 +177,17 @@ class LatencyIndex:
     def __init__(self, n_replicas: int, components: ComponentTable) -> None:
         cost = np.asarray(components.load_cost_s, dtype=np.float64)
         self.n = int(n_replicas)
-        self._cost = cost.tolist()
+        self.cost_rows = cost.tolist()  # seconds to the GPU per component and tier, as lists
         # (C, R), one row per component, contiguous: a request's loads are k row additions
         self.load_s = np.repeat(cost[:, REMOTE][:, None], self.n, axis=1)
+        self.rows = list(self.load_s)  # the same rows as views (an owner may write rows[c][r])
         self.gpu: list[set[int]] = [set() for _ in range(cost.shape[0])]
         self.idle: set[int] = set()
         # the 0-cost shortcut holds only if the GPU tier is free and every other tier is not
         self.exact_zero = bool((cost[:, GPU] == 0).all() and (cost[:, GPU + 1:] > 0).all())
 
     def set_tier(self, r: int, c: int, t: int) -> None:
-        self.load_s[c, r] = self._cost[c][t]
+        self.load_s[c, r] = self.cost_rows[c][t]
         if t == GPU:
             self.gpu[c].add(r)
         else:
@@ -194,9 +195,9 @@ class LatencyIndex:
 
     def set_tiers(self, r: int, comps, tiers) -> None:
         """``set_tier`` for parallel sequences of components and tiers on replica ``r``."""
-        load, cost, gpu = self.load_s, self._cost, self.gpu
+        rows, cost, gpu = self.rows, self.cost_rows, self.gpu
         for c, t in zip(comps, tiers):
-            load[c, r] = cost[c][t]
+            rows[c][r] = cost[c][t]
             if t == GPU:
                 gpu[c].add(r)
             else:
