@@ -4,8 +4,8 @@ The fast routers of ``control.py`` read the simulator's own structures; this ada
 keeps the arrays of a ``policies.snapshot.ReplicaTable`` current as the simulation runs (tier of
 every component on every replica, queue lengths, expected drain times, free bytes, model
 counts) and asks the registry's router per request, as policies/README.md prescribes (the same
-pure code a live router could call; the live service does not run it yet). It costs more per
-request (the router is O(replicas) numpy).
+pure code the live ``deployments.routing.CacheAwareRouter`` calls on its snapshot). It costs more
+per request (the router is O(replicas) numpy).
 
 The drain time is what a replica could report, never the sampled end of its job: per replica the
 expected end of the running job (``Worker.exp_end``: start + mean compute from the profile + the
