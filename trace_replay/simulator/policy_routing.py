@@ -162,22 +162,39 @@ class PolicyRouter:
     def changed(self, w: Worker) -> None:
         """Queue, drain time, free bytes and model count of ``w`` after any change to it."""
         j = w.idx
-        if self.index is None:
+        ix = self.index
+        if ix is None:
             self._count(w)
-        if not w.routable:  # stopped or starting: the snapshot shows it as never free
-            self.run_end[j], self.queued[j] = np.inf, 0.0
-        else:
-            self.run_end[j], self.run_floor[j] = (w.exp_end, w.exp_floor) if w.busy else (0.0, 0.0)
-            self.queued[j] = w.exp_queue
-        if self.index is not None:  # idle: busy_until = max(0 + now, 0) + 0 = now at every route
-            if w.routable and not w.busy and w.exp_queue == 0.0:
-                self.index.idle.add(j)
+            if not w.routable:  # stopped or starting: the snapshot shows it as never free
+                self.run_end[j], self.queued[j] = np.inf, 0.0
             else:
-                self.index.idle.discard(j)
-            if self.run_floor[j] < 0 or self.queued[j] < 0:
-                self._negative.add(j)
-            elif self._negative:
-                self._negative.discard(j)
+                self.run_end[j], self.run_floor[j] = (w.exp_end, w.exp_floor) if w.busy else (0.0, 0.0)
+                self.queued[j] = w.exp_queue
+            return
+        # the same drain-time arrays, plus the index's idle set: idle means busy_until =
+        # max(0 + now, 0) + 0 = now at every route (checks on the Python values just written)
+        if not w.routable:
+            self.run_end[j], self.queued[j] = np.inf, 0.0
+            ix.idle.discard(j)
+            neg = self.run_floor[j] < 0
+        elif w.busy:
+            floor, q = w.exp_floor, w.exp_queue
+            self.run_end[j], self.run_floor[j], self.queued[j] = w.exp_end, floor, q
+            ix.idle.discard(j)
+            neg = floor < 0 or q < 0
+        else:
+            q = w.exp_queue
+            self.run_end[j] = self.run_floor[j] = 0.0
+            self.queued[j] = q
+            if q == 0.0:
+                ix.idle.add(j)
+            else:
+                ix.idle.discard(j)
+            neg = q < 0
+        if neg:
+            self._negative.add(j)
+        elif self._negative:
+            self._negative.discard(j)
 
     def keys(self, w: Worker, keys) -> None:
         """Re-derive the tier of ``keys`` on ``w``: the fastest tier that holds each."""
