@@ -35,14 +35,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks._common import RESULTS, machine_info, write_result  # noqa: E402
-from benchmarks.live_replay import free_port, start_service, stop_service, t2i  # noqa: E402
+from benchmarks.live_replay import (free_port, katz_trace, start_service, stop_service, t2i,  # noqa: E402
+                                    with_policies)
 
 # control-section overrides per arm; "{lean_budget}" is a quarter of the SLO (the simulator's
 # coordinator-lean: a request may wait that long behind a replica holding its pipeline rather
@@ -56,11 +55,8 @@ GOAL_LOAD_S_CUT = 0.40
 
 
 def arm_config(base: Path, arm: str, out: Path, slo_s: float) -> Path:
-    doc = yaml.safe_load(base.read_text())
     overrides = json.loads(json.dumps(ARMS[arm]).replace('"{lean_budget}"', str(slo_s / 4)))
-    doc.setdefault("control", {}).update(overrides)
-    out.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return out
+    return with_policies(base, **overrides, out=out)
 
 
 def row(name: str, live: dict, sim: dict) -> str:
@@ -94,10 +90,7 @@ def main() -> int:
         if not args.models:
             t2i("demo-models", "--out", str(models), "--bases", "8", "--loras", "64", "--replicas", "4", "--quiet")
         base_config = models / "config.yaml"
-        trace = work / "katz.json"
-        t2i("trace", "--no-progress", "synth", "--requests", str(max(2000, args.requests * 4)),
-            "--instances", "8", "--base-models", "40", "--loras", "300", "--controlnets", "8",
-            "--seed", str(args.seed + 1), "--out", str(trace))
+        trace = katz_trace(work / "katz.json", args.requests, args.seed + 1)
         profile = work / "profile.yaml"
         ray_config = arm_config(base_config, "ray-default", work / "config-ray-default.yaml", args.slo_s)
         port = free_port()

@@ -3,7 +3,8 @@
 What it does, end to end, with the real commands:
   1. builds the many-model demo (`t2i demo-models --bases 8 --loras 64`: more models than one
      replica holds) and serves its generated config with `t2i serve` (2 BaseModel replicas,
-     Ray's defaults: serve.multiplexed LRU, Ray's router) on a free port;
+     by default Ray's defaults: serve.multiplexed LRU, Ray's router; --policies coordinator for
+     the coordinator set) on a free port;
   2. measures the running service into a simulator profile (`t2i profile`);
   3. writes a Katz-shaped synthetic trace (`t2i trace synth`);
   4. at each arrival rate, `t2i parity`: the same slice replayed live (open loop, Poisson
@@ -58,6 +59,25 @@ def t2i(*args: str, capture: bool = False) -> str:
     return proc.stdout or ""
 
 
+def with_policies(config: Path, policies: str, out: Path, **control) -> Path:
+    """A copy of `config` running the `policies` control set (plus other `control` fields)."""
+    import yaml
+
+    doc = yaml.safe_load(config.read_text())
+    doc.setdefault("control", {}).update(policies=policies, **control)
+    out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return out
+
+
+def katz_trace(out: Path, requests: int, seed: int) -> Path:
+    """A Katz-shaped synthetic trace (`t2i trace synth`) with enough requests for a slice of
+    `requests`, for the live benchmarks."""
+    t2i("trace", "--no-progress", "synth", "--requests", str(max(2000, requests * 4)),
+        "--instances", "8", "--base-models", "40", "--loras", "300", "--controlnets", "8",
+        "--seed", str(seed), "--out", str(out))
+    return out
+
+
 def start_service(config: Path, port: int, log: Path) -> subprocess.Popen:
     env = dict(os.environ, RAY_TMPDIR=tempfile.mkdtemp(prefix="t2i-ray-"))
     proc = subprocess.Popen([*T2I, "serve", "--config", str(config), "--port", str(port), "--num-cpus", "2"],
@@ -107,6 +127,9 @@ def main() -> int:
     ap.add_argument("--slo-s", type=float, default=1.0, help="latency SLO (default 1 s: the demo "
                     "config's 5 s is never missed at these loads, and a violation rate of 0 on both "
                     "sides says nothing about parity)")
+    ap.add_argument("--policies", default="ray-default", choices=("ray-default", "coordinator"),
+                    help="control set of the service and of its simulation (default: %(default)s, "
+                    "what the recorded result measured)")
     ap.add_argument("--models", help="a many-model demo folder already built (with its config.yaml)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="smoke run: 20 requests, one rate")
@@ -122,11 +145,8 @@ def main() -> int:
         if not args.models:
             t2i("demo-models", "--out", str(models), "--bases", str(args.bases), "--loras", str(args.loras),
                 "--replicas", str(args.replicas), "--quiet")
-        config = models / "config.yaml"
-        trace = work / "katz.json"
-        t2i("trace", "--no-progress", "synth", "--requests", str(max(2000, args.requests * 4)),
-            "--instances", "8", "--base-models", "40", "--loras", "300", "--controlnets", "8",
-            "--seed", str(args.seed + 1), "--out", str(trace))
+        config = with_policies(models / "config.yaml", args.policies, work / "config.yaml")
+        trace = katz_trace(work / "katz.json", args.requests, args.seed + 1)
         profile = work / "profile.yaml"
         # The profile from its own fresh service; each level from a fresh one too, so live and
         # simulated runs both start with empty caches (the simulator cannot know what earlier
