@@ -116,55 +116,15 @@ class BaseModel:
         started = time.perf_counter()
         with self.control.request(spec) as record:
             if self.coordinated:
-                result = await self._generate_cached(spec, control_images, started)
+                result = await self._generate(spec, control_images, started)
             else:
                 loaded = await self._acquire(spec.base_model)
                 try:
-                    result = await self._generate(loaded, spec, control_images,
-                                                  time.perf_counter() - started)
+                    result = await self._generate(spec, control_images, started, loaded)
                 finally:
                     loaded.release()
             record(result)
             return result
-
-    async def _generate_cached(self, spec: GenerationSpec, control_images, started: float) -> GenerationResult:
-        """(coordinator) Models come from the replica cache under the execution lock: only the
-        running request holds leases, so a queue of requests for different pipelines never
-        fills the device budget with models waiting their turn (which made later requests wait
-        for room, and counted that wait as load time). Loads therefore do not overlap another
-        request's compute, as the simulator models them. Adapters are fetched before the lock where
-        the pipeline's slots lack them, and under it for what another request swapped out."""
-        colocated = self.config.controlnet_mode == "colocated"
-        ids = list(dict.fromkeys([spec.base_model, *([cn for cn, _ in spec.controlnets] if colocated else [])]))
-        # before the lock, the adapters the resident pipeline's slots lack (all of them when it is
-        # not resident); under the lock, any another request swapped out meanwhile
-        wanted = [a for a, _ in spec.loras]
-        resident = self.cache.objects().get(spec.base_model)
-        adapters = await self._fetch_adapters(resident.slots.missing(wanted) if resident is not None
-                                              and resident.slots is not None else wanted)
-        fetch_s = time.perf_counter() - started
-        factory = None
-        if spec.controlnets and not colocated:
-            factory = await self._remote_controlnets([cn for cn, _ in spec.controlnets])
-        lock_started = time.perf_counter()
-        async with self._lock:
-            queue_s = time.perf_counter() - lock_started
-            load_started = time.perf_counter()
-            leases = await self.cache.acquire(ids, wait_s=room_wait_s(self.config.slo.latency_s))
-            load_s = time.perf_counter() - load_started
-            try:
-                if spec.controlnets and colocated:
-                    factory = {lease.model_id: lease.obj for lease in leases[1:]}.__getitem__
-                adapters.update(await self._fetch_adapters(
-                    [a for a in leases[0].obj.slots.missing(wanted) if a not in adapters]))
-                result = await asyncio.to_thread(
-                    self.engine.generate, leases[0].obj, spec, adapters, control_images, factory)
-            finally:
-                self.cache.release(leases)
-        result.timings["queue_s"] = queue_s
-        result.timings["load_s"] += load_s + fetch_s
-        result.replica = _replica_id()
-        return result
 
     async def _acquire(self, model_id: str) -> LoadedPipeline:
         """(ray-default) The pipeline for `model_id`, counted in use so an eviction by
@@ -203,29 +163,49 @@ class BaseModel:
                 self._remote_nets[cn_id] = remote_controlnet(cn_id, config, call, self.engine.device)
         return self._remote_nets.__getitem__
 
-    async def _generate(self, loaded: LoadedPipeline, spec: GenerationSpec, control_images,
-                        pipeline_s: float, factory=None) -> GenerationResult:
+    async def _generate(self, spec: GenerationSpec, control_images, started: float,
+                        loaded: LoadedPipeline | None = None) -> GenerationResult:
+        """One request under the replica's execution lock. `loaded`: ray-default's pipeline,
+        acquired before the call (serve.multiplexed). None: the coordinator's replica cache,
+        whose models are taken under the lock, so only the running request holds leases (queued
+        requests holding them filled the device budget and made later requests wait for room,
+        a wait counted as load time) and loads do not overlap another request's compute, as the
+        simulator models them. Adapters the pipeline's slots lack are fetched before the lock,
+        and under it whatever another request swapped out meanwhile. `load_s` counts everything
+        before the lock (the multiplexed lookup, adapter fetches) and the cache's loads."""
+        colocated = self.config.controlnet_mode == "colocated"
         wanted = [a for a, _ in spec.loras]
-        fetch_started = time.perf_counter()
-        prefetched = await self._fetch_adapters(loaded.slots.missing(wanted))
-        fetch_s = time.perf_counter() - fetch_started
-        if spec.controlnets and self.config.controlnet_mode == "remote":
+        resident = loaded if loaded is not None else self.cache.objects().get(spec.base_model)
+        adapters = await self._fetch_adapters(resident.slots.missing(wanted) if resident is not None
+                                              and resident.slots is not None else wanted)
+        factory = None
+        if spec.controlnets and not colocated:
             factory = await self._remote_controlnets([cn for cn, _ in spec.controlnets])
-
+        before_lock_s = time.perf_counter() - started
         lock_started = time.perf_counter()
         async with self._lock:
             queue_s = time.perf_counter() - lock_started
-            # Another request may have swapped slots while this one waited for the lock.
-            late = await self._fetch_adapters(
-                [a for a in loaded.slots.missing(wanted) if a not in prefetched])
-            result = await asyncio.to_thread(
-                self.engine.generate, loaded, spec, {**prefetched, **late}, control_images, factory)
+            leases, lease_s = [], 0.0
+            if loaded is None:
+                ids = [spec.base_model, *([cn for cn, _ in spec.controlnets] if colocated else [])]
+                leases = await self.cache.acquire(list(dict.fromkeys(ids)),
+                                                  wait_s=room_wait_s(self.config.slo.latency_s))
+                lease_s = time.perf_counter() - lock_started - queue_s
+                loaded = leases[0].obj
+                if spec.controlnets and colocated:
+                    factory = {lease.model_id: lease.obj for lease in leases[1:]}.__getitem__
+            try:
+                adapters.update(await self._fetch_adapters(
+                    [a for a in loaded.slots.missing(wanted) if a not in adapters]))
+                result = await asyncio.to_thread(
+                    self.engine.generate, loaded, spec, adapters, control_images, factory)
+            finally:
+                if leases:
+                    self.cache.release(leases)
         result.timings["queue_s"] = queue_s
-        # pipeline_s: the cache (or serve.multiplexed) lookup, loads included
-        result.timings["load_s"] += pipeline_s + fetch_s
+        result.timings["load_s"] += before_lock_s + lease_s
         result.replica = _replica_id()
         return result
-
 
 def _replica_id() -> str | None:
     """This replica's Serve id (the response names who answered); None outside Serve."""

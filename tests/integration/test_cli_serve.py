@@ -2,6 +2,8 @@
 
 The SIGTERM goes out as soon as the first request is answered, which on a busy box can be while
 `serve.run` is still polling for the app to be RUNNING: the process must exit 0 from there too.
+It runs `--policies ray-default` (serve.multiplexed feeding BaseModel's one generate path); the
+shared service of the HTTP suite runs the default, the coordinator.
 
 This file sorts before the HTTP suite, so it runs before the shared Serve fixture starts and the
 two Ray instances never compete for the two cores.
@@ -29,7 +31,7 @@ def test_serve_runs_in_the_foreground_and_stops_cleanly_on_sigterm(demo_dir, tmp
     log = open(tmp_path / "serve.log", "w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--model-root", str(demo_dir), "--port", str(port),
-         "--num-cpus", "2"], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+         "--num-cpus", "2", "--policies", "ray-default"], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         deadline = time.time() + 150
         while time.time() < deadline and process.poll() is None:
@@ -50,5 +52,6 @@ def test_serve_runs_in_the_foreground_and_stops_cleanly_on_sigterm(demo_dir, tmp
             process.kill()
     output = (tmp_path / "serve.log").read_text()
     assert "deploying 13 models" in output and "shutting down" in output
+    assert "ray-default control plane" in output  # the rest of the suite runs the coordinator
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
