@@ -131,25 +131,15 @@ class PolicyRouter:
         """Expected drain times as of the latest route (the indexed form computes them on demand)."""
         return self._busy_until() if self.index is not None else self._bu
 
-    @property
-    def q(self) -> np.ndarray:
-        self._counts()
-        return self._q
+    # queue lengths, free GPU and host bytes, models per replica: one refresh, then the array
+    q = property(lambda self: self._counted(self._q))
+    gpu_free = property(lambda self: self._counted(self._gpu_free))
+    host_free = property(lambda self: self._counted(self._host_free))
+    n_models = property(lambda self: self._counted(self._n_models))
 
-    @property
-    def gpu_free(self) -> np.ndarray:
+    def _counted(self, array: np.ndarray) -> np.ndarray:
         self._counts()
-        return self._gpu_free
-
-    @property
-    def host_free(self) -> np.ndarray:
-        self._counts()
-        return self._host_free
-
-    @property
-    def n_models(self) -> np.ndarray:
-        self._counts()
-        return self._n_models
+        return array
 
     def _count(self, w: Worker) -> None:
         j = w.idx
