@@ -42,7 +42,7 @@ import numpy as np
 from deployments.config import ServeConfig
 from policies.coordination import COMPS, Coordination
 from policies.snapshot import (BAND_NAMES, BASE, CONTROLNET, GPU, HOT, LORA, REMOTE, SHARED, TIER_NAMES, WARM,
-                               ComponentTable)
+                               ComponentTable, PipelineIndex, PipelineKey)
 
 _KINDS = {"base": BASE, "controlnet": CONTROLNET, "lora": LORA}
 FORGET_AFTER_PERIODS = 3
@@ -83,10 +83,8 @@ class CacheCoordinator:
         for m in self.config.models:
             if m.kind in _KINDS:
                 self._component(m.id, _KINDS[m.kind], m.size_bytes)
-        # pipelines: key (base, controlnets, loras) -> id; components base first, then adapters by id
-        self.pipe_id: dict[tuple, int] = {}
-        self.pipe_key: list[tuple] = []
-        self.pipes: list[np.ndarray] = []
+        # pipelines: dense ids in order of first appearance, components base first
+        self.pipes = PipelineIndex()
         # replicas: dense index per replica id (a forgotten replica's index is reused)
         self.rep_index: dict[str, int] = {}
         self.rep_name: list[str | None] = []
@@ -122,16 +120,10 @@ class CacheCoordinator:
         return ComponentTable(kind, size.astype(np.int64), cost)
 
     def _pipeline(self, served: dict) -> int:
-        base = self._component(served["base"], BASE)
-        cns = tuple(sorted(self._component(x, CONTROLNET) for x in served.get("controlnets") or ()))
-        loras = tuple(sorted(self._component(x, LORA) for x in served.get("loras") or ()))
-        key = (base, cns, loras)
-        p = self.pipe_id.get(key)
-        if p is None:
-            p = self.pipe_id[key] = len(self.pipes)
-            self.pipe_key.append(key)
-            self.pipes.append(np.array([base, *sorted(set(cns + loras))], np.int64))
-        return p
+        return self.pipes.intern(PipelineKey.of(
+            self._component(served["base"], BASE),
+            (self._component(x, CONTROLNET) for x in served.get("controlnets") or ()),
+            (self._component(x, LORA) for x in served.get("loras") or ())))
 
     def _replica(self, replica_id: str, now: float) -> int:
         r = self.rep_index.get(replica_id)
@@ -309,5 +301,5 @@ class CacheCoordinator:
                 "last_plan_age_s": None if not math.isfinite(st.last_plan) else round(now - st.last_plan, 3)}
 
     def _pipe_name(self, p: int) -> str:
-        base, cns, loras = self.pipe_key[p]
+        base, cns, loras = self.pipes.keys[p]
         return "+".join(self.comp_name[c] for c in (base, *cns, *loras))

@@ -82,6 +82,8 @@ class PipelineIndex:
     def components(self, pid: int) -> np.ndarray:
         return self._comps[pid]
 
+    __getitem__ = components  # a Sequence of component arrays by pipeline id, as placement reads
+
     def bytes(self, components: "ComponentTable") -> np.ndarray:
         """Total bytes per pipeline (float64, shape (P,))."""
         return np.array([components.size_bytes[c].sum() for c in self._comps], dtype=np.float64)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from deployments.coordinator import CacheCoordinator
-from policies.snapshot import DISK, GPU, HOST, REMOTE
+from policies.snapshot import DISK, GPU, HOST, REMOTE, PipelineKey
 from trace_replay.simulator import SimConfig
 from trace_replay.simulator.config import ClusterSpec, ComponentSpec, InferenceSpec, ReloadOverhead
 from trace_replay.simulator.engine import Simulation
@@ -320,7 +320,7 @@ def test_a_served_request_and_an_eviction_in_one_report_are_ordered_by_the_repli
     clock = Clock()
     c = CacheCoordinator(config(), clock=clock)
     c.report("r0", rep({"sd-b": GPU, "ink": GPU}, [req("sd-b", 0.0, ["ink"])]))
-    p = c.pipe_id[(c.comp_id["sd-b"], (), (c.comp_id["ink"],))]
+    p = c.pipes.get(PipelineKey.of(c.comp_id["sd-b"], (), (c.comp_id["ink"],)))
     comps = frozenset({c.comp_id["sd-b"], c.comp_id["ink"]})
     c.st.open[0][p] = [0.0, 2.0, 0, 5.0, 0.9, comps, 1]  # an open prefetch record (core layout)
     clock.t = 1.0
