@@ -4,7 +4,11 @@ The interface is one pure, vectorised method. A policy receives a read-only ``Ca
 per-entry statistics, arrays whose last axis is the slots of one cache and whose leading axes
 are any number of independent caches, and returns eviction keys of the same shape; the entry
 with the lexicographically smallest keys is the victim. The store (live) or the simulator
-(``trace_replay.cache_sim``) evicts; the policy keeps no state and mutates nothing.
+(``trace_replay.cache_sim``) evicts; the policy mutates nothing.
+
+Policies whose order needs history the view cannot hold (ARC's ghosts, SIEVE's hand, GDSF's
+inflation) derive from ``StatefulEviction``: the cache keeps one ``EvictionMemory`` per policy
+and reports hits, misses, inserts and evictions to it, and the order comes from that memory.
 
 Why this shape: the live adapter store calls it on one cache of a few entries, and the simulator
 calls the very same code on thousands of caches at once (every instance x every capacity in
@@ -17,6 +21,7 @@ replays every instance in one global time order instead.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Hashable, Sequence
 from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -61,6 +66,8 @@ class EvictionPolicy(Protocol):
     # Optional: ``stack_algorithm: ClassVar[bool] = True`` declares the inclusion property (the
     # eviction order never depends on the cache size, and reads neither ``uses`` nor
     # ``loaded_seq``), so the simulator computes every capacity in one pass (Mattson 1970).
+    # Optional: ``stateful: ClassVar[bool] = True`` (``StatefulEviction``): the policy needs the
+    # cache's ``EvictionMemory`` (``new_memory(capacity)``), passed as ``priority(view, memory)``.
 
     def priority(self, view: CacheView) -> tuple[np.ndarray, ...]:
         """Eviction keys, each shaped like ``view.key``; lexicographically smallest goes first."""
@@ -68,6 +75,84 @@ class EvictionPolicy(Protocol):
 
 
 EVICTION: Registry[EvictionPolicy] = Registry("eviction", discover="policies")
+
+
+class EvictionMemory:
+    """One cache's memory for a stateful policy: what a ``CacheView`` cannot show, such as ARC's
+    ghost lists of evicted keys, SIEVE's hand, S3-FIFO's queues or GDSF's inflation value.
+
+    The cache (live store or simulator) owns one per policy, from ``policy.new_memory(capacity)``,
+    and reports every event to it, in this order for a demand access of ``key``:
+    a hit: ``on_hit``; a miss: ``on_miss``, then ``on_evict`` for each victim it evicts, then
+    ``on_insert``. A prefetch: ``on_evict`` for its victims, then ``on_insert(prefetch=True)``. An
+    entry dropped for any other reason (a store clearing a device) also gets ``on_evict``.
+
+    Keys are any hashable (ints in the simulators, model ids live). ``size`` is in the unit the
+    cache counts its ``capacity`` in: 1 per entry for a cache of slots, bytes for a byte budget.
+    ``cost`` is the entry's load cost in seconds, or None where the cache has none (then a policy
+    that prices loads uses its kind defaults). Pure bookkeeping: no clock or randomness of its own.
+    """
+
+    def on_hit(self, key: Hashable, now: float) -> None:
+        pass
+
+    def on_miss(self, key: Hashable, now: float) -> None:
+        pass
+
+    def on_insert(self, key: Hashable, kind: int, size: float, cost: float | None, now: float,
+                  prefetch: bool = False) -> None:
+        pass
+
+    def on_evict(self, key: Hashable, now: float) -> None:
+        pass
+
+    def victim_order(self, keys: Sequence[Hashable]) -> list[Hashable]:
+        """``keys`` (resident entries the cache may evict), best victim first. Reads, never writes:
+        the cache may ask and then evict something else (a pinned entry was skipped)."""
+        raise NotImplementedError
+
+
+class StatefulEviction:
+    """Base of eviction policies that remember (``stateful = True``): the victim order comes from
+    the cache's ``EvictionMemory``, not from the view's statistics alone.
+
+    ``priority(view, memory)`` ranks a one-cache (1-D) view by ``memory.victim_order`` so every
+    caller that takes keys works unchanged; callers that hold non-integer keys (the live store)
+    call ``victim_order`` directly. The lock-step and stack simulators cannot replay a policy
+    with memory (they never report events), so ``t2i trace cache`` runs these sequentially.
+    """
+
+    name: ClassVar[str] = ""
+    needs_future: ClassVar[bool] = False
+    independent_caches: ClassVar[bool] = True
+    stateful: ClassVar[bool] = True
+    fields: ClassVar[tuple[str, ...]] = ("last_seq",)
+
+    def new_memory(self, capacity: float) -> EvictionMemory:
+        raise NotImplementedError
+
+    def priority(self, view: CacheView, memory: EvictionMemory | None = None) -> tuple[np.ndarray, ...]:
+        if memory is None:
+            raise ValueError(f"{self.name!r} remembers: pass the cache's memory (policy.new_memory(capacity))")
+        key = np.asarray(view.key)
+        if key.ndim != 1:
+            raise ValueError(f"{self.name!r} ranks one cache at a time (a 1-D view)")
+        occupied = np.flatnonzero(key != EMPTY)
+        rank = np.full(key.shape, key.size, dtype=np.int64)  # empty slots last
+        order = memory.victim_order(key[occupied].tolist())
+        slot_of = {int(key[s]): int(s) for s in occupied}
+        rank[[slot_of[k] for k in order]] = np.arange(len(order), dtype=np.int64)
+        return (rank,)
+
+
+def is_stateful(policy: object) -> bool:
+    return bool(getattr(policy, "stateful", False))
+
+
+def eviction_keys(policy: EvictionPolicy, view: CacheView,
+                  memory: EvictionMemory | None = None) -> tuple[np.ndarray, ...]:
+    """``policy.priority(view)``, with the cache's memory for a policy that remembers."""
+    return policy.priority(view, memory) if is_stateful(policy) else policy.priority(view)
 
 
 @EVICTION.register("lru")
@@ -152,7 +237,7 @@ def _max_of(dtype: np.dtype) -> int:
 
 
 def propose_victims(policy: EvictionPolicy, view: CacheView, n: int = 1,
-                    pinned: np.ndarray | None = None) -> np.ndarray:
+                    pinned: np.ndarray | None = None, memory: EvictionMemory | None = None) -> np.ndarray:
     """Up to ``n`` victim slots of one cache (1-D view), best victim first.
 
     Only occupied, unpinned slots are proposed; the store decides what to do with them.
@@ -162,7 +247,7 @@ def propose_victims(policy: EvictionPolicy, view: CacheView, n: int = 1,
     allowed = view.key != EMPTY
     if pinned is not None:
         allowed &= ~pinned
-    keys = policy.priority(view)
+    keys = eviction_keys(policy, view, memory)
     out: list[int] = []
     while len(out) < n and allowed.any():
         slot = int(lex_argmin(keys, allowed))
