@@ -15,6 +15,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from policies.defaults import DEFAULT_EVICTION
+
 # Ids become dictionary keys, multiplexed-model ids, and (for local layouts) path components. A
 # strict charset makes path-shaped ids ("../../etc/passwd") impossible by construction.
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -143,7 +145,7 @@ class CacheBudgets(_Strict):
                                "slots accept (hotswap pads every adapter to this rank).")
     lora_store_bytes: int = Field(default=2 << 30, ge=1024, description="Host-memory budget "
                                   "of the LoRA store.")
-    lora_store_policy: str = Field(default="lru", description="Eviction policy of the LoRA "
+    lora_store_policy: str = Field(default=DEFAULT_EVICTION, description="Eviction policy of the LoRA "
                                    "store, by name from the policy registry (`t2i trace policies`).")
 
     @field_validator("lora_store_policy")
@@ -187,7 +189,7 @@ class ControlConfig(_Strict):
     host_budget_bytes: int = Field(
         default=2 << 30, ge=0, description="Host-memory tier under the GPU budget: an evicted "
         "pipeline's weights stay here, so its reload is a host-to-device copy. 0 turns it off.")
-    eviction: str = Field(default="cost-aware", description="Replica cache eviction, " + _NAMED_POLICY)
+    eviction: str = Field(default=DEFAULT_EVICTION, description="Replica cache eviction, " + _NAMED_POLICY)
     eviction_args: dict = Field(default_factory=dict)
     routing: str = Field(default="least-expected-latency", description="Request router, " + _NAMED_POLICY)
     routing_args: dict = Field(default_factory=lambda: {"band_pools": False}, description="Router "

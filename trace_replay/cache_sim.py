@@ -8,8 +8,10 @@ asked of the eviction policy, through the registry, on a ``CacheView``.
 Two engines, one semantics (a test holds them equal):
 - ``lockstep``: every (instance, capacity) cache is a row of a 2-D array and all advance one
   access per round, numpy doing the work; independent caches only, no prefetch.
-- ``sequential``: one access at a time in global time order; handles prefetch and policies that
-  need cross-instance state. The reference the other is checked against.
+- ``sequential``: one access at a time in global time order; handles prefetch, policies that
+  need cross-instance state and policies that remember (``StatefulEviction``: each cache owns the
+  policy's memory and reports its hits, misses, loads and evictions to it). The reference the
+  other is checked against.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.eviction import EMPTY, EVICTION, NEVER, CacheView, EvictionPolicy, lex_argmin
+from policies.eviction import (EMPTY, EVICTION, NEVER, CacheView, EvictionMemory, EvictionPolicy, eviction_keys,
+                               is_stateful, lex_argmin)
 from policies.prefetch import PREFETCH, PrefetchContext, PrefetchPolicy
 from trace_replay.progress import progress
 from trace_replay.table import CONTROLNET, RequestTable
@@ -265,17 +268,26 @@ def simulate_sequential(stream: AccessStream, policy: EvictionPolicy, capacity: 
     n = order.size
     key_kind = np.zeros(stream.n_keys, dtype=np.int8)  # a prefetched key's kind, before any access here
     key_kind[stream.key] = stream.kind
+    # a policy that remembers gets one memory per cache; slots count 1 each (no sizes or costs here)
+    memory = [policy.new_memory(capacity) for _ in range(n_inst)] if is_stateful(policy) else None
     for idx, a in enumerate(progress(order.tolist(), desc=f"{policy.name} cache", disable=not show_progress)):
         i, k, q = int(stream.instance[a]), int(stream.key[a]), int(stream.seq[a])
         slot = where[i].get(k)
+        mem = memory[i] if memory is not None else None
         if slot is None:
             misses[i] += 1
             if loads_by_kind is not None:
                 loads_by_kind[stream.kind[a]] += 1
-            slot = _free_or_victim(s, where[i], i, policy, q, float(stream.time[a]), future)
+            if mem is not None:
+                mem.on_miss(k, float(stream.time[a]))
+            slot = _free_or_victim(s, where[i], i, policy, q, float(stream.time[a]), future, mem)
             s.uses[i, slot], s.loaded_seq[i, slot] = 1, q
+            if mem is not None:
+                mem.on_insert(k, int(stream.kind[a]), 1.0, None, float(stream.time[a]))
         else:
             s.uses[i, slot] += 1
+            if mem is not None:
+                mem.on_hit(k, float(stream.time[a]))
         s.key[i, slot], s.kind[i, slot] = k, stream.kind[a]
         s.last_seq[i, slot], s.last_time[i, slot] = q, stream.time[a]
         s.next_seq[i, slot] = stream.next_seq[a]
@@ -292,8 +304,10 @@ def simulate_sequential(stream: AccessStream, policy: EvictionPolicy, capacity: 
         for pk in prefetch.propose(ctx, rng).tolist():
             if pk in where[i]:
                 continue
-            slot = _free_or_victim(s, where[i], i, policy, q, now, future)
+            slot = _free_or_victim(s, where[i], i, policy, q, now, future, mem)
             s.key[i, slot], s.uses[i, slot], s.loaded_seq[i, slot] = pk, 0, q
+            if mem is not None:
+                mem.on_insert(pk, int(key_kind[pk]), 1.0, None, now, prefetch=True)
             s.kind[i, slot] = key_kind[pk]  # (was left at the slot's previous kind until accessed)
             if loads_by_kind is not None:
                 loads_by_kind[key_kind[pk]] += 1
@@ -305,13 +319,17 @@ def simulate_sequential(stream: AccessStream, policy: EvictionPolicy, capacity: 
 
 
 def _free_or_victim(s: _Slots, where: dict[int, int], i: int, policy: EvictionPolicy,
-                    seq: int, now: float, future: bool) -> int:
+                    seq: int, now: float, future: bool, memory: EvictionMemory | None = None) -> int:
     """A free slot of cache i, or the policy's victim, which is unloaded here (mechanism)."""
     free = np.flatnonzero(s.key[i] == EMPTY)
     if free.size:
         return int(free[0])
+    if memory is not None:  # the memory's order over the keys held; no view to build
+        victim = memory.victim_order(list(where))[0]
+        memory.on_evict(victim, now)
+        return where.pop(victim)
     view = s.view(i, np.int64(seq), np.float64(now), future)
-    slot = int(lex_argmin(policy.priority(view), np.ones(s.key.shape[1], dtype=bool)))
+    slot = int(lex_argmin(eviction_keys(policy, view), np.ones(s.key.shape[1], dtype=bool)))
     del where[int(s.key[i, slot])]
     return slot
 
@@ -333,7 +351,10 @@ def run_cache(table: RequestTable, policy_name: str, capacities: list[int], pref
     prefetch = None if prefetch_name == "none" else PREFETCH.create(prefetch_name)
     n_inst = len(stream.instances)
     if engine == "auto":
-        engine = "fastest" if prefetch is None and policy.independent_caches else "sequential"
+        vectorised = prefetch is None and policy.independent_caches and not is_stateful(policy)
+        engine = "fastest" if vectorised else "sequential"
+    elif engine != "sequential" and is_stateful(policy):
+        raise ValueError(f"policy {policy_name!r} remembers (ghosts, hands): only the sequential engine replays it")
     if engine in ("fastest", "lockstep", "stack"):
         if engine == "fastest":
             misses = simulate_all(stream, policy, capacities, show_progress)

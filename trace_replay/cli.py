@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from policies.defaults import DEFAULT_ADAPTER_PREFETCH, DEFAULT_EVICTION
 from trace_replay.formats import FORMATS
 
 EPILOG = "formats:\n" + "\n".join(f"  {k:18s} {v}" for k, v in FORMATS.items()) + """
@@ -91,8 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      "accesses, misses, loads", description="Simulate the adapter cache "
                        "of every instance under one eviction (and prefetch) policy from the registry.")
     _trace_args(p)
-    p.add_argument("--policy", required=True, help="eviction policy name (see `t2i trace policies`) or pkg.mod:attr")
-    p.add_argument("--prefetch", default="none", help="prefetch policy name (default none)")
+    p.add_argument("--policy", default=DEFAULT_EVICTION,
+                   help=f"eviction policy name (see `t2i trace policies`; classic baselines: lru, lfu, gdsf, arc, "
+                        f"s3-fifo, sieve; offline bound: belady) or pkg.mod:attr (default {DEFAULT_EVICTION}, "
+                        f"the live service's)")
+    p.add_argument("--prefetch", default=DEFAULT_ADAPTER_PREFETCH,
+                   help=f"prefetch policy name (default {DEFAULT_ADAPTER_PREFETCH}, the live service's)")
     p.add_argument("--capacity", type=int, required=True, help="adapter slots per instance")
     p.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")
 
