@@ -75,10 +75,10 @@ class Harness:
         # a request then used while still there (first use)
         self.prefetched = [set() for _ in sim.workers]
 
-        def on_evict(w, key):
+        def on_evict(w, key, now):
             self.evicted[w.idx].append({"id": name(key), "to": REMOTE})
             self.prefetched[w.idx].discard(key)
-            evict(w, key)
+            evict(w, key, now)
 
         def on_bring(w, key, now, protect, uses=1):
             t = bring(w, key, now, protect, uses)

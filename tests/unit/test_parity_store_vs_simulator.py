@@ -235,9 +235,9 @@ def run_cluster_worker(policy: str, seq: list[str]) -> Trace:
     evicted: list[int] = []
     real_evict = sim.evict
 
-    def evict(worker, key):
+    def evict(worker, key, now):
         evicted.append(key)
-        real_evict(worker, key)
+        real_evict(worker, key, now)
 
     sim.evict = evict
     out: Trace = []

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from policies.coordination import Coordination
+from policies.eviction import is_stateful
 from policies.snapshot import DISK, GPU, HOST, REMOTE
 from trace_replay.simulator.config import SimConfig
 from trace_replay.simulator.snapshots import component_table
@@ -156,8 +157,10 @@ class Coordinator:
             self.router.pool[:] = plan.pool
         ws = self.sim.workers
         # a bool mask over all keys only for an eviction policy ranked through numpy (the cost-aware
-        # one-cache form checks the pinned set itself; 100 masks per plan were ~0.3 ms)
-        masks = not hasattr(self.sim.rt.eviction, "eviction_order")
+        # one-cache form and a stateful policy's memory check the pinned set itself; 100 masks per
+        # plan were ~0.3 ms)
+        ev = self.sim.rt.eviction
+        masks = not hasattr(ev, "eviction_order") and not is_stateful(ev)
         n_keys = st.tier.shape[1]
         for w in ws:
             w.pinned = pins = plan.pins[w.idx]

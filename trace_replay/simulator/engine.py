@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from policies.eviction import is_stateful
 from trace_replay.simulator.config import SimConfig
 from trace_replay.simulator.events import ARRIVAL, FINISH, READY, TICK
 from trace_replay.simulator.oracle import NextUseOracle
@@ -89,7 +90,10 @@ class Simulation:
         c = cfg.cluster
         host = c.host_gb * 1e9 if runtime.host_cache else 0.0
         future = runtime.eviction.needs_future  # an offline policy (Belady): give it the future
-        self.workers = [Worker(j, c.gpu_model_gb * 1e9, host, c.disk_gb * 1e9, future=future)
+        ev, gpu = runtime.eviction, c.gpu_model_gb * 1e9
+        # a policy that remembers: one memory per GPU cache, over its byte budget
+        self.workers = [Worker(j, gpu, host, c.disk_gb * 1e9, future=future,
+                               memory=ev.new_memory(gpu) if is_stateful(ev) else None)
                         for j in range(c.gpus)]
         self.oracle = NextUseOracle(wl) if future else None
         self.cur_req = -1  # the request being started (the oracle's "now")
@@ -153,13 +157,15 @@ class Simulation:
         rt = self.rt
         need_base = kind == BASE
         victims = None
+        if uses and w.memory is not None:  # a demand miss, reported before its evictions
+            w.memory.on_miss(key, now)
         if size > w.free_bytes or (need_base and rt.max_base is not None and w.n_base >= rt.max_base):
             if self.oracle is not None:
                 self.oracle.refresh(w, self.cur_req)
             victims = w.victims(rt.eviction, now, size, need_base, rt.max_base, protect)
             if victims is not None:
                 for v in victims:
-                    self.evict(w, v)
+                    self.evict(w, v, now)
         host, disk = w.host, w.disk
         gone_h = gone_d = ()  # keys the host / disk tier dropped to make room
         if host is not None and key in host.items:
@@ -190,8 +196,8 @@ class Simulation:
         self.rec.loads_by_kind[kind] += 1
         return t
 
-    def evict(self, w: Worker, key: int) -> None:
-        w.remove(key)
+    def evict(self, w: Worker, key: int, now: float) -> None:
+        w.remove(key, now)
         if self.key_kind[key] == BASE:
             self.holders[key].discard(w.idx)
 
@@ -202,6 +208,7 @@ class Simulation:
         load = 0.0
         missed = 0
         slot_of, uses, last_seq, last_time = w.slot_of, w.uses, w.last_seq, w.last_time
+        memory = w.memory  # a stateful policy's: told of every hit
         protect = tuple(comps)
         self.cur_req = i
         self._exp_load = 0.0
@@ -216,6 +223,8 @@ class Simulation:
                 uses[s] += 1
                 last_seq[s] = clock
                 last_time[s] = now
+                if memory is not None:
+                    memory.on_hit(k, now)
         if self.oracle is not None:  # record each component's next use, for Belady
             nxt, off = self.oracle.next_at, int(self.wl.comp_offsets[i])
             for j, k in enumerate(comps):

@@ -107,7 +107,7 @@ class Autoscaler:
         for w in chosen:
             self.routable.remove(w)
             w.active = w.routable = False
-            cleared = w.clear_gpu()
+            cleared = w.clear_gpu(now)
             for k in cleared:
                 if sim.key_kind[k] == 2:
                     sim.holders[k].discard(w.idx)

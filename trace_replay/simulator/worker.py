@@ -5,6 +5,11 @@ The GPU cache is mechanism only. Which entries to evict is asked of an eviction 
 worker's slots), exactly the interface the live store and ``trace_replay.cache_sim`` use. The
 host and disk tiers are plain LRU by bytes: they model the machine's page cache and local SSD,
 which no policy of ours manages.
+
+A policy that remembers (``policies.eviction.is_stateful``) gets one ``EvictionMemory`` per worker
+(``memory``, capacity the GPU byte budget, sizes in bytes, cost the entry's remote load cost): the
+worker reports inserts and every removal to it, the engine reports hits and misses, and ``victims``
+takes the memory's order. Stateless policies leave ``memory`` None and pay one check per event.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from collections import OrderedDict, deque
 
 import numpy as np
 
-from policies.eviction import EMPTY, CacheView, EvictionPolicy
+from policies.eviction import EMPTY, CacheView, EvictionMemory, EvictionPolicy
 
 _INT_MAX = np.iinfo(np.int64).max
 
@@ -56,10 +61,10 @@ class Worker:
                  "last_time", "size", "cost", "free_bytes", "cap_bytes", "n_base", "clock", "queue",
                  "busy", "active", "free_since", "idle_s", "busy_s", "host", "disk", "last_prefetch",
                  "ready_at", "pinned", "_seq", "_now", "_view", "routable", "next_seq", "future",
-                 "job_start", "exp_end", "exp_floor", "exp_queue", "pin_mask", "_lists")
+                 "job_start", "exp_end", "exp_floor", "exp_queue", "pin_mask", "_lists", "memory")
 
     def __init__(self, idx: int, gpu_bytes: float, host_bytes: float, disk_bytes: float,
-                 slots: int = 32, future: bool = False) -> None:
+                 slots: int = 32, future: bool = False, memory: EvictionMemory | None = None) -> None:
         self.idx = idx
         self.slot_of: dict[int, int] = {}
         self.free_slots = list(range(slots - 1, -1, -1))
@@ -108,6 +113,8 @@ class Worker:
         # kind, size and load cost per slot as lists (they change only on insert), for a policy's
         # one-cache form (``eviction_order``): three fewer array conversions per eviction
         self._lists = (self.kind.tolist(), self.size.tolist(), self.cost.tolist())
+        # a stateful policy's history of this GPU cache (None for a stateless policy)
+        self.memory = memory
 
     def _grow(self) -> None:
         n = self.key.shape[0]
@@ -134,8 +141,13 @@ class Worker:
         self.free_bytes -= size
         if kind == 2:
             self.n_base += 1
+        if self.memory is not None:  # uses 0: a prefetch (CacheView's "unused prefetch")
+            self.memory.on_insert(key, kind, size, cost, now, prefetch=uses == 0)
 
-    def remove(self, key: int) -> None:
+    def remove(self, key: int, now: float) -> None:
+        """Drop ``key`` from the GPU (an eviction, or the GPU cleared); ``now`` for the memory."""
+        if self.memory is not None:
+            self.memory.on_evict(key, now)
         s = self.slot_of.pop(key)
         self.free_bytes += self.size[s]
         if self.kind[s] == 2:
@@ -165,6 +177,8 @@ class Worker:
         order_of = getattr(policy, "eviction_order", None)  # the policy's one-cache form (cost-aware)
         if order_of is not None:
             return self._victims_in_order(order_of, need_bytes, need_base, max_base, protect)
+        if self.memory is not None:  # a policy that remembers: its memory orders the keys
+            return self._victims_remembered(need_bytes, need_base, max_base, protect)
         allowed = self.key != EMPTY
         for k in protect:
             s = self.slot_of.get(k)
@@ -228,8 +242,36 @@ class Worker:
             return None
         return out
 
-    def clear_gpu(self) -> list[int]:
+    def _victims_remembered(self, need_bytes: float, need_base: bool, max_base: int | None,
+                            protect: tuple) -> list[int] | None:
+        """``victims`` in the order of the stateful policy's memory: the same candidates
+        (occupied, not protected, not pinned) and stopping rule. The order is asked once: the
+        memory only reads, and it changes only when the caller reports the evictions."""
+        pinned, slot_of = self.pinned, self.slot_of
+        cand = [k for k in slot_of if k not in protect and k not in pinned]
+        if not cand:
+            return None if need_bytes > self.free_bytes else []
+        _, size, _ = self._lists
+        out: list[int] = []
+        free, n_base = self.free_bytes, self.n_base
+        base_ok = not need_base or max_base is None or n_base < max_base
+        kind = self.kind
+        for k in self.memory.victim_order(cand):
+            if free >= need_bytes and base_ok:
+                break
+            s = slot_of[k]
+            out.append(int(k))
+            free += size[s]
+            if kind[s] == 2:
+                n_base -= 1
+                base_ok = not need_base or max_base is None or n_base < max_base
+        if free < need_bytes or not base_ok:
+            return None
+        return out
+
+    def clear_gpu(self, now: float) -> list[int]:
+        """Drop every GPU entry (the replica stops); returns their keys."""
         keys = list(self.slot_of)
         for k in keys:
-            self.remove(k)
+            self.remove(k, now)
         return keys
