@@ -1,4 +1,10 @@
-"""Cost-aware eviction: keep what is likely reused and expensive to bring back per byte it holds.
+"""Load costs by kind, and ``cost-lrfu``: keep what is likely reused and expensive to bring back
+per byte it holds, with reuse from one decayed frequency.
+
+``cost-lrfu`` was the project's default eviction until it was measured losing to plain LRU on the
+GenTD26 trace (one fixed balance of recency against frequency); ``cost-aware``
+(``policies/cost_adaptive.py``) replaced it and learns that balance online. This one stays as a
+stateless reference and for the simulator's fast one-cache form (``eviction_order``).
 
 The talk's finding: a base-model refresh costs 22.6 s, five times a LoRA update, so one wrong
 eviction "can erase minutes of warm state" and recency alone fails. The utility of keeping an
@@ -41,11 +47,11 @@ def _by_kind(table: dict[int, float]) -> np.ndarray:
     return out
 
 
-@EVICTION.register("cost-aware")
-class CostAware:
+@EVICTION.register("cost-lrfu")
+class CostLRFU:
     """Lowest reuse probability x load cost per byte x kind weight evicted first."""
 
-    name: ClassVar[str] = "cost-aware"
+    name: ClassVar[str] = "cost-lrfu"
     needs_future: ClassVar[bool] = False
     independent_caches: ClassVar[bool] = True
     fields: ClassVar[tuple[str, ...]] = ("kind", "uses", "last_seq")

@@ -1,4 +1,4 @@
-"""CostAware.eviction_order (the simulator's one-cache form) orders victims exactly as priority()
+"""CostLRFU.eviction_order (the simulator's one-cache form) orders victims exactly as priority()
 with a stable lexsort does (the vectorised form the live store calls through propose_victims)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from policies.cost_aware import CostAware
+from policies.cost_aware import CostLRFU
 from policies.eviction import EMPTY, CacheView
 
 
@@ -26,7 +26,7 @@ def _view(rng: np.random.Generator, slots: int, seq: int, with_sizes: bool, with
 @pytest.mark.parametrize("half_life", [64.0, 3.0, 1e5])
 @pytest.mark.parametrize("with_sizes,with_costs", [(True, True), (False, True), (True, False)])
 def test_eviction_order_matches_priority(half_life, with_sizes, with_costs):
-    pol = CostAware(half_life_accesses=half_life)
+    pol = CostLRFU(half_life_accesses=half_life)
     rng = np.random.default_rng(int(half_life) + 2 * with_sizes + with_costs)
     for _ in range(400):
         slots = int(rng.integers(1, 33))
@@ -43,7 +43,7 @@ def test_eviction_order_matches_priority(half_life, with_sizes, with_costs):
 
 def test_decay_table_is_numpys_exp2():
     """The table's values are those exp2 gives on a cache-sized array (no last-bit drift)."""
-    pol = CostAware()
+    pol = CostLRFU()
     table = pol._decay_table()
     idle = np.random.default_rng(0).integers(0, len(table), 20_000)
     for chunk in np.split(idle, 625):  # 32 at a time, as a worker's view

@@ -80,9 +80,9 @@ def cost_aware_fast_decay():
     """Cost-aware with a half-life of 4 accesses. At the default (64) and K = 4 every cached entry
     was used a few accesses ago, the decay hardly moves and cost-aware decides like LFU; with a
     short half-life recency weighs in, so the definitions of ``uses`` and of the clock matter."""
-    from policies.cost_aware import CostAware
+    from policies.cost_aware import CostLRFU
 
-    return CostAware(half_life_accesses=4.0)
+    return CostLRFU(half_life_accesses=4.0)
 
 
 FAST_DECAY = f"{__name__}:cost_aware_fast_decay"  # the registry's "module:attr" escape hatch
