@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from policies.eviction import EMPTY, EVICTION, NEVER, CacheView, EvictionPolicy, lex_argmin, propose_victims
+from policies.eviction import (EMPTY, EVICTION, NEVER, CacheView, EvictionPolicy, is_stateful, lex_argmin,
+                               propose_victims)
 from policies.prefetch import PREFETCH, PrefetchContext
 from policies.registry import Registry, RegistryError
+from policies.shadow import ShadowCache
 
 POLICIES_DIR = Path(__file__).resolve().parents[2] / "policies"
 
@@ -28,13 +30,43 @@ def make_view(rng: np.random.Generator, caches: int = 3, slots: int = 6, empty: 
                      last_time=last * 0.5, seq=np.full(caches, 55), now=np.full(caches, 27.5), next_seq=nxt)
 
 
+def replay(policy, seed: int, capacity: int = 6, n: int = 300) -> ShadowCache:
+    """A stateful policy's shadow cache after a random skewed sequence over keys 0..19 (one
+    access in ten a prefetch), so its memory has history: hits, misses, evictions, ghosts."""
+    rng = np.random.default_rng(seed)
+    shadow = ShadowCache(policy, capacity)
+    for key in (rng.zipf(1.4, n) % 20).tolist():
+        (shadow.prefetch if rng.random() < 0.1 else shadow.access)(key)
+    return shadow
+
+
+def one_cache(view: CacheView) -> CacheView:
+    """The first cache of ``view`` as a 1-D view."""
+    return replace(view, **{f: getattr(view, f)[0] for f in ("key", "kind", "uses", "last_seq", "loaded_seq",
+                                                              "last_time", "next_seq")}, seq=view.seq[0], now=view.now[0])
+
+
 @pytest.mark.parametrize("name", EVICTION.names())
 class TestEvictionContract:
-    """Every registered eviction policy: shape, bounds, determinism, no mutation."""
+    """Every registered eviction policy: shape, bounds, determinism, no mutation. A stateful
+    policy is checked on its memory after a replayed access sequence (it ranks one cache at a
+    time, from the memory, so the stateless checks on 2-D views do not apply to it)."""
 
     def test_keys_shape_and_victim_bounds(self, name):
         policy = EVICTION.create(name)
         assert isinstance(policy, EvictionPolicy)
+        if is_stateful(policy):
+            shadow = replay(policy, 0)
+            resident = shadow.keys()
+            assert len(resident) == 6
+            for keys in (resident, resident[::2], resident[-1:], []):
+                order = shadow.memory.victim_order(keys)
+                assert sorted(order) == sorted(keys) and len(order) == len(keys)  # exactly those, once each
+            with pytest.raises(ValueError):
+                policy.priority(make_view(np.random.default_rng(0)), shadow.memory)  # one cache at a time
+            with pytest.raises(ValueError, match="memory"):
+                policy.priority(one_cache(make_view(np.random.default_rng(0), caches=1)))
+            return
         view = make_view(np.random.default_rng(0))
         keys = policy.priority(view)
         assert isinstance(keys, tuple) and keys and all(np.shape(k) == view.key.shape for k in keys)
@@ -47,6 +79,20 @@ class TestEvictionContract:
 
     def test_deterministic_and_pure(self, name):
         policy = EVICTION.create(name)
+        if is_stateful(policy):
+            a, b = replay(policy, 1), replay(EVICTION.create(name), 1)
+            keys = a.keys()
+            first = a.memory.victim_order(keys)
+            assert b.memory.victim_order(keys) == first  # two memories fed the same events agree
+            assert a.memory.victim_order(keys[::-1]) == first  # the caller's order does not matter
+            a.memory.victim_order(keys[1:])
+            assert a.memory.victim_order(keys) == first  # asking did not change the answer...
+            rng = np.random.default_rng(11)
+            for key in (rng.zipf(1.4, 200) % 20).tolist():  # ...nor what the cache does next
+                assert a.access(key) == b.access(key)
+            assert sorted(a.keys()) == sorted(b.keys())
+            assert a.memory.victim_order(a.keys()) == b.memory.victim_order(a.keys())
+            return
         view = make_view(np.random.default_rng(1))
         before = {f: np.copy(getattr(view, f)) for f in ("key", "uses", "last_seq", "next_seq")}
         a = lex_argmin(policy.priority(view), view.key != EMPTY)
@@ -57,6 +103,17 @@ class TestEvictionContract:
 
     def test_propose_victims_skips_empty_and_pinned(self, name):
         policy = EVICTION.create(name)
+        if is_stateful(policy):
+            shadow = replay(policy, 2)
+            one = replace(one_cache(make_view(np.random.default_rng(2), caches=1, slots=6, empty=0.0)),
+                          key=np.array(sorted(shadow.keys()), dtype=np.int64))
+            one.key[1] = EMPTY
+            pinned = np.zeros(6, bool)
+            pinned[2] = True
+            victims = propose_victims(policy, one, n=10, pinned=pinned, memory=shadow.memory)
+            assert sorted(victims.tolist()) == [0, 3, 4, 5]
+            assert one.key[victims].tolist() == shadow.memory.victim_order(one.key[[0, 3, 4, 5]].tolist())
+            return
         v = make_view(np.random.default_rng(2), caches=1, slots=6, empty=0.0)
         one = replace(v, **{f: getattr(v, f)[0] for f in ("key", "kind", "uses", "last_seq", "loaded_seq",
                                                              "last_time", "next_seq")}, seq=v.seq[0], now=v.now[0])
