@@ -250,11 +250,14 @@ def sweep(stream: AccessStream, policy_names: list[str], capacities: list[int], 
 def simulate_sequential(stream: AccessStream, policy: EvictionPolicy, capacity: int,
                         prefetch: PrefetchPolicy | None = None, seed: int = 0,
                         show_progress: bool = False,
-                        loads_by_kind: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        loads_by_kind: np.ndarray | None = None,
+                        prefetch_used: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(misses, prefetch loads) per instance, one access at a time in global time order.
 
     ``loads_by_kind``: an int64 array indexed by kind code; every load (demand or prefetch) adds
-    one to its adapter's kind, for callers that price loads by kind."""
+    one to its adapter's kind, for callers that price loads by kind. ``prefetch_used``: an int64
+    array per instance, adding one for each prefetched adapter that served a request before it
+    was evicted (the rest of the prefetch loads were wasted)."""
     n_inst = len(stream.instances)
     s = _Slots(n_inst, capacity)
     where: list[dict[int, int]] = [{} for _ in range(n_inst)]  # key -> slot, per instance
@@ -270,6 +273,7 @@ def simulate_sequential(stream: AccessStream, policy: EvictionPolicy, capacity: 
     key_kind[stream.key] = stream.kind
     # a policy that remembers gets one memory per cache; slots count 1 each (no sizes or costs here)
     memory = [policy.new_memory(capacity) for _ in range(n_inst)] if is_stateful(policy) else None
+    unused: list[set[int]] = [set() for _ in range(n_inst)]  # prefetched, not yet requested
     for idx, a in enumerate(progress(order.tolist(), desc=f"{policy.name} cache", disable=not show_progress)):
         i, k, q = int(stream.instance[a]), int(stream.key[a]), int(stream.seq[a])
         slot = where[i].get(k)
@@ -281,6 +285,8 @@ def simulate_sequential(stream: AccessStream, policy: EvictionPolicy, capacity: 
             if mem is not None:
                 mem.on_miss(k, float(stream.time[a]))
             slot = _free_or_victim(s, where[i], i, policy, q, float(stream.time[a]), future, mem)
+            if unused[i]:
+                unused[i].discard(int(s.key[i, slot]))  # the victim, if an unused prefetch: wasted
             s.uses[i, slot], s.loaded_seq[i, slot] = 1, q
             if mem is not None:
                 mem.on_insert(k, int(stream.kind[a]), 1.0, None, float(stream.time[a]))
@@ -288,6 +294,10 @@ def simulate_sequential(stream: AccessStream, policy: EvictionPolicy, capacity: 
             s.uses[i, slot] += 1
             if mem is not None:
                 mem.on_hit(k, float(stream.time[a]))
+            if unused[i] and k in unused[i]:
+                unused[i].discard(k)
+                if prefetch_used is not None:
+                    prefetch_used[i] += 1
         s.key[i, slot], s.kind[i, slot] = k, stream.kind[a]
         s.last_seq[i, slot], s.last_time[i, slot] = q, stream.time[a]
         s.next_seq[i, slot] = stream.next_seq[a]
@@ -305,6 +315,8 @@ def simulate_sequential(stream: AccessStream, policy: EvictionPolicy, capacity: 
             if pk in where[i]:
                 continue
             slot = _free_or_victim(s, where[i], i, policy, q, now, future, mem)
+            unused[i].discard(int(s.key[i, slot]))  # a prefetch evicted unused was wasted
+            unused[i].add(pk)
             s.key[i, slot], s.uses[i, slot], s.loaded_seq[i, slot] = pk, 0, q
             if mem is not None:
                 mem.on_insert(pk, int(key_kind[pk]), 1.0, None, now, prefetch=True)

@@ -118,6 +118,27 @@ def test_prefetch_loads_count_as_loads():
     assert (plain["misses"], plain["loads"]) == (4, 4)
 
 
+@pytest.mark.parametrize("policy", ["lru", "cost-aware"])
+def test_prefetches_used_before_eviction_are_counted(policy):
+    from policies.eviction import EVICTION
+    from policies.prefetch import PREFETCH
+    from trace_replay.cache_sim import simulate_sequential
+
+    # as above: i1 gets l0 and l1 prefetched after l2; it then asks for l0 (used), never for l1
+    t = lora_sequence([0, 1, 0, 1, 2, 0], instance=[0, 0, 0, 0, 1, 1])
+    used = np.zeros(2, dtype=np.int64)
+    misses, pre = simulate_sequential(access_stream(t), EVICTION.create(policy), 3, PREFETCH.create("fill-popular"),
+                                      prefetch_used=used)
+    assert pre.tolist() == [0, 2] and used.tolist() == [0, 1] and misses.sum() == 3
+    # two slots: after l2, one is free and fill-popular takes l1 (as used as l0, but more recent);
+    # i1 never asks for l1, so the prefetch is loaded and wasted
+    used[:] = 0
+    t2 = lora_sequence([0, 1, 0, 1, 2, 3, 4, 0], instance=[0, 0, 0, 0, 1, 1, 1, 1])
+    misses, pre = simulate_sequential(access_stream(t2), EVICTION.create(policy), 2, PREFETCH.create("fill-popular"),
+                                      prefetch_used=used)
+    assert pre[1] >= 1 and used[1] == 0
+
+
 def test_cli_cache_json(capsys):
     assert main(["--no-progress", "cache", "--trace", str(FIX / "katz_small.json"), "--format", "katz",
                  "--policy", "belady", "--capacity", "2", "--json"]) == 0
