@@ -37,19 +37,42 @@ def check_capacity(capacity: float) -> float:
     return float(capacity)
 
 
+_FIXED_BITS = 1074  # 2**-1074 is the smallest float: every float is an integer in these units
+
+
+def _fixed(x: float) -> int:
+    """``x`` exactly, as an integer count of 2**-1074."""
+    n, d = float(x).as_integer_ratio()  # d is a power of two, at most 2**1074
+    return n * ((1 << _FIXED_BITS) // d)
+
+
 class GDSFMemory(EvictionMemory):
     """GDSF's state: the inflation value L and, per entry, its frequency F, cost / size and the
-    access counter of its latest access (the recency tie-break)."""
+    access counter of its latest access (the recency tie-break).
+
+    H and L are exact integers (units of 2**-1074), not floats: with floats, L + F x v rounds,
+    and ties that are exact when every entry has the same cost / size v (H = integer x v) break
+    by rounding, differently for different units. Exact sums keep the order independent of the
+    unit: a store reporting measured seconds and bytes and a simulator reporting per-kind
+    constants and slots evict alike (tests/unit/test_parity_store_vs_simulator.py).
+    """
 
     def __init__(self, default_cost: dict[int, float]) -> None:
-        self.inflation = 0.0  # L
+        self._inflation = 0  # L, fixed point
         self._default_cost = default_cost
-        self._h: dict[Hashable, float] = {}  # priority H = L + F * cost / size
-        self._entry: dict[Hashable, list] = {}  # key -> [F, cost / size, tick of latest access]
+        self._h: dict[Hashable, int] = {}  # priority H = L + F * cost / size, fixed point
+        self._entry: dict[Hashable, list] = {}  # key -> [F, cost / size (fixed), tick of latest access]
         self._tick = 0
 
+    @property
+    def inflation(self) -> float:
+        return self._inflation / (1 << _FIXED_BITS)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entry
+
     def priority_of(self, key: Hashable) -> float:
-        return self._h[key]
+        return self._h[key] / (1 << _FIXED_BITS)
 
     def on_hit(self, key: Hashable, now: float) -> None:
         e = self._entry.get(key)
@@ -59,7 +82,7 @@ class GDSFMemory(EvictionMemory):
         self._tick += 1
         e[0] += 1
         e[2] = self._tick
-        self._h[key] = self.inflation + e[0] * e[1]
+        self._h[key] = self._inflation + e[0] * e[1]
 
     def on_insert(self, key: Hashable, kind: int, size: float, cost: float | None, now: float,
                   prefetch: bool = False) -> None:
@@ -69,9 +92,9 @@ class GDSFMemory(EvictionMemory):
             table = self._default_cost
             cost = table[kind] if kind in table else table[min(table, key=lambda k: abs(k - kind))]
         self._tick += 1
-        value = cost / size
+        value = _fixed(cost / size)
         self._entry[key] = [1, value, self._tick]  # F = 1 for a demand load and a prefetch alike
-        self._h[key] = self.inflation + value
+        self._h[key] = self._inflation + value
 
     def on_evict(self, key: Hashable, now: float) -> None:
         h = self._h.pop(key, None)
@@ -80,7 +103,7 @@ class GDSFMemory(EvictionMemory):
         del self._entry[key]
         # L = H of the evicted entry. In the paper's order that H is the minimum, so L never falls;
         # max() keeps it so when the cache evicts out of order (a pinned minimum was skipped).
-        self.inflation = max(self.inflation, h)
+        self._inflation = max(self._inflation, h)
 
     def victim_order(self, keys: Sequence[Hashable]) -> list[Hashable]:
         entry, h = self._entry, self._h

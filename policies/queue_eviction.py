@@ -211,6 +211,9 @@ class SieveMemory(EvictionMemory):
         self._tail: Hashable | None = None  # oldest
         self.hand: Hashable | None = None
 
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self.visited
+
     def queue(self) -> list[Hashable]:
         """Resident keys from the tail (oldest) to the head (newest)."""
         out, k = [], self._tail

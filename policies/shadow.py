@@ -65,6 +65,16 @@ class ShadowCache:
             return False
         return self._admit(key, kind, size, cost, now, True)
 
+    def discard(self, key: Hashable, now: float = 0.0) -> bool:
+        """Evict ``key`` outside a miss (a store clearing a device, a pinned victim skipped):
+        the memory sees ``on_evict``. True if it was resident."""
+        size = self._size.pop(key, None)
+        if size is None:
+            return False
+        self.used = self.used - size if self._size else 0.0
+        self.memory.on_evict(key, now)
+        return True
+
     def _admit(self, key: Hashable, kind: int, size: float, cost: float | None, now: float,
                prefetch: bool) -> bool:
         if not size > 0:

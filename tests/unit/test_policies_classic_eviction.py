@@ -169,6 +169,30 @@ def test_unknown_keys_are_handled_as_new(name):
     assert memory.victim_order(["a"]) == ["a"]
 
 
+@pytest.mark.parametrize("name", CLASSIC)
+def test_pinned_and_out_of_order_evictions_keep_memory_and_cache_in_step(name):
+    """Fuzz: the cache evicts the first unpinned key of victim_order, or drops a random resident
+    key; the memory's residents stay the cache's and every victim_order is a permutation."""
+    rng = np.random.default_rng(3)
+    shadow = ShadowCache(EVICTION.create(name), 8.0)
+    memory = shadow.memory
+    for step, key in enumerate((rng.zipf(1.3, 3000) % 50).tolist()):
+        size = 0.5 + (key % 4) * 0.75
+        shadow.access(key, size=size)
+        resident = shadow.keys()
+        if step % 7 == 0 and len(resident) > 2:  # evict around a random pinned set
+            unpinned = [k for k in resident if rng.random() < 0.6]
+            order = memory.victim_order(unpinned)
+            assert sorted(order) == sorted(unpinned)
+            if order:
+                assert shadow.discard(order[0], float(step))
+        elif step % 11 == 0 and resident:  # the store drops any key
+            k = resident[int(rng.integers(len(resident)))]
+            assert shadow.discard(k, float(step))
+        assert {k for k in range(50) if k in memory} == set(shadow.keys())
+        assert sorted(memory.victim_order(shadow.keys())) == sorted(shadow.keys())
+
+
 def test_shadow_cache_follows_the_event_protocol():
     """The protocol-checking FIFO fixture raises on any event out of the documented order."""
     policy = EVICTION.create(FIFO)

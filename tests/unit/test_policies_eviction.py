@@ -42,8 +42,8 @@ def replay(policy, seed: int, capacity: int = 6, n: int = 300) -> ShadowCache:
 
 def one_cache(view: CacheView) -> CacheView:
     """The first cache of ``view`` as a 1-D view."""
-    return replace(view, **{f: getattr(view, f)[0] for f in ("key", "kind", "uses", "last_seq", "loaded_seq",
-                                                              "last_time", "next_seq")}, seq=view.seq[0], now=view.now[0])
+    fields = ("key", "kind", "uses", "last_seq", "loaded_seq", "last_time", "next_seq")
+    return replace(view, **{f: getattr(view, f)[0] for f in fields}, seq=view.seq[0], now=view.now[0])
 
 
 @pytest.mark.parametrize("name", EVICTION.names())
