@@ -5,7 +5,10 @@ BaseModel replicas as Ray object references: an adapter is serialised into the o
 when it is read, and every later hit is a reference, not a copy through this actor.
 Which adapter leaves when the budget is exceeded is decided by an eviction policy from the
 shared registry (`cache.lora_store_policy`), the same code the trace tools and the simulator run;
-the store only keeps the statistics the policy reads and carries out its choice.
+the store only keeps the statistics the policy reads and carries out its choice. A policy that
+remembers (`is_stateful`) gets one memory over the byte budget, keyed by the adapters' integer
+keys as the view holds them: a hit, or a miss then the evictions its room needs then its insert
+(a prefetch: the evictions, then an insert flagged as one).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 from deployments.config import ServeConfig
 from deployments.errors import ModelLoadError, RequestError
 from deployments.lora_format import prepare_adapter
-from policies.eviction import EVICTION, CacheView, propose_victims
+from policies.eviction import EVICTION, CacheView, is_stateful, propose_victims
 
 LORA_KIND = 1  # component kinds as the policies number them: 0 ControlNet, 1 LoRA
 
@@ -71,6 +74,7 @@ class LoRAStore:
         self.config = config if isinstance(config, ServeConfig) else ServeConfig.model_validate(config)
         self.budget = self.config.cache.lora_store_bytes
         self.policy = EVICTION.create(self.config.cache.lora_store_policy)
+        self.memory = self.policy.new_memory(self.budget) if is_stateful(self.policy) else None
         self._clock = clock
         self._cache: dict[str, _Entry] = {}
         self._keys: dict[str, int] = {}  # stable integer ids, as the policies' views use
@@ -104,14 +108,20 @@ class LoRAStore:
         # loaded at the access being served (a prefetch: at the latest one); a load is no access
         return _Entry(ref, weights_bytes(weights), cost, key, self._seq, self._seq, self._clock())
 
-    def _insert(self, adapter_id: str, item: _Entry) -> None:
-        self._cache[adapter_id] = item
-        while sum(e.size for e in self._cache.values()) > self.budget and len(self._cache) > 1:
+    def _insert(self, adapter_id: str, item: _Entry, prefetch: bool = False) -> None:
+        """Evict until `item` fits (never `item` itself: an adapter over the whole budget is kept
+        alone), then insert it."""
+        used = sum(e.size for e in self._cache.values())
+        while used + item.size > self.budget and self._cache:
             ids = list(self._cache)
-            pinned = np.array([a == adapter_id for a in ids])  # never evict what just came in
-            (victim,) = propose_victims(self.policy, self._view(ids), n=1, pinned=pinned)
-            del self._cache[ids[victim]]
+            (victim,) = propose_victims(self.policy, self._view(ids), n=1, memory=self.memory)
+            used -= self._cache.pop(ids[victim]).size
             self.evictions += 1
+            if self.memory is not None:
+                self.memory.on_evict(self._keys[ids[victim]], self._clock())
+        self._cache[adapter_id] = item
+        if self.memory is not None:
+            self.memory.on_insert(item.key, LORA_KIND, item.size, item.load_cost_s, self._clock(), prefetch=prefetch)
 
     def _view(self, ids: list[str]) -> CacheView:
         entries = [self._cache[a] for a in ids]
@@ -140,9 +150,13 @@ class LoRAStore:
         if hit:
             self.hits += 1
             item = self._cache[adapter_id]
+            if self.memory is not None:
+                self.memory.on_hit(item.key, self._clock())
         else:
             self.misses += 1
             item = self._load(adapter_id)
+            if self.memory is not None:  # after the read: a read that fails is no miss it remembers
+                self.memory.on_miss(item.key, self._clock())
             self._insert(adapter_id, item)
         self._touch(item)
         return {"ref": item.ref, "bytes": item.size, "hit": hit}
@@ -153,7 +167,7 @@ class LoRAStore:
         loaded = []
         for adapter_id in adapter_ids:
             if adapter_id not in self._cache:
-                self._insert(adapter_id, self._load(adapter_id))
+                self._insert(adapter_id, self._load(adapter_id), prefetch=True)
                 loaded.append(adapter_id)
         return loaded
 

@@ -16,6 +16,16 @@ are never proposed; pinned entries only when nothing unpinned can make the room 
 `pins_overridden`). An entry evicted from the device goes to the host tier when it fits there (the
 host tier evicts by the same policy, to nowhere).
 
+A policy that remembers (`policies.eviction.is_stateful`) gets one memory per tier (capacity that
+tier's budget, keyed by model id, deployments/tier_memory.py), and its `victim_order` ranks. The
+GPU tier's memory hears a hit for a request served from the device (or joining a load already
+under way), a miss and the evictions that made its room when a load starts, the insert when the
+load lands (measured bytes; prefetch flagged; a load that fails has none), and an eviction for
+every entry leaving the device (demoted or dropped). Other requests' events may come between a
+miss and its insert. The host tier's memory hears a demotion as an insert (flagged prefetch: no
+request asked for it) after the drops that made its room, and a reload to the device as a hit
+and an eviction.
+
 Concurrency: every method runs on the replica's event loop (no locks on the bookkeeping); loads
 and device/host moves run in worker threads. Requests for a model being loaded wait on that one
 load (single flight). A request that needs room held by entries other requests are using waits
@@ -37,7 +47,8 @@ from typing import Protocol
 import numpy as np
 
 from deployments.load_costs import LoadCosts
-from policies.eviction import CacheView, EvictionPolicy, propose_victims
+from deployments.tier_memory import TierMemory
+from policies.eviction import CacheView, EvictionPolicy, is_stateful, propose_victims
 from policies.snapshot import DISK, GPU, HOST, KIND_NAMES, REMOTE, TIER_NAMES
 
 logger = logging.getLogger(__name__)
@@ -132,6 +143,13 @@ class ModelCache:
         self._loads: list[dict] = []
         self._evicted: list[dict] = []
         self._prefetch_hits: list[str] = []
+        # a stateful policy's memory per tier: none for a stateless policy, GPU always, HOST
+        # when the host tier is on
+        self.memories: dict[int, TierMemory] = {}
+        if is_stateful(policy):
+            self.memories[GPU] = TierMemory(policy.new_memory(self.gpu_budget))
+            if self.host_budget > 0:
+                self.memories[HOST] = TierMemory(policy.new_memory(self.host_budget))
 
     # -- requests ---------------------------------------------------------------------------
     async def acquire(self, model_ids: Sequence[str], wait_s: float = 0.0) -> list[Lease]:
@@ -179,6 +197,7 @@ class ModelCache:
 
     async def _acquire_one(self, model_id: str, count: bool, holding: frozenset = frozenset()) -> Lease:
         self._seq += 1
+        missed = False  # this call started the load (a miss to the memory, not also a hit)
         while True:
             entry = self._entries.get(model_id)
             if entry is not None and entry.moving is not None:
@@ -194,9 +213,10 @@ class ModelCache:
                 if count:
                     self._count_join(entry)
                 await self._join(entry)
-                self._touch(entry)
+                self._touch(entry, hit=not missed)
                 return Lease(model_id, entry.obj, entry)
             entry, started = await self._start_load(model_id, prefetch=False, holding=holding)
+            missed = missed or started
             if count and started:
                 tier = entry.load_from
                 self._counters["hits" if tier == HOST else "misses"][TIER_NAMES[tier]] += 1
@@ -222,7 +242,8 @@ class ModelCache:
                 entry.waiters -= 1
             raise
 
-    def _touch(self, entry: _Entry) -> None:
+    def _touch(self, entry: _Entry, hit: bool = True) -> None:
+        """A request uses `entry` (`hit`: it found it on the device or loading; False: its own load)."""
         if entry.prefetched and entry.uses == 0:
             self._counters["prefetch"]["used"] += 1
             self._prefetch_hits.append(entry.model_id)
@@ -230,6 +251,8 @@ class ModelCache:
         entry.uses += 1
         entry.last_seq = self._seq
         entry.last_time = self._clock()
+        if hit and (gpu := self.memories.get(GPU)) is not None:
+            gpu.hit(entry.model_id, entry.last_time)
 
     # -- prefetch and pins ------------------------------------------------------------------
     async def prefetch(self, model_id: str) -> bool:
@@ -268,7 +291,15 @@ class ModelCache:
             if entry is not None and (entry.tier == GPU or entry.loading or entry.moving):
                 return entry, False
             need = self.size_estimate(model_id)
-            await self._make_room(need, model_id, evict=not prefetch, holding=holding)
+            gpu = self.memories.get(GPU)
+            if gpu is not None:  # its evictions go to the memory after the miss
+                gpu.defer()
+            try:
+                await self._make_room(need, model_id, evict=not prefetch, holding=holding)
+            except BaseException:
+                if gpu is not None:
+                    gpu.flush(None, self._clock())  # no load starts: what it evicted was dropped
+                raise
             entry = self._entries.get(model_id)
             if entry is None:
                 key = self._keys.setdefault(model_id, len(self._keys))
@@ -277,8 +308,23 @@ class ModelCache:
             entry.gpu_bytes = need
             entry.load_started = time.perf_counter()
             entry.prefetched = prefetch
+            if self.memories:
+                self._remember_load_start(entry, prefetch)
             entry.loading = asyncio.create_task(self._run_load(entry, prefetch))
             return entry, True
+
+    def _remember_load_start(self, entry: _Entry, prefetch: bool) -> None:
+        """A load starts: on the GPU its miss (not for a prefetch), then the evictions that made
+        its room (its insert follows when it lands, with the measured size); a host copy brought
+        back for a request is a hit on the host tier, and leaves it."""
+        now = self._clock()
+        model_id = entry.model_id
+        if entry.load_from == HOST and (host := self.memories.get(HOST)) is not None:
+            if not prefetch:  # a request found it there
+                host.hit(model_id, now)
+            host.evict(model_id, now)
+        if (gpu := self.memories.get(GPU)) is not None:
+            gpu.flush(None if prefetch else model_id, now)
 
     async def _run_load(self, entry: _Entry, prefetch: bool) -> None:
         # A task of its own: a request cancelled mid-load cannot leave the bookkeeping half done.
@@ -312,6 +358,9 @@ class ModelCache:
         entry.last_time = self._clock()
         entry.loading = None
         self._record_load(entry, tier, seconds, size, prefetch)
+        if (gpu := self.memories.get(GPU)) is not None:  # usable now, at its measured size
+            gpu.insert(entry.model_id, entry.kind, size, self._refill_cost_s(entry.model_id, size, GPU),
+                       entry.last_time, prefetch)
         self._notify()
 
     def _record_load(self, entry: _Entry, tier: int, seconds: float, size: int, prefetch: bool) -> None:
@@ -370,9 +419,14 @@ class ModelCache:
         if entry.prefetched and entry.uses == 0:
             self._counters["prefetch"]["wasted"] += 1
         entry.prefetched = False
+        if (gpu := self.memories.get(GPU)) is not None:
+            gpu.evict(entry.model_id, self._clock())
         if not (entry.gpu_bytes <= self.host_budget and self._make_host_room(entry.gpu_bytes, keep)):
             self._drop(entry, free=True)
             return
+        if (host := self.memories.get(HOST)) is not None:  # after the drops that made its room
+            host.insert(entry.model_id, entry.kind, entry.gpu_bytes,
+                        self._refill_cost_s(entry.model_id, entry.gpu_bytes, HOST), self._clock(), prefetch=True)
         # Marked before the first await, so no request takes it meanwhile; the move is a task of
         # its own, so a caller cancelled meanwhile cannot leave it half recorded.
         entry.moving = asyncio.get_running_loop().create_future()
@@ -408,6 +462,11 @@ class ModelCache:
         """Entries in the policy's eviction order, pinned ones last."""
         if not entries:
             return []
+        memory = self.memories.get(tier)
+        if memory is not None:  # a stateful policy: its memory of this tier orders them
+            by_id = {e.model_id: e for e in entries}
+            order = [by_id[m] for m in memory.victim_order(list(by_id))]
+            return [e for e in order if e.model_id not in self.pins] + [e for e in order if e.model_id in self.pins]
         view = self._view(entries, tier)
         pinned = np.array([e.model_id in self.pins for e in entries])
         order = propose_victims(self.policy, view, n=len(entries), pinned=pinned).tolist()
@@ -419,11 +478,7 @@ class ModelCache:
             return np.array([getattr(e, attr) for e in entries], dtype=dtype)
 
         sizes = np.array([e.gpu_bytes if tier == GPU else e.host_bytes for e in entries], np.int64)
-        # what evicting it costs: the copy back from host when the host tier can take it,
-        # else a load from its source
-        costs = [self.load_cost_s(e.model_id)[HOST if tier == GPU and s <= self.host_budget
-                                               else self.source.source_tier(e.model_id)]
-                 for e, s in zip(entries, sizes)]
+        costs = [self._refill_cost_s(e.model_id, s, tier) for e, s in zip(entries, sizes)]
         return CacheView(
             key=col("key", np.int64), kind=col("kind", np.int8), uses=col("uses", np.int64),
             last_seq=col("last_seq", np.int64), loaded_seq=col("loaded_seq", np.int64),
@@ -431,9 +486,17 @@ class ModelCache:
             now=np.float64(self._clock()), size_bytes=sizes,
             load_cost_s=np.array(costs, np.float64))
 
+    def _refill_cost_s(self, model_id: str, size: int, tier: int) -> float:
+        """What evicting `model_id` from `tier` costs: the copy back from host when the host tier
+        can take it, else a load from its source."""
+        back = HOST if tier == GPU and size <= self.host_budget else self.source.source_tier(model_id)
+        return self.load_cost_s(model_id)[back]
+
     def _drop(self, entry: _Entry, free: bool) -> None:
         if self._entries.get(entry.model_id) is entry:
             del self._entries[entry.model_id]
+            for memory in self.memories.values():  # it leaves whichever tier holds it
+                memory.evict(entry.model_id, self._clock())
         if entry.tier in (GPU, HOST) and entry.obj is not None:
             self._evicted.append({"id": entry.model_id, "to": REMOTE})
             self._counters["evictions"]["remote"] += 1

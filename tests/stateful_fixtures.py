@@ -21,9 +21,13 @@ class ProtocolError(AssertionError):
 
 class LoggingFifoMemory(EvictionMemory):
     """Insertion-ordered memory that enforces the protocol: a hit or an eviction only of a resident
-    key, a demand insert only right after its miss (evictions in between), a prefetch insert with
-    no miss, the resident sizes never over ``capacity``. ``log`` holds ``(event, key[, prefetch])``;
-    ``asked`` every key list passed to ``victim_order``."""
+    key; a demand insert only after its miss (with ``strict``, right after it, only evictions in
+    between; a concurrent live cache may report other keys' events there, so its tests turn
+    ``strict`` off); a prefetch insert with no pending miss; the resident sizes never over
+    ``capacity``. ``log`` holds ``(event, key[, prefetch])``; ``asked`` every key list passed to
+    ``victim_order``."""
+
+    strict = True  # a demand insert comes right after its miss, or never (a concurrent cache: False)
 
     def __init__(self, capacity: float) -> None:
         self.capacity = capacity
@@ -31,31 +35,34 @@ class LoggingFifoMemory(EvictionMemory):
         self.log: list[tuple] = []
         self.asked: list[list[Hashable]] = []
         self.inserts = self.evictions = 0
-        self._missed: Hashable | None = None  # the demand miss whose insert may follow
+        self._pending: set[Hashable] = set()  # demand misses not inserted yet
 
     def on_hit(self, key: Hashable, now: float) -> None:
         if key not in self.resident:
             raise ProtocolError(f"hit on {key!r}, which is not resident")
-        self._missed = None
+        if self.strict:  # a miss not inserted by now never will be (it did not fit)
+            self._pending.clear()
         self.log.append(("hit", key))
 
     def on_miss(self, key: Hashable, now: float) -> None:
         if key in self.resident:
             raise ProtocolError(f"miss on {key!r}, which is resident")
-        self._missed = key
+        if self.strict:  # a miss not inserted by now never will be (it did not fit)
+            self._pending.clear()
+        self._pending.add(key)
         self.log.append(("miss", key))
 
     def on_insert(self, key: Hashable, kind: int, size: float, cost: float | None, now: float,
                   prefetch: bool = False) -> None:
         if key in self.resident:
             raise ProtocolError(f"insert of {key!r}, which is resident")
-        if not prefetch and self._missed != key:
-            raise ProtocolError(f"demand insert of {key!r} without its miss (last miss {self._missed!r})")
-        if prefetch and self._missed == key:
-            raise ProtocolError(f"prefetch insert of {key!r} right after its demand miss")
+        if not prefetch and key not in self._pending:
+            raise ProtocolError(f"demand insert of {key!r} without its miss (pending {self._pending!r})")
+        if prefetch and key in self._pending:
+            raise ProtocolError(f"prefetch insert of {key!r} after its demand miss")
         if size < 0 or sum(self.resident.values()) + size > self.capacity * (1 + 1e-9):
             raise ProtocolError(f"insert of {key!r} ({size}) overfills {self.capacity}")
-        self._missed = None
+        self._pending.discard(key)
         self.resident[key] = size
         self.inserts += 1
         self.log.append(("insert", key, prefetch))

@@ -42,7 +42,7 @@ def _run(wl, c, name: str, fast: bool):
     if not fast:
         spec = spec.model_copy(update={"routing_args": {**spec.routing_args, "indexed": False}})
     rt = build_runtime(spec, c)
-    if not fast:
+    if not fast and hasattr(rt.eviction, "eviction_order"):  # a stateful policy has one path: its memory
         rt.eviction = _VectorisedOnly(rt.eviction)
     sim = Simulation(wl, c, rt)
     return sim, sim.run()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from policies.eviction import EVICTION, is_stateful, propose_victims
+from policies.eviction import EVICTION, EvictionMemory, is_stateful, propose_victims
 from trace_replay.formats import load_trace
 from trace_replay.simulator.config import ClusterSpec, ComponentSpec, InferenceSpec, SimConfig
 from trace_replay.simulator.engine import Simulation
@@ -149,3 +149,43 @@ def test_stateless_policies_get_no_memory():
     t = one_lora_per_request([0, 1, 0])
     sim = run(t, slots_cfg(1), "lru", eviction="lru")
     assert all(w.memory is None for w in sim.workers)
+
+
+class _Counting(EvictionMemory):
+    """Forwards every event to a real policy's memory, counting inserts and evictions."""
+
+    def __init__(self, inner: EvictionMemory) -> None:
+        self.inner, self.inserts, self.evictions = inner, 0, 0
+
+    def on_hit(self, key, now):
+        self.inner.on_hit(key, now)
+
+    def on_miss(self, key, now):
+        self.inner.on_miss(key, now)
+
+    def on_insert(self, key, kind, size, cost, now, prefetch=False):
+        self.inserts += 1
+        self.inner.on_insert(key, kind, size, cost, now, prefetch=prefetch)
+
+    def on_evict(self, key, now):
+        self.evictions += 1
+        self.inner.on_evict(key, now)
+
+    def victim_order(self, keys):
+        return self.inner.victim_order(keys)
+
+
+@pytest.mark.parametrize("eviction", ["arc", "s3-fifo", "sieve", "gdsf", "cost-aware"])
+def test_registered_stateful_policies_run_a_cluster(cluster, eviction):
+    wl, c = cluster
+    assert is_stateful(EVICTION.create(eviction))
+    spec = get_policy_set("coordinator-autoscaled").model_copy(update={"eviction": eviction, "eviction_args": {}})
+    sim = Simulation(wl, c, build_runtime(spec, c))
+    for w in sim.workers:
+        w.memory = _Counting(w.memory)
+    rec = sim.run()
+    assert np.all(rec.completions == 1)
+    assert sum(w.memory.evictions for w in sim.workers) > 0
+    for w in sim.workers:
+        assert w.memory.inserts - w.memory.evictions == len(w.slot_of)
+        assert w.free_bytes >= -1e-6
