@@ -68,14 +68,16 @@ class AdaptiveCostMemory(EvictionMemory):
         self.shadows = [_Shadow() for _ in range(n)]
         self.regret = [0.0] * n  # decayed missed load-seconds per scale
         self._regret_t = 0.0
-        self.pending: Hashable | None = None  # a demand miss waiting for its insert
+        # demand misses waiting for their insert (a live cache inserts when the load lands, so
+        # other keys' events may come between)
+        self.pending: set[Hashable] = set()
 
     # --- events -----------------------------------------------------------------------------
     def on_hit(self, key: Hashable, now: float) -> None:
         self._access(key)
 
     def on_miss(self, key: Hashable, now: float) -> None:
-        self.pending = key  # counted at on_insert, when its size and cost are known
+        self.pending.add(key)  # counted at on_insert, when its size and cost are known
 
     def on_insert(self, key: Hashable, kind: int, size: float, cost: float | None, now: float,
                   prefetch: bool = False) -> None:
@@ -86,9 +88,10 @@ class AdaptiveCostMemory(EvictionMemory):
         self.size[key], self.cost[key] = s, c
         self.price[key] = math.log2(max(c * p.kind_weight[k], 1e-300) / s)
         self.resident.add(key)
-        if not prefetch and self.pending == key:  # a prefetch is not demand: no count, no regret
-            self._access(key)
-        self.pending = None
+        if key in self.pending:
+            self.pending.discard(key)
+            if not prefetch:  # a prefetch is not demand: no count, no regret
+                self._access(key)
         self._prune()
 
     def on_evict(self, key: Hashable, now: float) -> None:
@@ -139,11 +142,11 @@ class AdaptiveCostMemory(EvictionMemory):
 
     def _prune(self) -> None:
         """Forget the longest-unused keys no cache (real or shadow) holds, past ``history``."""
+        if len(self.pending) > self.p.history:  # misses whose loads failed never insert
+            self.pending.clear()
         if len(self.score) <= 2 * self.p.history:
             return
-        held = set(self.resident).union(*(sh.keys for sh in self.shadows))
-        if self.pending is not None:
-            held.add(self.pending)
+        held = set(self.resident).union(self.pending, *(sh.keys for sh in self.shadows))
         old = sorted((k for k in self.score if k not in held), key=lambda k: self.last.get(k, NEG))
         for k in old[: len(self.score) - self.p.history]:
             for d in (self.score, self.last, self.price, self.size, self.cost):
