@@ -147,6 +147,20 @@ def test_cli_cache_json(capsys):
     assert out["requests"] == 6 and out["accesses"] == 9 and out["loads"] == out["misses"]
 
 
+def test_cli_cache_defaults_to_the_live_services_policies(capsys):
+    from policies.defaults import DEFAULT_ADAPTER_PREFETCH, DEFAULT_EVICTION
+
+    assert main(["--no-progress", "cache", "--trace", str(FIX / "katz_small.json"), "--format", "katz",
+                 "--capacity", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["policy"], out["prefetch"]) == (DEFAULT_EVICTION, DEFAULT_ADAPTER_PREFETCH) == ("cost-aware", "none")
+    for name in ("gdsf", "arc", "s3-fifo", "sieve"):  # the classic baselines by name, replayed sequentially
+        assert main(["--no-progress", "cache", "--trace", str(FIX / "katz_small.json"), "--format", "katz",
+                     "--policy", name, "--capacity", "2", "--json"]) == 0
+        got = json.loads(capsys.readouterr().out)
+        assert got["policy"] == name and got["loads"] == got["misses"] >= 1
+
+
 def test_cli_cache_policy_by_escape_hatch(capsys):
     assert main(["--no-progress", "cache", "--trace", str(FIX / "katz_small.json"), "--format", "katz",
                  "--policy", "policies.eviction:LRU", "--capacity", "1", "--json"]) == 0
