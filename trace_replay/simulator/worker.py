@@ -201,15 +201,23 @@ class Worker:
             order = cand[np.lexsort((np.asarray(keys[1])[cand], np.asarray(keys[0])[cand]))]
         else:
             order = cand[np.lexsort(tuple(np.asarray(k)[cand] for k in reversed(keys)))]
+        return self._take_until_room(order.tolist(), need_bytes, need_base, max_base)
+
+    def _take_until_room(self, slots: list[int], need_bytes: float, need_base: bool,
+                         max_base: int | None) -> list[int] | None:
+        """The keys of ``slots`` (best victim first) up to the first prefix that frees
+        ``need_bytes`` (and a base-model slot under ``max_base``); None if all of them do not."""
+        kind, size, _ = self._lists
+        key = self.key
         out: list[int] = []
         free, n_base = self.free_bytes, self.n_base
         base_ok = not need_base or max_base is None or n_base < max_base
-        for s in order.tolist():
+        for s in slots:
             if free >= need_bytes and base_ok:
                 break
-            out.append(int(self.key[s]))
-            free += self.size[s]
-            if self.kind[s] == 2:
+            out.append(int(key[s]))
+            free += size[s]
+            if kind[s] == 2:
                 n_base -= 1
                 base_ok = not need_base or max_base is None or n_base < max_base
         if free < need_bytes or not base_ok:
@@ -226,21 +234,7 @@ class Worker:
             return None if need_bytes > self.free_bytes else []
         kind, size, cost = self._lists
         order = order_of(cand, kind, self.uses.tolist(), self.last_seq.tolist(), self.clock, size, cost)
-        out: list[int] = []
-        free, n_base = self.free_bytes, self.n_base
-        base_ok = not need_base or max_base is None or n_base < max_base
-        key = self.key
-        for s in order:
-            if free >= need_bytes and base_ok:
-                break
-            out.append(int(key[s]))
-            free += size[s]
-            if kind[s] == 2:
-                n_base -= 1
-                base_ok = not need_base or max_base is None or n_base < max_base
-        if free < need_bytes or not base_ok:
-            return None
-        return out
+        return self._take_until_room(order, need_bytes, need_base, max_base)
 
     def _victims_remembered(self, need_bytes: float, need_base: bool, max_base: int | None,
                             protect: tuple) -> list[int] | None:
@@ -251,23 +245,8 @@ class Worker:
         cand = [k for k in slot_of if k not in protect and k not in pinned]
         if not cand:
             return None if need_bytes > self.free_bytes else []
-        _, size, _ = self._lists
-        out: list[int] = []
-        free, n_base = self.free_bytes, self.n_base
-        base_ok = not need_base or max_base is None or n_base < max_base
-        kind = self.kind
-        for k in self.memory.victim_order(cand):
-            if free >= need_bytes and base_ok:
-                break
-            s = slot_of[k]
-            out.append(int(k))
-            free += size[s]
-            if kind[s] == 2:
-                n_base -= 1
-                base_ok = not need_base or max_base is None or n_base < max_base
-        if free < need_bytes or not base_ok:
-            return None
-        return out
+        return self._take_until_room([slot_of[k] for k in self.memory.victim_order(cand)], need_bytes,
+                                     need_base, max_base)
 
     def clear_gpu(self, now: float) -> list[int]:
         """Drop every GPU entry (the replica stops); returns their keys."""
