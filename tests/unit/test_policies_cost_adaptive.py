@@ -72,24 +72,23 @@ def misses_of(name: str, seq: list[int], capacity: int) -> int:
     return int(m[0])
 
 
-def test_prices_load_cost_kind_and_size_at_equal_history():
-    # one long scale, so that the order of the hits below (the LoRA's come last) barely counts
-    pol = CostAware(half_lives=(64.0,))
-    mem = pol.new_memory(100 * GB)
+def base_and_lora_used_alike(policy: CostAware):
+    """A 7 GB base (22.6 s to load) and a 0.33 GB LoRA (4.6 s), each loaded then hit three times."""
+    mem = policy.new_memory(100 * GB)
     for key, kind, size, cost in (("base", BASE, 7 * GB, 22.6), ("lora", LORA, GB // 3, 4.6)):
         mem.on_miss(key, 0.0)
         mem.on_insert(key, kind, size, cost, 0.0)
     for _ in range(3):
         mem.on_hit("base", 0.0)
         mem.on_hit("lora", 0.0)
+    return mem
+
+
+def test_prices_load_cost_kind_and_size_at_equal_history():
+    # one long scale, so that the order of the hits (the LoRA's come last) barely counts
+    mem = base_and_lora_used_alike(CostAware(half_lives=(64.0,)))
     assert mem.victim_order(["base", "lora"]) == ["lora", "base"]  # 22.6 s x 8 / 7 GB > 4.6 s / 0.33 GB
-    flat = CostAware(half_lives=(64.0,), kind_weight={BASE: 1.0}).new_memory(100 * GB)
-    for key, kind, size, cost in (("base", BASE, 7 * GB, 22.6), ("lora", LORA, GB // 3, 4.6)):
-        flat.on_miss(key, 0.0)
-        flat.on_insert(key, kind, size, cost, 0.0)
-    for _ in range(3):
-        flat.on_hit("base", 0.0)
-        flat.on_hit("lora", 0.0)
+    flat = base_and_lora_used_alike(CostAware(half_lives=(64.0,), kind_weight={BASE: 1.0}))
     assert flat.victim_order(["base", "lora"]) == ["base", "lora"]  # by bytes alone the base goes
 
 
