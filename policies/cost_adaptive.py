@@ -35,21 +35,19 @@ from policies.eviction import EVICTION, EvictionMemory, StatefulEviction
 NEG = -math.inf
 
 
-def _log_add(a: float, b: float) -> float:
-    """log2(2**a + 2**b) without overflow."""
-    if a == NEG:
-        return b
-    hi, lo = (a, b) if a >= b else (b, a)
-    return hi + math.log2(1.0 + 2.0 ** (lo - hi))
-
-
 class _Shadow:
-    """One scale's own cache of the same capacity: what it would hold, for its regret."""
+    """One scale's own cache of the same capacity: what it would hold, for its regret.
 
-    __slots__ = ("keys", "used")
+    Each held key's eviction key, (value at this scale, last access), is kept current (it changes
+    only when the key is accessed or re-priced), so a shadow's eviction is one ``min`` over a
+    dict instead of recomputing every value: this runs on every miss of every scale.
+    """
+
+    __slots__ = ("order", "size", "used")
 
     def __init__(self) -> None:
-        self.keys: set[Hashable] = set()
+        self.order: dict[Hashable, tuple[float, float]] = {}
+        self.size: dict[Hashable, float] = {}
         self.used = 0.0
 
 
@@ -86,7 +84,12 @@ class AdaptiveCostMemory(EvictionMemory):
         c = float(cost) if cost is not None and cost > 0 else p.default_cost[k]
         s = max(float(size), 1e-12)
         self.size[key], self.cost[key] = s, c
-        self.price[key] = math.log2(max(c * p.kind_weight[k], 1e-300) / s)
+        price = math.log2(max(c * p.kind_weight[k], 1e-300) / s)
+        if self.price.get(key) != price:
+            self.price[key] = price
+            for e, sh in enumerate(self.shadows):  # re-priced: the shadows holding it re-rank it
+                if key in sh.order:
+                    sh.order[key] = (self.score[key][e] + price, self.last[key])
         self.resident.add(key)
         if key in self.pending:
             self.pending.discard(key)
@@ -117,27 +120,38 @@ class AdaptiveCostMemory(EvictionMemory):
         s = self.score.get(key)
         if s is None:
             s = self.score[key] = [NEG] * len(p.half_lives)
-        for e, h in enumerate(p.half_lives):
-            s[e] = _log_add(s[e], t / h)
+        for e, rate in enumerate(p.rates):  # s[e] = log2(2**s[e] + 2**(t / half-life)), inlined
+            a, b = s[e], t * rate
+            if a == NEG:
+                s[e] = b
+            elif a >= b:
+                s[e] = a + math.log2(1.0 + 2.0 ** (b - a))
+            else:
+                s[e] = b + math.log2(1.0 + 2.0 ** (a - b))
         self.last[key] = t
         decay = 2.0 ** (-(t - self._regret_t) / p.leader_half_life)
         self._regret_t = t
-        cost, size = self.cost.get(key, 1.0), self.size.get(key, 1.0)
+        cost, size, price = self.cost.get(key, 1.0), self.size.get(key, 1.0), self.price.get(key, 0.0)
+        regret = self.regret
         for e, sh in enumerate(self.shadows):
-            self.regret[e] *= decay
-            if key in sh.keys:
+            regret[e] *= decay
+            rank = (s[e] + price, t)
+            if key in sh.order:
+                sh.order[key] = rank
                 continue
-            self.regret[e] += cost
-            self._shadow_admit(e, sh, key, size)
+            regret[e] += cost
+            self._shadow_admit(sh, key, size, rank)
 
-    def _shadow_admit(self, e: int, sh: _Shadow, key: Hashable, size: float) -> None:
+    def _shadow_admit(self, sh: _Shadow, key: Hashable, size: float, rank: tuple[float, float]) -> None:
         if size > self.capacity:
             return
-        while sh.used + size > self.capacity and sh.keys:
-            victim = min(sh.keys, key=lambda k: (self._value(e, k), self.last.get(k, NEG)))
-            sh.keys.discard(victim)
-            sh.used -= self.size.get(victim, 1.0)
-        sh.keys.add(key)
+        order = sh.order
+        while sh.used + size > self.capacity and order:
+            victim = min(order, key=order.__getitem__)
+            del order[victim]
+            sh.used -= sh.size.pop(victim)
+        order[key] = rank
+        sh.size[key] = size
         sh.used += size
 
     def _prune(self) -> None:
@@ -146,7 +160,7 @@ class AdaptiveCostMemory(EvictionMemory):
             self.pending.clear()
         if len(self.score) <= 2 * self.p.history:
             return
-        held = set(self.resident).union(self.pending, *(sh.keys for sh in self.shadows))
+        held = set(self.resident).union(self.pending, *(sh.order for sh in self.shadows))
         old = sorted((k for k in self.score if k not in held), key=lambda k: self.last.get(k, NEG))
         for k in old[: len(self.score) - self.p.history]:
             for d in (self.score, self.last, self.price, self.size, self.cost):
@@ -170,6 +184,7 @@ class CostAware(StatefulEviction):
         if history < 1:
             raise ValueError(f"history must be >= 1 key, got {history}")
         self.half_lives = tuple(float(h) for h in half_lives)
+        self.rates = tuple(1.0 / h for h in self.half_lives)
         self.leader_half_life = float(leader_half_life)
         self.history = int(history)
         weight = {**DEFAULT_KIND_WEIGHT, **(kind_weight or {})}
