@@ -327,6 +327,36 @@ def test_an_unused_prefetch_evicted_counts_as_wasted():
     run(main())
 
 
+def random_models(rng: np.random.Generator) -> tuple[list[str], dict, dict, dict]:
+    """Eight models: ids, true sizes, the smaller estimates the cache has before a first load,
+    and kinds (base or ControlNet)."""
+    ids = [f"m{i}" for i in range(8)]
+    sizes = {m: int(rng.integers(50, 250)) for m in ids}
+    estimates = {m: max(1, sizes[m] - int(rng.integers(0, 60))) for m in ids}
+    kinds = {m: int(rng.choice([BASE, CONTROLNET])) for m in ids}
+    return ids, sizes, estimates, kinds
+
+
+async def random_operation(cache: ModelCache, rng: np.random.Generator, ids: list[str], held: list) -> None:
+    """One of: a get, three concurrent gets, a release of a held lease, new pins, a prefetch."""
+    op = rng.choice(["get", "gets", "release", "pin", "prefetch"], p=[.35, .15, .3, .1, .1])
+    if op == "get" or op == "gets":
+        wanted = [list(rng.choice(ids, size=int(rng.integers(1, 3)), replace=False))
+                  for _ in range(1 if op == "get" else 3)]
+        for result in await asyncio.gather(*(cache.acquire(w) for w in wanted), return_exceptions=True):
+            if isinstance(result, BaseException):
+                assert isinstance(result, CacheBudgetError), result
+                assert "control.gpu_budget_bytes" in str(result)
+            else:
+                held.extend(result)
+    elif op == "release" and held:
+        cache.release([held.pop(int(rng.integers(len(held))))])
+    elif op == "pin":
+        cache.set_pins(rng.choice(ids, size=int(rng.integers(0, 3)), replace=False))
+    elif op == "prefetch":
+        await cache.prefetch(str(rng.choice(ids)))
+
+
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("policy", ["lru", "cost-aware"])
 def test_random_operations_never_exceed_a_budget(seed, policy):
@@ -335,34 +365,15 @@ def test_random_operations_never_exceed_a_budget(seed, policy):
     load and move. In-use entries stay on the device throughout; pinned ones too, unless a pin
     override (counted) was the only way to make room."""
     rng = np.random.default_rng(seed)
-    ids = [f"m{i}" for i in range(8)]
-    sizes = {m: int(rng.integers(50, 250)) for m in ids}
-    estimates = {m: max(1, sizes[m] - int(rng.integers(0, 60))) for m in ids}
-    kinds = {m: int(rng.choice([BASE, CONTROLNET])) for m in ids}
+    ids, sizes, estimates, kinds = random_models(rng)
 
     async def main():
         cache, source = make(sizes, gpu=500, host=300, policy=policy, kinds=kinds, estimates=estimates)
         held: list = []
         overrides = 0
         for _ in range(120):
-            op = rng.choice(["get", "gets", "release", "pin", "prefetch"], p=[.35, .15, .3, .1, .1])
             pinned_before = {m for m in cache.pins if cache.resident(m)}
-            if op == "get" or op == "gets":
-                wanted = [list(rng.choice(ids, size=int(rng.integers(1, 3)), replace=False))
-                          for _ in range(1 if op == "get" else 3)]
-                results = await asyncio.gather(*(cache.acquire(w) for w in wanted), return_exceptions=True)
-                for result in results:
-                    if isinstance(result, BaseException):
-                        assert isinstance(result, CacheBudgetError), result
-                        assert "control.gpu_budget_bytes" in str(result)
-                    else:
-                        held.extend(result)
-            elif op == "release" and held:
-                cache.release([held.pop(int(rng.integers(len(held))))])
-            elif op == "pin":
-                cache.set_pins(rng.choice(ids, size=int(rng.integers(0, 3)), replace=False))
-            elif op == "prefetch":
-                await cache.prefetch(str(rng.choice(ids)))
+            await random_operation(cache, rng, ids, held)
             assert_within_budgets(cache)
             for lease in held:  # in use: on the device, never moved or freed
                 assert cache.resident(lease.model_id) and lease.obj.where == "gpu" and not lease.obj.freed

@@ -10,12 +10,12 @@ import asyncio
 import numpy as np
 import pytest
 
-from deployments.model_cache import CacheBudgetError, ModelCache
+from deployments.model_cache import ModelCache
 from policies.eviction import EVICTION
-from policies.snapshot import BASE, CONTROLNET, GPU, HOST
+from policies.snapshot import GPU, HOST
 
 from tests.stateful_fixtures import FIFO, LoggingFifoMemory
-from tests.unit.test_model_cache import FakeSource, assert_within_budgets, make
+from tests.unit.test_model_cache import assert_within_budgets, make, random_models, random_operation
 
 
 def memories(cache: ModelCache) -> tuple[LoggingFifoMemory, LoggingFifoMemory | None]:
@@ -115,10 +115,7 @@ def test_random_operations_keep_every_memory_consistent(seed):
     their estimates: the strict memory raises on any event out of order, the budgets hold, and
     at rest each memory holds exactly its tier."""
     rng = np.random.default_rng(seed)
-    ids = [f"m{i}" for i in range(8)]
-    sizes = {m: int(rng.integers(50, 250)) for m in ids}
-    estimates = {m: max(1, sizes[m] - int(rng.integers(0, 60))) for m in ids}
-    kinds = {m: int(rng.choice([BASE, CONTROLNET])) for m in ids}
+    ids, sizes, estimates, kinds = random_models(rng)
 
     async def main():
         cache, _ = make(sizes, gpu=500, host=300, policy=FIFO, kinds=kinds, estimates=estimates)
@@ -135,21 +132,7 @@ def test_random_operations_keep_every_memory_consistent(seed):
         gpu.victim_order = offered_idle
         held: list = []
         for _ in range(120):
-            op = rng.choice(["get", "gets", "release", "pin", "prefetch"], p=[.35, .15, .3, .1, .1])
-            if op in ("get", "gets"):
-                wanted = [list(rng.choice(ids, size=int(rng.integers(1, 3)), replace=False))
-                          for _ in range(1 if op == "get" else 3)]
-                for result in await asyncio.gather(*(cache.acquire(w) for w in wanted), return_exceptions=True):
-                    if isinstance(result, BaseException):
-                        assert isinstance(result, CacheBudgetError), result
-                    else:
-                        held.extend(result)
-            elif op == "release" and held:
-                cache.release([held.pop(int(rng.integers(len(held))))])
-            elif op == "pin":
-                cache.set_pins(rng.choice(ids, size=int(rng.integers(0, 3)), replace=False))
-            elif op == "prefetch":
-                await cache.prefetch(str(rng.choice(ids)))
+            await random_operation(cache, rng, ids, held)
             assert_within_budgets(cache)
             check_tiers(cache)
         cache.release(held)
