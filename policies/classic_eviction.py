@@ -17,7 +17,7 @@ from collections.abc import Collection, Hashable, Iterable, Sequence
 from typing import ClassVar
 
 from policies.cost_aware import DEFAULT_LOAD_COST_S
-from policies.eviction import EVICTION, EvictionMemory, StatefulEviction
+from policies.eviction import EVICTION, EvictionMemory, StatefulEviction, check_capacity
 
 UNKNOWN_KIND = -1  # kind given to an entry first seen through a hit
 
@@ -29,12 +29,6 @@ def arrange(keys: Sequence[Hashable], resident: Collection[Hashable], ranked: It
     out = list(dict.fromkeys(k for k in keys if k not in resident))
     out += [k for k in ranked if k in wanted]
     return out
-
-
-def check_capacity(capacity: float) -> float:
-    if not capacity > 0:
-        raise ValueError(f"capacity must be > 0, got {capacity}")
-    return float(capacity)
 
 
 _FIXED_BITS = 1074  # 2**-1074 is the smallest float: every float is an integer in these units

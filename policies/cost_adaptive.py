@@ -30,7 +30,7 @@ from collections.abc import Hashable, Sequence
 from typing import ClassVar
 
 from policies.cost_aware import DEFAULT_KIND_WEIGHT, DEFAULT_LOAD_COST_S
-from policies.eviction import EVICTION, EvictionMemory, StatefulEviction
+from policies.eviction import EVICTION, EvictionMemory, StatefulEviction, check_capacity
 
 NEG = -math.inf
 
@@ -54,7 +54,7 @@ class _Shadow:
 class AdaptiveCostMemory(EvictionMemory):
     def __init__(self, policy: CostAware, capacity: float) -> None:
         self.p = policy
-        self.capacity = float(capacity)
+        self.capacity = capacity
         n = len(policy.half_lives)
         self.t = 0.0  # the scaled clock
         self.score: dict[Hashable, list[float]] = {}  # log2 decayed count referenced to t = 0, per scale
@@ -196,6 +196,4 @@ class CostAware(StatefulEviction):
         self.default_cost = [float(cost.get(k, 1.0)) for k in range(n)]
 
     def new_memory(self, capacity: float) -> AdaptiveCostMemory:
-        if not capacity > 0:
-            raise ValueError(f"cost-aware needs the cache's capacity (> 0), got {capacity}")
-        return AdaptiveCostMemory(self, capacity)
+        return AdaptiveCostMemory(self, check_capacity(capacity))

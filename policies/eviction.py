@@ -145,6 +145,13 @@ class StatefulEviction:
         return (rank,)
 
 
+def check_capacity(capacity: float) -> float:
+    """A memory's capacity as a float; a clear error for anything not > 0."""
+    if not capacity > 0:
+        raise ValueError(f"capacity must be > 0, got {capacity}")
+    return float(capacity)
+
+
 def is_stateful(policy: object) -> bool:
     return bool(getattr(policy, "stateful", False))
 

@@ -18,8 +18,8 @@ from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from typing import ClassVar
 
-from policies.classic_eviction import UNKNOWN_KIND, arrange, check_capacity
-from policies.eviction import EVICTION, EvictionMemory, StatefulEviction
+from policies.classic_eviction import UNKNOWN_KIND, arrange
+from policies.eviction import EVICTION, EvictionMemory, StatefulEviction, check_capacity
 
 MAX_FREQ = 3  # S3-FIFO's two-bit frequency counter
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
-from policies.eviction import EvictionMemory, StatefulEviction
+from policies.eviction import EvictionMemory, StatefulEviction, check_capacity
 from policies.snapshot import LORA
 
 
@@ -26,10 +26,8 @@ class ShadowCache:
     __slots__ = ("policy", "memory", "capacity", "used", "hits", "misses", "_size", "_slack")
 
     def __init__(self, policy: StatefulEviction, capacity: float) -> None:
-        if not capacity > 0:
-            raise ValueError(f"capacity must be > 0, got {capacity}")
         self.policy = policy
-        self.capacity = float(capacity)
+        self.capacity = check_capacity(capacity)
         self.memory: EvictionMemory = policy.new_memory(self.capacity)
         self.used = 0.0  # sum of resident sizes
         self.hits = 0
