@@ -85,7 +85,10 @@ class EvictionMemory:
     and reports every event to it, in this order for a demand access of ``key``:
     a hit: ``on_hit``; a miss: ``on_miss``, then ``on_evict`` for each victim it evicts, then
     ``on_insert``. A prefetch: ``on_evict`` for its victims, then ``on_insert(prefetch=True)``. An
-    entry dropped for any other reason (a store clearing a device) also gets ``on_evict``.
+    entry dropped for any other reason (a store clearing a device) also gets ``on_evict``. A
+    miss's insert may come later than its evictions, with other keys' events between: the live
+    model cache inserts when the load lands, at the measured size (a failed load never inserts),
+    so a memory must not assume the next insert is the latest miss's.
 
     Keys are any hashable (ints in the simulators, model ids live). ``size`` is in the unit the
     cache counts its ``capacity`` in: 1 per entry for a cache of slots, bytes for a byte budget.
