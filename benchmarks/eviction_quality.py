@@ -113,25 +113,36 @@ def simulator_part(args, data: Path | None) -> list[dict]:
     for label, (table, cfg) in cases:
         wl, _ = build_workload(table, cfg, data)
         # only the eviction swapped under Ray-style routing; then the coordinator set (its router,
-        # placement and bandit) with GDSF and with the default, against the same per-replica LRU
-        runs = [("lru", ev) for ev in SIM_EVICTIONS] + [("coordinator", "gdsf"), ("coordinator", "cost-aware")]
-        for set_name, ev in runs:
-            spec = get_policy_set(set_name).model_copy(update={"name": f"{set_name}-set+{ev}", "eviction": ev})
+        # placement and bandit) with GDSF and with the default, against the same per-replica LRU;
+        # and the coordinator without its bandit prefetch, to see what prefetching costs in loads
+        runs = [("lru", ev, "ucb1") for ev in SIM_EVICTIONS] + [
+            ("coordinator", "gdsf", "ucb1"), ("coordinator", "cost-aware", "ucb1"), ("coordinator", "cost-aware", "none")]
+        for set_name, ev, prefetch in runs:
+            spec = get_policy_set(set_name)
+            update = {"name": f"{set_name}-set+{ev}", "eviction": ev}
+            if spec.placement == "coordinator":
+                update["placement_args"] = {**spec.placement_args, "prefetch": prefetch}
+            else:
+                prefetch = "none"  # the lru set has no pipeline prefetch
+            spec = spec.model_copy(update=update)
             t0 = time.perf_counter()
             s = simulate(table, spec, cfg, workload=wl).summary
-            rows.append({"workload": label, "policy_set": set_name, "eviction": ev, "gpus": cfg.cluster.gpus,
+            rows.append({"workload": label, "policy_set": set_name, "eviction": ev, "prefetch": prefetch,
+                         "gpus": cfg.cluster.gpus,
                          "requests": s["requests"],
                          "load_seconds": s["load_seconds"], "loads": s["loads"],
+                         "prefetch_seconds": s["prefetch_seconds"],
                          "slo_violation_rate": s["slo_violation_rate"], "latency_p99_s": s["latency_p99_s"],
                          "sim_wall_s": round(time.perf_counter() - t0, 1)})
-            print(f"  {label:10s} {set_name:11s} {ev:10s} load-s {s['load_seconds']:10.0f}  loads {s['loads']:7d}  "
+            print(f"  {label:10s} {set_name:11s} {ev:10s} {prefetch:5s} load-s {s['load_seconds']:10.0f}  loads {s['loads']:7d}  "
                   f"viol {s['slo_violation_rate']:6.2%}  p99 {s['latency_p99_s']:7.1f}", flush=True)
         mine = [r for r in rows if r["workload"] == label]
         lru = next(r for r in mine if r["policy_set"] == "lru" and r["eviction"] == "lru")
-        for r in mine:  # GDSF of the same set: only the eviction differs
-            gdsf = next(g for g in mine if g["policy_set"] == r["policy_set"] and g["eviction"] == "gdsf")
+        for r in mine:  # GDSF of the same set and prefetch: only the eviction differs
+            gdsf = next((g for g in mine if g["policy_set"] == r["policy_set"] and g["eviction"] == "gdsf"
+                         and g["prefetch"] == r["prefetch"]), None)
             r["load_seconds_vs_lru"] = round(r["load_seconds"] / lru["load_seconds"], 4) if lru["load_seconds"] else None
-            r["load_seconds_vs_gdsf"] = round(r["load_seconds"] / gdsf["load_seconds"], 4) if gdsf["load_seconds"] else None
+            r["load_seconds_vs_gdsf"] = round(r["load_seconds"] / gdsf["load_seconds"], 4) if gdsf else None
     return rows
 
 
@@ -151,13 +162,15 @@ def print_loads(rows: list[dict]) -> None:
 
 
 def print_sim(rows: list[dict]) -> None:
-    print("\nsimulator load-seconds (component sizes, load times by kind; fixed GPUs)")
-    print(f"{'workload':11s} {'set':12s} {'eviction':11s} {'load-s':>10s} {'vs LRU':>7s} {'vs GDSF':>8s} "
-          f"{'loads':>7s} {'SLO viol':>8s}")
+    print("\nsimulator load-seconds (component sizes, load times by kind; fixed GPUs; 'bandit': the "
+          "coordinator's pipeline prefetch; 'ahead of demand': load-seconds of prefetches and placement pins)")
+    print(f"{'workload':11s} {'set':12s} {'eviction':11s} {'bandit':8s} {'load-s':>10s} {'ahead of demand':>17s} "
+          f"{'vs LRU':>7s} {'vs GDSF':>8s} {'loads':>7s} {'SLO viol':>8s}")
     for r in rows:
-        print(f"{r['workload']:11s} {r['policy_set']:12s} {r['eviction']:11s} {r['load_seconds']:10.0f} "
-              f"{r['load_seconds_vs_lru']:7.3f} {r['load_seconds_vs_gdsf']:8.3f} {r['loads']:7d} "
-              f"{r['slo_violation_rate']:8.2%}")
+        gdsf = "     n/a" if r["load_seconds_vs_gdsf"] is None else f"{r['load_seconds_vs_gdsf']:8.3f}"
+        print(f"{r['workload']:11s} {r['policy_set']:12s} {r['eviction']:11s} {r['prefetch']:8s} "
+              f"{r['load_seconds']:10.0f} {r['prefetch_seconds']:17.0f} {r['load_seconds_vs_lru']:7.3f} {gdsf} "
+              f"{r['loads']:7d} {r['slo_violation_rate']:8.2%}")
 
 
 def main() -> int:
