@@ -13,7 +13,9 @@ keys as the view holds them: a hit, or a miss then the evictions its room needs 
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,13 +72,21 @@ class _Entry:
 
 
 class LoRAStore:
-    def __init__(self, config: dict | ServeConfig, clock=time.monotonic):
+    """The host tier. Reads run in a worker thread, so the actor's event loop keeps answering
+    hits while an adapter is read and prepared (seconds for a large one); everything else (the
+    cache, the policy's memory, the counters) changes only on the loop, where no two accesses
+    interleave mid-update. `reader` is `read_lora_file`'s signature (tests pass a scripted one)."""
+
+    def __init__(self, config: dict | ServeConfig, clock=time.monotonic,
+                 reader: Callable[[str, str, int, str], dict] = read_lora_file):
         self.config = config if isinstance(config, ServeConfig) else ServeConfig.model_validate(config)
         self.budget = self.config.cache.lora_store_bytes
         self.policy = EVICTION.create(self.config.cache.lora_store_policy)
         self.memory = self.policy.new_memory(self.budget) if is_stateful(self.policy) else None
         self._clock = clock
+        self._reader = reader
         self._cache: dict[str, _Entry] = {}
+        self._loading: dict[str, asyncio.Task] = {}  # single flight: one read per adapter at a time
         self._keys: dict[str, int] = {}  # stable integer ids, as the policies' views use
         self._seq = 0
         self.hits = self.misses = self.evictions = 0
@@ -89,24 +99,60 @@ class LoRAStore:
         try:
             entry = self.config.entry(adapter_id)
         except KeyError:
-            raise RequestError("loras", f"unknown LoRA id {adapter_id!r}") from None
+            known = self.config.ids("lora")
+            listed = known if len(known) <= 20 else "GET /v1/models"
+            raise RequestError("loras", f"unknown LoRA id {adapter_id!r}; registered: {listed}") from None
         if entry.kind != "lora":
             raise RequestError("loras", f"{adapter_id!r} is a {entry.kind}, not a LoRA")
         return entry
 
-    def _load(self, adapter_id: str) -> _Entry:
-        import ray
-
+    async def _load(self, adapter_id: str) -> _Entry:
+        """Read and prepare the adapter in a worker thread (file I/O, safetensors parsing, the
+        format conversion and the object-store put); the entry's bookkeeping on the loop."""
         entry = self._entry(adapter_id)
-        started = time.perf_counter()
-        weights = read_lora_file(adapter_id, self.config.resolve_source(entry),
-                                 self.config.cache.lora_max_rank, entry.arch)
-        ref = ray.put(weights) if ray.is_initialized() else weights
-        cost = time.perf_counter() - started
+        source = self.config.resolve_source(entry)
+        max_rank = self.config.cache.lora_max_rank
+
+        def read() -> tuple[object, int, float]:
+            import ray
+
+            started = time.perf_counter()
+            weights = self._reader(adapter_id, source, max_rank, entry.arch)
+            ref = ray.put(weights) if ray.is_initialized() else weights
+            return ref, weights_bytes(weights), time.perf_counter() - started
+
+        ref, size, cost = await asyncio.to_thread(read)
         self.read_seconds += cost
         key = self._keys.setdefault(adapter_id, len(self._keys))
         # loaded at the access being served (a prefetch: at the latest one); a load is no access
-        return _Entry(ref, weights_bytes(weights), cost, key, self._seq, self._seq, self._clock())
+        return _Entry(ref, size, cost, key, self._seq, self._seq, self._clock())
+
+    def _read_once(self, adapter_id: str, seq: int, prefetch: bool) -> tuple[asyncio.Task, bool]:
+        """The task reading `adapter_id`, started here unless one is running: (task, started).
+        The task inserts the entry when the read lands; callers await it shielded, so a caller
+        that gives up cancels neither the read nor the others waiting on it."""
+        task = self._loading.get(adapter_id)
+        if task is not None:
+            return task, False
+
+        async def load_and_insert() -> _Entry:
+            try:
+                item = await self._load(adapter_id)
+            finally:
+                del self._loading[adapter_id]
+            item.loaded_seq = item.last_seq = seq
+            if self.memory is not None and not prefetch:
+                # after the read: a read that fails is no miss it remembers
+                self.memory.on_miss(item.key, self._clock())
+            self._insert(adapter_id, item, prefetch=prefetch)
+            return item
+
+        task = asyncio.ensure_future(load_and_insert())
+        # retrieved here too: when every caller gave up, a failed read must not log
+        # "exception was never retrieved"
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._loading[adapter_id] = task
+        return task, True
 
     def _insert(self, adapter_id: str, item: _Entry, prefetch: bool = False) -> None:
         """Evict until `item` fits (never `item` itself: an adapter over the whole budget is kept
@@ -136,43 +182,52 @@ class LoRAStore:
             seq=np.int64(self._seq), now=np.float64(self._clock()),
             size_bytes=col("size", np.int64), load_cost_s=col("load_cost_s", np.float64))
 
-    def _touch(self, item: _Entry) -> None:
+    def _touch(self, item: _Entry, seq: int) -> None:
         item.uses += 1
-        item.last_seq = self._seq
+        item.last_seq = max(item.last_seq, seq)  # a joined read lands after later accesses
         item.last_time = self._clock()
 
     async def get(self, adapter_id: str) -> dict:
-        """{'ref': object ref (or the tensors outside Ray), 'bytes': n, 'hit': bool}."""
+        """{'ref': object ref (or the tensors outside Ray), 'bytes': n, 'hit': bool}. A get
+        while the same adapter is being read waits for that read (a hit, reported to the
+        policy's memory when the read lands) instead of reading it again."""
         # The logical clock (CacheView.seq) ticks once per access, hit or miss, as in the
         # simulators: a policy that reads idle accesses (cost-aware) then decides the same here.
         self._seq += 1
-        hit = adapter_id in self._cache
+        seq = self._seq
+        item = self._cache.get(adapter_id)
+        hit = item is not None
+        if not hit:
+            task, started = self._read_once(adapter_id, seq, prefetch=False)
+            if started:
+                self.misses += 1
+                item = await asyncio.shield(task)
+            else:
+                hit = True
+                item = await asyncio.shield(task)
+                if self._cache.get(adapter_id) is not item:  # evicted before this caller resumed
+                    return {"ref": item.ref, "bytes": item.size, "hit": True}
         if hit:
             self.hits += 1
-            item = self._cache[adapter_id]
             if self.memory is not None:
                 self.memory.on_hit(item.key, self._clock())
-        else:
-            self.misses += 1
-            item = self._load(adapter_id)
-            if self.memory is not None:  # after the read: a read that fails is no miss it remembers
-                self.memory.on_miss(item.key, self._clock())
-            self._insert(adapter_id, item)
-        self._touch(item)
+        self._touch(item, seq)
         return {"ref": item.ref, "bytes": item.size, "hit": hit}
 
     async def prefetch(self, adapter_ids: list[str]) -> list[str]:
         """Read adapters into the host tier ahead of demand (unused until asked for: `uses` 0);
-        returns the ids newly loaded."""
+        returns the ids newly loaded (not those already cached or being read)."""
         loaded = []
         for adapter_id in adapter_ids:
             if adapter_id not in self._cache:
-                self._insert(adapter_id, self._load(adapter_id), prefetch=True)
-                loaded.append(adapter_id)
+                task, started = self._read_once(adapter_id, self._seq, prefetch=True)
+                await asyncio.shield(task)
+                if started:
+                    loaded.append(adapter_id)
         return loaded
 
     async def stats(self) -> dict:
         return {"adapters": list(self._cache), "bytes": sum(e.size for e in self._cache.values()),
                 "budget_bytes": self.budget, "policy": self.config.cache.lora_store_policy,
                 "hits": self.hits, "misses": self.misses, "evictions": self.evictions,
-                "read_seconds": round(self.read_seconds, 4)}
+                "read_seconds": round(self.read_seconds, 4), "reading": list(self._loading)}
