@@ -10,6 +10,7 @@ from ray import serve
 from ray.serve import Application
 
 from deployments.config import DeploymentOptions, ServeConfig, load_config
+from app.auth import AccessKeys
 from app.ingress import T2IIngress
 from deployments.base_model import BaseModel
 from deployments.controlnet import ControlNet
@@ -69,9 +70,12 @@ def build_app(config: ServeConfig) -> Application:
     base_model = serve.deployment(BaseModel).options(**base_options).bind(raw, lora_store, controlnet)
     discriminator = serve.deployment(Discriminator).options(
         **deployment_options(d.discriminator, "Discriminator")).bind(raw)
+    # keys are read here, where the config is (a bad key file fails before anything deploys);
+    # the ingress gets only their digests
+    access = AccessKeys.load(config.security)
     return serve.deployment(T2IIngress).options(
         **deployment_options(d.ingress, "Ingress")).bind(
-        raw, base_model, controlnet, lora_store, discriminator)
+        raw, base_model, controlnet, lora_store, discriminator, access)
 
 
 def app_builder(args: dict) -> Application:

@@ -2,7 +2,8 @@
 
 Every request the service cannot serve as asked gets a 4xx in the OpenAI error shape whose `param`
 names the field; a model that fails to load is a 500 naming the model, and the replica keeps
-serving everything else.
+serving everything else. Error messages are one line for the client: a replica's traceback, actor
+ids and paths go to the log only, under the request id the response carries.
 """
 
 
@@ -13,14 +14,18 @@ import io
 import logging
 import secrets
 import time
+import uuid
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.exceptions import RayTaskError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.config import ServeConfig
+from app.auth import ADMIN_KEY, API_KEY, AccessKeys, BearerAuthMiddleware
 from app.resolve import resolve_request
 from app.schemas import CachePinRequest, ImageGenerationRequest, error_body
 from deployments.errors import CoordinatorUnavailableError, ModelLoadError, RequestError
@@ -28,7 +33,35 @@ from deployments.model_cache import CacheBudgetError
 from deployments.spec import GenerationSpec
 
 logger = logging.getLogger("ray.serve")
-api = FastAPI(title="t2i", description="OpenAI-compatible text-to-image serving on Ray Serve")
+api = FastAPI(title="t2i", description="OpenAI-compatible text-to-image serving on Ray Serve. "
+              "When the deployment configures API keys, /v1/* needs `Authorization: Bearer <key>`;"
+              " the cache pin/unpin endpoints need an admin key when admin keys are configured.")
+
+
+def _serving_ingress() -> "Ingress":
+    """The replica's Ingress (what Ray's class-based view injects as `self`)."""
+    return serve.get_replica_context().servable_object
+
+
+api.add_middleware(BearerAuthMiddleware, keys=lambda: _serving_ingress().access)
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The replica's own exception under Ray's wrapper: str() of a RayTaskError (and of the
+    typed subclass Ray re-raises) is the whole remote traceback, not the error's message."""
+    while isinstance(exc, RayTaskError) and getattr(exc, "cause", None) is not None:
+        exc = exc.cause
+    return exc
+
+
+def _request_id(request: Request) -> tuple[str, dict]:
+    """Ray Serve's proxy gives each request an id (and returns it as X-Request-Id itself);
+    without one (no proxy) a fresh id goes into the response header here."""
+    incoming = request.headers.get("x-request-id")
+    if incoming:
+        return incoming, {}
+    fresh = uuid.uuid4().hex
+    return fresh, {"X-Request-Id": fresh}
 
 
 def _param(loc: tuple) -> str:
@@ -49,9 +82,20 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     return JSONResponse(status_code=400, content=error_body(message, param))
 
 
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    # routing's 404 (unknown path) and 405 (wrong method, with its Allow header)
+    kind = {404: "not_found_error", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request_error")
+    message = {404: "unknown route; the API is under /v1 (see /docs)",
+               405: "method not allowed on this route"}.get(exc.status_code, str(exc.detail))
+    return JSONResponse(status_code=exc.status_code, headers=exc.headers,
+                        content=error_body(message, None, kind))
+
+
 @api.exception_handler(RequestError)
 async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
-    return JSONResponse(status_code=400, content=error_body(str(exc), exc.field))
+    cause = _cause(exc)
+    return JSONResponse(status_code=400, content=error_body(str(cause), getattr(cause, "field", None)))
 
 
 class CacheOffError(Exception):
@@ -82,16 +126,20 @@ async def _no_room(_: Request, exc: CacheBudgetError) -> JSONResponse:
 
 @api.exception_handler(ModelLoadError)
 async def _load_error(_: Request, exc: ModelLoadError) -> JSONResponse:
-    return JSONResponse(status_code=500, content=error_body(str(exc), None, "model_load_error"))
+    return JSONResponse(status_code=500, content=error_body(str(_cause(exc)), None, "model_load_error"))
 
 
 @api.exception_handler(Exception)
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Ray re-raises replica errors as subclasses of the original type, so the typed handlers
-    # above still match them; anything else is a server fault, reported as JSON, never a hang.
-    logger.exception("request failed")
-    return JSONResponse(status_code=500, content=error_body(
-        f"internal error: {type(exc).__name__}: {str(exc)[:500]}", None, "server_error"))
+    # above still match them; anything else is a server fault: JSON with an id, never a hang,
+    # and the details (a replica's traceback, paths) in the log only.
+    request_id, headers = _request_id(request)
+    logger.error("request %s failed (%s %s)", request_id, request.method, request.url.path,
+                 exc_info=exc)
+    return JSONResponse(status_code=500, headers=headers, content=error_body(
+        f"internal server error (request id {request_id}); the details are in the server log",
+        None, "server_error"))
 
 
 def encode_png(image: np.ndarray) -> str:
@@ -115,8 +163,10 @@ def decode_b64_image(data: str, field: str, max_bytes: int) -> bytes:
 
 class Ingress:
     def __init__(self, config: "dict | ServeConfig", base_model, controlnet=None, lora_store=None,
-                 discriminator=None):
+                 discriminator=None, access: AccessKeys | None = None):
         self.config = config if isinstance(config, ServeConfig) else ServeConfig.model_validate(config)
+        # the builder loads the keys where the config is read; alone, the ingress reads them here
+        self.access = access if access is not None else AccessKeys.load(self.config.security)
         self.base_model = base_model
         self.controlnet = controlnet
         self.lora_store = lora_store
@@ -159,6 +209,31 @@ class Ingress:
             self._warm = asyncio.ensure_future(self._warm_up())
         warm = await asyncio.shield(self._warm)
         return {"status": "ok", "uptime_s": round(time.time() - self.started, 1), "warm_up_s": warm}
+
+    READY_TIMEOUT_S = 2.0
+
+    async def readiness(self) -> tuple[bool, dict]:
+        """Whether every deployment behind this ingress answers a cheap call within
+        READY_TIMEOUT_S, per deployment: {"ready": bool, "latency_s" or "reason": ...}."""
+        probes = {"BaseModel": (self.base_model, "ready"), "ControlNet": (self.controlnet, "ready"),
+                  "LoRAStore": (self.lora_store, "stats"),
+                  "Discriminator": (self.discriminator, "ready")}
+
+        async def probe(handle, method: str) -> dict:
+            started = time.perf_counter()
+            try:
+                await asyncio.wait_for(getattr(handle, method).remote(), self.READY_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                return {"ready": False, "reason": f"no answer within {self.READY_TIMEOUT_S:g} s"}
+            except Exception as exc:  # a dead or failing replica: the reason, not the traceback
+                logger.warning("readiness probe %s failed", method, exc_info=exc)
+                return {"ready": False, "reason": f"{type(_cause(exc)).__name__} on {method}()"}
+            return {"ready": True, "latency_s": round(time.perf_counter() - started, 4)}
+
+        names = [name for name, (handle, _) in probes.items() if handle is not None]
+        results = await asyncio.gather(*(probe(*probes[name]) for name in names))
+        states = dict(zip(names, results))
+        return all(s["ready"] for s in states.values()), states
 
     async def cache(self, action: str = "view", body: CachePinRequest | None = None) -> dict:
         """The coordinator's view, or an operator's pin/unpin, through a BaseModel replica (the
@@ -256,31 +331,48 @@ def _single(spec: GenerationSpec, seed: int) -> GenerationSpec:
     return replace(spec, n=1, seed=seed)
 
 
+_ADMIN_ONLY = ("Admin endpoint: needs an admin key when the deployment configures admin keys "
+               "(403 for a valid API key that is not one), else an API key when API keys are "
+               "configured.")
+
+
 @serve.ingress(api)
 class T2IIngress(Ingress):
     """The Serve ingress: FastAPI routes bound to an Ingress instance."""
 
-    @api.post("/v1/images/generations")
+    @api.post("/v1/images/generations", dependencies=[Security(API_KEY)])
     async def images_generations(self, body: ImageGenerationRequest) -> JSONResponse:
         response, headers = await self.generate(body)
         return JSONResponse(content=response, headers=headers)
 
-    @api.get("/v1/models")
+    @api.get("/v1/models", dependencies=[Security(API_KEY)])
     async def list_models(self) -> dict:
         return await self.models()
 
-    @api.get("/v1/cache")
+    @api.get("/v1/cache", dependencies=[Security(API_KEY)])
     async def cache_view(self) -> dict:
         return await self.cache("view")
 
-    @api.post("/v1/cache/pin")
+    @api.post("/v1/cache/pin", dependencies=[Security(ADMIN_KEY)], description=_ADMIN_ONLY)
     async def cache_pin(self, body: CachePinRequest) -> dict:
         return await self.cache("pin", body)
 
-    @api.post("/v1/cache/unpin")
+    @api.post("/v1/cache/unpin", dependencies=[Security(ADMIN_KEY)], description=_ADMIN_ONLY)
     async def cache_unpin(self, body: CachePinRequest) -> dict:
         return await self.cache("unpin", body)
 
     @api.get("/healthz", include_in_schema=False)
     async def health(self) -> dict:
+        """Liveness: the ingress answers (and has warmed its handles)."""
         return await self.healthz()
+
+    @api.get("/readyz", include_in_schema=False)
+    async def ready(self) -> JSONResponse:
+        """Readiness: every deployment answers; 503 naming the ones that do not."""
+        ready, states = await self.readiness()
+        if ready:
+            return JSONResponse(content={"ready": True, "deployments": states})
+        failing = ", ".join(f"{name} ({s['reason']})" for name, s in states.items() if not s["ready"])
+        body = error_body(f"not ready: {failing}", None, "service_unavailable")
+        return JSONResponse(status_code=503, headers={"Retry-After": "5"},
+                            content={**body, "deployments": states})

@@ -258,6 +258,21 @@ class SLOs(_Strict):
     latency_s: float = Field(default=30.0, gt=0, description="End-to-end latency objective.")
 
 
+class SecurityConfig(_Strict):
+    """Who may call the API. No keys configured: the API is open (the embedded default binds to
+    127.0.0.1). The config holds only where keys live, never a key, so it can be logged."""
+
+    api_keys_file: str | None = Field(
+        default=None, description="File of API keys, one per line ('#' starts a comment). With "
+        "any API key configured (here or in the T2I_API_KEYS environment variable, comma-"
+        "separated), every /v1/* endpoint needs `Authorization: Bearer <key>`.")
+    admin_keys_file: str | None = Field(
+        default=None, description="File of admin keys, same format (also the T2I_ADMIN_KEYS "
+        "environment variable). With admin keys configured, the admin endpoints "
+        "(/v1/cache/pin, /v1/cache/unpin) need one; without, they need an API key whenever "
+        "API keys are configured. An admin key is also accepted wherever an API key is.")
+
+
 class ServeConfig(_Strict):
     """The whole service: where models live, how deployments scale, what requests may ask."""
 
@@ -283,6 +298,7 @@ class ServeConfig(_Strict):
     control: ControlConfig = Field(default_factory=ControlConfig)
     limits: Limits = Field(default_factory=Limits)
     slo: SLOs = Field(default_factory=SLOs)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
 
     @model_validator(mode="after")
     def _cross_field(self) -> "ServeConfig":

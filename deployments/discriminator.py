@@ -29,3 +29,7 @@ class Discriminator:
     async def score(self, images: list[np.ndarray], discriminator_id: str | None = None) -> list[float]:
         model = self._model(discriminator_id or self.config.cascade.discriminator)
         return await asyncio.to_thread(model.score, images)
+
+    async def ready(self) -> dict:
+        """A cheap call for the ingress's readiness check."""
+        return {"loaded": sorted(self._models)}
