@@ -21,11 +21,17 @@ class Plan:
     threshold: float
 
 
+LISTED_IDS = 20  # unknown ids: up to this many valid ones in the message, else /v1/models
+
+
 def _known(config: ServeConfig, model_id: str, kind: str, field: str):
     try:
         entry = config.entry(model_id)
     except KeyError:
-        raise RequestError(field, f"unknown {kind} id {model_id!r}") from None
+        valid = config.ids(kind)
+        where = (f"one of {valid}" if len(valid) <= LISTED_IDS
+                 else f"one of the {len(valid)} listed by GET /v1/models")
+        raise RequestError(field, f"unknown {kind} id {model_id!r}; choose {where}") from None
     if entry.kind != kind:
         raise RequestError(field, f"{model_id!r} is a {entry.kind} model, not a {kind}")
     return entry
@@ -43,6 +49,8 @@ def resolve_request(config: ServeConfig, body: ImageGenerationRequest, seed: int
         raise RequestError("response_format", "only 'b64_json' is supported")
     if len(body.prompt) > limits.max_prompt_chars:
         raise RequestError("prompt", f"longer than limits.max_prompt_chars={limits.max_prompt_chars}")
+    if body.negative_prompt is not None and len(body.negative_prompt) > limits.max_prompt_chars:
+        raise RequestError("negative_prompt", f"longer than limits.max_prompt_chars={limits.max_prompt_chars}")
     if body.n > limits.max_images_per_request:
         raise RequestError("n", f"at most {limits.max_images_per_request} images per request")
     cascade = config.cascade.enabled if body.cascade is None else body.cascade

@@ -8,11 +8,27 @@ ignored. Limits that depend on the deployed config are checked by the ingress.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deployments.config import _MODEL_ID_RE, MODEL_ID_PATTERN
+
+
+# C0 controls other than tab, newline and carriage return, DEL and C1 controls: never part of a
+# prompt a person wrote, and they corrupt logs and terminals that print the request.
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def _check_text(value: str | None) -> str | None:
+    if value is not None and (bad := _CONTROL_RE.search(value)):
+        raise ValueError(f"contains the control character {bad.group()!r} at index {bad.start()}")
+    return value
+
+
+# Strict numbers: NaN and infinities (which Python's JSON parser accepts) are refused by field.
+_REQUEST = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def _check_id(value: str) -> str:
@@ -22,7 +38,7 @@ def _check_id(value: str) -> str:
 
 
 class LoraRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _REQUEST
     id: str = Field(description="Registered LoRA id.")
     scale: float = Field(default=1.0, ge=-4.0, le=4.0, description="Adapter weight.")
 
@@ -30,7 +46,7 @@ class LoraRef(BaseModel):
 
 
 class ControlNetRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _REQUEST
     id: str = Field(description="Registered ControlNet id.")
     image: str = Field(description="Conditioning source image: base64 PNG or JPEG (a data URL "
                        "prefix is accepted).")
@@ -42,7 +58,7 @@ class ControlNetRef(BaseModel):
 
 
 class ImageGenerationRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _REQUEST
     prompt: str = Field(min_length=1)
     model: str | None = Field(default=None, description="OpenAI field: the base model id.")
     n: int = Field(default=1, ge=1, description="Images to generate.")
@@ -64,6 +80,7 @@ class ImageGenerationRequest(BaseModel):
 
     _ids = field_validator("model", "base_model")(
         lambda v: v if v is None else _check_id(v))
+    _text = field_validator("prompt", "negative_prompt", "user")(_check_text)
 
 
 class ImageDatum(BaseModel):
@@ -91,7 +108,7 @@ class ImageGenerationResponse(BaseModel):
 class CachePinRequest(BaseModel):
     """POST /v1/cache/pin and /v1/cache/unpin: an operator's pins over the coordinator's plan."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _REQUEST
 
     models: list[str] = Field(min_length=1, max_length=64, description="Base-model or ControlNet ids.")
     replicas: list[str] | None = Field(default=None, max_length=1024, description="Replica ids to pin "

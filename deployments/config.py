@@ -252,6 +252,13 @@ class Limits(_Strict):
                                  "ControlNet image upload.")
     max_loras_per_request: int = Field(default=3, ge=0, le=16)
     max_controlnets_per_request: int = Field(default=2, ge=0, le=4)
+    max_body_bytes: int = Field(default=64 << 20, ge=4096, description="Largest request body, "
+                                "refused (413) before it is parsed; must hold "
+                                "max_controlnets_per_request base64 images of max_image_bytes.")
+    max_image_pixels: int = Field(default=4096 * 4096, ge=64, description="Largest ControlNet "
+                                  "image (width x height), checked from the image header before "
+                                  "any pixel is decoded (decompression bombs); at least the "
+                                  "largest size a base model serves.")
 
 
 class SLOs(_Strict):
@@ -330,6 +337,16 @@ class ServeConfig(_Strict):
                              "cascade.discriminator")
         if self.limits.max_loras_per_request > self.cache.lora_slots:
             raise ValueError("limits.max_loras_per_request must not exceed cache.lora_slots")
+        limits = self.limits
+        images_b64 = limits.max_controlnets_per_request * -(-limits.max_image_bytes * 4 // 3)
+        if limits.max_body_bytes < images_b64 + 65536:
+            raise ValueError(f"limits.max_body_bytes must hold limits.max_controlnets_per_request "
+                             f"base64 images of limits.max_image_bytes and the rest of a request "
+                             f"(at least {images_b64 + 65536})")
+        largest = max(w * h for m in self.models for w, h in map(parse_size, m.sizes))
+        if limits.max_image_pixels < largest:
+            raise ValueError(f"limits.max_image_pixels must be at least the largest size a model "
+                             f"serves ({largest} pixels)")
         return self
 
     # -- lookups -----------------------------------------------------------------------------

@@ -54,12 +54,15 @@ class ControlNet:
                          field: str = "controlnets.image") -> np.ndarray:
         """Uploaded PNG/JPEG bytes -> conditioning image (uint8 HxWx3) at the output size;
         a RequestError names `field` when the bytes are not an image."""
-        decoded = preprocessors.decode_image(image, field)
-        return await asyncio.to_thread(preprocessors.prepare, decoded, preprocessor, width, height)
+        def decode_and_prepare() -> np.ndarray:  # decompression and OpenCV: off the loop
+            decoded = preprocessors.decode_image(image, field, self.config.limits.max_image_pixels)
+            return preprocessors.prepare(decoded, preprocessor, width, height)
+
+        return await asyncio.to_thread(decode_and_prepare)
 
     async def config_of(self, controlnet_id: str) -> dict:
         if self.cache is None:
-            return dict(self.engine.load_controlnet(controlnet_id).config)
+            return dict((await self._engine_controlnet(controlnet_id)).config)
         wait_s = room_wait_s(self.config.slo.latency_s)
         async with self.cache.use([controlnet_id], wait_s=wait_s) as (model,):
             return dict(model.config)
@@ -70,12 +73,19 @@ class ControlNet:
         forward runs on the replica's event loop, as the synchronous method before it did: a
         per-step call is milliseconds and a thread hop each step would add to every one."""
         if self.cache is None:
-            return self._forward(self.engine.load_controlnet(controlnet_id), sample, timestep,
+            return self._forward(await self._engine_controlnet(controlnet_id), sample, timestep,
                                  encoder_hidden_states, controlnet_cond, conditioning_scale, guess_mode)
         wait_s = room_wait_s(self.config.slo.latency_s)
         async with self.cache.use([controlnet_id], wait_s=wait_s) as (model,):
             return self._forward(model, sample, timestep, encoder_hidden_states, controlnet_cond,
                                  conditioning_scale, guess_mode)
+
+    async def _engine_controlnet(self, controlnet_id: str):
+        """(ray-default) The engine's cached module on the loop (every step asks), a load from
+        disk in a worker thread."""
+        if controlnet_id in self.engine._controlnets:
+            return self.engine.load_controlnet(controlnet_id)
+        return await asyncio.to_thread(self.engine.load_controlnet, controlnet_id)
 
     def _forward(self, model, sample, timestep, encoder_hidden_states, controlnet_cond,
                  conditioning_scale, guess_mode):

@@ -15,19 +15,22 @@ class Discriminator:
     def __init__(self, config: dict | ServeConfig):
         self.config = config if isinstance(config, ServeConfig) else ServeConfig.model_validate(config)
         self._models: dict[str, ImageDiscriminator] = {}
+        self._loading = asyncio.Lock()  # one load at a time; a second caller finds it loaded
 
-    def _model(self, discriminator_id: str) -> ImageDiscriminator:
+    async def _model(self, discriminator_id: str) -> ImageDiscriminator:
         if discriminator_id not in self._models:
-            entry = self.config.entry(discriminator_id)
-            try:
-                self._models[discriminator_id] = ImageDiscriminator.load(
-                    self.config.resolve_source(entry))
-            except ValueError as exc:
-                raise ModelLoadError(discriminator_id, str(exc)) from exc
+            async with self._loading:
+                if discriminator_id not in self._models:
+                    entry = self.config.entry(discriminator_id)
+                    try:  # file reads off the replica's loop
+                        self._models[discriminator_id] = await asyncio.to_thread(
+                            ImageDiscriminator.load, self.config.resolve_source(entry))
+                    except ValueError as exc:
+                        raise ModelLoadError(discriminator_id, str(exc)) from exc
         return self._models[discriminator_id]
 
     async def score(self, images: list[np.ndarray], discriminator_id: str | None = None) -> list[float]:
-        model = self._model(discriminator_id or self.config.cascade.discriminator)
+        model = await self._model(discriminator_id or self.config.cascade.discriminator)
         return await asyncio.to_thread(model.score, images)
 
     async def ready(self) -> dict:

@@ -66,12 +66,13 @@ class ImageDiscriminator(nn.Module):
     @classmethod
     def load(cls, folder: str | Path) -> "ImageDiscriminator":
         """Load from a folder; raises ValueError naming the folder and what is wrong."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         folder = Path(folder)
         try:
             model = cls(DiscriminatorConfig.from_json(folder / "config.json"))
             model.load_state_dict(load_file(str(folder / "model.safetensors")))
-        except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError, SafetensorError) as exc:
             raise ValueError(f"discriminator at {str(folder)!r} failed to load: {exc}") from exc
         return model.eval()

@@ -75,18 +75,24 @@ def get(name: str) -> Preprocessor:
                        f"{sorted(BUILTIN)} or 'aux:<detector>'")
 
 
-def decode_image(data: bytes, field: str = "controlnets.image") -> np.ndarray:
-    """PNG/JPEG bytes -> RGB uint8 array; RequestError names `field` when it is not an image."""
+def decode_image(data: bytes, field: str = "controlnets.image",
+                 max_pixels: int = 4096 * 4096) -> np.ndarray:
+    """PNG/JPEG bytes -> RGB uint8 array; RequestError names `field` when it is not an image or
+    its header declares more than `max_pixels` (checked before any pixel is decompressed: a
+    few kilobytes of PNG can declare gigapixels)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data)) as img:  # reads the header only
             if img.format not in ("PNG", "JPEG"):
                 raise RequestError(field, f"must be a PNG or JPEG image, got {img.format}")
-            if img.width * img.height > 4096 * 4096:
-                raise RequestError(field, f"image of {img.width}x{img.height} is too large")
+            if img.width * img.height > max_pixels:
+                raise RequestError(field, f"image of {img.width}x{img.height} pixels is larger "
+                                   f"than limits.max_image_pixels={max_pixels}")
             return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, RequestError):
+            raise
         raise RequestError(field, f"is not a decodable PNG or JPEG image ({exc})") from None
 
 
