@@ -186,8 +186,40 @@ def test_a_model_that_fails_to_load_is_named_and_the_replica_keeps_serving(http)
     response = _post(http, base_model="broken-sd", size="32x32")
     assert response.status_code == 500
     assert "'broken-sd' failed to load" in response.json()["error"]["message"]
+    assert "Traceback" not in response.json()["error"]["message"]
     response = _post(http, size="32x32", loras=[{"id": "broken-lora"}])
     assert response.status_code == 500
     assert "'broken-lora' failed to load" in response.json()["error"]["message"]
     assert _post(http, size="32x32", seed=1).status_code == 200
     assert _post(http, size="32x32", loras=[{"id": "tiny-lora-ink"}]).status_code == 200
+
+
+@pytest.mark.parametrize("control", [
+    {"image": base64.b64encode(b"plain text, valid base64, not an image").decode()},
+    {"image": _control_b64(32), "preprocessor": "no-such-preprocessor"},
+])
+def test_a_replica_error_reaches_the_client_as_one_line_without_the_traceback(http, control):
+    response = _post(http, size="32x32", controlnets=[{"id": "tiny-cn-canny", **control}])
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"].startswith("controlnets[0]")
+    for leak in ("Traceback", "ray::", "\n", "\x1b[", "/work/", "/tmp/", "site-packages"):
+        assert leak not in error["message"], error["message"]
+
+
+def test_unknown_routes_and_methods_use_the_error_shape_and_carry_a_request_id(http):
+    missing = http.get("/v1/no-such-route")
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
+    wrong = http.delete("/v1/models")
+    assert wrong.status_code == 405 and "message" in wrong.json()["error"]
+    assert missing.headers["x-request-id"]
+
+
+def test_readyz_pings_every_deployment_and_healthz_stays_liveness(http):
+    ready = http.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    body = ready.json()
+    assert body["ready"] is True
+    assert set(body["deployments"]) == {"BaseModel", "ControlNet", "LoRAStore", "Discriminator"}
+    assert all(state["ready"] for state in body["deployments"].values())
+    assert http.get("/healthz").json()["status"] == "ok"
