@@ -144,6 +144,17 @@ class AccessKeys:
         return None
 
 
+def access_summary(host: str, keys: AccessKeys) -> str:
+    """One line for `t2i serve`: who may call the API (counts only, never a key)."""
+    if keys.enabled:
+        return (f"t2i: API keys required on /v1/* ({len(keys.api)} API keys, {len(keys.admin)} "
+                "admin keys); /healthz and /readyz stay open")
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return "t2i: no API keys configured; the API is open on loopback only"
+    return (f"t2i: WARNING: no API keys configured and the API listens on {host}: anyone who can "
+            "reach it may generate and pin models (set security.api_keys_file or T2I_API_KEYS)")
+
+
 class BearerAuthMiddleware:
     """ASGI middleware: checks every request against the keys before routing or body parsing.
     `keys` is called per request (under Serve it reads the replica's Ingress)."""

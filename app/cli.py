@@ -32,6 +32,13 @@ def _serve(args: argparse.Namespace) -> int:
               "Build the demo models with `t2i demo-models --out models/demo` (or `make serve`), "
               "or fix the paths in the config.", file=sys.stderr)
         return 2
+    try:  # a bad key file stops here, before Ray starts (the builder reads the keys again)
+        from app.auth import AccessKeys, access_summary
+
+        print(access_summary(config.host, AccessKeys.load(config.security)), flush=True)
+    except ConfigError as exc:
+        print(f"t2i serve: {exc}", file=sys.stderr)
+        return 2
     return run_server(config, address=args.address, num_cpus=args.num_cpus)
 
 

@@ -28,7 +28,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         # A fresh temp dir per run: a stale `ray_current_cluster` file from an earlier
         # `ray stop` makes a later ray.init(num_cpus=...) fail (ENVIRONMENT.md).
         extra = {"_metrics_export_port": metrics_export_port} if metrics_export_port else {}
-        ray.init(num_cpus=num_cpus, include_dashboard=False,
+        # No dashboard (its HTTP API runs arbitrary code on the cluster); should one be turned
+        # on, it binds to loopback. Serve's HTTP proxy binds to config.host (127.0.0.1 default).
+        ray.init(num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
                  _temp_dir=tempfile.mkdtemp(prefix="t2i-ray-"),
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}, **extra)
 
