@@ -12,6 +12,7 @@ import base64
 import binascii
 import io
 import logging
+import re
 import secrets
 import time
 import uuid
@@ -54,11 +55,14 @@ def _cause(exc: BaseException) -> BaseException:
     return exc
 
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
 def _request_id(request: Request) -> tuple[str, dict]:
     """Ray Serve's proxy gives each request an id (and returns it as X-Request-Id itself);
     without one (no proxy) a fresh id goes into the response header here."""
-    incoming = request.headers.get("x-request-id")
-    if incoming:
+    incoming = request.headers.get("x-request-id", "")
+    if _REQUEST_ID.fullmatch(incoming):  # a client may send its own: only a plain id reaches the log
         return incoming, {}
     fresh = uuid.uuid4().hex
     return fresh, {"X-Request-Id": fresh}

@@ -263,3 +263,15 @@ def test_readyz_is_200_when_every_deployment_answers(serve_as):
     body = serve_as(_ingress(discriminator=FakeHandle(ready=_ok))).get("/readyz").json()
     assert body["ready"] is True
     assert set(body["deployments"]) == {"BaseModel", "ControlNet", "LoRAStore", "Discriminator"}
+
+
+def test_a_client_supplied_request_id_reaches_the_log_only_when_it_is_a_plain_id(serve_as):
+    async def breaks(*_):
+        raise RuntimeError("boom")
+
+    client = serve_as(_ingress(coordinator=breaks))
+    plain = client.get("/v1/cache", headers={"X-Request-Id": "req-42.a_b"})
+    assert "req-42.a_b" in plain.json()["error"]["message"] and "x-request-id" not in plain.headers
+    forged = client.get("/v1/cache", headers={"X-Request-Id": "x\tFAKE LOG LINE"})
+    assert "FAKE" not in forged.json()["error"]["message"]
+    assert forged.headers["x-request-id"] in forged.json()["error"]["message"]
