@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.config import ServeConfig
 from app.auth import ADMIN_KEY, API_KEY, AccessKeys, BearerAuthMiddleware
+from app.limits import BodyLimitMiddleware
 from app.resolve import resolve_request
 from app.schemas import CachePinRequest, ImageGenerationRequest, error_body
 from deployments.errors import CoordinatorUnavailableError, ModelLoadError, RequestError
@@ -44,6 +45,7 @@ def _serving_ingress() -> "Ingress":
     return serve.get_replica_context().servable_object
 
 
+api.add_middleware(BodyLimitMiddleware)  # limits.max_body_bytes; added first: runs after auth
 api.add_middleware(BearerAuthMiddleware, keys=lambda: _serving_ingress().access)
 
 

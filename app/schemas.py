@@ -62,7 +62,9 @@ class ImageGenerationRequest(BaseModel):
     prompt: str = Field(min_length=1)
     model: str | None = Field(default=None, description="OpenAI field: the base model id.")
     n: int = Field(default=1, ge=1, description="Images to generate.")
-    size: str | None = Field(default=None, description="'WIDTHxHEIGHT'; default per base model.")
+    size: str | None = Field(default=None, pattern=r"^[0-9]{1,4}x[0-9]{1,4}$",
+                             description="'WIDTHxHEIGHT', one the base model serves (GET "
+                             "/v1/models lists them); default per base model.")
     response_format: Literal["b64_json", "url"] | None = Field(default=None)
     user: str | None = Field(default=None, max_length=256)
     base_model: str | None = Field(default=None, description="Base model id (wins over `model`).")

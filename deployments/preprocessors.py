@@ -90,7 +90,9 @@ def decode_image(data: bytes, field: str = "controlnets.image",
                 raise RequestError(field, f"image of {img.width}x{img.height} pixels is larger "
                                    f"than limits.max_image_pixels={max_pixels}")
             return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:  # PIL's own header check, past twice its warning size
+        raise RequestError(field, f"image is larger than limits.max_image_pixels={max_pixels}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, RequestError):
             raise
         raise RequestError(field, f"is not a decodable PNG or JPEG image ({exc})") from None

@@ -41,6 +41,7 @@ def serve_config(demo_config, broken_models):
     ]
     raw["cache"]["base_models_per_replica"] = 3
     raw["limits"]["max_image_bytes"] = 64 * 1024
+    raw["limits"]["max_body_bytes"] = 1 << 20  # an oversized body stays cheap to send
     return demo_config.model_validate(raw)
 
 

@@ -108,6 +108,8 @@ def test_a_decompression_bomb_is_refused_from_its_header():
     assert info.value.field == "controlnets[1].image"
     assert "3000x3000" in info.value.message and "limits.max_image_pixels" in info.value.message
     assert time.perf_counter() - started < 0.5  # 27 MB of pixels were never allocated
+    with pytest.raises(RequestError, match="limits.max_image_pixels"):  # past PIL's own limit too
+        decode_image(_png_header(20000, 20000), "controlnets[0].image")
     # within the limit, the same truncated data is an undecodable image, not a server error
     with pytest.raises(RequestError, match="not a decodable"):
         decode_image(_png_header(64, 64), "controlnets[0].image")
