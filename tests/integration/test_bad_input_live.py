@@ -5,6 +5,7 @@ field, after which the service still serves. Reuses the session's Serve instance
 from __future__ import annotations
 
 import base64
+import os
 import struct
 import zlib
 
@@ -23,8 +24,10 @@ def api_schema(base_url):
 
 
 # Bounded: most generated requests are 400s answered before any model runs; the valid ones
-# generate 2-step images of the tiny models (under a minute in all on 2 cores). Derandomized, so a
-# failure reproduces; hypothesis prints the failing request.
+# generate 2-step images of the tiny models (~15 s in all on 2 cores). Derandomized, so a failure
+# reproduces; hypothesis prints the failing request. T2I_FUZZ_SCALE=10 runs ten times as many,
+# randomly, for a deeper search by hand.
+FUZZ_SCALE = int(os.environ.get("T2I_FUZZ_SCALE", "1"))
 @pytest.mark.parametrize("method, path, mode, examples", [
     ("POST", "/v1/images/generations", GenerationMode.POSITIVE, 60),
     ("POST", "/v1/images/generations", GenerationMode.NEGATIVE, 60),
@@ -34,8 +37,9 @@ def test_requests_generated_from_the_openapi_schema_never_get_a_5xx(api_schema, 
                                                                     examples):
     operation = api_schema[path][method]
 
-    @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @settings(max_examples=examples * FUZZ_SCALE, derandomize=FUZZ_SCALE == 1, deadline=None,
+              database=None, phases=[Phase.explicit, Phase.generate],
+              suppress_health_check=list(HealthCheck))
     @given(case=operation.as_strategy(generation_mode=mode))
     def call(case):
         case.call_and_validate(checks=[not_a_server_error], timeout=60)
