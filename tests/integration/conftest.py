@@ -10,6 +10,14 @@ import httpx
 import pytest
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that start and stop a Ray of their own run before any test that uses the session's
+    service (the `base_url` fixture): one process holds one Ray, and a test's ray.shutdown()
+    would take the session's service down with it. File names used to give this order by
+    accident; a new session test sorting first (test_auth_live) broke it."""
+    items.sort(key=lambda item: "base_url" in getattr(item, "fixturenames", ()))  # stable sort
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
