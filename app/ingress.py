@@ -45,7 +45,8 @@ def _serving_ingress() -> "Ingress":
     return serve.get_replica_context().servable_object
 
 
-api.add_middleware(BodyLimitMiddleware)  # limits.max_body_bytes; added first: runs after auth
+api.add_middleware(BodyLimitMiddleware,  # added first: runs after auth
+                  max_bytes=lambda: _serving_ingress().config.limits.max_body_bytes)
 api.add_middleware(BearerAuthMiddleware, keys=lambda: _serving_ingress().access)
 
 

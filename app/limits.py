@@ -8,28 +8,12 @@ byte, instead of the parser's generic error. The body is handed on unchanged oth
 
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.schemas import error_body
-from deployments.config import Limits
-
-Scope = dict
-Message = dict
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-
-def serving_body_limit() -> int:
-    """`limits.max_body_bytes` of the ingress replica serving this request (its default
-    outside a Serve replica, e.g. the app mounted alone in a test)."""
-    from ray import serve
-    from ray.serve.exceptions import RayServeException
-
-    try:
-        return serve.get_replica_context().servable_object.config.limits.max_body_bytes
-    except (RayServeException, AttributeError):
-        return Limits().max_body_bytes
 
 
 class BodyTooLarge(Exception):
@@ -37,7 +21,9 @@ class BodyTooLarge(Exception):
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app, max_bytes: Callable[[], int] = serving_body_limit):
+    """``max_bytes`` is called per request (under Serve it reads the replica's config)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: Callable[[], int]):
         self.app = app
         self.max_bytes = max_bytes
 
@@ -48,20 +34,21 @@ class BodyLimitMiddleware:
         limit = self.max_bytes()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
         declared = headers.get("content-length", "")
+        too_large = _reply(413, error_body(f"request body larger than limits.max_body_bytes={limit}", None))
         if declared.isdigit() and int(declared) > limit:
-            await _reply(send, 413, _too_large(limit))
+            await too_large(scope, receive, send)
             return
         try:
             body = await _read_body(receive, limit)
         except BodyTooLarge:
-            await _reply(send, 413, _too_large(limit))
+            await too_large(scope, receive, send)
             return
         if "json" in headers.get("content-type", ""):
             try:
                 body.decode("utf-8")
             except UnicodeDecodeError as exc:
-                await _reply(send, 400, error_body(
-                    f"body: not valid UTF-8 (byte {exc.start}); JSON bodies must be UTF-8", "body"))
+                await _reply(400, error_body(f"body: not valid UTF-8 (byte {exc.start}); JSON bodies "
+                                             "must be UTF-8", "body"))(scope, receive, send)
                 return
         await self.app(scope, _replay(body, receive), send)
 
@@ -95,13 +82,6 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replayed
 
 
-def _too_large(limit: int) -> dict:
-    return error_body(f"request body larger than limits.max_body_bytes={limit}", None)
-
-
-async def _reply(send: Send, status: int, content: dict) -> None:
-    payload = json.dumps(content).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-        (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": payload})
+def _reply(status: int, content: dict) -> JSONResponse:
+    # connection: close, since the rest of a refused body is never read
+    return JSONResponse(status_code=status, content=content, headers={"Connection": "close"})
