@@ -18,8 +18,16 @@ from deployments.discriminator import Discriminator
 from deployments.lora_store import LoRAStore
 
 
-def deployment_options(options: DeploymentOptions, name: str) -> dict:
+def deployment_options(options: DeploymentOptions, name: str, retry_after_s: int = 1) -> dict:
+    """Serve options of one deployment. Its handle queue is bounded (`max_queued_requests`): a
+    call beyond it raises Ray's BackPressureError, which the ingress answers 503 with
+    Retry-After, and which Ray's proxy answers the same way (this Retry-After) for the ingress."""
+    from ray.serve.config import BackpressureConfig
+
     kwargs: dict = {"name": name, "max_ongoing_requests": options.max_ongoing_requests,
+                    "max_queued_requests": options.max_queued_requests,
+                    "backpressure_config": BackpressureConfig(status_code=503,
+                                                              retry_after_s=retry_after_s),
                     "ray_actor_options": options.ray_actor_options()}
     if options.autoscaling is not None:
         kwargs["autoscaling_config"] = {
@@ -60,21 +68,22 @@ def control_options(config: ServeConfig, raw: dict) -> dict:
 def build_app(config: ServeConfig) -> Application:
     raw = config.model_dump(mode="json")
     d = config.deployments
+    retry = config.limits.retry_after_s
     lora_store = serve.deployment(LoRAStore).options(
-        **deployment_options(d.lora_store, "LoRAStore")).bind(raw)
+        **deployment_options(d.lora_store, "LoRAStore", retry)).bind(raw)
     controlnet = serve.deployment(ControlNet).options(
-        **deployment_options(d.controlnet, "ControlNet")).bind(raw)
-    base_options = {**deployment_options(d.base_model, "BaseModel"), **control_options(config, raw)}
+        **deployment_options(d.controlnet, "ControlNet", retry)).bind(raw)
+    base_options = {**deployment_options(d.base_model, "BaseModel", retry), **control_options(config, raw)}
     if "autoscaling_config" in base_options:
         base_options.pop("num_replicas", None)
     base_model = serve.deployment(BaseModel).options(**base_options).bind(raw, lora_store, controlnet)
     discriminator = serve.deployment(Discriminator).options(
-        **deployment_options(d.discriminator, "Discriminator")).bind(raw)
+        **deployment_options(d.discriminator, "Discriminator", retry)).bind(raw)
     # keys are read here, where the config is (a bad key file fails before anything deploys);
     # the ingress gets only their digests
     access = AccessKeys.load(config.security)
     return serve.deployment(T2IIngress).options(
-        **deployment_options(d.ingress, "Ingress")).bind(
+        **deployment_options(d.ingress, "Ingress", retry)).bind(
         raw, base_model, controlnet, lora_store, discriminator, access)
 
 

@@ -16,6 +16,7 @@ import re
 import secrets
 import time
 import uuid
+from dataclasses import replace
 
 import numpy as np
 from fastapi import FastAPI, Request, Security
@@ -23,14 +24,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.exceptions import RayTaskError
+from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.config import ServeConfig
+from app.admission import TIMEOUT_HEADER, InflightLimit, OverloadedError, request_timeout_s
 from app.auth import ADMIN_KEY, API_KEY, AccessKeys, BearerAuthMiddleware
 from app.limits import BodyLimitMiddleware
 from app.resolve import resolve_request
 from app.schemas import CachePinRequest, ImageGenerationRequest, error_body
-from deployments.errors import CoordinatorUnavailableError, ModelLoadError, RequestError
+from deployments.errors import (CoordinatorUnavailableError, DeadlineExceededError, ModelLoadError,
+                                RequestError)
 from deployments.model_cache import CacheBudgetError
 from deployments.spec import GenerationSpec
 
@@ -131,6 +135,34 @@ async def _no_room(_: Request, exc: CacheBudgetError) -> JSONResponse:
                                            None, "capacity_error"))
 
 
+@api.exception_handler(OverloadedError)
+async def _overloaded(_: Request, exc: OverloadedError) -> JSONResponse:
+    return JSONResponse(status_code=503, headers=_retry_after(None), content=error_body(
+        str(exc), None, "overloaded_error"))
+
+
+@api.exception_handler(BackPressureError)
+async def _back_pressure(_: Request, exc: BackPressureError) -> JSONResponse:
+    # a deployment's bounded queue (its max_queued_requests) is full: shed, never grow
+    cause = _cause(exc)
+    return JSONResponse(status_code=503, headers=_retry_after(getattr(cause, "retry_after_s", None)),
+                        content=error_body("the service is overloaded (a model deployment's queue "
+                                           "is full); retry shortly", None, "overloaded_error"))
+
+
+def _retry_after(seconds: float | None) -> dict:
+    if seconds is None:
+        seconds = _serving_ingress().config.limits.retry_after_s
+    return {"Retry-After": str(max(1, int(-(-seconds // 1))))}
+
+
+@api.exception_handler(DeadlineExceededError)
+async def _deadline(_: Request, exc: DeadlineExceededError) -> JSONResponse:
+    return JSONResponse(status_code=504, content=error_body(
+        f"{_cause(exc)} (deadline: limits.request_timeout_s, or the {TIMEOUT_HEADER} header)",
+        None, "deadline_exceeded"))
+
+
 @api.exception_handler(ModelLoadError)
 async def _load_error(_: Request, exc: ModelLoadError) -> JSONResponse:
     return JSONResponse(status_code=500, content=error_body(str(_cause(exc)), None, "model_load_error"))
@@ -179,6 +211,7 @@ class Ingress:
         self.lora_store = lora_store
         self.discriminator = discriminator
         self.started = time.time()
+        self.inflight = InflightLimit(self.config.limits.max_inflight_requests)
         self._warm: asyncio.Future | None = None
         try:  # under Serve the constructor runs on the replica's event loop: warm up right away
             self._warm = asyncio.get_running_loop().create_task(self._warm_up())
@@ -278,9 +311,25 @@ class Ingress:
         handle = self.base_model.options(multiplexed_model_id=spec.base_model)
         return await handle.generate.remote(spec, control_images)
 
-    async def generate(self, body: ImageGenerationRequest) -> tuple[dict, dict]:
+    # Past the deadline the ingress waits this much longer for BaseModel's own answer, which
+    # says where the work was dropped (queued or running); then it stops waiting regardless.
+    DEADLINE_GRACE_S = 0.5
+
+    async def generate_by(self, body: ImageGenerationRequest, deadline: float) -> tuple[dict, dict]:
+        """generate() with a deadline (time.time()): it travels in the specs, so BaseModel drops
+        late work, and it bounds the ingress's own wait, so nothing hangs on a stuck call."""
+        bound = max(deadline - time.time(), 0.0) + self.DEADLINE_GRACE_S
+        try:
+            return await asyncio.wait_for(self.generate(body, deadline), bound)
+        except asyncio.TimeoutError:  # cancels the awaited calls; BaseModel drops their work
+            raise DeadlineExceededError("waited on at the ingress", time.time() - deadline) from None
+
+    async def generate(self, body: ImageGenerationRequest,
+                       deadline: float | None = None) -> tuple[dict, dict]:
         started = time.perf_counter()
         plan = resolve_request(self.config, body, seed=secrets.randbelow(2**31))
+        if deadline is not None:
+            plan = replace(plan, specs=[replace(s, deadline=deadline) for s in plan.specs])
         timings = {"queue_s": 0.0, "load_s": 0.0, "preprocess_s": 0.0, "inference_s": 0.0,
                    "discriminator_s": 0.0}
         first = plan.specs[0]
@@ -348,8 +397,10 @@ class T2IIngress(Ingress):
     """The Serve ingress: FastAPI routes bound to an Ingress instance."""
 
     @api.post("/v1/images/generations", dependencies=[Security(API_KEY)])
-    async def images_generations(self, body: ImageGenerationRequest) -> JSONResponse:
-        response, headers = await self.generate(body)
+    async def images_generations(self, body: ImageGenerationRequest, request: Request) -> JSONResponse:
+        timeout = request_timeout_s(request.headers.get(TIMEOUT_HEADER), self.config.request_timeout_s())
+        with self.inflight.admit():  # over the limit: 503 at once, before any work
+            response, headers = await self.generate_by(body, time.time() + timeout)
         return JSONResponse(content=response, headers=headers)
 
     @api.get("/v1/models", dependencies=[Security(API_KEY)])

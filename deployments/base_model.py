@@ -18,6 +18,7 @@ import asyncio
 import time
 
 from deployments.config import ServeConfig
+from deployments.errors import check_deadline
 from deployments.model_cache import room_wait_s
 from deployments.pipeline_engine import LoadedPipeline, PipelineEngine
 from deployments.replica_control import ReplicaControl
@@ -113,6 +114,7 @@ class BaseModel:
     # -- serving ----------------------------------------------------------------------------
     async def generate(self, spec: GenerationSpec, control_images=None) -> GenerationResult:
         self.control.start()
+        check_deadline(spec.deadline, "queued", time.time())  # late out of Ray's queue
         started = time.perf_counter()
         with self.control.request(spec) as record:
             if self.coordinated:
@@ -185,6 +187,9 @@ class BaseModel:
         lock_started = time.perf_counter()
         async with self._lock:
             queue_s = time.perf_counter() - lock_started
+            # after the wait for the lock (the replica's queue): a request whose client has
+            # given up is dropped before it takes the device (and between steps once running)
+            check_deadline(spec.deadline, "queued", time.time())
             leases, lease_s = [], 0.0
             if loaded is None:
                 ids = [spec.base_model, *([cn for cn, _ in spec.controlnets] if colocated else [])]

@@ -115,7 +115,14 @@ class DeploymentOptions(_Strict):
     num_replicas: int = Field(default=1, ge=1, le=1024, description="Fixed replica count "
                               "(ignored when `autoscaling` is set).")
     autoscaling: AutoscalingBounds | None = Field(default=None, description="Replica bounds.")
-    max_ongoing_requests: int = Field(default=8, ge=1, le=10_000)
+    max_ongoing_requests: int = Field(default=8, ge=1, le=10_000, description="Requests one "
+                                      "replica runs or holds at once (Ray Serve's option).")
+    max_queued_requests: int = Field(
+        default=64, ge=1, le=100_000, description="Requests each caller's handle holds while "
+        "every replica is at max_ongoing_requests (Ray Serve's option); beyond it the call fails "
+        "at once with Ray's BackPressureError, a 503 with Retry-After. Bounded so an overload "
+        "sheds load instead of growing memory; it also counts requests still being routed, so a "
+        "simultaneous burst larger than it is shed even while replicas have room.")
     num_cpus: float = Field(default=0.0, ge=0, description="CPUs reserved per replica.")
     num_gpus: float = Field(default=0.0, ge=0, description="GPUs reserved per replica.")
     memory_bytes: int | None = Field(default=None, ge=0, description="Ray memory reservation.")
@@ -128,7 +135,10 @@ class DeploymentOptions(_Strict):
 
 
 class Deployments(_Strict):
-    ingress: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    ingress: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(max_ongoing_requests=64),
+        description="Its max_ongoing_requests must exceed limits.max_inflight_requests, so health "
+        "checks and /v1/models still get in while generation is at its limit.")
     base_model: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_cpus=1.0))
     controlnet: DeploymentOptions = Field(default_factory=DeploymentOptions)
     lora_store: DeploymentOptions = Field(default_factory=DeploymentOptions)
@@ -259,6 +269,16 @@ class Limits(_Strict):
                                   "image (width x height), checked from the image header before "
                                   "any pixel is decoded (decompression bombs); at least the "
                                   "largest size a base model serves.")
+    max_inflight_requests: int = Field(
+        default=32, ge=1, le=100_000, description="Image requests one ingress replica handles at "
+        "once; one more is refused at once (503 with Retry-After) before any work is done. Below "
+        "deployments.ingress.max_ongoing_requests.")
+    request_timeout_s: float | None = Field(
+        default=None, gt=0, le=3600, description="Deadline of a request, from its arrival at the "
+        "ingress: work past it is dropped (504). A client may shorten it with the "
+        "X-Request-Timeout header. Unset: 4 x slo.latency_s.")
+    retry_after_s: int = Field(default=1, ge=1, le=3600, description="The Retry-After header "
+                               "(seconds) of an overload 503, the ingress's and Ray's back-pressure.")
 
 
 class SLOs(_Strict):
@@ -343,6 +363,11 @@ class ServeConfig(_Strict):
             raise ValueError(f"limits.max_body_bytes must hold limits.max_controlnets_per_request "
                              f"base64 images of limits.max_image_bytes and the rest of a request "
                              f"(at least {images_b64 + 65536})")
+        if limits.max_inflight_requests >= self.deployments.ingress.max_ongoing_requests:
+            raise ValueError(f"limits.max_inflight_requests ({limits.max_inflight_requests}) must be "
+                             "below deployments.ingress.max_ongoing_requests "
+                             f"({self.deployments.ingress.max_ongoing_requests}): health checks and "
+                             "/v1/models need room while generation is at its limit")
         largest = max(w * h for m in self.models for w, h in map(parse_size, m.sizes))
         if limits.max_image_pixels < largest:
             raise ValueError(f"limits.max_image_pixels must be at least the largest size a model "
@@ -371,6 +396,10 @@ class ServeConfig(_Strict):
             return str(path.resolve())
         assert entry.hub_id is not None
         return entry.hub_id
+
+    def request_timeout_s(self) -> float:
+        """The default deadline of a request (`limits.request_timeout_s`, else 4 x the SLO)."""
+        return self.limits.request_timeout_s or 4 * self.slo.latency_s
 
     def cascade_ready(self) -> bool:
         return None not in (self.cascade.light, self.cascade.heavy, self.cascade.discriminator)

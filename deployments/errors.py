@@ -41,3 +41,23 @@ class CoordinatorUnavailableError(RuntimeError):
 
     def __reduce__(self):
         return (type(self), (self.reason,))
+
+
+class DeadlineExceededError(RuntimeError):
+    """A request's deadline passed; `where` is "queued" (before its generation started) or
+    "running" (between denoising steps): the work was dropped, not finished."""
+
+    def __init__(self, where: str, overdue_s: float):
+        super().__init__(f"the request's deadline passed while {where} "
+                         f"({overdue_s:.3f} s over); the work was dropped")
+        self.where = where
+        self.overdue_s = overdue_s
+
+    def __reduce__(self):
+        return (type(self), (self.where, self.overdue_s))
+
+
+def check_deadline(deadline: float | None, where: str, now: float) -> None:
+    """Raise DeadlineExceededError when `now` (time.time()) is past `deadline`."""
+    if deadline is not None and now > deadline:
+        raise DeadlineExceededError(where, now - deadline)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from deployments.config import ServeConfig
-from deployments.errors import ModelLoadError
+from deployments.errors import ModelLoadError, check_deadline
 from deployments.lora_slots import LoraSlots
 from deployments.spec import GenerationResult, GenerationSpec
 from policies.snapshot import BASE, CONTROLNET, DISK, REMOTE
@@ -173,6 +173,8 @@ class PipelineEngine:
             kwargs["controlnet_conditioning_scale"] = scales[0] if len(nets) == 1 else scales
         timings["load_s"] = time.perf_counter() - started
 
+        if spec.deadline is not None:  # checked between denoising steps: late work stops early
+            kwargs["callback_on_step_end"] = deadline_hook(spec.deadline)
         started = time.perf_counter()
         generators = [torch.Generator(device="cpu").manual_seed(spec.seed + i) for i in range(spec.n)]
         with torch.inference_mode():
@@ -290,6 +292,17 @@ class EngineModels:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def deadline_hook(deadline: float, clock: Callable[[], float] = time.time) -> Callable:
+    """A diffusers `callback_on_step_end` that stops the denoising loop (DeadlineExceededError,
+    "running") once `clock()` is past `deadline`, instead of finishing an image nobody awaits."""
+
+    def hook(_pipe, _step: int, _timestep, callback_kwargs: dict) -> dict:
+        check_deadline(deadline, "running", clock())
+        return callback_kwargs
+
+    return hook
 
 
 def _to_pil(image: np.ndarray):

@@ -23,6 +23,8 @@ class GenerationSpec:
     negative_prompt: str | None = None
     loras: tuple[tuple[str, float], ...] = ()
     controlnets: tuple[tuple[str, float], ...] = ()
+    # absolute wall-clock time (time.time()) after which the work is dropped; None: no deadline
+    deadline: float | None = None
 
 
 @dataclass
