@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -148,6 +148,20 @@ async def _back_pressure(_: Request, exc: BackPressureError) -> JSONResponse:
     return JSONResponse(status_code=503, headers=_retry_after(getattr(cause, "retry_after_s", None)),
                         content=error_body("the service is overloaded (a model deployment's queue "
                                            "is full); retry shortly", None, "overloaded_error"))
+
+
+@api.exception_handler(RayActorError)
+async def _replica_gone(request: Request, exc: RayActorError) -> JSONResponse:
+    # A replica died (or became unreachable) under the request: ActorDiedError from the handle,
+    # or a downstream replica's death re-raised through BaseModel. Not retried here: the
+    # replacement takes a replica start (seconds to tens of seconds with its model warm-up),
+    # most of a request's deadline, and a request that killed its replica would kill the next.
+    request_id, headers = _request_id(request)
+    logger.warning("request %s: a replica went away (%s)", request_id, type(_cause(exc)).__name__,
+                   exc_info=exc)
+    return JSONResponse(status_code=503, headers={**headers, **_retry_after(None)}, content=error_body(
+        f"a replica serving this request went away and is being replaced (request id "
+        f"{request_id}); the request was not completed, retry it", None, "replica_unavailable"))
 
 
 def _retry_after(seconds: float | None) -> dict:
