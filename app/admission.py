@@ -24,12 +24,12 @@ TIMEOUT_HEADER = "X-Request-Timeout"
 
 
 class OverloadedError(Exception):
-    """The ingress is at its in-flight limit: the request was refused before any work."""
+    """The request was shed (503): the ingress is at its in-flight limit, or a deployment's
+    bounded queue is full. `retry_after_s`: None for the config's `limits.retry_after_s`."""
 
-    def __init__(self, limit: int):
-        super().__init__(f"the service is at its limit of {limit} requests in flight "
-                         "(limits.max_inflight_requests); retry shortly")
-        self.limit = limit
+    def __init__(self, message: str, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class InflightLimit:
@@ -42,7 +42,8 @@ class InflightLimit:
     @contextmanager
     def admit(self) -> Iterator[None]:
         if self.inflight >= self.limit:
-            raise OverloadedError(self.limit)
+            raise OverloadedError(f"the service is at its limit of {self.limit} requests in flight "
+                                  "(limits.max_inflight_requests); retry shortly")
         self.inflight += 1
         try:
             yield

@@ -137,17 +137,8 @@ async def _no_room(_: Request, exc: CacheBudgetError) -> JSONResponse:
 
 @api.exception_handler(OverloadedError)
 async def _overloaded(_: Request, exc: OverloadedError) -> JSONResponse:
-    return JSONResponse(status_code=503, headers=_retry_after(None), content=error_body(
+    return JSONResponse(status_code=503, headers=_retry_after(exc.retry_after_s), content=error_body(
         str(exc), None, "overloaded_error"))
-
-
-@api.exception_handler(BackPressureError)
-async def _back_pressure(_: Request, exc: BackPressureError) -> JSONResponse:
-    # a deployment's bounded queue (its max_queued_requests) is full: shed, never grow
-    cause = _cause(exc)
-    return JSONResponse(status_code=503, headers=_retry_after(getattr(cause, "retry_after_s", None)),
-                        content=error_body("the service is overloaded (a model deployment's queue "
-                                           "is full); retry shortly", None, "overloaded_error"))
 
 
 @api.exception_handler(RayActorError)
@@ -335,6 +326,14 @@ class Ingress:
         bound = max(deadline - time.time(), 0.0) + self.DEADLINE_GRACE_S
         try:
             return await asyncio.wait_for(self.generate(body, deadline), bound)
+        except BackPressureError as exc:
+            # a deployment's bounded queue is full: shed the request. Raised again as our own
+            # error because Ray's replica registers its own (plain-text) handler for this class
+            # on the ingress's FastAPI app, over any the app registers.
+            cause = _cause(exc)
+            raise OverloadedError("the service is overloaded (a model deployment's queue is full, "
+                                  "deployments.*.max_queued_requests); retry shortly",
+                                  getattr(cause, "retry_after_s", None)) from None
         except asyncio.TimeoutError:  # cancels the awaited calls; BaseModel drops their work
             raise DeadlineExceededError("waited on at the ingress", time.time() - deadline) from None
 
