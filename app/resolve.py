@@ -21,17 +21,11 @@ class Plan:
     threshold: float
 
 
-LISTED_IDS = 20  # unknown ids: up to this many valid ones in the message, else /v1/models
-
-
 def _known(config: ServeConfig, model_id: str, kind: str, field: str):
     try:
         entry = config.entry(model_id)
     except KeyError:
-        valid = config.ids(kind)
-        where = (f"one of {valid}" if len(valid) <= LISTED_IDS
-                 else f"one of the {len(valid)} listed by GET /v1/models")
-        raise RequestError(field, f"unknown {kind} id {model_id!r}; choose {where}") from None
+        raise RequestError(field, f"unknown {kind} id {model_id!r}; {config.valid_ids_hint(kind)}") from None
     if entry.kind != kind:
         raise RequestError(field, f"{model_id!r} is a {entry.kind} model, not a {kind}")
     return entry

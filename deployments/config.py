@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from policies.defaults import DEFAULT_EVICTION
 
+LISTED_IDS = 20  # an unknown id's error lists up to this many valid ones, else points to /v1/models
+
 # Ids become dictionary keys, multiplexed-model ids, and (for local layouts) path components. A
 # strict charset makes path-shaped ids ("../../etc/passwd") impossible by construction.
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -383,6 +385,14 @@ class ServeConfig(_Strict):
 
     def ids(self, kind: ModelKind) -> list[str]:
         return [m.id for m in self.models if m.kind == kind]
+
+    def valid_ids_hint(self, kind: ModelKind) -> str:
+        """What to say after an unknown id: the valid ids, or where to find them when there are
+        more than a message should carry."""
+        valid = self.ids(kind)
+        if len(valid) <= LISTED_IDS:
+            return f"choose one of {valid}"
+        return f"choose one of the {len(valid)} listed by GET /v1/models"
 
     def base_model_id(self) -> str:
         return self.default_base_model or self.ids("base")[0]

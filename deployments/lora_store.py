@@ -99,9 +99,8 @@ class LoRAStore:
         try:
             entry = self.config.entry(adapter_id)
         except KeyError:
-            known = self.config.ids("lora")
-            listed = known if len(known) <= 20 else "GET /v1/models"
-            raise RequestError("loras", f"unknown LoRA id {adapter_id!r}; registered: {listed}") from None
+            raise RequestError("loras", f"unknown LoRA id {adapter_id!r}; "
+                               f"{self.config.valid_ids_hint('lora')}") from None
         if entry.kind != "lora":
             raise RequestError("loras", f"{adapter_id!r} is a {entry.kind}, not a LoRA")
         return entry

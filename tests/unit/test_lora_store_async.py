@@ -116,7 +116,7 @@ def test_a_caller_that_gives_up_cancels_neither_the_read_nor_the_others():
 
 def test_an_unknown_adapter_lists_the_registered_ones():
     async def main():
-        with pytest.raises(ValueError, match=r"unknown LoRA id 'nope'; registered: \['fast'"):
+        with pytest.raises(ValueError, match=r"unknown LoRA id 'nope'; choose one of \['fast'"):
             await LoRAStore(_config(), reader=ScriptedReader()).get("nope")
 
     asyncio.run(main())
