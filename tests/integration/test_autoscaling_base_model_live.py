@@ -48,6 +48,8 @@ def test_a_burst_of_image_requests_scales_base_model_up_and_quiet_scales_it_down
     raw["port"] = _free_port()
     raw["deployments"]["base_model"] = {"num_cpus": 0, "max_ongoing_requests": 2,
                                         "autoscaling": {"min_replicas": 1, "max_replicas": 2}}
+    # the burst queues on purpose (that is what scales it up): no deadline may drop that work
+    raw["limits"]["request_timeout_s"] = 600.0
     raw["control"].update(policies="coordinator", report_period_s=1.0, autoscaling={
         "policy": "ewma-headroom", "upscale_delay_s": 1.0, "downscale_delay_s": 3.0, "hysteresis": 0.1})
     config = demo_config.model_validate(raw)
