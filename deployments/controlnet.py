@@ -53,10 +53,13 @@ class ControlNet:
     async def preprocess(self, image: bytes, preprocessor: str, width: int, height: int,
                          field: str = "controlnets.image") -> np.ndarray:
         """Uploaded PNG/JPEG bytes -> conditioning image (uint8 HxWx3) at the output size;
-        a RequestError names `field` when the bytes are not an image."""
+        a RequestError names `field` when the bytes are not an image, and its sibling
+        `...preprocessor` (e.g. `controlnets[0].preprocessor`) when the preprocessor fails."""
+        preprocessor_field = field.rsplit(".", 1)[0] + ".preprocessor"
+
         def decode_and_prepare() -> np.ndarray:  # decompression and OpenCV: off the loop
             decoded = preprocessors.decode_image(image, field, self.config.limits.max_image_pixels)
-            return preprocessors.prepare(decoded, preprocessor, width, height)
+            return preprocessors.prepare(decoded, preprocessor, width, height, preprocessor_field)
 
         return await asyncio.to_thread(decode_and_prepare)
 

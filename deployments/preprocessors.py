@@ -47,17 +47,17 @@ BUILTIN: dict[str, Preprocessor] = {"canny": canny, "sobel": sobel, "grayscale":
 assert tuple(sorted(BUILTIN)) == BUILTIN_NAMES, "preprocessor_names.BUILTIN_NAMES is out of date"
 
 
-def _aux_detector(name: str) -> Preprocessor:
+def _aux_detector(name: str, field: str) -> Preprocessor:
     import importlib
 
     try:
         module = importlib.import_module(f"controlnet_aux.{name}")
     except ImportError as exc:
-        raise RequestError("controlnets.preprocessor", f"'aux:{name}' needs the optional "
+        raise RequestError(field, f"'aux:{name}' needs the optional "
                            f"controlnet-aux extra (pip install '.[aux]'): {exc}") from None
     detector_cls = next((getattr(module, a) for a in dir(module) if a.endswith("Detector")), None)
     if detector_cls is None:
-        raise RequestError("controlnets.preprocessor", f"controlnet_aux.{name} has no detector")
+        raise RequestError(field, f"controlnet_aux.{name} has no detector")
     detector = detector_cls()
 
     def run(image: np.ndarray) -> np.ndarray:
@@ -66,12 +66,14 @@ def _aux_detector(name: str) -> Preprocessor:
     return run
 
 
-def get(name: str) -> Preprocessor:
+def get(name: str, field: str = "controlnets.preprocessor") -> Preprocessor:
+    """The preprocessor called `name`; a RequestError naming `field` (the request's
+    `controlnets[i].preprocessor`) when there is none."""
     if name in BUILTIN:
         return BUILTIN[name]
     if name.startswith("aux:") and name[4:].isidentifier():
-        return _aux_detector(name[4:])
-    raise RequestError("controlnets.preprocessor", f"unknown preprocessor {name!r}; choose one of "
+        return _aux_detector(name[4:], field)
+    raise RequestError(field, f"unknown preprocessor {name!r}; choose one of "
                        f"{sorted(BUILTIN)} or 'aux:<detector>'")
 
 
@@ -98,7 +100,8 @@ def decode_image(data: bytes, field: str = "controlnets.image",
         raise RequestError(field, f"is not a decodable PNG or JPEG image ({exc})") from None
 
 
-def prepare(image: np.ndarray, preprocessor: str, width: int, height: int) -> np.ndarray:
-    """Resize to the output size and run the preprocessor."""
+def prepare(image: np.ndarray, preprocessor: str, width: int, height: int,
+            field: str = "controlnets.preprocessor") -> np.ndarray:
+    """Resize to the output size and run the preprocessor (errors name `field`)."""
     resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-    return get(preprocessor)(resized)
+    return get(preprocessor, field)(resized)

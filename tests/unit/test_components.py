@@ -83,6 +83,22 @@ def test_aux_preprocessor_without_the_extra_is_a_clear_error():
         preprocessors.get("aux:openpose")
 
 
+@pytest.mark.parametrize("name", ["nope", "aux:no_such_detector_here"])
+def test_preprocessor_errors_name_the_indexed_field(name):
+    """The ControlNet deployment names the request's own entry, controlnets[1].preprocessor."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from deployments.controlnet import ControlNet
+
+    net = ControlNet.__new__(ControlNet)  # preprocess reads only the config's image limit
+    net.config = SimpleNamespace(limits=SimpleNamespace(max_image_pixels=4096 * 4096))
+    image = _png(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(RequestError) as caught:
+        asyncio.run(ControlNet.preprocess(net, image, name, 8, 8, "controlnets[1].image"))
+    assert caught.value.field == "controlnets[1].preprocessor"
+
+
 def test_decode_image_accepts_png_jpeg_and_rejects_others():
     array = np.full((8, 8, 3), 200, np.uint8)
     assert preprocessors.decode_image(_png(array)).shape == (8, 8, 3)
