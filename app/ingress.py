@@ -168,9 +168,23 @@ async def _deadline(_: Request, exc: DeadlineExceededError) -> JSONResponse:
         None, "deadline_exceeded"))
 
 
+# An absolute path in a message (a loader's exception text often carries the file it read)
+_ABS_PATH = re.compile(r"(?<![\w.~:/])/(?:[^\s'\"/]+/)+([^\s'\"/]*)")
+
+
+def without_paths(message: str) -> str:
+    """`message` with each absolute path cut to its last part: where the server keeps its files
+    is the operator's business (the log has the full text)."""
+    return _ABS_PATH.sub(lambda m: f".../{m.group(1)}", message)
+
+
 @api.exception_handler(ModelLoadError)
-async def _load_error(_: Request, exc: ModelLoadError) -> JSONResponse:
-    return JSONResponse(status_code=500, content=error_body(str(_cause(exc)), None, "model_load_error"))
+async def _load_error(request: Request, exc: ModelLoadError) -> JSONResponse:
+    request_id, headers = _request_id(request)
+    message = str(_cause(exc))
+    logger.error("request %s: %s", request_id, message)
+    return JSONResponse(status_code=500, headers=headers,
+                        content=error_body(without_paths(message), None, "model_load_error"))
 
 
 @api.exception_handler(Exception)

@@ -182,14 +182,16 @@ def test_malformed_json_is_a_400(http):
     assert response.status_code == 400
 
 
-def test_a_model_that_fails_to_load_is_named_and_the_replica_keeps_serving(http):
+def test_a_model_that_fails_to_load_is_named_and_the_replica_keeps_serving(http, broken_models):
     response = _post(http, base_model="broken-sd", size="32x32")
     assert response.status_code == 500
     assert "'broken-sd' failed to load" in response.json()["error"]["message"]
     assert "Traceback" not in response.json()["error"]["message"]
     response = _post(http, size="32x32", loras=[{"id": "broken-lora"}])
     assert response.status_code == 500
-    assert "'broken-lora' failed to load" in response.json()["error"]["message"]
+    message = response.json()["error"]["message"]
+    assert "'broken-lora' failed to load" in message and "pytorch_lora_weights" in message
+    assert broken_models["lora"] not in message  # where the server keeps its files stays in its log
     assert _post(http, size="32x32", seed=1).status_code == 200
     assert _post(http, size="32x32", loras=[{"id": "tiny-lora-ink"}]).status_code == 200
 

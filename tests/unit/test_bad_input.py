@@ -148,3 +148,15 @@ def test_unknown_ids_list_the_valid_ones_or_point_to_the_model_list():
     many = ServeConfig(models=[{"id": f"base-{i}", "kind": "base", "path": "b"} for i in range(30)])
     with pytest.raises(RequestError, match="one of the 30 listed by GET /v1/models"):
         resolve_request(many, ImageGenerationRequest(prompt="x", model="nope"), seed=0)
+
+
+def test_model_load_messages_lose_absolute_paths_but_keep_file_names():
+    from app.ingress import without_paths
+
+    message = ("model 'x' failed to load: cannot read '/srv/models/x/pytorch_lora_weights.safetensors'; "
+               "no file in directory /srv/models/base/tiny-sd.")
+    out = without_paths(message)
+    assert "/srv" not in out
+    assert "'.../pytorch_lora_weights.safetensors'" in out and ".../tiny-sd." in out
+    kept = "rank 8 exceeds cache.lora_max_rank=4; ratio 1/2; see http://host/a/b and ./rel/x"
+    assert without_paths(kept) == kept
