@@ -31,32 +31,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from policies.cascade_allocation import CascadeInputs, MilpCascade, StageProfile  # noqa: E402
-from policies.cascade_baselines import StaticCascade, enumerate_allocation, quality_from_confidence  # noqa: E402
+from policies.cascade_allocation import CascadeInputs, MilpCascade  # noqa: E402
+from policies.cascade_baselines import StaticCascade, enumerate_allocation  # noqa: E402
 
 from benchmarks._common import RESULTS, write_result  # noqa: E402
+from trace_replay.simulator.cascade_inputs import ACCEL, diffserve_inputs  # noqa: E402,F401 (re-exported)
 DATA = ROOT.parent / "shared" / "data" / "diffserve"
-ACCEL = "onnxruntime_gpu_ampere"  # DiffServe's testbed GPUs were A100s
-
-
-def diffserve_inputs(data: Path = DATA, grid: int | None = None) -> Callable[[float, int], CascadeInputs]:
-    """(demand_qps, gpus) -> CascadeInputs for the SD-Turbo -> SD1.5 app, via the shared loaders."""
-    from trace_replay.formats.diffserve import load_app, load_confidence, load_f_t, load_profiles
-
-    app = load_app(data / "traces/apps/sdturbo_sdv15/sdturbo_sdv15.json")
-    light_name, heavy_name = app.chain
-    profiles = {p.model: p for p in load_profiles(data / "profiling/stable_diffusion_runtimes_sdturbo.csv")
-                if p.accel == ACCEL}
-    stage = {m: StageProfile(p.batch, p.avg_ms / 1000.0) for m, p in profiles.items()}
-    t, f = load_f_t(data / "traces/apps/sdturbo_sdv15/f_t_sdturbo_sdv15.csv")
-    if grid:
-        t_new = np.linspace(t[0], t[-1], grid)
-        t, f = t_new, np.interp(t_new, t, f)
-    conf = load_confidence(data / "traces/maf/sdturbo_sdv15/confidence_scores/confidence_scores.csv")
-    q = quality_from_confidence(f, conf.scores[light_name])
-    # no discriminator profile in the data: its EfficientNet pass is ms-scale next to SD-Turbo's 100 ms
-    return lambda demand, gpus: CascadeInputs(float(demand), int(gpus), app.slo_s, stage[light_name],
-                                              stage[heavy_name], t, f, q)
 
 
 def sweep(make: Callable[[float, int], CascadeInputs], gpus: list[int], n_demands: int, repeats: int) -> dict:

@@ -186,7 +186,7 @@ def test_inputs_validation_names_fields():
 def diffserve_app():
     if not DATA.is_dir():
         pytest.skip(f"DiffServe data not found at {DATA} (../shared/data is not checked in)")
-    from benchmarks.cascade_milp import diffserve_inputs
+    from trace_replay.simulator.cascade_inputs import diffserve_inputs
 
     return diffserve_inputs(DATA)
 
@@ -202,7 +202,7 @@ def test_real_diffserve_profiles(diffserve_app):
             assert d == enumerate_allocation(inp)
             assert last is None or d.expected_quality <= last
             last = d.expected_quality
-    from benchmarks.cascade_milp import diffserve_inputs
+    from trace_replay.simulator.cascade_inputs import diffserve_inputs
 
     fine = diffserve_inputs(DATA, grid=201)  # DiffServe's controller grid, f interpolated
     for demand in (3.0, 30.0, 300.0):
