@@ -76,6 +76,64 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _discriminator_train(args: argparse.Namespace) -> int:
+    import time
+    import warnings
+
+    import diffusers
+    import torch
+    import transformers
+
+    from deployments.config import ConfigError, load_config
+    from deployments.discriminator_train import (TrainError, TrainSettings, config_snippet,
+                                                 read_prompts, train_discriminator)
+    from deployments.errors import ModelLoadError
+    from deployments.pipeline_engine import pick_device
+    from trace_replay.paths import diffserve_dir
+
+    def fail(message: str) -> int:
+        print(f"t2i discriminator train: {message}", file=sys.stderr)
+        return 2
+
+    started = time.perf_counter()
+    try:
+        config = load_config(args.config, {"model_root": args.model_root} if args.model_root else None)
+    except ConfigError as exc:
+        return fail(str(exc))
+    light, heavy = args.light or config.cascade.light, args.heavy or config.cascade.heavy
+    if light is None or heavy is None:
+        return fail(f"{args.config} sets no cascade.light/cascade.heavy; name them with --light and --heavy")
+    init = args.init or config.cascade.discriminator
+    device = pick_device() if args.device == "auto" else args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return fail(f"--device {device}: CUDA is not available here (use --device cpu or auto)")
+    settings = TrainSettings(
+        light=light, heavy=heavy, init=None if init == "fresh" else init, n_prompts=args.n_prompts,
+        holdout=args.holdout, epochs=args.epochs, steps=args.steps, size=args.size, seed=args.seed,
+        batch_size=args.batch_size, lr=args.lr, device=device)
+    out = Path(args.out or Path(config.model_root) / "discriminator" / f"{light}-vs-{heavy}")
+    # Only the trainer's own bars: the loaders' bars, and the tokenizer's warning on every
+    # prompt over 77 tokens, would bury them (errors still show).
+    for library in (transformers, diffusers):
+        library.logging.set_verbosity_error()
+        library.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # LoRA slots, 2nd load
+    prompts_file = Path(args.prompts or diffserve_dir() / "traces" / "text_diffusiondb_2m_first_5k.txt")
+    try:
+        prompts, available = read_prompts(prompts_file, args.n_prompts, args.seed)
+        print(f"training a discriminator: {light} (label 0) vs {heavy} (label 1), "
+              f"{len(prompts)} of {available} prompts from {prompts_file}, held out "
+              f"{args.holdout:.0%}, init {settings.init or 'fresh'}, device {device}", flush=True)
+        report = train_discriminator(config, settings, prompts, out, force=args.force,
+                                     progress=not args.quiet)
+    except (TrainError, ModelLoadError) as exc:
+        return fail(str(exc))
+    print(report.summary())
+    print(f"saved {out} in {time.perf_counter() - started:.1f} s; add it to the config:\n")
+    print(config_snippet(config, out), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="t2i", description="Text-to-image serving on Ray Serve: Stable-Diffusion-class "
@@ -131,6 +189,45 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("config", help="t2i config YAML")
     check.set_defaults(func=_check_config)
+
+    disc = sub.add_parser("discriminator", help="the cascade's discriminator (see `t2i "
+                          "discriminator train --help`)").add_subparsers(dest="action", required=True)
+    train = disc.add_parser(
+        "train", help="train it on light- vs heavy-model images of the same prompts",
+        description="Generate one image per prompt with the light and with the heavy model "
+        "(the service's own loading and generation code), label them 0 and 1 by which model "
+        "made them (as DiffServe does), train the discriminator, print its accuracy on held-out "
+        "prompts, and save config.json + model.safetensors to --out, ready for a config's "
+        "`kind: discriminator` entry.")
+    train.add_argument("--config", default=DEFAULT_CONFIG, help="t2i config YAML naming the "
+                       "models (default: the embedded tiny-model demo, %(default)s)")
+    train.add_argument("--model-root", help="override the config's model_root")
+    train.add_argument("--prompts", default=None, help="text file, one prompt per line (default: "
+                       "DiffusionDB's first 5k under ../shared/data/diffserve/traces)")
+    train.add_argument("--light", help="light base-model id (default: the config's cascade.light)")
+    train.add_argument("--heavy", help="heavy base-model id (default: the config's cascade.heavy)")
+    train.add_argument("--init", help="discriminator id to start from, or 'fresh' for random "
+                       "weights (default: the config's cascade.discriminator, else fresh)")
+    train.add_argument("--n-prompts", type=int, default=200, help="prompts drawn from the file "
+                       "by --seed (default: %(default)s)")
+    train.add_argument("--holdout", type=float, default=0.2, help="share of prompts held out "
+                       "for the accuracy (default: %(default)s)")
+    train.add_argument("--epochs", type=int, default=10, help="(default: %(default)s)")
+    train.add_argument("--steps", type=int, help="inference steps for both models (default: each "
+                       "model's default_steps)")
+    train.add_argument("--size", help="image size WxH (default: the light model's first size)")
+    train.add_argument("--seed", type=int, default=0, help="prompt draw, split, image seeds and "
+                       "weights (default: %(default)s)")
+    train.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
+    train.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default: "
+                       "%(default)s)")
+    train.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, "
+                       "cuda:N (default: %(default)s)")
+    train.add_argument("--out", help="output folder (default: MODEL_ROOT/discriminator/"
+                       "LIGHT-vs-HEAVY)")
+    train.add_argument("--force", action="store_true", help="replace --out if it exists")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(func=_discriminator_train)
 
     sub.add_parser("trace", add_help=False, help="trace tooling (see `t2i trace --help`)")
     sub.add_parser("simulate", add_help=False, help="cluster simulator (see `t2i simulate --help`)")
