@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.config import ServeConfig
 from app.admission import TIMEOUT_HEADER, InflightLimit, OverloadedError, request_timeout_s
+from app.cascade_client import CascadeClient
 from app.auth import ADMIN_KEY, API_KEY, AccessKeys, BearerAuthMiddleware
 from app.limits import BodyLimitMiddleware
 from app.resolve import resolve_request
@@ -118,6 +119,17 @@ async def _cache_off(_: Request, exc: CacheOffError) -> JSONResponse:
     return JSONResponse(status_code=409, content=error_body(
         "the cache coordinator is off: this deployment runs control.policies: ray-default "
         "(start it with --policies coordinator)", None, "cache_coordinator_off"))
+
+
+class CascadeOffError(Exception):
+    """GET /v1/cascade with no cascade configured."""
+
+
+@api.exception_handler(CascadeOffError)
+async def _cascade_off(_: Request, exc: CascadeOffError) -> JSONResponse:
+    return JSONResponse(status_code=404, content=error_body(
+        "no cascade is configured (cascade.light, cascade.heavy and cascade.discriminator)", None,
+        "cascade_not_configured"))
 
 
 @api.exception_handler(CoordinatorUnavailableError)
@@ -231,6 +243,8 @@ class Ingress:
         self.discriminator = discriminator
         self.started = time.time()
         self.inflight = InflightLimit(self.config.limits.max_inflight_requests)
+        self.cascade_plan = CascadeClient(
+            self.config, lambda report: self.base_model.coordinator_call.remote("cascade_report", report))
         self._warm: asyncio.Future | None = None
         try:  # under Serve the constructor runs on the replica's event loop: warm up right away
             self._warm = asyncio.get_running_loop().create_task(self._warm_up())
@@ -309,6 +323,22 @@ class Ingress:
         args = () if body is None else (body.models, body.replicas) if action == "pin" else (body.models,)
         return await self.base_model.coordinator_call.remote(action, *args)
 
+    async def cascade(self) -> dict:
+        """GET /v1/cascade's body: the coordinator's plan, or the fixed threshold when the planner
+        is off (cascade.planner: fixed, or control.policies: ray-default)."""
+        cfg = self.config.cascade
+        if not self.config.cascade_ready():
+            raise CascadeOffError()
+        doc = {"light": cfg.light, "heavy": cfg.heavy, "discriminator": cfg.discriminator,
+               "enabled_by_default": cfg.enabled}
+        if not self.cascade_plan.enabled:
+            why = ("cascade.planner: fixed" if cfg.planner == "fixed"
+                   else "control.policies: ray-default (the planner runs in the coordinator)")
+            return {**doc, "planner": "off", "why": why, "plan": self.cascade_plan.config_plan()}
+        plan = await self.base_model.coordinator_call.remote("cascade_view")
+        return {**doc, "planner": "demand", "plan": plan,
+                "ingress_plan_source": self.cascade_plan.plan["source"]}
+
     async def _warm_up(self) -> float:
         started = time.perf_counter()
         calls = [h.ready.remote() for h in (self.base_model, self.controlnet) if h is not None]
@@ -360,6 +390,10 @@ class Ingress:
         timings = {"queue_s": 0.0, "load_s": 0.0, "preprocess_s": 0.0, "inference_s": 0.0,
                    "discriminator_s": 0.0}
         first = plan.specs[0]
+        arrived_at = self.cascade_plan.clock()
+        if plan.cascade:
+            self.cascade_plan.start()
+            self.cascade_plan.arrived()
         t0 = time.perf_counter()
         controls = await self._control_images(body, first.width, first.height) if body.controlnets else None
         timings["preprocess_s"] = time.perf_counter() - t0
@@ -370,19 +404,8 @@ class Ingress:
         replicas = [result.replica] * len(result.images)
         cascade_info = None
         if plan.cascade:
-            t0 = time.perf_counter()
-            scores = await self.discriminator.score.remote(images, self.config.cascade.discriminator)
-            timings["discriminator_s"] = time.perf_counter() - t0
-            rejected = [i for i, s in enumerate(scores) if s < plan.threshold]
-            heavy = plan.specs[1]
-            reruns = await asyncio.gather(*(
-                self._generate(_single(heavy, heavy.seed + i), controls) for i in rejected))
-            for i, rerun in zip(rejected, reruns):
-                _add(timings, rerun.timings)
-                images[i], answered_by[i], replicas[i] = rerun.images[0], heavy.base_model, rerun.replica
-            cascade_info = {"light": first.base_model, "heavy": heavy.base_model,
-                            "threshold": plan.threshold, "scores": [round(s, 6) for s in scores],
-                            "deferred": rejected, "answered_by": answered_by}
+            cascade_info = await self._cascade(body, plan, result, images, answered_by, replicas,
+                                               timings, controls, arrived_at)
         # PNG encoding of a large image takes tens of ms: off the event loop, which other
         # requests share.
         encoded = await asyncio.to_thread(lambda: [encode_png(img) for img in images])
@@ -400,6 +423,42 @@ class Ingress:
         headers = {"Server-Timing": ", ".join(
             f"{k.removesuffix('_s')};dur={v * 1000:.1f}" for k, v in timings.items())}
         return response, headers
+
+
+    async def _cascade(self, body, plan, result, images, answered_by, replicas, timings, controls,
+                       arrived_at: float) -> dict:
+        """Score the light images; regenerate with the heavy model those the plan defers (in place
+        in ``images``, ``answered_by``, ``replicas``); what the response says about it."""
+        client = self.cascade_plan
+        t0 = time.perf_counter()
+        scores = await self.discriminator.score.remote(images, self.config.cascade.discriminator)
+        disc_s = time.perf_counter() - t0
+        timings["discriminator_s"] = disc_s
+        light_timings = result.timings
+        client.light_done(light_timings.get("inference_s", 0.0) + disc_s / max(len(images), 1),
+                          light_timings.get("queue_s", 0.0), scores)
+        if body.cascade_threshold is not None:  # the request's own threshold: no plan, no overload rule
+            threshold, source = plan.threshold, "request"
+            rejected = [i for i, s in enumerate(scores) if s < threshold]
+        else:
+            threshold, source = client.threshold, client.plan["source"]
+            rejected = [i for i, s in enumerate(scores) if client.defer(s, arrived_at)]
+        kept = [i for i, s in enumerate(scores) if s < threshold and i not in rejected]
+        heavy = plan.specs[1]
+        client.heavy_inflight += len(rejected)
+        try:
+            reruns = await asyncio.gather(*(
+                self._generate(_single(heavy, heavy.seed + i), controls) for i in rejected))
+        finally:
+            client.heavy_inflight -= len(rejected)
+        for i, rerun in zip(rejected, reruns):
+            _add(timings, rerun.timings)
+            client.heavy_done(rerun.timings.get("inference_s", 0.0), rerun.timings.get("queue_s", 0.0))
+            images[i], answered_by[i], replicas[i] = rerun.images[0], heavy.base_model, rerun.replica
+        client.answered(light=len(images) - len(rejected), heavy=len(rejected))
+        return {"light": plan.specs[0].base_model, "heavy": heavy.base_model, "threshold": round(threshold, 6),
+                "threshold_source": source, "scores": [round(s, 6) for s in scores], "deferred": rejected,
+                "kept_for_slo": kept, "answered_by": answered_by}
 
 
 def _add(timings: dict, replica: dict) -> None:
@@ -445,6 +504,12 @@ class T2IIngress(Ingress):
     @api.post("/v1/cache/unpin", dependencies=[Security(ADMIN_KEY)], description=_ADMIN_ONLY)
     async def cache_unpin(self, body: CachePinRequest) -> dict:
         return await self.cache("unpin", body)
+
+    @api.get("/v1/cascade", dependencies=[Security(API_KEY)])
+    async def cascade_view(self) -> dict:
+        """The cascade's plan in force: the threshold, the deferred share and the replicas per stage,
+        the demand it was made for, and the measured stage service times."""
+        return await self.cascade()
 
     @api.get("/healthz", include_in_schema=False)
     async def health(self) -> dict:

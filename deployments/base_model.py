@@ -87,7 +87,7 @@ class BaseModel:
         from deployments.errors import CoordinatorUnavailableError
         from deployments.replica_control import REPORT_TIMEOUT_S, deployment_coordinator
 
-        if method not in ("view", "pin", "unpin"):
+        if method not in ("view", "pin", "unpin", "cascade_report", "cascade_view"):
             raise ValueError(f"unknown coordinator method {method!r}")
         if not self.coordinated:
             raise RuntimeError("this deployment runs control.policies: ray-default (no coordinator)")

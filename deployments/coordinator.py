@@ -40,6 +40,7 @@ from collections.abc import Callable
 import numpy as np
 
 from deployments.config import ServeConfig
+from deployments.live_cascade import LiveCascade
 from policies.coordination import COMPS, Coordination
 from policies.snapshot import (BAND_NAMES, BASE, CONTROLNET, GPU, HOT, LORA, REMOTE, SHARED, TIER_NAMES, WARM,
                                ComponentTable, PipelineIndex, PipelineKey)
@@ -95,6 +96,9 @@ class CacheCoordinator:
         self.plans = 0
         self.operator_pins: dict[str, list[str] | None] = {}  # model -> replica ids (None: next reporter)
         self.replica_prefetch_hits = 0
+        cascade = self.config.cascade
+        self.cascade = (LiveCascade(self.config, float(clock()))
+                        if self.config.cascade_ready() and cascade.planner == "demand" else None)
 
     # -- interning -----------------------------------------------------------------------------
     def _component(self, model_id: str, kind: int = BASE, size: float | None = None) -> int:
@@ -225,13 +229,55 @@ class CacheCoordinator:
                     table.load_cost_s[c] = row  # in place: the table's arrays are ours
 
     def _pins(self, r: int, replica_id: str) -> list[str]:
-        names = {self.comp_name[c] for c in self.st.pins[r]}
+        names = {self.comp_name[c] for c in self.st.pins[r]} | self._stage_pins(replica_id)
         for model_id, replicas in self.operator_pins.items():
             if replicas is None:  # an operator pin waiting for a replica: this one takes it
                 replicas = self.operator_pins[model_id] = [replica_id]
             if replica_id in replicas:
                 names.add(model_id)
         return sorted(names)
+
+    # -- the cascade -----------------------------------------------------------------------------
+    def cascade_report(self, report: dict) -> dict:
+        """An ingress replica's cascade report (deployments/live_cascade.py); the plan in force.
+        The planner's GPUs are the BaseModel replicas reporting now."""
+        if self.cascade is None:
+            raise RuntimeError("no cascade planner: cascade.light/heavy/discriminator unset or "
+                               "cascade.planner is fixed")
+        now = float(self.clock())
+        self._forget_stale(now)
+        return self.cascade.report(now, report, len(self.rep_index))
+
+    def cascade_view(self) -> dict:
+        """GET /v1/cascade: the plan in force, the demand it was made for, and each stage's replicas."""
+        if self.cascade is None:
+            raise RuntimeError("no cascade planner: cascade.light/heavy/discriminator unset or "
+                               "cascade.planner is fixed")
+        doc = self.cascade.plan()
+        cfg = self.config.cascade
+        doc["stages"] = {cfg.light: sorted(r for r, m in self._stage_assignment().items() if m == cfg.light),
+                         cfg.heavy: sorted(r for r, m in self._stage_assignment().items() if m == cfg.heavy)}
+        return doc
+
+    def _stage_assignment(self) -> dict[str, str]:
+        """Replica id -> the cascade stage's model it is pinned to under the plan: the light
+        model on the first ``light_replicas`` replicas (in the coordinator's replica order, which
+        is stable while they live), the heavy model on the next ``heavy_replicas``."""
+        if self.cascade is None:
+            return {}
+        plan = self.cascade.plan()
+        if plan["source"] != "planner":
+            return {}
+        live = [name for name in self.rep_name if name is not None]
+        n_light, n_heavy = int(plan["light_replicas"]), int(plan["heavy_replicas"])
+        cfg = self.config.cascade
+        out = {rid: cfg.light for rid in live[:n_light]}
+        out.update({rid: cfg.heavy for rid in live[n_light:n_light + n_heavy]})
+        return out
+
+    def _stage_pins(self, replica_id: str) -> set[str]:
+        model = self._stage_assignment().get(replica_id)
+        return set() if model is None else {model}
 
     # -- operator --------------------------------------------------------------------------------
     def pin(self, model_ids: list[str], replicas: list[str] | None = None) -> dict:
