@@ -14,8 +14,19 @@ window. This planner differs in what it plans for and when:
   switch is a model load), a higher one always;
 - spare GPUs: the MILP uses the fewest GPUs for the best quality; the rest are spread over the
   stages in proportion to their load (shorter queues), not left idle;
+- quality of the mix, not of one window (optional `share_quality`): image-set quality such as FID
+  depends on the share of images from the light model over many queries, and is not monotone in
+  it (DiffServe's SD-Turbo -> SD 1.5 points: best at 40% light). Given quality as a function of
+  light share, each solve ranks thresholds by the quality of the share the answers would reach
+  (decayed counts of light and heavy answers so far, plus `share_half_life_s` more at f(t)): after a peak
+  answered mostly by the light model, quieter periods defer more to bring the mix back;
 - `should_defer`: per query, a rejected light image goes to the heavy stage only if the heavy
-  queue can still meet its SLO; otherwise the light image is the answer (on time, lower quality).
+  queue can still meet its SLO; otherwise the light image is the answer (on time, lower quality);
+- deferral beyond capacity (`defer_beyond_capacity`, for callers that apply `should_defer`):
+  when the demand leaves the MILP short of the best-quality threshold, the light stage keeps the
+  MILP's replicas (they carry every query), every other GPU serves the heavy stage, and the
+  threshold in force is the best-quality one: the heavy stage never idles while a query worth
+  deferring waits, and `should_defer` answers the overflow from the light model in time.
 Everything comes from what a live system observes: arrival counts, queue delay, measured stage
 profiles; never future arrivals.
 """
@@ -27,7 +38,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from policies.cascade_allocation import CascadeAllocator, CascadeDecision, CascadeInputs, MilpCascade, StageProfile
+from policies.cascade_allocation import (CascadeAllocator, CascadeDecision, CascadeInputs, MilpCascade, StageProfile,
+                                         threshold_position)
 
 
 @dataclass(frozen=True)
@@ -37,20 +49,27 @@ class PlannerConfig:
     period_s: float = 5.0  # re-solve cadence, as DiffServe's controller
     ewma_half_life_s: float = 10.0  # slow demand estimate: how long a drop takes to be believed
     fast_half_life_s: float = 1.0  # fast estimate: reacts to a rise within about a second
-    headroom: float = 1.15  # plan for 15% over the estimate (Poisson noise at ~10 qps over 5 s is ~15%)
+    headroom: float = 1.1  # plan for 10% over the estimate (Poisson noise at ~10 qps over 5 s is ~14%)
     jump_ratio: float = 1.3  # re-solve early when the fast estimate leaves planned x/÷ this
     min_interval_s: float = 1.0  # no two solves closer than this, jumps included
     down_band: float = 0.15  # keep the plan while demand is within 15% below what it was made for
     drain_s: float = 10.0  # a measured backlog is planned to drain in this many seconds
     spread_spare: bool = True  # give GPUs the MILP leaves unused to the stages, by load
+    share_half_life_s: float = 300.0  # memory of the light/heavy answer mix (with share_quality)
+    defer_beyond_capacity: bool = False  # threshold = best quality; only with should_defer applied
+    # batches waited per stage in the MILP's latency model, overriding the template's (DiffServe: 1);
+    # a caller applying should_defer guards each query's deadline itself and may allow larger batches
+    queue_factor: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("period_s", "ewma_half_life_s", "fast_half_life_s", "drain_s"):
+        for name in ("period_s", "ewma_half_life_s", "fast_half_life_s", "drain_s", "share_half_life_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"PlannerConfig.{name} must be > 0; got {getattr(self, name)}")
         if self.headroom < 1 or self.jump_ratio <= 1:
             raise ValueError(f"PlannerConfig.headroom must be >= 1 and jump_ratio > 1; got "
                              f"headroom={self.headroom}, jump_ratio={self.jump_ratio}")
+        if self.queue_factor is not None and self.queue_factor < 0:
+            raise ValueError(f"PlannerConfig.queue_factor must be >= 0 or None; got {self.queue_factor}")
         if not 0 <= self.down_band < 1 or self.min_interval_s < 0:
             raise ValueError(f"PlannerConfig.down_band must lie in [0, 1) and min_interval_s >= 0; got "
                              f"down_band={self.down_band}, min_interval_s={self.min_interval_s}")
@@ -85,11 +104,23 @@ def spread_spare(decision: CascadeDecision, inp: CascadeInputs) -> CascadeDecisi
 class CascadePlanner:
     """Feeds the allocator demand it estimates from arrival counts; keeps the plan in force.
 
-    Not thread-safe: one caller (the live controller, or the simulator) owns it."""
+    share_quality: optional (light shares ascending, quality at each) points, piecewise-linear;
+    when given, threshold quality is that of the projected answer mix (module docstring) instead
+    of template.quality. Not thread-safe: one caller (the live controller, or the simulator) owns it."""
 
     def __init__(self, template: CascadeInputs, config: PlannerConfig = PlannerConfig(),
-                 allocator: CascadeAllocator | None = None, start_s: float = 0.0) -> None:
+                 allocator: CascadeAllocator | None = None, start_s: float = 0.0,
+                 share_quality: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        if config.queue_factor is not None:
+            template = replace(template, queue_factor=config.queue_factor)
         template.validate()
+        if share_quality is not None:
+            xs, ys = (np.asarray(a, dtype=np.float64) for a in share_quality)
+            if xs.ndim != 1 or xs.shape != ys.shape or xs.size < 2 or np.any(np.diff(xs) <= 0):
+                raise ValueError("share_quality needs two equal-length 1-d arrays, light shares strictly ascending")
+            share_quality = (xs, ys)
+        self._share_quality = share_quality
+        self._mix = np.zeros(2)  # decayed counts of (light, heavy) answers
         self._template = template  # demand_qps ignored; profiles replaced by measured ones
         self.config = config
         self._allocator = allocator if allocator is not None else MilpCascade()
@@ -118,11 +149,14 @@ class CascadePlanner:
         return max(self._fast or 0.0, self._slow or 0.0)
 
     def observe(self, now_s: float, arrivals: int, queue_delay_s: float = 0.0,
-                light: StageProfile | None = None, heavy: StageProfile | None = None) -> CascadeDecision | None:
+                light: StageProfile | None = None, heavy: StageProfile | None = None,
+                answered_light: int = 0, answered_heavy: int = 0) -> CascadeDecision | None:
         """Feed arrivals counted since the last call (and optionally measured stage latency profiles
-        / queueing delay); returns a new decision when it re-solved, else None."""
-        if arrivals < 0 or queue_delay_s < 0:
-            raise ValueError(f"arrivals and queue_delay_s must be >= 0; got {arrivals}, {queue_delay_s}")
+        / queueing delay, and queries answered by each model since the last call); returns a new
+        decision when it re-solved, else None."""
+        if min(arrivals, answered_light, answered_heavy) < 0 or queue_delay_s < 0:
+            raise ValueError(f"counts and queue_delay_s must be >= 0; got arrivals={arrivals}, answered_light="
+                             f"{answered_light}, answered_heavy={answered_heavy}, queue_delay_s={queue_delay_s}")
         dt = now_s - self._last_obs_s
         if dt < 0:
             raise ValueError(f"time went backwards: now_s={now_s} < last observation {self._last_obs_s}")
@@ -130,6 +164,9 @@ class CascadePlanner:
             self._template = replace(self._template, light=light or self._template.light,
                                      heavy=heavy or self._template.heavy)
         self._pending += arrivals
+        if dt > 0:
+            self._mix *= 0.5 ** (dt / self.config.share_half_life_s)
+        self._mix += (answered_light, answered_heavy)
         if dt > 0:
             sample = self._pending / dt
             self._pending = 0
@@ -161,25 +198,75 @@ class CascadePlanner:
         ref = max(self._planned_rate, 1e-9)
         return not (ref / self.config.jump_ratio <= (self._fast or 0.0) <= ref * self.config.jump_ratio)
 
+    def mix_quality(self, rate_qps: float) -> np.ndarray | None:
+        """Quality of each threshold: that of the light share the answers would reach after
+        share_half_life_s more at this rate and f(t) (None without share_quality)."""
+        if self._share_quality is None:
+            return None
+        light, heavy = self._mix
+        # the next share_half_life_s at this rate, not one period: a one-period horizon makes the
+        # best threshold flip between extremes as the mix crosses its optimum (and each flip moves
+        # replicas); over the memory's own span the choice moves the mix gradually
+        volume = max(rate_qps, 1e-9) * self.config.share_half_life_s
+        f = np.asarray(self._template.deferred, dtype=np.float64)
+        share = (light + volume * (1.0 - f)) / (light + heavy + volume)
+        return np.interp(share, *self._share_quality)
+
     def _solve(self, now_s: float, demand: float, rate: float) -> CascadeDecision | None:
         inp = replace(self._template, demand_qps=float(demand))
+        quality = self.mix_quality(rate)
+        if quality is not None:
+            inp = replace(inp, quality=quality)
         decision = self._allocator.allocate(inp)
         self._last_solve_s = now_s
         if decision.status == "infeasible" and self._plan is not None:
             return None  # nothing meets the SLO: keep serving with what is in place
+        if self.config.defer_beyond_capacity:
+            decision = defer_for_quality(decision, inp)
         if self.config.spread_spare:
             decision = spread_spare(decision, inp)
         self._plan, self._planned_demand, self._planned_rate = decision, float(demand), rate
         return decision
 
 
-def expected_heavy_wait_s(queue_len: int, replicas: int, batch: int, batch_latency_s: float,
-                          residual_s: float = 0.0) -> float:
-    """Expected wait before a query joining the heavy queue starts: the earliest running batch's
-    expected remaining time, then one batch time per full round of `replicas x batch` ahead."""
-    if replicas <= 0 or batch <= 0:
+def defer_for_quality(decision: CascadeDecision, inp: CascadeInputs) -> CascadeDecision:
+    """For callers that apply `should_defer`: when a better-quality threshold exists than the one
+    the planned capacity carries, put it in force and give every GPU the light stage does not
+    need to the heavy stage (the overflow is answered from the light model in time). Light
+    replicas and batch stay the MILP's (they carry all the demand); the heavy batch is the MILP's,
+    or, where it planned no heavy stage, the largest meeting the latency budget. Ties in quality
+    go to the least deferral, then the lower t."""
+    if decision.status == "infeasible" or decision.light_replicas <= 0 or decision.light_replicas >= inp.gpus:
+        return decision
+    q = np.asarray(inp.quality, dtype=np.float64)
+    best = np.flatnonzero(q >= q.max() - 1e-9)
+    k = int(best[np.argmin(threshold_position(inp)[best])])
+    if q[k] <= decision.expected_quality + 1e-9 or inp.deferred[k] <= 0:
+        return decision
+    heavy_batch = decision.heavy_batch
+    if heavy_batch <= 0:
+        li = int(np.flatnonzero(inp.light.batch == decision.light_batch)[0])
+        budget = (inp.slo_s - inp.queue_delay_s) / (1.0 + inp.queue_factor) - float(inp.light.latency_s[li])
+        fits = np.flatnonzero(inp.heavy.latency_s <= budget)
+        if fits.size == 0:
+            return decision
+        heavy_batch = int(inp.heavy.batch[fits[-1]])
+    return replace(decision, heavy_replicas=int(inp.gpus) - decision.light_replicas, heavy_batch=heavy_batch,
+                   threshold_index=k, threshold=float(inp.thresholds[k]), deferred_fraction=float(inp.deferred[k]),
+                   expected_quality=float(q[k]))
+
+
+def expected_heavy_wait_s(now_s: float, free_at_s: np.ndarray, queue_ahead: int, batch: int,
+                          batch_latency_s: float) -> float:
+    """Expected wait before a query joining the heavy queue behind `queue_ahead` others starts.
+    free_at_s: when each heavy replica is expected to be free (now for an idle one; a running
+    batch's start plus its profile mean). Batches of `batch` leave the FIFO queue in order, each to
+    the replica free first; a replica that took one is free again a batch latency later."""
+    free = np.sort(np.maximum(np.asarray(free_at_s, dtype=np.float64), now_s))
+    if free.size == 0 or batch <= 0:
         return math.inf
-    return max(residual_s, 0.0) + (queue_len // (replicas * batch)) * batch_latency_s
+    j = queue_ahead // batch  # the batch this query will be in, counted from the queue's head
+    return float(free[j % free.size] + (j // free.size) * batch_latency_s - now_s)
 
 
 def should_defer(confidence: float, cutoff: float, now_s: float, arrival_s: float, slo_s: float,

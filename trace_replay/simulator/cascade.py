@@ -4,15 +4,18 @@ Model:
 - Each GPU is one replica of one stage. A light replica runs SD-Turbo and then scores the batch
   with the discriminator (folded into the light profile); a heavy replica runs SD 1.5.
 - Each stage has one FIFO queue. An idle replica takes up to the plan's batch cap of queued
-  queries at once (it does not wait to fill a batch) and is busy for the profile's latency at
-  that batch size (linear between profiled sizes).
+  queries at once (it does not wait to fill a batch), and no more than keep every deadline in the
+  batch (arrival + SLO) at the batch's latency; it is busy for the profile's latency at that
+  batch size (linear between profiled sizes).
 - When a light batch finishes, each query whose light confidence (its prompt's row of
   confidence_scores.csv) is below the cutoff in force goes to the heavy queue; the rest are
   answered by the light model. With the overload rule (ours) a query is deferred only if the
   heavy stage is expected to finish it within its SLO (`policies.cascade_planner.should_defer`,
   from queue length, replicas and profile means).
 - A query that can no longer finish in time even in a batch of one when a replica would take it
-  is dropped (every policy); a dropped or late query violates the SLO.
+  is dropped (every policy); a dropped or late query violates the SLO. Under the overload rule a
+  deferred query already has its light image: if no heavy replica has taken it by its deadline
+  minus a heavy batch's latency, the light image is answered then (an ingress-side timer).
 - Re-allocation: a replica moving to the other stage finishes its batch, then loads the other
   model for `switch_s` and serves nothing meanwhile. Default 2.73 s: this project's engine's cold
   `load_pipeline` of SD 1.5 (2.13 GB) on an H200 (`../shared/data/gpu/README.md`); SD-Turbo's
@@ -35,7 +38,8 @@ from trace_replay.simulator.cascade_inputs import DiffServeCascade, fid_estimate
 
 SWITCH_S = 2.73
 LIGHT, HEAVY = 0, 1
-DONE, SWITCHED, TICK = 0, 0, 1  # event priorities at equal times (arrivals come after both)
+DONE, SWITCHED, EXPIRE, TICK = 0, 0, 1, 2  # event priorities at equal times (then arrivals)
+K_DONE, K_SWITCHED, K_TICK, K_EXPIRE = 0, 1, 2, 3  # event kinds
 DROPPED = -1
 
 
@@ -54,6 +58,7 @@ class CascadeRun:
     busy_s: float = 0.0
     overload_answers: int = 0  # rejected by the discriminator, answered light by the overload rule
     switch_s: float = SWITCH_S  # seconds one stage switch keeps a GPU loading
+    dropped_at: list[int] = field(default_factory=lambda: [0, 0])  # drops in the (light, heavy) queue
 
     def summary(self) -> dict[str, object]:
         n = self.arrival.size
@@ -69,7 +74,8 @@ class CascadeRun:
         span = np.diff(times)
         return {
             "policy_set": self.policy, "gpus": self.gpus, "requests": n, "completed": int(done.sum()),
-            "dropped": dropped, "late": late, "slo_s": self.slo_s,
+            "dropped": dropped, "dropped_light_queue": self.dropped_at[0], "dropped_heavy_queue": self.dropped_at[1],
+            "late": late, "slo_s": self.slo_s,
             "slo_violations": late + dropped, "slo_violation_rate": (late + dropped) / n if n else 0.0,
             "latency_mean_s": float(lat.mean()) if lat.size else float("nan"),
             "latency_p50_s": float(q[0]), "latency_p95_s": float(q[1]), "latency_p99_s": float(q[2]),
@@ -110,6 +116,8 @@ class CascadeSim:
         self.seq = 0
         self.now = 0.0
         self.unresolved = n
+        self.started = np.zeros(n, bool)  # taken by a heavy replica
+        self.answered = [0, 0]  # answers by (light, heavy) since the controller's last tick
 
     # -- plan -----------------------------------------------------------------------------
     def _assigned(self) -> np.ndarray:
@@ -147,11 +155,13 @@ class CascadeSim:
 
     def _start_switch(self, r: int, dst: int) -> None:
         self.role[r], self.pending[r], self.switching[r] = dst, -1, True
+        self.busy_end[r] = self.now + self.switch_s
         self.out.switches += 1
-        self._push(self.now + self.switch_s, SWITCHED, 1, r)
+        self._push(self.now + self.switch_s, SWITCHED, K_SWITCHED, r)
 
     # -- events ---------------------------------------------------------------------------
     def _push(self, t: float, prio: int, kind: int, r: int) -> None:
+        """r: the replica (K_DONE, K_SWITCHED), the query (K_EXPIRE) or -1 (K_TICK)."""
         self.seq += 1
         heapq.heappush(self.events, (t, prio, self.seq, kind, r))
 
@@ -163,6 +173,7 @@ class CascadeSim:
         self.out.answered_by[i] = by
         if by != DROPPED:
             self.out.finish[i] = self.now
+            self.answered[by] += 1
         self.unresolved -= 1
 
     def _dispatch(self, stage: int) -> None:
@@ -171,19 +182,34 @@ class CascadeSim:
         fastest = self._latency(stage, 1)
         while idle and q:
             take: list[int] = []
+            due = np.inf  # the earliest deadline in the batch being formed
             while q and len(take) < cap:
-                i = q.popleft()
-                if self.now + fastest > self.arr[i] + self.slo:
-                    self._resolve(i, DROPPED)  # cannot finish in time: do not spend a GPU on it
+                i = q[0]
+                deadline = self.arr[i] + self.slo
+                if self.out.answered_by[i] != -2:
+                    q.popleft()  # answered from the light image while it waited (overload rule)
+                elif self.now + fastest > deadline:
+                    q.popleft()  # cannot finish in time: do not spend a GPU on it
+                    if stage == HEAVY and self.plan.overload_rule and self.now <= deadline:
+                        self.out.overload_answers += 1
+                        self._resolve(i, LIGHT)  # its light image, still in time
+                    else:
+                        self._resolve(i, DROPPED)
+                        self.out.dropped_at[stage] += 1
+                elif self.now + self._latency(stage, len(take) + 1) <= min(due, deadline):
+                    take.append(q.popleft())  # a larger batch still meets every deadline in it
+                    due = min(due, deadline)
                 else:
-                    take.append(i)
+                    break  # the batch is as large as its deadlines allow; the next replica takes i
             if not take:
                 break
             r = idle.popleft()
             dur = self._latency(stage, len(take))
             self.batch[r], self.busy_end[r] = take, self.now + dur
+            if stage == HEAVY:
+                self.started[take] = True  # the light-image timer no longer applies
             self.out.busy_s += dur
-            self._push(self.now + dur, DONE, 0, r)
+            self._push(self.now + dur, DONE, K_DONE, r)
 
     def _batch_done(self, r: int) -> None:
         take, self.batch[r], self.busy_end[r] = self.batch[r], None, -np.inf
@@ -201,21 +227,23 @@ class CascadeSim:
         p = self.plan
         heavy_q = self.queues[HEAVY]
         if p.overload_rule:  # inputs of should_defer, as a live ingress would read them
-            active = (self.role == HEAVY) & ~self.switching
-            n_h = int(active.sum())
-            free = bool(self.idle[HEAVY])
-            residual = 0.0 if free or n_h == 0 else float(self.busy_end[active].min() - self.now)
-            lat_h = self._latency(HEAVY, max(p.heavy_batch, 1))
+            # replicas that will serve heavy batches: not leaving the stage, maybe still loading
+            active = self._assigned() == HEAVY
+            free_at = np.maximum(self.busy_end[active], self.now)  # idle: now; else expected end
+            b_h = max(p.heavy_batch, 1)
+            lat_h = self._latency(HEAVY, b_h)
         for i in take:
             c = self.conf[i]
             if p.overload_rule and c < p.cutoff:
-                wait = expected_heavy_wait_s(len(heavy_q), n_h, max(p.heavy_batch, 1), lat_h, residual)
+                wait = expected_heavy_wait_s(self.now, free_at, len(heavy_q), b_h, lat_h)
                 if not should_defer(c, p.cutoff, self.now, self.arr[i], self.slo, wait, lat_h):
                     self.out.overload_answers += 1
                     self._resolve(i, LIGHT)
                     continue
             if c < p.cutoff:
                 heavy_q.append(i)
+                if p.overload_rule:  # the light image is the answer if the heavy stage has not begun
+                    self._push(self.arr[i] + self.slo - lat_h, EXPIRE, K_EXPIRE, i)
             else:
                 self._resolve(i, LIGHT)
 
@@ -223,7 +251,7 @@ class CascadeSim:
         self._apply(self.ctl.initial(), first=True)
         tick = self.ctl.tick_s
         if tick:
-            self._push(tick, TICK, 2, -1)
+            self._push(tick, TICK, K_TICK, -1)
         n, a, counted = self.arr.size, 0, 0
         while a < n or self.events:
             # arrivals go after every event at the same instant (see the module docstring)
@@ -235,26 +263,30 @@ class CascadeSim:
                 continue
             t, _, _, kind, r = heapq.heappop(self.events)
             self.now = t
-            if kind == 0:
+            if kind == K_DONE:
                 self._batch_done(r)
-            elif kind == 1:
-                self.switching[r] = False
+            elif kind == K_EXPIRE:
+                if self.out.answered_by[r] == -2 and not self.started[r]:
+                    self.out.overload_answers += 1
+                    self._resolve(r, LIGHT)
+            elif kind == K_SWITCHED:
+                self.switching[r], self.busy_end[r] = False, -np.inf
                 if self.pending[r] >= 0:
                     self._start_switch(r, int(self.pending[r]))
                 else:
                     self.idle[self.role[r]].append(r)
             else:
                 queued = len(self.queues[LIGHT]) + len(self.queues[HEAVY])
-                new = self.ctl.control(self.now, a - counted, queued)
-                counted = a
+                new = self.ctl.control(self.now, a - counted, queued, (self.answered[0], self.answered[1]))
+                counted, self.answered = a, [0, 0]
                 if new is not None:
                     self._apply(new)
                 if self.unresolved > 0:
-                    self._push(self.now + tick, TICK, 2, -1)
+                    self._push(self.now + tick, TICK, K_TICK, -1)
             self._dispatch(LIGHT)
             self._dispatch(HEAVY)
             if (a >= n and self.unresolved > 0 and self.now > self.arr[-1] + self.slo
-                    and not any(k != 2 for *_, k, _ in self.events)):
+                    and all(k == K_TICK for *_, k, _ in self.events)):
                 break  # what still waits has no replica of its stage and is past its deadline
         for stage in (LIGHT, HEAVY):
             while self.queues[stage]:

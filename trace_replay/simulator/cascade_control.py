@@ -10,8 +10,9 @@ controller would see (arrivals since its last tick, queued queries) and may retu
 - `diffserve`: DiffServe's controller: every 5 s, the MILP maximising the threshold for the rate
   measured in the last 5 s, with the queueing delay estimated by Little's law subtracted from the
   latency budget; when that leaves no feasible configuration, the solve is repeated without it.
-- `coordinator`: ours, `policies.cascade_planner.CascadePlanner` (ticks every second; quality
-  = -FID at light share 1 - f(t)) with its per-query overload rule (`should_defer`).
+- `coordinator`: ours, `policies.cascade_planner.CascadePlanner` (ticks every second; quality =
+  -FID of the projected light share of all answers, from DiffServe's published FID points;
+  `COORDINATOR_CONFIG`) with its per-query overload rule (`should_defer`).
 Adaptive controllers start from the static cascade's allocation (models already loaded).
 """
 
@@ -24,9 +25,14 @@ import numpy as np
 from policies.cascade_allocation import CascadeDecision, MilpCascade
 from policies.cascade_baselines import StaticCascade
 from policies.cascade_planner import CascadePlanner, PlannerConfig
-from trace_replay.simulator.cascade_inputs import DiffServeCascade
+from trace_replay.simulator.cascade_inputs import FID_LIGHT_SHARE, FID_POINTS, DiffServeCascade
 
 POLICIES = ("all-light", "all-heavy", "static", "diffserve", "coordinator")
+# ours as simulated: PlannerConfig's defaults, plus what the per-query overload rule makes safe
+# (this simulator applies should_defer and the light-image timer for this policy): the threshold
+# in force is the best-quality one (defer_beyond_capacity), and the MILP allows a quarter batch
+# of queueing per stage instead of a whole one, so larger batches are planned
+COORDINATOR_CONFIG = PlannerConfig(defer_beyond_capacity=True, queue_factor=0.25)
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,8 @@ class Controller:
     def initial(self) -> Plan:
         return self._plan
 
-    def control(self, now_s: float, arrivals: int, queued: int) -> Plan | None:
+    def control(self, now_s: float, arrivals: int, queued: int, answered: tuple[int, int] = (0, 0)) -> Plan | None:
+        """arrivals since the last tick, queries queued now, (light, heavy) answers since the last tick."""
         return None
 
 
@@ -78,7 +85,7 @@ class DiffServeController(Controller):
         self.tick_s = period_s
         self._cascade, self._gpus, self._milp = cascade, gpus, MilpCascade()
 
-    def control(self, now_s: float, arrivals: int, queued: int) -> Plan | None:
+    def control(self, now_s: float, arrivals: int, queued: int, answered: tuple[int, int] = (0, 0)) -> Plan | None:
         rate = arrivals / self.tick_s
         delay = queued / rate if rate > 0 else 0.0  # Little's law: W = L / lambda
         inp = self._cascade.inputs(rate, self._gpus, quality="threshold")
@@ -91,17 +98,19 @@ class DiffServeController(Controller):
 class CoordinatorController(Controller):
     """Ours: `CascadePlanner` on -FID quality, observed every `tick_s`, with the overload rule."""
 
-    def __init__(self, cascade: DiffServeCascade, gpus: int, config: PlannerConfig = PlannerConfig(),
+    def __init__(self, cascade: DiffServeCascade, gpus: int, config: PlannerConfig = COORDINATOR_CONFIG,
                  tick_s: float = 1.0) -> None:
         super().__init__("coordinator", replace(static_plan(cascade, gpus), overload_rule=True))
         self.tick_s = tick_s
         self._cascade = cascade
-        self.planner = CascadePlanner(cascade.inputs(0.0, gpus, quality="fid"), config)
+        self.planner = CascadePlanner(cascade.inputs(0.0, gpus, quality="fid"), config,
+                                      share_quality=(FID_LIGHT_SHARE, -FID_POINTS))
 
-    def control(self, now_s: float, arrivals: int, queued: int) -> Plan | None:
+    def control(self, now_s: float, arrivals: int, queued: int, answered: tuple[int, int] = (0, 0)) -> Plan | None:
         rate = self.planner.rate_estimate_qps or arrivals / self.tick_s
         delay = queued / rate if rate > 0 else 0.0
-        d = self.planner.observe(now_s, arrivals, queue_delay_s=delay)
+        d = self.planner.observe(now_s, arrivals, queue_delay_s=delay, answered_light=answered[0],
+                                 answered_heavy=answered[1])
         return None if d is None else plan_from_decision(d, self._cascade, overload_rule=True)
 
 
