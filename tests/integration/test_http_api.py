@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -129,6 +130,32 @@ def test_cascade_keeps_light_images_above_the_threshold_and_defers_the_rest(http
     assert np.array_equal(_pixels(deferred), heavy)
     assert 0.0 < kept["t2i"]["cascade"]["scores"][0] < 1.0
     assert deferred["timings"]["discriminator_s"] > 0
+
+
+def test_the_cascade_plan_comes_from_measured_demand_and_is_served(http):
+    """The coordinator's planner starts from the config's threshold, takes over once the ingress
+    has reported enough discriminator scores, and the responses then carry its cutoff."""
+    view = http.get("/v1/cascade").json()
+    assert view["planner"] == "demand" and view["light"] == "tiny-sd-light"
+    first = _ok(http, seed=40, size="32x32", n=4, cascade=True)["t2i"]["cascade"]
+    assert first["threshold_source"] in ("config", "planner") and len(first["scores"]) == 4
+    for k in range(8):  # 4 images a request: 36 scores, past the planner's 32
+        _ok(http, seed=41 + k, size="32x32", n=4, cascade=True)
+    deadline = time.time() + 15
+    while time.time() < deadline:  # the ingress reports once a second
+        plan = http.get("/v1/cascade").json()["plan"]
+        if plan["source"] == "planner":
+            break
+        time.sleep(0.5)
+    assert plan["source"] == "planner", plan
+    assert plan["scores_seen"] >= 32 and plan["light_service_s"] > 0 and plan["heavy_service_s"] > 0
+    assert 0 <= plan["deferred_fraction"] <= 1 and plan["light_replicas"] + plan["heavy_replicas"] <= plan["gpus"]
+    assert sorted(plan["stages"]) == ["tiny-sd-heavy", "tiny-sd-light"]
+    time.sleep(1.5)  # the ingress's next report brings the plan to it
+    served = _ok(http, seed=60, size="32x32", cascade=True)["t2i"]["cascade"]
+    assert served["threshold_source"] == "planner"
+    forced = _ok(http, seed=60, size="32x32", cascade=True, cascade_threshold=1.0)["t2i"]["cascade"]
+    assert forced["threshold_source"] == "request" and forced["deferred"] == [0]
 
 
 def test_openai_client_round_trip(base_url, http):
