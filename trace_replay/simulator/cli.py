@@ -3,6 +3,8 @@
 ``app/cli.py`` dispatches ``t2i simulate ARGS`` to ``main(ARGS)``; ``python -m
 trace_replay.simulator.cli`` works too. With ``--json`` it prints one JSON object: the summary
 of the run (or ``{"runs": [...]}`` for several sets, compared on the same sampled workload).
+``--format diffserve`` with cascade policies (all-light, all-heavy, static, diffserve,
+coordinator) runs the light -> heavy cascade simulator (`cascade.py`) on DiffServe's data.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     sets = "\n".join(f"  {k:17s} {v.description}" for k, v in POLICY_SETS.items())
     ap = argparse.ArgumentParser(prog="t2i simulate", formatter_class=argparse.RawDescriptionHelpFormatter,
                                  description="Discrete-event simulation of a GPU cluster serving a trace.",
-                                 epilog="policy sets:\n" + sets)
+                                 epilog="policy sets:\n" + sets + "\ncascade policies (--format diffserve, "
+                                 "see cascade_cli.py): all-light, all-heavy, static, diffserve, coordinator")
     ap.add_argument("--trace", required=True)
     ap.add_argument("--format", required=True, choices=sorted(FORMATS))
     ap.add_argument("--lenient", action="store_true", help="skip malformed rows (reported)")
@@ -41,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "suffixed with the set name when several)")
     ap.add_argument("--figures", help="write figures (PNG and PDF) to this folder")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--diffserve-dir", help="cascade policies: DiffServe data folder (profiles, confidence "
+                    "scores, f(t), SLO; default ../shared/data/diffserve)")
+    ap.add_argument("--switch-s", type=float, help="cascade policies: seconds a GPU spends loading the other "
+                    "stage's model when re-allocated (default 2.73)")
     return ap
 
 
@@ -82,6 +89,10 @@ def _run(args: argparse.Namespace) -> int:
     from trace_replay.simulator.workload import build_workload
 
     names = [n.strip() for n in args.policies.split(",") if n.strip()]
+    from trace_replay.simulator.cascade_cli import routes_to_cascade, run_cascade
+
+    if routes_to_cascade(args.format, names):
+        return run_cascade(args, names)
     for n in names:
         if n not in POLICY_SETS:
             raise KeyError(f"unknown policy set {n!r}; sets: {', '.join(POLICY_SETS)}")
