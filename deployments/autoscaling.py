@@ -67,7 +67,7 @@ from dataclasses import replace
 from typing import Any
 
 from deployments.config import ServeConfig
-from policies.autoscaling import AUTOSCALING, AutoscalingContext, Guardrails
+from policies.autoscaling import AUTOSCALING, AutoscalingContext, AutoscalingPolicy, Guardrails
 
 logger = logging.getLogger("ray.serve")
 
@@ -80,6 +80,7 @@ LOOK_BACK_PERIODS = 5  # Ray's look-back window, in report periods (records once
 # resident_bytes are reported too but not read here
 QUEUE_LEN, LOADS = "queue_len", "loads_in_progress"
 REQUESTS_TOTAL, SERVICE_S, CACHE_VALUE = "requests_total", "service_s", "cache_value"
+CASCADE_REPLICAS = "cascade_replicas"  # the cascade plan's light + heavy replicas (latest sample)
 
 
 def _number(value: Any) -> float | None:
@@ -113,11 +114,21 @@ def replica_metrics(ctx: Any) -> dict[str, dict[str, float]]:
         for rid, value in (per_replica.items() if isinstance(per_replica, Mapping) else ()):
             if _key(rid) in out and (v := _number(value)) is not None:
                 out[_key(rid)][name] = v
-    per_replica = raw.get(REQUESTS_TOTAL)
-    for rid, series in (per_replica.items() if isinstance(per_replica, Mapping) else ()):
-        if _key(rid) in out and (v := _latest(series)) is not None:
-            out[_key(rid)][REQUESTS_TOTAL] = v
+    for name in (REQUESTS_TOTAL, CASCADE_REPLICAS):
+        per_replica = raw.get(name)
+        for rid, series in (per_replica.items() if isinstance(per_replica, Mapping) else ()):
+            if _key(rid) in out and (v := _latest(series)) is not None:
+                out[_key(rid)][name] = v
     return out
+
+
+def with_floor(policy: AutoscalingPolicy, floor: float) -> AutoscalingPolicy:
+    """``policy``, never asking for fewer than ``floor`` replicas (the cascade plan's stages): the
+    Guardrails around it still apply their delays and bounds to the result."""
+    def floored(ctx: AutoscalingContext) -> tuple[float, dict]:
+        target, state = policy(ctx)
+        return max(float(target), floor), state
+    return floored
 
 
 def to_policy_context(ctx: Any, metrics: Mapping[str, Mapping[str, float]], adapter: Mapping[str, Any],
@@ -200,7 +211,9 @@ class BaseModelAutoscaler:
         try:
             metrics = replica_metrics(ctx)
             policy_ctx, adapter = to_policy_context(ctx, metrics, adapter, self.default_service_s)
-            guarded = self.guardrails(ctx)(self.policy)
+            # the cascade planner's replica target, as the replicas last heard it from the coordinator
+            floor = max((m.get(CASCADE_REPLICAS, 0.0) for m in metrics.values()), default=0.0)
+            guarded = self.guardrails(ctx)(with_floor(self.policy, floor) if floor > 0 else self.policy)
             target, policy_state = guarded(replace(policy_ctx, policy_state=mine.get("policy", {})))
         except Exception:  # noqa: BLE001 - hold the target; the controller's loop must go on
             if not self._failing:

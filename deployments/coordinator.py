@@ -11,7 +11,7 @@ applies the actions it gets back (S3 in the issue's plan):
                "load_cost_s": {id: [gpu, host, disk, remote]}, "served": [{"base", "controlnets",
                "loras", "t"}], "loads": [{"id", "from", "seconds", "prefetch"}],
                "evicted": [{"id", "to"}], "prefetch_hits": [id], "sizes": {id: bytes} (optional)}
-    actions = {"pins": [id], "prefetch": [id], "pool": int}
+    actions = {"pins": [id], "prefetch": [id], "pool": int, "cascade_replicas": int}
 
 Each report becomes the same core calls the simulator's adapter makes for the same events:
 served requests -> ``routed`` (pipeline = base + ControlNets + LoRAs, interned in order of first
@@ -97,7 +97,12 @@ class CacheCoordinator:
         self.operator_pins: dict[str, list[str] | None] = {}  # model -> replica ids (None: next reporter)
         self.replica_prefetch_hits = 0
         cascade = self.config.cascade
-        self.cascade = (LiveCascade(self.config, float(clock()))
+        # With BaseModel autoscaling the planner plans over the deployment's max_replicas and its
+        # stages' replicas become the autoscaler's floor (the replicas pass it on as a metric);
+        # without, it plans over the replicas reporting now and spreads any spare among the stages.
+        self.autoscaled = self.config.deployments.base_model.autoscaling is not None
+        planner_args = {**cascade.planner_args, **({"spread_spare": False} if self.autoscaled else {})}
+        self.cascade = (LiveCascade(self.config, float(clock()), planner_args)
                         if self.config.cascade_ready() and cascade.planner == "demand" else None)
 
     # -- interning -----------------------------------------------------------------------------
@@ -206,7 +211,7 @@ class CacheCoordinator:
             load = core.idle(st, r, now, float(report.get("gpu_free_bytes") or 0), self.rng)
         return {"pins": self._pins(r, replica_id),
                 "prefetch": [self.comp_name[c] for c in load.components] if load is not None else [],
-                "pool": int(st.pool[r])}
+                "pool": int(st.pool[r]), "cascade_replicas": self._cascade_target()}
 
     def _learn(self, report: dict) -> None:
         """Intern ids first seen in ``report``; take its sizes and measured load seconds."""
@@ -246,7 +251,15 @@ class CacheCoordinator:
                                "cascade.planner is fixed")
         now = float(self.clock())
         self._forget_stale(now)
-        return self.cascade.report(now, report, len(self.rep_index))
+        gpus = self.config.deployments.base_model.autoscaling.max_replicas if self.autoscaled else len(self.rep_index)
+        return self.cascade.report(now, report, gpus)
+
+    def _cascade_target(self) -> int:
+        """The cascade stages' replicas, as the autoscaler's floor (0: no plan, or no autoscaling)."""
+        if self.cascade is None or not self.autoscaled:
+            return 0
+        plan = self.cascade.plan()
+        return int(plan["light_replicas"] + plan["heavy_replicas"]) if plan["source"] == "planner" else 0
 
     def cascade_view(self) -> dict:
         """GET /v1/cascade: the plan in force, the demand it was made for, and each stage's replicas."""

@@ -70,6 +70,7 @@ class ReplicaControl:
         self.service_s: float | None = None  # EWMA of inference + load seconds per request
         self.pool = SHARED
         self.prefetch_wanted: list[str] = []
+        self.cascade_replicas = 0  # the cascade plan's replica target (0: none), for the autoscaler
         self._pending: dict[str, list] = {name: [] for name in _EVENTS}
         self._coordinator = None
         self._coordinator_down = False
@@ -157,7 +158,8 @@ class ReplicaControl:
                 "loads_in_progress": float(len(self.cache.loading()) if self.cache else 0),
                 "busy_s": float(self.busy_s()), "requests_total": float(self.requests_total),
                 "service_s": float(self.service_s or 0.0), "resident_bytes": float(used),
-                "cache_value": float(self.cache.value_s() if self.cache else 0.0)}
+                "cache_value": float(self.cache.value_s() if self.cache else 0.0),
+                "cascade_replicas": float(self.cascade_replicas)}
 
     def cache_state(self) -> dict:
         held = (self.cache.state() if self.cache else
@@ -243,7 +245,8 @@ class ReplicaControl:
         return True
 
     def apply(self, actions: dict) -> None:
-        """Pins (the full set) for models this cache holds, prefetches, pool."""
+        """Pins (the full set) for models this cache holds, prefetches, pool, and the cascade
+        plan's replica target (recorded for the autoscaler)."""
         if not isinstance(actions, dict):
             logger.warning("ignoring coordinator actions of type %s", type(actions).__name__)
             return
@@ -254,6 +257,7 @@ class ReplicaControl:
         wanted = [m for m in [*pins, *(actions.get("prefetch") or ())] if m in known]
         self.prefetch_wanted = list(dict.fromkeys(wanted))
         self.pool = int(actions.get("pool", SHARED))
+        self.cascade_replicas = max(int(actions.get("cascade_replicas") or 0), 0)
 
     def maybe_prefetch(self) -> None:
         running = self._prefetch_task is not None and not self._prefetch_task.done()

@@ -54,6 +54,9 @@ def ray_ctx(now: float, target: int, stats: dict[str, dict], state: dict | None 
             if name == "requests_total":
                 series = [TimeStampedValue(now - 2.0, 0.0), TimeStampedValue(now - 0.5, value)]
                 raw.setdefault(name, {})[rid(r)] = series
+            elif name == "cascade_replicas":  # a target, read from its newest sample as Ray keeps it
+                raw.setdefault(name, {})[rid(r)] = [TimeStampedValue(now - 0.5, value)]
+                aggregated.setdefault(name, {})[rid(r)] = value
             else:
                 aggregated.setdefault(name, {})[rid(r)] = value
     return RayContext(deployment_id=DEP, deployment_name=DEP.name, app_name=DEP.app_name,
@@ -74,13 +77,16 @@ class Controller:
         self.history: list[tuple[float, int]] = []
         self.wish_since: float | None = None  # when Guardrails' pending move began (its timer)
 
-    def tick(self, now: float, rate_per_replica: float = 0.0, queue: float = 0.0, service_s: float = 1.0) -> int:
+    def tick(self, now: float, rate_per_replica: float = 0.0, queue: float = 0.0, service_s: float = 1.0,
+             cascade: float | None = None) -> int:
         stats = {}
         for i in range(self.target):
             name = f"r{i}"
             self.counts[name] = self.counts.get(name, 0.0) + rate_per_replica * 0.1
             stats[name] = {"queue_len": queue, "loads_in_progress": 0.0, "service_s": service_s,
                            "requests_total": math.floor(self.counts[name])}
+            if cascade is not None:
+                stats[name]["cascade_replicas"] = cascade
         ctx = ray_ctx(now, self.target, stats, self.state, ray_total=queue * self.target, config=self.cfg,
                       bounds=(self.cfg.min_replicas, self.cfg.max_replicas))
         decision, self.state = self.policy(ctx)
@@ -129,6 +135,22 @@ def test_quiet_scales_down_after_the_downscale_delay_to_min():
     when, n = first_change(c.history, t_quiet, 4)
     assert n == 1  # one step to min_replicas (downscaling factor 1)
     assert t_quiet <= c.wish_since and 5.0 - 1e-6 <= when - c.wish_since <= 5.0 + 1.0
+    assert c.target == 1
+
+
+def test_the_cascade_plans_stage_replicas_are_a_floor_under_the_guardrails():
+    c = Controller(serve_config(up=3.0, down=5.0, max_r=4), target=1)
+    t = c.run(0.0, 5.0)  # idle, no plan
+    assert c.target == 1
+    t_plan = t
+    t = c.run(t, 6.0, cascade=3.0)  # idle, but the plan's stages want 3 replicas
+    when, n = first_change(c.history, t_plan, 1)
+    assert n == 3 and 3.0 - 1e-6 <= when - t_plan <= 3.0 + 1.0  # after the upscale delay, not at once
+    t = c.run(t, 10.0, cascade=3.0)
+    assert c.target == 3  # quiet queues do not take the stages' replicas away
+    c.run(t, 10.0, cascade=9.0)
+    assert c.target == 4  # never past max_replicas
+    c.run(t + 10.0, 20.0, cascade=0.0)  # the plan gone: quiet scales down again
     assert c.target == 1
 
 

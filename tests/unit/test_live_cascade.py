@@ -165,3 +165,20 @@ def test_the_client_is_off_under_ray_default_and_with_a_fixed_planner():
     cfg = ServeConfig.model_validate(raw(planner="fixed"))
     assert not CascadeClient(cfg, None).enabled
     assert client()[0].enabled
+
+
+def test_with_autoscaling_the_plan_spans_max_replicas_and_its_stages_reach_the_replicas():
+    now = [0.0]
+    doc = {**raw(), "deployments": {"base_model": {"autoscaling": {"min_replicas": 1, "max_replicas": 6}}}}
+    co = CacheCoordinator(doc, clock=lambda: now[0])
+    rep = {"t": 0.0, "tiers": {}, "queue_len": 1, "loading": [], "gpu_free_bytes": 8 << 30}
+    assert co.report("r0", rep)["cascade_replicas"] == 0  # no plan yet: no floor
+    for k in range(30):
+        now[0] = k + 1.0
+        co.report("r0", {**rep, "t": now[0]})
+        co.cascade_report({"arrivals": 3, "scores": scores(3, k), "light_s": [0.3] * 3, "heavy_s": [1.0] * 2})
+    plan = co.cascade_view()
+    assert plan["gpus"] == 6  # max_replicas, not the one replica reporting
+    # spare GPUs are not spread: the stages' sum is what the demand needs, and the autoscaler's floor
+    assert 2 <= plan["light_replicas"] + plan["heavy_replicas"] < 6
+    assert co.report("r0", {**rep, "t": now[0]})["cascade_replicas"] == plan["light_replicas"] + plan["heavy_replicas"]
