@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from deployments.config import ServeConfig
-from policies.cascade_planner import should_defer
+from policies.cascade_planner import expected_heavy_wait_s, should_defer
 
 logger = logging.getLogger("ray.serve")
 FALLBACK_AFTER = 3  # failed reports before the config's threshold is back in force
@@ -89,9 +89,12 @@ class CascadeClient:
         heavy_s = self.plan.get("heavy_service_s")
         if not self.enabled or self.plan["source"] != "planner" or not heavy_s:
             return score < self.threshold
+        now = self.clock()
         replicas = max(int(self.plan.get("heavy_replicas") or 1), 1)
-        wait = self.heavy_inflight * float(heavy_s) / replicas
-        return should_defer(score, self.threshold, self.clock(), arrived_at, self.config.slo.latency_s,
+        # the ingress does not see when each heavy replica frees: its own heavy requests in flight
+        # queue FIFO over the plan's heavy replicas, one at a time each
+        wait = expected_heavy_wait_s(now, [now] * replicas, self.heavy_inflight, 1, float(heavy_s))
+        return should_defer(score, self.threshold, now, arrived_at, self.config.slo.latency_s,
                             wait, float(heavy_s))
 
     # -- the report loop -------------------------------------------------------------------------
