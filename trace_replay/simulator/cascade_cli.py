@@ -2,7 +2,7 @@
 
 `cli.py` hands over here when a policy name is a cascade policy. Profiles, confidence scores,
 f(t) and the SLO come from `--diffserve-dir` (default `../shared/data/diffserve`); the trace is
-a DiffServe arrival file. Output: the JSON of other simulations (`policy_set`, `requests`,
+a DiffServe arrival file; thresholds on DiffServe's controller grid (201). Output: the JSON of other simulations (`policy_set`, `requests`,
 `slo_violation_rate`, latency percentiles, ...) plus `heavy_share` and `fid_estimate`.
 """
 
@@ -63,11 +63,11 @@ def run_cascade(args: argparse.Namespace, names: list[str]) -> int:
     from trace_replay.paths import diffserve_dir
     from trace_replay.simulator.cascade import SWITCH_S, simulate_cascade
     from trace_replay.simulator.cascade_control import make_controller
-    from trace_replay.simulator.cascade_inputs import load_diffserve_cascade
+    from trace_replay.simulator.cascade_inputs import CONTROLLER_GRID, load_diffserve_cascade
 
     _check(args, names)
     data = Path(args.diffserve_dir) if args.diffserve_dir else diffserve_dir()
-    cascade = load_diffserve_cascade(data)
+    cascade = load_diffserve_cascade(data, grid=CONTROLLER_GRID)
     table = load_trace(args.trace, "diffserve", lenient=args.lenient)
     if len(table) == 0:
         raise ValueError(f"--trace {args.trace} holds no arrivals")

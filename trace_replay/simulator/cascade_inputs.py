@@ -32,6 +32,7 @@ ACCEL = "onnxruntime_gpu_ampere"
 APP = "sdturbo_sdv15"
 FID_LIGHT_SHARE = np.array([0.0, 0.4, 1.0])  # share answered by the light model
 FID_POINTS = np.array([18.55, 16.79, 22.77])  # DiffServe's published FID at those shares
+CONTROLLER_GRID = 201  # thresholds DiffServe's controller chooses from (f(t) linear between records)
 
 
 def fid_estimate(light_share: float | np.ndarray) -> float | np.ndarray:
