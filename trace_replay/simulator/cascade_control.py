@@ -31,7 +31,9 @@ POLICIES = ("all-light", "all-heavy", "static", "diffserve", "coordinator")
 # ours as simulated: PlannerConfig's defaults, plus what the per-query overload rule makes safe
 # (this simulator applies should_defer and the light-image timer for this policy): the threshold
 # in force is the best-quality one (defer_beyond_capacity), and the MILP allows a quarter batch
-# of queueing per stage instead of a whole one, so larger batches are planned
+# of queueing per stage instead of a whole one, so larger batches are planned (0.25 was chosen
+# against 1.0 on DiffServe's 15 traces, 21-point grid: violations equal or lower, FID lower on
+# 13 by up to 1.85, equal on one, 0.12 higher on one; no other value was tried)
 COORDINATOR_CONFIG = PlannerConfig(defer_beyond_capacity=True, queue_factor=0.25)
 
 
