@@ -204,3 +204,21 @@ def test_cli_names_a_prompt_without_confidence(tmp_path, capsys):
     assert simulate_main(["--format", "diffserve", "--policies", "static", "--trace", str(bad),
                           "--diffserve-dir", str(tmp_path), "--gpus", "2"]) == 2
     assert "prompt index 77" in capsys.readouterr().err
+
+
+def test_tie_break_tick_before_an_arrival_at_the_same_instant():
+    """Documented order at one instant: completions, timers, the tick, then arrivals; so a query
+    arriving exactly at a tick is counted by the next tick, and every arrival is counted once."""
+    seen: list[tuple[float, int]] = []
+
+    class Recording(Controller):
+        tick_s = 1.0
+
+        def control(self, now_s, arrivals, queued, answered=(0, 0)):
+            seen.append((now_s, arrivals))
+            return None
+
+    c = small_cascade()
+    simulate_cascade(np.array([0.5, 1.0, 1.0, 2.5]), np.array([N_PROMPTS] * 4), c, 2,
+                     Recording("rec", Plan(2, 0, 1, 0, 0.0, -np.inf)))
+    assert seen[:3] == [(1.0, 1), (2.0, 2), (3.0, 1)]

@@ -21,7 +21,8 @@ Model:
   `load_pipeline` of SD 1.5 (2.13 GB) on an H200 (`../shared/data/gpu/README.md`); SD-Turbo's
   UNet is about as large. A plan using fewer GPUs than the cluster leaves the rest in their role.
 - Events at one instant: batch and switch completions first (they free replicas), then the
-  controller's tick, then arrivals in trace order; the heap's sequence number orders the rest.
+  light-image timers, then the controller's tick, then arrivals in trace order; the heap's
+  sequence number orders the rest.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ LIGHT, HEAVY = 0, 1
 DONE, SWITCHED, EXPIRE, TICK = 0, 0, 1, 2  # event priorities at equal times (then arrivals)
 K_DONE, K_SWITCHED, K_TICK, K_EXPIRE = 0, 1, 2, 3  # event kinds
 DROPPED = -1
+UNRESOLVED = -2  # answered_by of a query still in the system
 
 
 @dataclass
@@ -102,7 +104,7 @@ class CascadeSim:
         self.arr, self.conf, self.cascade, self.g = arrival_s, np.asarray(confidence, np.float64), cascade, gpus
         self.ctl, self.switch_s, self.slo = controller, switch_s, cascade.slo_s
         n = arrival_s.size
-        self.out = CascadeRun(arrival_s, np.full(n, np.nan), np.full(n, -2, np.int8), self.slo, gpus,
+        self.out = CascadeRun(arrival_s, np.full(n, np.nan), np.full(n, UNRESOLVED, np.int8), self.slo, gpus,
                               controller.name)
         self.out.switch_s = switch_s
         self.queues = (deque(), deque())
@@ -186,7 +188,7 @@ class CascadeSim:
             while q and len(take) < cap:
                 i = q[0]
                 deadline = self.arr[i] + self.slo
-                if self.out.answered_by[i] != -2:
+                if self.out.answered_by[i] != UNRESOLVED:
                     q.popleft()  # answered from the light image while it waited (overload rule)
                 elif self.now + fastest > deadline:
                     q.popleft()  # cannot finish in time: do not spend a GPU on it
@@ -266,7 +268,7 @@ class CascadeSim:
             if kind == K_DONE:
                 self._batch_done(r)
             elif kind == K_EXPIRE:
-                if self.out.answered_by[r] == -2 and not self.started[r]:
+                if self.out.answered_by[r] == UNRESOLVED and not self.started[r]:
                     self.out.overload_answers += 1
                     self._resolve(r, LIGHT)
             elif kind == K_SWITCHED:
