@@ -262,6 +262,11 @@ class CascadeConfig(_Strict):
                                                 "coordinator); fixed: `threshold` always.")
     planner_args: dict = Field(default_factory=dict, description="policies.cascade_planner."
                                "PlannerConfig fields (period_s, headroom, jump_ratio, ...).")
+    planner_replicas: int | None = Field(default=None, ge=1, description="Replicas the planner "
+                                         "may count as computing in parallel. Default: the BaseModel "
+                                         "replicas reporting (max_replicas with autoscaling), one GPU "
+                                         "each. On a CPU host where replicas share fewer cores than "
+                                         "there are replicas, set the core count.")
     report_period_s: float = Field(default=1.0, gt=0, le=60, description="How often an ingress "
                                    "replica reports cascade arrivals and measurements to the planner "
                                    "and fetches its plan.")

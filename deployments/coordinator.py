@@ -245,14 +245,16 @@ class CacheCoordinator:
     # -- the cascade -----------------------------------------------------------------------------
     def cascade_report(self, report: dict) -> dict:
         """An ingress replica's cascade report (deployments/live_cascade.py); the plan in force.
-        The planner's GPUs are the BaseModel replicas reporting now."""
+        The planner's GPUs are the BaseModel replicas reporting now (max_replicas when autoscaled),
+        at most ``cascade.planner_replicas``."""
         if self.cascade is None:
             raise RuntimeError("no cascade planner: cascade.light/heavy/discriminator unset or "
                                "cascade.planner is fixed")
         now = float(self.clock())
         self._forget_stale(now)
         gpus = self.config.deployments.base_model.autoscaling.max_replicas if self.autoscaled else len(self.rep_index)
-        return self.cascade.report(now, report, gpus)
+        cap = self.config.cascade.planner_replicas
+        return self.cascade.report(now, report, gpus if cap is None else min(gpus, cap))
 
     def _cascade_target(self) -> int:
         """The cascade stages' replicas, as the autoscaler's floor (0: no plan, or no autoscaling)."""

@@ -182,3 +182,16 @@ def test_with_autoscaling_the_plan_spans_max_replicas_and_its_stages_reach_the_r
     # spare GPUs are not spread: the stages' sum is what the demand needs, and the autoscaler's floor
     assert 2 <= plan["light_replicas"] + plan["heavy_replicas"] < 6
     assert co.report("r0", {**rep, "t": now[0]})["cascade_replicas"] == plan["light_replicas"] + plan["heavy_replicas"]
+
+
+def test_planner_replicas_caps_what_the_plan_may_count_as_parallel():
+    now = [0.0]
+    co = CacheCoordinator(raw(planner_replicas=2), clock=lambda: now[0])
+    rep = {"t": 0.0, "tiers": {}, "queue_len": 1, "loading": [], "gpu_free_bytes": 8 << 30}
+    for k in range(30):
+        now[0] = k + 1.0
+        for rid in ("r0", "r1", "r2", "r3"):
+            co.report(rid, {**rep, "t": now[0]})
+        co.cascade_report({"arrivals": 2, "scores": scores(2, k), "light_s": [0.3] * 2, "heavy_s": [1.0]})
+    plan = co.cascade_view()
+    assert plan["gpus"] == 2 and plan["light_replicas"] + plan["heavy_replicas"] == 2
