@@ -14,6 +14,11 @@ window. This planner differs in what it plans for and when:
   switch is a model load), a higher one always;
 - spare GPUs: the MILP uses the fewest GPUs for the best quality; the rest are spread over the
   stages in proportion to their load (shorter queues), not left idle;
+- light stage: its batch cap is the largest within the latency budget, and it keeps the
+  replicas the recent peak rate needs (a decaying maximum of the fast estimate,
+  `light_hold_half_life_s`), taken from spare or surplus heavy replicas: a light GPU carries
+  ~20 heavy GPUs' worth of queries, and one moved back to the light stage is a model load away,
+  during which every query of a rising demand waits;
 - quality of the mix, not of one window (optional `share_quality`): image-set quality such as FID
   depends on the share of images from the light model over many queries, and is not monotone in
   it (DiffServe's SD-Turbo -> SD 1.5 points: best at 40% light). Given quality as a function of
@@ -39,7 +44,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from policies.cascade_allocation import (CascadeAllocator, CascadeDecision, CascadeInputs, MilpCascade, StageProfile,
-                                         threshold_position)
+                                         stage_latency, threshold_position)
 
 
 @dataclass(frozen=True)
@@ -57,13 +62,15 @@ class PlannerConfig:
     drain_s: float = 10.0  # a measured backlog is planned to drain in this many seconds
     spread_spare: bool = True  # give GPUs the MILP leaves unused to the stages, by load
     share_half_life_s: float = 300.0  # memory of the light/heavy answer mix (with share_quality)
+    light_hold_half_life_s: float = 60.0  # the light stage is sized for the peak rate this recent
     defer_beyond_capacity: bool = False  # threshold = best quality; only with should_defer applied
     # batches waited per stage in the MILP's latency model, overriding the template's (DiffServe: 1);
     # a caller applying should_defer guards each query's deadline itself and may allow larger batches
     queue_factor: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("period_s", "ewma_half_life_s", "fast_half_life_s", "drain_s", "share_half_life_s"):
+        for name in ("period_s", "ewma_half_life_s", "fast_half_life_s", "drain_s", "share_half_life_s",
+                     "light_hold_half_life_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"PlannerConfig.{name} must be > 0; got {getattr(self, name)}")
         if self.headroom < 1 or self.jump_ratio <= 1:
@@ -128,6 +135,7 @@ class CascadePlanner:
         self._last_obs_s = float(start_s)
         self._fast: float | None = None
         self._slow: float | None = None
+        self._held = 0.0  # decaying maximum of the fast rate estimate (light-stage hold)
         self._plan: CascadeDecision | None = None
         self._planned_demand = 0.0  # demand (headroom and backlog included) the plan was made for
         self._planned_rate = 0.0  # the rate estimate behind it, before headroom
@@ -171,6 +179,7 @@ class CascadePlanner:
             self._pending = 0
             self._fast = _ewma(self._fast, sample, dt, self.config.fast_half_life_s)
             self._slow = _ewma(self._slow, sample, dt, self.config.ewma_half_life_s)
+            self._held = max(self._fast, self._held * 0.5 ** (dt / self.config.light_hold_half_life_s))
             self._last_obs_s = now_s
         self._mix += (answered_light, answered_heavy)
         if not self._due(now_s):
@@ -221,12 +230,38 @@ class CascadePlanner:
         self._last_solve_s = now_s
         if decision.status == "infeasible" and self._plan is not None:
             return None  # nothing meets the SLO: keep serving with what is in place
+        needed_heavy = decision.heavy_replicas  # what the MILP's heavy stage needs for the demand
         if self.config.defer_beyond_capacity:
             decision = defer_for_quality(decision, inp)
+            needed_heavy = min(decision.heavy_replicas, 1)  # the overflow is answered light anyway
         if self.config.spread_spare:
             decision = spread_spare(decision, inp)
+        decision = hold_light(decision, inp, self._held * self.config.headroom, needed_heavy)
         self._plan, self._planned_demand, self._planned_rate = decision, float(demand), rate
         return decision
+
+
+def hold_light(decision: CascadeDecision, inp: CascadeInputs, held_demand_qps: float,
+               heavy_floor: int) -> CascadeDecision:
+    """The light stage at its largest batch within the latency budget (a cap: a replica takes what
+    is queued, so a larger cap only adds throughput under load, and the MILP's batch would change
+    with every re-plan), with the replicas `held_demand_qps` needs at that batch, taken from GPUs
+    no stage uses, then from heavy replicas above `heavy_floor`."""
+    if decision.status == "infeasible" or decision.light_replicas <= 0:
+        return decision
+    hi = None if decision.heavy_batch <= 0 else int(np.flatnonzero(inp.heavy.batch == decision.heavy_batch)[0])
+    fits = [i for i in range(len(inp.light.batch)) if stage_latency(inp, i, hi) <= inp.slo_s + 1e-9]
+    li = fits[-1] if fits else int(np.flatnonzero(inp.light.batch == decision.light_batch)[0])
+    decision = replace(decision, light_batch=int(inp.light.batch[li]), expected_latency_s=stage_latency(inp, li, hi))
+    want = math.ceil(held_demand_qps * (1 - 1e-9) / float(inp.light.throughput[li]) / inp.max_utilization)
+    short = want - decision.light_replicas
+    if short <= 0:
+        return decision
+    free = int(inp.gpus) - decision.gpus_used
+    from_heavy = max(0, min(short - free, decision.heavy_replicas - heavy_floor))
+    add = min(short, free) + from_heavy
+    return replace(decision, light_replicas=decision.light_replicas + add,
+                   heavy_replicas=decision.heavy_replicas - from_heavy)
 
 
 def defer_for_quality(decision: CascadeDecision, inp: CascadeInputs) -> CascadeDecision:

@@ -10,7 +10,7 @@ import pytest
 
 from policies.cascade_allocation import CascadeDecision, CascadeInputs, MilpCascade, StageProfile
 from policies.cascade_planner import (CascadePlanner, PlannerConfig, defer_for_quality, expected_heavy_wait_s,
-                                      should_defer, spread_spare)
+                                      hold_light, should_defer, spread_spare)
 
 
 def template(gpus: int = 24) -> CascadeInputs:
@@ -162,3 +162,28 @@ def test_expected_heavy_wait_and_should_defer():
     assert should_defer(0.2, 0.5, now_s=10.0, arrival_s=9.0, slo_s=5.0, heavy_wait_s=1.0, heavy_latency_s=2.0)
     assert not should_defer(0.2, 0.5, now_s=10.0, arrival_s=9.0, slo_s=5.0, heavy_wait_s=3.0, heavy_latency_s=2.0)
     assert not should_defer(0.7, 0.5, now_s=10.0, arrival_s=9.0, slo_s=5.0, heavy_wait_s=0.0, heavy_latency_s=2.0)
+
+
+def test_hold_light_uses_the_largest_light_batch_and_keeps_peak_replicas():
+    inp = replace(template(gpus=10), demand_qps=5.0)
+    d = MilpCascade().allocate(inp)
+    held = hold_light(d, inp, held_demand_qps=5.0, heavy_floor=d.heavy_replicas)
+    # heavy batch 2 (2.16 s) leaves 2.5 - 2.16 s for the light batch: 4 (0.22 s) fits, 8 does not
+    assert d.heavy_batch == 2 and held.light_batch == 4 and held.expected_latency_s <= inp.slo_s
+    peak = hold_light(d, inp, held_demand_qps=60.0, heavy_floor=1)  # 60 qps needs 4 light at 18.2 qps
+    assert peak.light_replicas == 4 and peak.gpus_used <= 10 and peak.heavy_replicas >= 1
+
+
+def test_light_stage_holds_replicas_after_a_peak():
+    quick = dict(ewma_half_life_s=1.0, fast_half_life_s=1.0)  # demand itself falls within seconds
+    p = CascadePlanner(template(gpus=30), PlannerConfig(light_hold_half_life_s=60.0, **quick))
+    feed(p, [60.0] * 5)
+    at_peak = p.plan.light_replicas
+    feed_after = [(t, d) for t, d in ((5.0 + i, p.observe(5.0 + i, 5)) for i in range(1, 16)) if d is not None]
+    assert feed_after and feed_after[-1][1].served_qps < 20  # re-planned down for the quiet demand
+    assert p.plan.light_replicas == at_peak >= 4  # the light stage kept its peak replicas
+    short = CascadePlanner(template(gpus=30), PlannerConfig(light_hold_half_life_s=0.5, **quick))
+    feed(short, [60.0] * 5)
+    for i in range(1, 16):
+        short.observe(5.0 + i, 5)
+    assert short.plan.light_replicas < at_peak  # a short memory lets it go
