@@ -37,7 +37,8 @@ from trace_replay.formats.diffserve import load_arrivals  # noqa: E402
 from trace_replay.paths import diffserve_dir  # noqa: E402
 from trace_replay.simulator.cascade import SWITCH_S, simulate_cascade  # noqa: E402
 from trace_replay.simulator.cascade_control import POLICIES, make_controller  # noqa: E402
-from trace_replay.simulator.cascade_inputs import CONTROLLER_GRID, DiffServeCascade, load_diffserve_cascade  # noqa: E402
+from trace_replay.simulator.cascade_inputs import (CONTROLLER_GRID, DiffServeCascade,  # noqa: E402
+                                                   load_diffserve_cascade)
 
 STATIC_GAIN = 0.19  # the low end of DiffServe's published 19-70% fewer violations than static
 
@@ -65,7 +66,8 @@ def judge(runs: dict[str, dict]) -> dict[str, object]:
     cut = 1.0 - v / vs if vs > 0 else (0.0 if v == 0 else -np.inf)
     return {"violation_cut_vs_static": cut, "fid_minus_static": ours["fid_estimate"] - static["fid_estimate"],
             "fid_minus_diffserve": ours["fid_estimate"] - ds["fid_estimate"],
-            "static_goal": bool((cut >= STATIC_GAIN or v == vs == 0) and ours["fid_estimate"] <= static["fid_estimate"] + 1e-9),
+            "static_goal": bool((cut >= STATIC_GAIN or v == vs == 0)
+                                and ours["fid_estimate"] <= static["fid_estimate"] + 1e-9),
             "diffserve_goal": bool((v < vd or v == vd == 0) and ours["fid_estimate"] <= ds["fid_estimate"] + 1e-9)}
 
 

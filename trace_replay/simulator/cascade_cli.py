@@ -2,8 +2,9 @@
 
 `cli.py` hands over here when a policy name is a cascade policy. Profiles, confidence scores,
 f(t) and the SLO come from `--diffserve-dir` (default `../shared/data/diffserve`); the trace is
-a DiffServe arrival file; thresholds on DiffServe's controller grid (201). Output: the JSON of other simulations (`policy_set`, `requests`,
-`slo_violation_rate`, latency percentiles, ...) plus `heavy_share` and `fid_estimate`.
+a DiffServe arrival file; thresholds on DiffServe's controller grid (201). Output: the JSON of
+other simulations (`policy_set`, `requests`, `slo_violation_rate`, latency percentiles, ...)
+plus `heavy_share` and `fid_estimate`.
 """
 
 from __future__ import annotations
