@@ -103,7 +103,10 @@ def _discriminator_train(args: argparse.Namespace) -> int:
     light, heavy = args.light or config.cascade.light, args.heavy or config.cascade.heavy
     if light is None or heavy is None:
         return fail(f"{args.config} sets no cascade.light/cascade.heavy; name them with --light and --heavy")
-    init = args.init or config.cascade.discriminator
+    init = args.init
+    if init is None and config.cascade.discriminator:  # fine-tune the config's, once it exists
+        entry = config.entry(config.cascade.discriminator)
+        init = entry.id if Path(config.resolve_source(entry)).exists() else "fresh"
     device = pick_device() if args.device == "auto" else args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         return fail(f"--device {device}: CUDA is not available here (use --device cpu or auto)")
@@ -118,6 +121,7 @@ def _discriminator_train(args: argparse.Namespace) -> int:
         library.logging.set_verbosity_error()
         library.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # LoRA slots, 2nd load
+    warnings.filterwarnings("ignore", message="`torch_dtype` is deprecated")  # the engine's loader
     prompts_file = Path(args.prompts or diffserve_dir() / "traces" / "text_diffusiondb_2m_first_5k.txt")
     try:
         prompts, available = read_prompts(prompts_file, args.n_prompts, args.seed)
@@ -207,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--light", help="light base-model id (default: the config's cascade.light)")
     train.add_argument("--heavy", help="heavy base-model id (default: the config's cascade.heavy)")
     train.add_argument("--init", help="discriminator id to start from, or 'fresh' for random "
-                       "weights (default: the config's cascade.discriminator, else fresh)")
+                       "weights (default: the config's cascade.discriminator when its folder "
+                       "exists, else fresh)")
     train.add_argument("--n-prompts", type=int, default=200, help="prompts drawn from the file "
                        "by --seed (default: %(default)s)")
     train.add_argument("--holdout", type=float, default=0.2, help="share of prompts held out "

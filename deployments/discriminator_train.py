@@ -264,6 +264,7 @@ def save_atomically(model: ImageDiscriminator, out: Path, report: dict) -> None:
         model.to("cpu").save(staging)
         (staging / "training.json").write_text(json.dumps(report, indent=2))
         ImageDiscriminator.load(staging)  # what the deployment will do; fail before publishing
+        staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide it from other users
         for path in [*staging.iterdir(), staging]:  # on disk before the rename makes it visible
             _fsync(path)
         if out.exists():
@@ -277,6 +278,12 @@ def save_atomically(model: ImageDiscriminator, out: Path, report: dict) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def _fsync(path: Path) -> None:

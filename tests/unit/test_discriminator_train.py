@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from app.cli import main
@@ -166,6 +167,7 @@ def test_force_replaces_a_whole_model(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors",
                                                      "training.json"]
     assert [p.name for p in tmp_path.iterdir()] == ["disc"]
+    assert out.stat().st_mode & 0o755 == 0o755  # readable by others, as a plain mkdir makes it
     ImageDiscriminator.load(out)
 
 
@@ -177,3 +179,13 @@ def test_prompts_are_drawn_by_seed_and_split_by_prompt(prompts_file):
     assert drawn == [p for p in every if p in drawn]  # file order kept
     train, held = split_prompts(10, 0.2, seed=0)
     assert len(held) == 2 and sorted([*train, *held]) == list(range(10))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_trains_on_cuda(demo_dir, prompts_file, tmp_path, capsys):
+    out = tmp_path / "disc-cuda"
+    assert _cli(demo_dir, "--prompts", str(prompts_file), "--n-prompts", "4", "--holdout", "0.5",
+                "--epochs", "2", "--device", "cuda", "--out", str(out)) == 0
+    assert "device cuda" in capsys.readouterr().out
+    ImageDiscriminator.load(out)
