@@ -424,7 +424,6 @@ class Ingress:
             f"{k.removesuffix('_s')};dur={v * 1000:.1f}" for k, v in timings.items())}
         return response, headers
 
-
     async def _cascade(self, body, plan, result, images, answered_by, replicas, timings, controls,
                        arrived_at: float) -> dict:
         """Score the light images; regenerate with the heavy model those the plan defers (in place
@@ -443,21 +442,37 @@ class Ingress:
         else:
             threshold, source = client.threshold, client.plan["source"]
             rejected = [i for i, s in enumerate(scores) if client.defer(s, arrived_at)]
-        kept = [i for i, s in enumerate(scores) if s < threshold and i not in rejected]
         heavy = plan.specs[1]
+        # under the planner a deferred image not back by the SLO is answered with its light image
+        # (on time at lower quality), as the simulator's planner does; otherwise the heavy answer
+        # is waited for up to the request's deadline
+        slo_bound = source == "planner" and client.enabled
         client.heavy_inflight += len(rejected)
+        tasks = [asyncio.ensure_future(self._generate(_single(heavy, heavy.seed + i), controls)) for i in rejected]
         try:
-            reruns = await asyncio.gather(*(
-                self._generate(_single(heavy, heavy.seed + i), controls) for i in rejected))
-        finally:
+            if tasks:
+                budget = arrived_at + self.config.slo.latency_s - client.clock() if slo_bound else None
+                done, _ = await asyncio.wait(tasks, timeout=None if budget is None else max(budget, 0.0))
+                for task in done:
+                    task.result()  # a failed rerun fails the request, as before
+        finally:  # late reruns (and all of them if this request is cancelled) stop; BaseModel drops them
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
             client.heavy_inflight -= len(rejected)
-        for i, rerun in zip(rejected, reruns):
+        answered_heavy = []
+        for i, task in zip(rejected, tasks):
+            if task.cancelled() or not task.done():
+                continue
+            rerun = task.result()
             _add(timings, rerun.timings)
             client.heavy_done(rerun.timings.get("inference_s", 0.0), rerun.timings.get("queue_s", 0.0))
             images[i], answered_by[i], replicas[i] = rerun.images[0], heavy.base_model, rerun.replica
-        client.answered(light=len(images) - len(rejected), heavy=len(rejected))
+            answered_heavy.append(i)
+        kept = [i for i, s in enumerate(scores) if s < threshold and i not in answered_heavy]
+        client.answered(light=len(images) - len(answered_heavy), heavy=len(answered_heavy))
         return {"light": plan.specs[0].base_model, "heavy": heavy.base_model, "threshold": round(threshold, 6),
-                "threshold_source": source, "scores": [round(s, 6) for s in scores], "deferred": rejected,
+                "threshold_source": source, "scores": [round(s, 6) for s in scores], "deferred": answered_heavy,
                 "kept_for_slo": kept, "answered_by": answered_by}
 
 

@@ -4,6 +4,7 @@ stage pins and view in the coordinator, and the ingress's client (app/cascade_cl
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -195,3 +196,89 @@ def test_planner_replicas_caps_what_the_plan_may_count_as_parallel():
         co.cascade_report({"arrivals": 2, "scores": scores(2, k), "light_s": [0.3] * 2, "heavy_s": [1.0]})
     plan = co.cascade_view()
     assert plan["gpus"] == 2 and plan["light_replicas"] + plan["heavy_replicas"] == 2
+
+
+# -- the ingress's cascade path with fake handles ---------------------------------------------------
+class _Method:
+    def __init__(self, fn):
+        self.fn = fn
+
+    def remote(self, *args, **kwargs):
+        return asyncio.ensure_future(self.fn(*args, **kwargs))
+
+
+class _BaseModel:
+    """Light images at once; heavy ones after `heavy_s` (cancellations recorded)."""
+
+    def __init__(self, heavy_s: float) -> None:
+        self.heavy_s, self.cancelled, self.plan = heavy_s, 0, None
+        self.generate = _Method(self._generate)
+        self.coordinator_call = _Method(self._coordinator)
+        self.ready = _Method(self._coordinator)
+
+    async def _generate(self, spec, _controls):
+        from deployments.spec import GenerationResult
+        if spec.base_model == "heavy":
+            try:
+                await asyncio.sleep(self.heavy_s)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+        return GenerationResult(images=[np.full((8, 8, 3), 200 if spec.base_model == "heavy" else 10, np.uint8)] * spec.n,
+                                timings={"inference_s": 0.01, "queue_s": 0.0})
+
+    async def _coordinator(self, *_):
+        return self.plan
+
+    def options(self, **_):
+        return self
+
+
+class _Discriminator:
+    def __init__(self, score: float) -> None:
+        async def score_fn(images, _disc):
+            return [score] * len(images)
+        self.score = _Method(score_fn)
+
+
+def _ingress(heavy_s: float, slo_s: float, score: float = 0.1):
+    from app.ingress import Ingress
+    from app.schemas import ImageGenerationRequest
+    doc = {**raw(), "models": [{"id": "light", "kind": "base", "path": "l", "sizes": ["8x8"]},
+                               {"id": "heavy", "kind": "base", "path": "h", "sizes": ["8x8"]},
+                               {"id": "disc", "kind": "discriminator", "path": "d"}],
+           "slo": {"latency_s": slo_s}}
+    base = _BaseModel(heavy_s)
+    ingress = Ingress(ServeConfig.model_validate(doc), base, discriminator=_Discriminator(score))
+    base.plan = {"source": "planner", "threshold": 0.5, "heavy_replicas": 1, "heavy_service_s": 0.01}
+    return ingress, base, ImageGenerationRequest
+
+
+def test_a_deferred_image_not_back_by_the_slo_is_answered_light():
+    async def scenario():
+        ingress, base, Request = _ingress(heavy_s=5.0, slo_s=0.3)
+        await ingress.cascade_plan.report_once()  # the planner's plan reaches the ingress
+        started = time.monotonic()
+        response, _ = await ingress.generate(Request(prompt="p", cascade=True, n=2, size="8x8"))
+        took = time.monotonic() - started
+        await asyncio.sleep(0)  # let the cancellations land
+        return response, took, base, ingress
+
+    response, took, base, ingress = asyncio.run(scenario())
+    info = response["t2i"]["cascade"]
+    assert info["threshold_source"] == "planner" and info["deferred"] == [] and info["kept_for_slo"] == [0, 1]
+    assert info["answered_by"] == ["light", "light"] and response["model"] == "light"
+    assert took < 2.0 and base.cancelled == 2 and ingress.cascade_plan.heavy_inflight == 0
+
+
+def test_a_deferred_image_back_in_time_is_the_heavy_models():
+    async def scenario():
+        ingress, base, Request = _ingress(heavy_s=0.05, slo_s=5.0)
+        await ingress.cascade_plan.report_once()
+        response, _ = await ingress.generate(Request(prompt="p", cascade=True, size="8x8"))
+        return response, ingress
+
+    response, ingress = asyncio.run(scenario())
+    info = response["t2i"]["cascade"]
+    assert info["deferred"] == [0] and info["kept_for_slo"] == [] and response["model"] == "heavy"
+    assert ingress.cascade_plan.answered_heavy == 1 and ingress.cascade_plan.heavy_s == [0.01]
