@@ -20,11 +20,14 @@ Arms (equal cost: the same four BaseModel replicas, one discriminator replica, s
   closest to half);
 - `demand`: `cascade.planner: demand` (the coordinator's policies.cascade_planner), starting
   from the same threshold until it has measurements, with `cascade.planner_replicas` = this
-  machine's cores (at most 4): the replicas share them, so no more than that compute at once.
+  machine's cores (at most 4): the replicas share them, so no more than that compute at once;
+- `fixed-matched`: a fixed threshold deferring the share of queries the `demand` arm answered with
+  the heavy model (that quantile of the calibration scores): the same quality as ours on
+  average, spent evenly instead of where demand leaves room.
 The goal (issue 11): the plan follows demand, and SLO violations are lower than the fixed
 threshold's at the same replicas. Quality is reported as the share answered by the heavy model
-(the discriminator is the demo's random-weight one, so its scores carry no image-quality meaning
-here; the comparison is about following demand).
+(the discriminator is the demo's random-weight one: it scores every image about 0.541, so the
+scores' order carries no image-quality meaning here; the comparison is about following demand).
 
 Run: python benchmarks/live_cascade.py [--duration-s 240] [--low 0.3] [--high 3.0] [--quick]
 """
@@ -54,7 +57,7 @@ if str(REPO) not in sys.path:
 from benchmarks._common import RESULTS, machine_info, write_result  # noqa: E402
 from benchmarks.live_replay import free_port, start_service, stop_service, t2i  # noqa: E402
 
-ARMS = ("fixed", "demand")
+ARMS = ("fixed", "demand", "fixed-matched")
 CALIBRATION_REQUESTS = 24
 
 
@@ -157,8 +160,9 @@ def figure(path: Path, runs: dict, arrivals: np.ndarray, duration_s: float) -> N
             axes[1].plot(t, [s["threshold"] for s in tl], ":", label="planner: score cutoff")
             axes[2].step(t, [s["light_replicas"] for s in tl], where="post", label="light replicas")
             axes[2].step(t, [s["heavy_replicas"] for s in tl], where="post", label="heavy replicas")
-    if "fixed" in runs:
-        axes[1].axhline(runs["fixed"]["threshold"], color="grey", lw=1, label="fixed arm: threshold")
+    for arm, style in (("fixed", "-"), ("fixed-matched", "--")):
+        if arm in runs:
+            axes[1].axhline(runs[arm]["threshold"], color="grey", lw=1, ls=style, label=f"{arm} arm: threshold")
     axes[0].set_ylabel("requests/s")
     axes[1].set_ylabel("share / score")
     axes[2].set_ylabel("replicas")
@@ -200,19 +204,25 @@ def main() -> int:
         arrivals = np.array([float(line.split(",")[0]) / 1000 for line in trace.read_text().splitlines()])
         heavy_id = yaml.safe_load((models / "config.yaml").read_text())["cascade"]["heavy"]
         runs: dict = {}
-        threshold = None
+        threshold, calibration = None, []
         for arm in arms:
-            # the threshold both arms start from: the fixed arm's calibration median (first arm run)
-            config = arm_config(models / "config.yaml", work / f"config-{arm}.yaml", arm,
-                                0.5 if threshold is None else threshold, args.slo_s)
+            start = threshold  # every arm starts from the first arm's calibration median
+            if arm == "fixed-matched":
+                if "demand" not in runs or not calibration:
+                    raise SystemExit("fixed-matched needs the fixed (or first) and demand arms before it")
+                start = float(np.quantile(calibration, runs["demand"]["heavy_share"]))
+            planner = "demand" if arm == "demand" else "fixed"
+            config = arm_config(models / "config.yaml", work / f"config-{arm}.yaml", planner,
+                                0.5 if start is None else start, args.slo_s)
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             proc = start_service(config, port, work / f"serve-{arm}.log")
             try:
                 scores = calibrate(url)
                 if threshold is None:
-                    threshold = statistics.median(scores)
-                    config = arm_config(models / "config.yaml", config, arm, threshold, args.slo_s)
+                    threshold, calibration = statistics.median(scores), scores
+                    start = threshold
+                    config = arm_config(models / "config.yaml", config, planner, threshold, args.slo_s)
                     stop_service(proc)  # restart so the fixed threshold is the config's
                     proc = start_service(config, port, work / f"serve-{arm}.log")
                     calibrate(url)
@@ -226,27 +236,31 @@ def main() -> int:
             finally:
                 stop_service(proc)
             summary = json.loads(out.strip().splitlines()[-1])
-            runs[arm] = {"threshold": threshold, "calibration_scores": [round(s, 4) for s in scores],
+            runs[arm] = {"threshold": start, "calibration_scores": [round(s, 4) for s in scores],
                          "heavy_share": heavy_share(work / f"replay-{arm}" / "records.csv", heavy_id),
                          "summary": {k: summary.get(k) for k in (
                              "requests", "completed", "slo_violations", "slo_violation_rate", "latency_p50_s",
                              "latency_p95_s", "latency_p99_s", "failed", "timed_out", "duration_s")},
                          "timeline": poller.samples}
             s = runs[arm]["summary"]
-            print(f"{arm:8s} late {s['slo_violation_rate']:6.1%}  p50 {s['latency_p50_s']:5.2f} s  p99 "
+            print(f"{arm:13s} late {s['slo_violation_rate']:6.1%}  p50 {s['latency_p50_s']:5.2f} s  p99 "
                   f"{s['latency_p99_s']:5.2f} s  heavy share {runs[arm]['heavy_share'] or 0:5.1%}", flush=True)
         print(f"\n{n} requests, rate {args.low:g} -> {args.high:g} -> {args.low:g} req/s over {args.duration_s:g} s, "
               f"SLO {args.slo_s:g} s; 4 BaseModel replicas + 1 discriminator on {machine_info()['cpus']} cores")
-        print(f"{'arm':8s} {'late':>7s} {'p50 s':>6s} {'p99 s':>6s} {'heavy':>6s} {'plans seen':>10s}")
+        print(f"{'arm':13s} {'late':>7s} {'p50 s':>6s} {'p99 s':>6s} {'heavy':>6s} {'plans seen':>10s}")
         for arm, doc in runs.items():
             s = doc["summary"]
             plans = sum(1 for x in doc["timeline"] if x["source"] == "planner")
-            print(f"{arm:8s} {s['slo_violation_rate']:7.1%} {s['latency_p50_s']:6.2f} {s['latency_p99_s']:6.2f} "
+            print(f"{arm:13s} {s['slo_violation_rate']:7.1%} {s['latency_p50_s']:6.2f} {s['latency_p99_s']:6.2f} "
                   f"{doc['heavy_share'] or 0:6.1%} {plans:10d}")
         ratio = None
         if {"fixed", "demand"} <= set(runs) and runs["fixed"]["summary"]["slo_violation_rate"]:
             ratio = runs["demand"]["summary"]["slo_violation_rate"] / runs["fixed"]["summary"]["slo_violation_rate"]
             print(f"demand vs fixed: violations x{ratio:.2f}")
+        if {"fixed-matched", "demand"} <= set(runs):
+            m, d = runs["fixed-matched"], runs["demand"]
+            print(f"demand vs fixed-matched (heavy share {m['heavy_share'] or 0:.1%} vs {d['heavy_share'] or 0:.1%}): "
+                  f"violations {d['summary']['slo_violation_rate']:.1%} vs {m['summary']['slo_violation_rate']:.1%}")
         png = Path(args.out).with_suffix(".png")
         figure(png, runs, arrivals, args.duration_s)
         print(f"wrote {png}")
