@@ -282,3 +282,23 @@ def test_a_deferred_image_back_in_time_is_the_heavy_models():
     info = response["t2i"]["cascade"]
     assert info["deferred"] == [0] and info["kept_for_slo"] == [] and response["model"] == "heavy"
     assert ingress.cascade_plan.answered_heavy == 1 and ingress.cascade_plan.heavy_s == [0.01]
+
+
+def test_get_v1_cascade_names_why_the_planner_is_off_and_404s_without_a_cascade():
+    from app.ingress import CascadeOffError, Ingress
+
+    async def view(doc):
+        base = _BaseModel(0.0)
+        base.plan = {"source": "planner", "threshold": 0.3}
+        return await Ingress(ServeConfig.model_validate(doc), base, discriminator=_Discriminator(0.5)).cascade()
+
+    on = asyncio.run(view(raw()))
+    assert on["planner"] == "demand" and on["plan"]["threshold"] == 0.3  # the coordinator's view
+    fixed = asyncio.run(view(raw(planner="fixed")))
+    assert fixed["planner"] == "off" and "cascade.planner: fixed" in fixed["why"]
+    assert fixed["plan"] == {"source": "config", "threshold": 0.4}
+    ray = asyncio.run(view({**raw(), "control": {"policies": "ray-default"}}))
+    assert ray["planner"] == "off" and "ray-default" in ray["why"]
+    none = {**raw(), "cascade": {}}
+    with pytest.raises(CascadeOffError):
+        asyncio.run(view(none))
