@@ -217,3 +217,15 @@ def test_replicas_sharing_a_host_slow_each_other_down():
     assert np.allclose(dur, 1.0)
     with pytest.raises(ValidationError, match="host_contention"):
         SimConfig.model_validate({"cluster": {"host_contention": -0.1}})
+
+
+def test_a_load_on_a_shared_host_is_slowed_and_recorded_slowed():
+    # a live replica measures its loads while its neighbours compute; so does the simulator
+    cfg = cfg_from({"cluster": {"gpus": 2, "replicas_per_host": 2, "host_contention": 0.5, "gpu_model_gb": 100.0}})
+    res = simulate(table([0.0, 0.1], [0, 1]), "lru", cfg)  # the second starts next to the first, busy
+    cold = 1.0 + 2.13 / 2.0  # sd15's cold load (bandwidth mode), as the first request pays it
+    load = res.records.load_s
+    assert load[0] == pytest.approx(cold) and load[1] > 1.0
+    alone = simulate(table([0.0], [1]), "lru", cfg).records.load_s[0]
+    assert load[1] == pytest.approx(alone * 1.5)  # one busy neighbour: x (1 + 0.5)
+    assert res.summary["load_seconds"] == pytest.approx(load.sum())  # the totals agree

@@ -199,6 +199,8 @@ class Simulation:
         # else: it did not fit even after eviction: streamed for this request only, not kept
         if self.track is not None:
             self.track.keys(w, [key, *(victims or ()), *gone_h, *gone_d])
+        if self.contention:  # a load on a shared host slows down with its busy neighbours, as compute does
+            t *= 1.0 + self.contention * self.host_busy[w.idx // self.per_host]
         self.rec.load_by_kind[kind] += t
         self.rec.loads_by_kind[kind] += 1
         return t
@@ -238,9 +240,10 @@ class Simulation:
                 s = slot_of.get(k)
                 if s is not None:
                     w.next_seq[s] = nxt[off + j]
-        dur = load + self.infer[i]
-        if self.contention:
-            dur *= 1.0 + self.contention * self.host_busy[w.idx // self.per_host]
+        infer = self.infer[i]
+        if self.contention:  # (its loads were slowed alike in bring)
+            infer *= 1.0 + self.contention * self.host_busy[w.idx // self.per_host]
+        dur = load + infer
         rec = self.rec
         rec.start[i] = now
         rec.load_s[i] = load
