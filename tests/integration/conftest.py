@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import shutil
 import socket
-import time
 
 import httpx
 import pytest
+
+from tests.integration.waiting import answers, until
 
 
 def pytest_collection_modifyitems(items):
@@ -62,14 +63,7 @@ def base_url(serve_config):
 
     start_serve(serve_config, num_cpus=2)
     url = f"http://127.0.0.1:{serve_config.port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
+    if not until(lambda: answers(url), timeout_s=120):
         pytest.fail("the Serve app did not answer /healthz within 120 s")
     yield url
     serve.shutdown()

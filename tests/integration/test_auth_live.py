@@ -6,10 +6,10 @@ deployments through their handles: a few seconds, instead of a second model stac
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
+
+from tests.integration.waiting import answers, until
 
 pytestmark = pytest.mark.integration
 
@@ -38,15 +38,7 @@ def keyed_url(base_url, serve_config, tmp_path_factory, monkeypatch_module):
         config.model_dump(mode="json"), *handles, access)
     serve.run(app, name="t2i-keyed", route_prefix=PREFIX, blocking=False)
     url = f"{base_url}{PREFIX}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
+    if not until(lambda: answers(url), timeout_s=60):
         pytest.fail("the keyed ingress did not answer /healthz within 60 s")
     yield url
     serve.delete("t2i-keyed")

@@ -4,10 +4,10 @@ coordinator crash."""
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
+
+from tests.integration.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -19,15 +19,6 @@ def _generate(http, model: str = "tiny-sd-light", **extra) -> dict:
     return response.json()
 
 
-def _until(check, timeout_s: float = 60.0, every_s: float = 0.5):
-    deadline = time.time() + timeout_s
-    while True:
-        value = check()
-        if value or time.time() > deadline:
-            return value
-        time.sleep(every_s)
-
-
 def test_cache_view_shows_what_the_replica_holds_and_operator_pins_round_trip(http):
     served = _generate(http, "tiny-sd-heavy")
     replica = served["t2i"]["replica"]
@@ -37,7 +28,7 @@ def test_cache_view_shows_what_the_replica_holds_and_operator_pins_round_trip(ht
         rows = {r["id"]: r for r in view["replicas"]}
         return view if "tiny-sd-heavy" in rows.get(replica, {}).get("tiers", {}).get("gpu", []) else None
 
-    view = _until(holder)  # replicas report once per control.report_period_s
+    view = until(holder)  # replicas report once per control.report_period_s
     assert view is not None, http.get("/v1/cache").json()
     assert {"replicas", "bands", "operator_pins", "prefetch"} <= set(view)
     row = next(r for r in view["replicas"] if r["id"] == replica)
@@ -48,7 +39,7 @@ def test_cache_view_shows_what_the_replica_holds_and_operator_pins_round_trip(ht
     assert pinned.json()["pinned"] == {"tiny-sd-heavy": [replica]}
     assert http.get("/v1/cache").json()["operator_pins"]["tiny-sd-heavy"] == [replica]
     # the pin reaches the replica with its next actions
-    assert _until(lambda: "tiny-sd-heavy" in next(
+    assert until(lambda: "tiny-sd-heavy" in next(
         r for r in http.get("/v1/cache").json()["replicas"] if r["id"] == replica)["pins"])
     unpinned = http.post("/v1/cache/unpin", json={"models": ["tiny-sd-heavy"]})
     assert unpinned.status_code == 200 and unpinned.json()["unpinned"] == ["tiny-sd-heavy"]
@@ -76,7 +67,7 @@ def test_prometheus_metrics_count_the_cache_loads(http, serve_config):
             return None
         return text if "ray_t2i_cache_loads_total" in text else None
 
-    text = _until(scraped, timeout_s=90, every_s=2)  # Ray exports on its own period
+    text = until(scraped, timeout_s=90, every_s=2)  # Ray exports on its own period
     assert text is not None, f"no t2i cache metrics at {url}"
     loads = [line for line in text.splitlines() if line.startswith("ray_t2i_cache_loads_total{")]
     assert any('kind="base"' in line and float(line.rsplit(" ", 1)[1]) >= 1 for line in loads), loads
@@ -99,7 +90,7 @@ def test_requests_keep_succeeding_while_the_coordinator_is_killed_and_recreated(
         assert away.json()["error"]["type"] == "cache_coordinator_unavailable"
     # the controller health-checks deployment-scoped actors and starts a new one, which rebuilds
     # its view from the replicas' next reports
-    back = _until(lambda: (lambda r: r.json() if r.status_code == 200 and r.json()["replicas"] else None)(
+    back = until(lambda: (lambda r: r.json() if r.status_code == 200 and r.json()["replicas"] else None)(
         http.get("/v1/cache")), timeout_s=120, every_s=2)
     assert back is not None, "the coordinator did not come back"
     new = ray.get_actor(named[0]["name"], namespace=named[0]["namespace"])

@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from tests.integration.waiting import answers, until
+
 pytestmark = pytest.mark.integration
 
 REQUEST_TIMEOUT_S = 45.0  # per request: a hung request fails here, well inside the test
@@ -41,22 +43,6 @@ def _kill_replica(app: str, deployment: str) -> str:
     actor = ray.get_actor(named[0]["name"], namespace=named[0]["namespace"])
     ray.kill(actor, no_restart=False)
     return named[0]["name"]
-
-
-def _until(check, timeout_s: float, every_s: float = 0.5):
-    deadline = time.time() + timeout_s
-    while True:
-        value = check()
-        if value or time.time() > deadline:
-            return value
-        time.sleep(every_s)
-
-
-def _ready(base_url: str) -> bool:
-    try:
-        return httpx.get(f"{base_url}/readyz", timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _post(base_url: str, body: dict, deadline_s: float | None = None) -> tuple:
@@ -117,13 +103,13 @@ def _storm(base_url: str, bodies: list[dict], kill, kill_after_s: float) -> tupl
 
 
 def _recovers(base_url: str, deployment: str, app: str, killed: str, body: dict) -> None:
-    assert _until(lambda: _ready(base_url), RECOVERY_TIMEOUT_S), f"/readyz not 200 after killing {killed}"
+    assert until(lambda: answers(base_url, "/readyz"), RECOVERY_TIMEOUT_S), f"/readyz not 200 after killing {killed}"
     new = _replicas(app, deployment)
     assert new and all(a["name"] != killed for a in new), (killed, new)  # a new replica serves
     # the ingress's handle may hold the dead replica a moment longer: a retry or two at most
-    answers = [_post(base_url, body) for _ in range(3)]
-    _assert_answered(answers)
-    assert answers[-1][0] == 200, answers
+    replies = [_post(base_url, body) for _ in range(3)]
+    _assert_answered(replies)
+    assert replies[-1][0] == 200, replies
 
 
 def _png(size: int = 32) -> str:

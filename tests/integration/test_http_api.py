@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.integration.waiting import until
+
 pytestmark = pytest.mark.integration
 
 
@@ -141,13 +143,10 @@ def test_the_cascade_plan_comes_from_measured_demand_and_is_served(http):
     assert first["threshold_source"] in ("config", "planner") and len(first["scores"]) == 4
     for k in range(8):  # 4 images a request: 36 scores, past the planner's 32
         _ok(http, seed=41 + k, size="32x32", n=4, cascade=True)
-    deadline = time.time() + 15
-    while time.time() < deadline:  # the ingress reports once a second
-        plan = http.get("/v1/cascade").json()["plan"]
-        if plan["source"] == "planner":
-            break
-        time.sleep(0.5)
-    assert plan["source"] == "planner", plan
+    # the ingress reports once a second
+    plan = until(lambda: (lambda p: p if p["source"] == "planner" else None)(http.get("/v1/cascade").json()["plan"]),
+                 timeout_s=15)
+    assert plan is not None, http.get("/v1/cascade").json()
     assert plan["scores_seen"] >= 32 and plan["light_service_s"] > 0 and plan["heavy_service_s"] > 0
     assert 0 <= plan["deferred_fraction"] <= 1 and plan["light_replicas"] + plan["heavy_replicas"] <= plan["gpus"]
     assert sorted(plan["stages"]) == ["tiny-sd-heavy", "tiny-sd-light"]
