@@ -20,6 +20,7 @@ from deployments.config import ConfigError, ServeConfig, parse_config
 from deployments.errors import DeadlineExceededError, RequestError
 from deployments.pipeline_engine import deadline_hook
 from deployments.spec import GenerationResult, GenerationSpec
+from tests.unit.fake_handles import FakeMethod
 
 MODELS = [{"id": "tiny-base", "kind": "base", "hub_id": "org/tiny", "sizes": ["64x64"]}]
 ROUTE = "/v1/images/generations"
@@ -81,14 +82,6 @@ def test_the_inflight_limit_refuses_at_once_and_frees_its_slot():
 
 
 # -- the ingress's answers ------------------------------------------------------------------
-class FakeMethod:
-    def __init__(self, fn):
-        self.fn = fn
-
-    def remote(self, *args):
-        return asyncio.ensure_future(self.fn(*args))
-
-
 class FakeBaseModel:
     """BaseModel's handle: `generate` runs `behaviour(spec)`; the specs it got are kept."""
 

@@ -18,29 +18,11 @@ from app.auth import ADMIN_PATHS, AccessKeys, parse_keys
 from app.ingress import Ingress, api
 from deployments.config import ConfigError, SecurityConfig, ServeConfig
 from deployments.errors import RequestError
+from tests.unit.fake_handles import FakeHandle
 
 API, ADMIN = "sk-api-0123456789", "sk-admin-9876543210"
 CONFIG = ServeConfig(models=[{"id": "tiny-base", "kind": "base", "hub_id": "org/tiny"},
                              {"id": "tiny-cn", "kind": "controlnet", "hub_id": "org/cn"}])
-
-
-class FakeMethod:
-    """`handle.method.remote(...)`: awaitable, like a DeploymentResponse."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def remote(self, *args, **kwargs):
-        return asyncio.ensure_future(self.fn(*args, **kwargs))
-
-
-class FakeHandle:
-    def __init__(self, **methods):
-        for name, fn in methods.items():
-            setattr(self, name, FakeMethod(fn))
-
-    def options(self, **_):
-        return self
 
 
 async def _ok(*_args, **_kwargs) -> dict:

@@ -13,6 +13,7 @@ from app.cascade_client import FALLBACK_AFTER, CascadeClient
 from deployments.config import ServeConfig
 from deployments.coordinator import CacheCoordinator
 from deployments.live_cascade import MIN_SCORES, LiveCascade
+from tests.unit.fake_handles import FakeHandle, FakeMethod
 
 
 def raw(**cascade) -> dict:
@@ -199,22 +200,14 @@ def test_planner_replicas_caps_what_the_plan_may_count_as_parallel():
 
 
 # -- the ingress's cascade path with fake handles ---------------------------------------------------
-class _Method:
-    def __init__(self, fn):
-        self.fn = fn
-
-    def remote(self, *args, **kwargs):
-        return asyncio.ensure_future(self.fn(*args, **kwargs))
-
-
 class _BaseModel:
     """Light images at once; heavy ones after `heavy_s` (cancellations recorded)."""
 
     def __init__(self, heavy_s: float) -> None:
         self.heavy_s, self.cancelled, self.plan = heavy_s, 0, None
-        self.generate = _Method(self._generate)
-        self.coordinator_call = _Method(self._coordinator)
-        self.ready = _Method(self._coordinator)
+        self.generate = FakeMethod(self._generate)
+        self.coordinator_call = FakeMethod(self._coordinator)
+        self.ready = FakeMethod(self._coordinator)
 
     async def _generate(self, spec, _controls):
         from deployments.spec import GenerationResult
@@ -234,11 +227,10 @@ class _BaseModel:
         return self
 
 
-class _Discriminator:
-    def __init__(self, score: float) -> None:
-        async def score_fn(images, _disc):
-            return [score] * len(images)
-        self.score = _Method(score_fn)
+def _discriminator(score: float) -> FakeHandle:
+    async def score_fn(images, _disc):
+        return [score] * len(images)
+    return FakeHandle(score=score_fn)
 
 
 def _ingress(heavy_s: float, slo_s: float, score: float = 0.1):
@@ -249,7 +241,7 @@ def _ingress(heavy_s: float, slo_s: float, score: float = 0.1):
                                {"id": "disc", "kind": "discriminator", "path": "d"}],
            "slo": {"latency_s": slo_s}}
     base = _BaseModel(heavy_s)
-    ingress = Ingress(ServeConfig.model_validate(doc), base, discriminator=_Discriminator(score))
+    ingress = Ingress(ServeConfig.model_validate(doc), base, discriminator=_discriminator(score))
     base.plan = {"source": "planner", "threshold": 0.5, "heavy_replicas": 1, "heavy_service_s": 0.01}
     return ingress, base, ImageGenerationRequest
 
@@ -290,7 +282,7 @@ def test_get_v1_cascade_names_why_the_planner_is_off_and_404s_without_a_cascade(
     async def view(doc):
         base = _BaseModel(0.0)
         base.plan = {"source": "planner", "threshold": 0.3}
-        return await Ingress(ServeConfig.model_validate(doc), base, discriminator=_Discriminator(0.5)).cascade()
+        return await Ingress(ServeConfig.model_validate(doc), base, discriminator=_discriminator(0.5)).cascade()
 
     on = asyncio.run(view(raw()))
     assert on["planner"] == "demand" and on["plan"]["threshold"] == 0.3  # the coordinator's view
