@@ -270,8 +270,8 @@ class CacheCoordinator:
                                "cascade.planner is fixed")
         doc = self.cascade.plan()
         cfg = self.config.cascade
-        doc["stages"] = {cfg.light: sorted(r for r, m in self._stage_assignment().items() if m == cfg.light),
-                         cfg.heavy: sorted(r for r, m in self._stage_assignment().items() if m == cfg.heavy)}
+        stages = self._stage_assignment()
+        doc["stages"] = {model: sorted(r for r, m in stages.items() if m == model) for model in (cfg.light, cfg.heavy)}
         return doc
 
     def _stage_assignment(self) -> dict[str, str]:

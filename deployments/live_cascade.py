@@ -55,6 +55,7 @@ class LiveCascade:
         self.gpus = 0
         self.made_at: float | None = None
         self.reports = 0
+        self._doc = self._make_doc()
 
     def report(self, now_s: float, report: dict, gpus: int) -> dict:
         """Take one ingress report (see the module docstring); the plan in force after it."""
@@ -64,21 +65,20 @@ class LiveCascade:
         self.light_s.extend(_finite(report.get("light_s"), positive=True))
         self.heavy_s.extend(_finite(report.get("heavy_s"), positive=True))
         self.reports += 1
-        if gpus != self.gpus and self.planner is not None:
-            self.planner = None  # the replica count changed: a new problem, not a new observation
         self.gpus = gpus
         if self.planner is None:
             self.pending_arrivals += arrivals
             if not self._can_plan():
-                return self.plan()
+                return self._refresh()
             self.planner = CascadePlanner(self._inputs(), self.planner_config, start_s=self.start_s)
             arrivals, self.pending_arrivals = self.pending_arrivals, 0
+        # a new replica count re-solves at once, with the demand estimates kept
         decision = self.planner.observe(now_s, arrivals, queue_delay, light=self._profile(self.light_s),
                                         heavy=self._profile(self.heavy_s), answered_light=light_n,
-                                        answered_heavy=heavy_n)
+                                        answered_heavy=heavy_n, gpus=gpus)
         if decision is not None:
             self.made_at = now_s
-        return self.plan()
+        return self._refresh()
 
     def _can_plan(self) -> bool:
         return len(self.scores) >= MIN_SCORES and bool(self.light_s) and bool(self.heavy_s) and self.gpus > 0
@@ -100,7 +100,15 @@ class LiveCascade:
         return float(np.quantile(np.fromiter(self.scores, float), deferred_fraction))
 
     def plan(self) -> dict:
-        """The plan in force and what it was made for (also GET /v1/cascade's body)."""
+        """The plan in force and what it was made for (also GET /v1/cascade's body): a copy of
+        what the last report left (its score cutoff is a quantile, computed once per report)."""
+        return dict(self._doc)
+
+    def _refresh(self) -> dict:
+        self._doc = self._make_doc()
+        return self.plan()
+
+    def _make_doc(self) -> dict:
         doc = {"reports": self.reports, "scores_seen": len(self.scores), "gpus": self.gpus,
                "slo_s": self.slo_s, "light_service_s": _mean(self.light_s),
                "heavy_service_s": _mean(self.heavy_s)}

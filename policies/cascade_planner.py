@@ -159,19 +159,24 @@ class CascadePlanner:
 
     def observe(self, now_s: float, arrivals: int, queue_delay_s: float = 0.0,
                 light: StageProfile | None = None, heavy: StageProfile | None = None,
-                answered_light: int = 0, answered_heavy: int = 0) -> CascadeDecision | None:
+                answered_light: int = 0, answered_heavy: int = 0, gpus: int | None = None) -> CascadeDecision | None:
         """Feed arrivals counted since the last call (and optionally measured stage latency profiles
-        / queueing delay, and queries answered by each model since the last call); returns a new
-        decision when it re-solved, else None."""
+        / queueing delay, queries answered by each model since the last call, and the GPUs there
+        are now); returns a new decision when it re-solved, else None. A new GPU count re-solves at
+        once (once there is a rate estimate), keeping the demand estimates."""
         if min(arrivals, answered_light, answered_heavy) < 0 or queue_delay_s < 0:
             raise ValueError(f"counts and queue_delay_s must be >= 0; got arrivals={arrivals}, answered_light="
                              f"{answered_light}, answered_heavy={answered_heavy}, queue_delay_s={queue_delay_s}")
         dt = now_s - self._last_obs_s
         if dt < 0:
             raise ValueError(f"time went backwards: now_s={now_s} < last observation {self._last_obs_s}")
-        if light is not None or heavy is not None:
+        if gpus is not None and gpus < 0:
+            raise ValueError(f"gpus must be >= 0; got {gpus}")
+        regrown = gpus is not None and gpus != self._template.gpus
+        if light is not None or heavy is not None or regrown:
             self._template = replace(self._template, light=light or self._template.light,
-                                     heavy=heavy or self._template.heavy)
+                                     heavy=heavy or self._template.heavy,
+                                     gpus=self._template.gpus if gpus is None else int(gpus))
         self._pending += arrivals
         if dt > 0:
             self._mix *= 0.5 ** (dt / self.config.share_half_life_s)
@@ -182,13 +187,14 @@ class CascadePlanner:
             self._held = max(self._fast, self._held * 0.5 ** (dt / self.config.light_hold_half_life_s))
             self._last_obs_s = now_s
         self._mix += (answered_light, answered_heavy)
-        if not self._due(now_s):
+        regrown = regrown and self._fast is not None
+        if not (regrown or self._due(now_s)):
             return None
         self._last_check_s = now_s
         rate = self.rate_estimate_qps
         demand = rate * self.config.headroom + queue_delay_s * rate / self.config.drain_s
         cfg = self.config
-        if (self._plan is not None and now_s - self._last_solve_s < cfg.period_s * 4
+        if (not regrown and self._plan is not None and now_s - self._last_solve_s < cfg.period_s * 4
                 and self._planned_demand * (1 - cfg.down_band) <= demand <= self._planned_demand):
             # hysteresis: the plan still covers this demand; re-planning down would move replicas
             # for a small change (solved again at least every 4 periods so measured profiles get in)

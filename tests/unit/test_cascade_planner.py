@@ -55,6 +55,20 @@ def test_resolves_on_the_period():
     assert p.demand_qps == pytest.approx(alloc.demands[-1])
 
 
+def test_a_new_gpu_count_resolves_at_once_and_keeps_the_demand_estimate():
+    alloc = RecordingMilp()
+    p = CascadePlanner(template(gpus=24), PlannerConfig(period_s=5.0, spread_spare=False), allocator=alloc)
+    feed(p, [10.0] * 7)  # solved at t = 1 and 6
+    rate = p.rate_estimate_qps
+    solves = len(alloc.demands)
+    d = p.observe(7.5, 5, gpus=4)  # mid-period, steady rate: only the GPUs changed
+    assert d is not None and len(alloc.demands) == solves + 1
+    assert d.gpus_used <= 4 and p.rate_estimate_qps == pytest.approx(rate, rel=0.05)
+    assert p.observe(8.0, 5, gpus=4) is None  # the same count again is no reason to solve
+    with pytest.raises(ValueError, match="gpus"):
+        p.observe(9.0, 5, gpus=-1)
+
+
 def test_resolves_early_on_a_jump():
     alloc = RecordingMilp()
     p = CascadePlanner(template(), PlannerConfig(period_s=5.0, jump_ratio=1.3), allocator=alloc)

@@ -64,7 +64,7 @@ def test_the_plan_defers_less_as_demand_rises_and_the_cutoff_is_the_scores_quant
     assert busy["demand_qps"] >= 6.0  # planned with headroom over the measured rate
 
 
-def test_a_new_replica_count_is_a_new_problem():
+def test_a_new_replica_count_is_planned_for_with_the_demand_kept():
     lc = LiveCascade(ServeConfig.model_validate(raw()), start_s=0.0)
     feed(lc, rate_qps=6, seconds=20, gpus=2)
     two = lc.plan()
