@@ -31,8 +31,7 @@ class CascadeClient:
         self.config = config
         self.call = call
         self.clock = clock
-        self.enabled = (config.cascade_ready() and config.cascade.planner == "demand"
-                        and config.control.policies == "coordinator")
+        self.enabled = config.cascade_planned()
         self.plan: dict = self.config_plan()
         self.failures = 0
         self.heavy_inflight = 0

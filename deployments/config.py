@@ -442,6 +442,12 @@ class ServeConfig(_Strict):
     def cascade_ready(self) -> bool:
         return None not in (self.cascade.light, self.cascade.heavy, self.cascade.discriminator)
 
+    def cascade_planned(self) -> bool:
+        """Whether the coordinator's demand planner sets the cascade's threshold and stages (it
+        runs in the coordinator, so only under control.policies: coordinator)."""
+        return (self.cascade_ready() and self.cascade.planner == "demand"
+                and self.control.policies == "coordinator")
+
 
 def load_config(path: str | os.PathLike, overrides: dict | None = None) -> ServeConfig:
     """Read YAML at `path` into a ServeConfig; `model_root` becomes absolute (relative to cwd).

@@ -103,7 +103,7 @@ class CacheCoordinator:
         self.autoscaled = self.config.deployments.base_model.autoscaling is not None
         planner_args = {**cascade.planner_args, **({"spread_spare": False} if self.autoscaled else {})}
         self.cascade = (LiveCascade(self.config, float(clock()), planner_args)
-                        if self.config.cascade_ready() and cascade.planner == "demand" else None)
+                        if self.config.cascade_planned() else None)
 
     # -- interning -----------------------------------------------------------------------------
     def _component(self, model_id: str, kind: int = BASE, size: float | None = None) -> int:
