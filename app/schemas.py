@@ -97,6 +97,8 @@ class Timings(BaseModel):
     inference_s: float = 0.0
     discriminator_s: float = 0.0
     total_s: float = 0.0
+    swap_s: float = Field(0.0, description="Part of load_s: swapping the request's LoRAs into the "
+                          "pipeline's slots (0 when they were there already).")
 
 
 class ImageGenerationResponse(BaseModel):

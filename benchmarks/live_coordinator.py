@@ -76,6 +76,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="smoke run: 30 requests per arm")
     ap.add_argument("--out", default=str(RESULTS / "live_coordinator.json"))
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (models, trace, profile, "
+                    "configs, service logs, per-request records) and print where it is")
     args = ap.parse_args()
     arms = [a for a in args.arms.split(",") if a]
     unknown = sorted(set(arms) - set(ARMS))
@@ -144,7 +146,10 @@ def main() -> int:
             "profile": profile.read_text() if profile.exists() else None,
             "wall_s": time.time() - t0, "machine": machine_info()})
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -144,9 +144,19 @@ class BaseModel:
             return {}
         if self.lora_store is None:
             raise RuntimeError("this BaseModel has no LoRA store to fetch adapters from")
-        infos = await asyncio.gather(*(self.lora_store.get.remote(a) for a in adapter_ids))
-        tensors = await asyncio.gather(*(_resolve(info["ref"]) for info in infos))
-        return dict(zip(adapter_ids, tensors))
+        tier = self.control.adapters  # the coordinator set's host tier for adapters (or None)
+        found, adapter_ids = tier.take(adapter_ids) if tier is not None else ({}, adapter_ids)
+        if adapter_ids:
+            started = time.perf_counter()
+            infos = await asyncio.gather(*(self.lora_store.get.remote(a) for a in adapter_ids))
+            tensors = await asyncio.gather(*(_resolve(info["ref"]) for info in infos))
+            fetch_s = (time.perf_counter() - started) / len(adapter_ids)
+            self.control.record_adapter_fetch(fetch_s)
+            for a, info, t in zip(adapter_ids, infos, tensors):
+                found[a] = t
+                if tier is not None:
+                    tier.put(a, t, int(info.get("bytes") or 0), fetch_s)
+        return found
 
     async def _remote_controlnets(self, controlnet_ids: list[str]):
         """ControlNet modules that call the ControlNet deployment once per step; one per id,
@@ -207,6 +217,7 @@ class BaseModel:
             finally:
                 if leases:
                     self.cache.release(leases)
+        self.control.record_adapter_swap(result)
         result.timings["queue_s"] = queue_s
         result.timings["load_s"] += before_lock_s + lease_s
         result.replica = _replica_id()

@@ -201,6 +201,10 @@ class ControlConfig(_Strict):
     host_budget_bytes: int = Field(
         default=2 << 30, ge=0, description="Host-memory tier under the GPU budget: an evicted "
         "pipeline's weights stay here, so its reload is a host-to-device copy. 0 turns it off.")
+    adapter_host_bytes: int = Field(
+        default=512 << 20, ge=0, description="Host-memory tier for LoRA adapters on each BaseModel "
+        "replica: an adapter fetched from the LoRA store stays here, so its next use is a slot swap, "
+        "not a fetch. Evicted by `eviction`. 0 turns it off.")
     eviction: str = Field(default=DEFAULT_EVICTION, description="Replica cache eviction, " + _NAMED_POLICY)
     eviction_args: dict = Field(default_factory=dict)
     routing: str = Field(default="least-expected-latency", description="Request router, " + _NAMED_POLICY)

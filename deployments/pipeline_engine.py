@@ -159,6 +159,7 @@ class PipelineEngine:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         swapped = loaded.slots.activate(list(spec.loras), lora_weights or {})
+        timings["swap_s"] = time.perf_counter() - started  # the adapters' slot swap alone
         pipe = loaded.pipe
         kwargs: dict = {}
         if spec.controlnets:

@@ -18,19 +18,26 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 
+from deployments.adapter_tier import AdapterTier
 from deployments.config import ServeConfig
 from deployments.load_costs import DEFAULT_BANDWIDTH
 from deployments.model_cache import ModelCache
 from deployments.pipeline_engine import EngineModels, LoadedPipeline, PipelineEngine, default_gpu_budget
 from deployments.spec import GenerationResult, GenerationSpec
 from policies.eviction import EVICTION
-from policies.snapshot import DISK, GPU, SHARED
+from policies.snapshot import DISK, GPU, HOST, SHARED
 
 logger = logging.getLogger(__name__)
 
 REPORT_TIMEOUT_S = 2.0  # a coordinator slower than this counts as away for the period
 COMPUTE_PRIOR_S = 1.0  # seconds per request assumed before the replica has served one
 EWMA_WEIGHT = 0.2  # of the newest request in the per-request means
+# Seconds assumed for one adapter before this replica has measured any: a fetch from the LoRA
+# store (a Ray call and a transfer; t2i profile's lora_store median on the tiny models, rounded
+# up) and a swap into a pipeline's slot (milliseconds; 29 ms for SD 1.5 rank 64 on an H200,
+# ../shared/data/gpu)
+ADAPTER_FETCH_PRIOR_S = 0.05
+ADAPTER_SWAP_PRIOR_S = 0.01
 MAX_PENDING = 10_000  # undelivered report events kept per list while the coordinator is away
 # Failed reports in a row after which the coordinator's pins and prefetches are dropped: its
 # pins can block a request's load (a pinned entry is never evicted), and a coordinator that is
@@ -59,9 +66,17 @@ class ReplicaControl:
         if self.coordinated:
             self.cache = ModelCache(self.source, self.gpu_budget, config.control.host_budget_bytes,
                                     EVICTION.create(config.control.eviction, **config.control.eviction_args))
+        # the adapters' host tier (coordinator set): fetched LoRAs stay on the replica
+        self.adapters = (AdapterTier(config.control.adapter_host_bytes,
+                                     EVICTION.create(config.control.eviction, **config.control.eviction_args),
+                                     time.monotonic)
+                         if self.coordinated else None)
+        self.adapter_fetch_s = ADAPTER_FETCH_PRIOR_S  # EWMA per adapter fetched from the store
+        self.adapter_swap_s = ADAPTER_SWAP_PRIOR_S  # EWMA per adapter swapped into a slot
         self._multiplexed = multiplexed  # ray-default: {model id: LoadedPipeline}
         colocated = config.controlnet_mode == "colocated"
         self.cacheable = [*config.ids("base"), *(config.ids("controlnet") if colocated else [])]
+        self.loras = config.ids("lora")
         self._replica_id = replica_id
         self._resolve = resolve_coordinator
         self.queue_len = 0
@@ -101,6 +116,16 @@ class ReplicaControl:
         self.compute_s = _ewma(self.compute_s, compute)
         self.service_s = _ewma(self.service_s, total)
 
+    def record_adapter_fetch(self, seconds_per_adapter: float) -> None:
+        self.adapter_fetch_s = _ewma(self.adapter_fetch_s, seconds_per_adapter)
+
+    def record_adapter_swap(self, result: GenerationResult) -> None:
+        """The engine's slot-swap time per adapter swapped: what a LoRA held in this replica's
+        host tier costs."""
+        if result.adapters_swapped:
+            per = float(result.timings.get("swap_s", 0.0)) / result.adapters_swapped
+            self.adapter_swap_s = _ewma(self.adapter_swap_s, per)
+
     def idle(self) -> bool:
         return self.queue_len == 0 and not (self.cache and self.cache.loading())
 
@@ -109,9 +134,11 @@ class ReplicaControl:
         return self.cache.objects() if self.cache else self._multiplexed()
 
     def tiers(self) -> dict[str, int]:
-        """Every model held at its fastest tier; LoRAs in a resident pipeline's slots count as GPU."""
+        """Every model held at its fastest tier; LoRAs in a resident pipeline's slots count as
+        GPU, those in the adapters' host tier as HOST."""
         if self.cache:
-            tiers = self.cache.tiers()
+            tiers = {a: HOST for a in self.adapters.held()}
+            tiers.update(self.cache.tiers())
         else:
             tiers = {m: GPU for m in self._multiplexed()}
             tiers.update({cn: GPU for cn in list(self.engine._controlnets)})
@@ -122,7 +149,11 @@ class ReplicaControl:
 
     def load_cost_s(self) -> dict[str, list[float]]:
         if self.cache:
-            return {m: self.cache.load_cost_s(m) for m in self.cacheable}
+            costs = {m: self.cache.load_cost_s(m) for m in self.cacheable}
+            # a LoRA: a swap from this replica's host tier, else a fetch from the store and a swap
+            swap, fetch = self.adapter_swap_s, self.adapter_fetch_s + self.adapter_swap_s
+            costs.update({a: [0.0, swap, fetch, fetch] for a in self.loras})
+            return costs
         measured = {m: p.load_seconds for m, p in self._multiplexed().items()}
         out = {}
         for m in self.cacheable:

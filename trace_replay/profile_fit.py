@@ -13,7 +13,7 @@ import numpy as np
 REMOTE_GBPS = 1000.0
 # A probe's load_s above the warm baseline by more than this counts as a base-model load.
 COLD_MARGIN_S = 0.05
-LOAD_KEYS = ("base_model", "lora_warmup", "lora_first", "lora_store", "lora_slot",
+LOAD_KEYS = ("base_model", "lora_warmup", "lora_first", "lora_store", "lora_slot", "lora_swap",
              "controlnet_warmup", "controlnet_first", "controlnet_warm")
 
 
@@ -81,6 +81,8 @@ def load_seconds(samples) -> dict[str, list[float]]:
         if s.kind not in kinds:
             continue
         key = kinds[s.kind]
+        if s.kind == "lora-store" and "swap_s" in s.timings:  # the slot swap alone, inside load_s
+            out["lora_swap"].append(s.timings["swap_s"])
         if s.kind == "cn-first":
             first_replica[s.adapter] = s.replica
         elif s.kind == "cn-warm" and None not in (s.replica, first_replica.get(s.adapter)) \
@@ -148,7 +150,7 @@ def build_sim_profile(summary: dict) -> dict:
             inference[field] = round(summary["inference_factors"][kind], 4)
     loads = {k: median(v) for k, v in summary["loads"].items()}
     measured = {"base_model": loads["base_model"], "lora": loads["lora_first"],
-                "controlnet": loads["controlnet_first"]}
+                "controlnet": loads["controlnet_first"], "lora_swap": loads["lora_swap"]}
     components: dict = {"reload_overhead_s": {k: round(v, 6) for k, v in measured.items()
                                               if v is not None}}
     if summary.get("sizes_gb"):
@@ -188,8 +190,8 @@ def render_table(result: dict) -> str:
                  f"sum {_fmt(ov['total_s'])}")
     lines.append(f"base-model load      {_load_line(result, 'base_model')}")
     lines.append(f"LoRA first use       {_load_line(result, 'lora_first')};  in the store, "
-                 f"swapped into another base {_load_line(result, 'lora_store')};  in a slot "
-                 f"{_load_line(result, 'lora_slot')}")
+                 f"swapped into another base {_load_line(result, 'lora_store')} (of which the "
+                 f"slot swap {_load_line(result, 'lora_swap')});  in a slot {_load_line(result, 'lora_slot')}")
     lines.append(f"ControlNet first use {_load_line(result, 'controlnet_first')};  warm "
                  f"{_load_line(result, 'controlnet_warm')}")
     lines.append(f"first adapter of a fresh service (one-time imports, left out): LoRA "

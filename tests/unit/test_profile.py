@@ -10,13 +10,14 @@ from trace_replay.profile_fit import build_sim_profile, fit_service, render_tabl
 
 
 def _sample(kind, base="m", steps=2, size="64x64", load=0.001, inference=None, adapter=None,
-            replica="r1", latency_extra=0.02):
+            replica="r1", latency_extra=0.02, swap=None):
     pixels = eval(size.replace("x", "*"))
     inference = inference if inference is not None else 0.05 + 0.01 * steps * pixels / 4096
     total = inference + load + 0.004
-    return Sample(kind, base, steps, size, adapter, total + latency_extra,
-                  {"inference_s": inference, "load_s": load, "queue_s": 0.0, "total_s": total},
-                  replica)
+    timings = {"inference_s": inference, "load_s": load, "queue_s": 0.0, "total_s": total}
+    if swap is not None:  # part of load_s: the LoRA slot swap alone
+        timings["swap_s"] = swap
+    return Sample(kind, base, steps, size, adapter, total + latency_extra, timings, replica)
 
 
 def _samples():
@@ -27,7 +28,7 @@ def _samples():
                     _sample("service", base="n", steps=steps, size=size)]
     out += [_sample("lora-first", load=0.061, adapter="l1", inference=0.07 * 1.1),
             _sample("lora-slot", load=0.001, adapter="l1", inference=0.07 * 1.1),
-            _sample("lora-store", base="n", load=0.021, adapter="l1"),
+            _sample("lora-store", base="n", load=0.021, adapter="l1", swap=0.004),
             _sample("cn-first", load=0.301, adapter="c1", inference=0.07 * 1.5),
             _sample("cn-warm", load=0.011, adapter="c1", inference=0.07 * 1.5),
             _sample("cn-first", load=0.401, adapter="c2", inference=0.07 * 1.5),
@@ -48,6 +49,7 @@ def test_summary_loads_overheads_and_factors():
     loads = summary["loads"]
     assert loads["base_model"] == pytest.approx([0.799])  # n's probe was already loaded
     assert loads["lora_first"] == pytest.approx([0.06]) and loads["lora_store"] == pytest.approx([0.02])
+    assert loads["lora_swap"] == pytest.approx([0.004])  # the swap itself, not over a baseline
     # c2's warm request landed on another replica: a first use there
     assert loads["controlnet_first"] == pytest.approx([0.3, 0.4, 0.35])
     assert loads["controlnet_warm"] == pytest.approx([0.01])
@@ -71,6 +73,7 @@ def test_the_profile_is_a_simulator_config_and_the_table_prints():
     assert config.inference.per_model["m"].s_per_step == pytest.approx(0.01)
     assert config.inference.per_model["m"].fixed_s == pytest.approx(0.05 + 0.024)
     assert config.components.reload_overhead_s.lora == pytest.approx(0.06)
+    assert config.components.reload_overhead_s.lora_swap == pytest.approx(0.004)
     assert config.cluster.load_model == "bandwidth" and config.components.sizes_gb == {"m": 0.005}
 
 

@@ -115,7 +115,10 @@ def test_generations_then_routing_and_autoscaling_stats(replica, control_image):
                               "tiny-lora-ink": GPU}  # the LoRA sits in heavy's slots
     assert stats["gpu_free_bytes"] == cache.gpu_budget - cache.gpu_used() >= 0
     assert stats["host_free_bytes"] == cache.host_budget - cache.host_used() >= 0
-    assert set(stats["load_cost_s"]) == {"tiny-sd-light", "tiny-sd-heavy", "tiny-cn-canny", "tiny-cn-edges"}
+    loras = set(model.config.ids("lora"))
+    assert set(stats["load_cost_s"]) == {"tiny-sd-light", "tiny-sd-heavy", "tiny-cn-canny", "tiny-cn-edges"} | loras
+    ink = stats["load_cost_s"]["tiny-lora-ink"]  # a swap from the replica's host tier < a store fetch
+    assert ink[HOST] < ink[2] == ink[3] and ink[2] - ink[HOST] == pytest.approx(model.control.adapter_fetch_s)
     for costs in stats["load_cost_s"].values():
         assert len(costs) == 4 and costs[GPU] == 0.0 and all(c >= 0 for c in costs)
     assert stats["load_cost_s"]["tiny-sd-light"][2] == cache.costs.means[("tiny-sd-light", 2)][1]  # measured
@@ -319,3 +322,27 @@ def test_concurrent_requests_for_more_pipelines_than_fit_all_succeed_within_budg
         assert counters["failures"] == {"budget": 0, "load": 0} and cache.in_use() == 0
 
     asyncio.run(main())
+
+
+def test_adapter_host_tier_keeps_fetched_loras(replica):
+    """A LoRA fetched once stays in the replica's adapter tier: used again on another pipeline
+    (whose slots lack it), it is not fetched from the store again, and the tier reports it HOST
+    once no resident pipeline's slot holds it."""
+    model, runner = replica
+    store = model.lora_store
+    fetched = []
+    get = store.get.remote
+    store.get.remote = lambda a: fetched.append(a) or get(a)
+    try:
+        runner.run(model.generate(_spec(loras=(("tiny-lora-neon", 1.0),)), None))
+        runner.run(model.generate(_spec(base_model="tiny-sd-heavy", loras=(("tiny-lora-neon", 1.0),)), None))
+        runner.run(model.generate(_spec(loras=(("tiny-lora-pastel", 1.0),)), None))
+    finally:
+        store.get.remote = get
+    assert fetched == ["tiny-lora-neon", "tiny-lora-pastel"]  # neon came from the tier the 2nd time
+    tier = model.control.adapters
+    assert {"tiny-lora-neon", "tiny-lora-pastel"} <= set(tier.held()) and tier.hits >= 1
+    assert tier.used_bytes() <= tier.budget
+    tiers = model.control.tiers()
+    for a in tier.held():  # in a resident pipeline's slot: GPU; else the tier's HOST
+        assert tiers[a] in (GPU, HOST)

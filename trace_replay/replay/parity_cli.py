@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from deployments.config import ConfigError, load_config
     from trace_replay.replay.parity import compare, side_by_side, sim_arrays, simulate_slice
-    from trace_replay.replay.report import record_arrays, slice_stats
+    from trace_replay.replay.report import record_arrays, slice_stats, write_records
 
     args = build_parser().parse_args(argv)
     try:
@@ -81,13 +81,14 @@ def main(argv: list[str] | None = None) -> int:
            "sim_summary": dict(sim_result.summary),
            "policy_set": spec.model_dump(), "profile": str(args.profile), "gpus": cfg.cluster.gpus}
     (Path(args.out) / "parity.json").write_text(json.dumps(doc, indent=1, default=float))
+    write_records(Path(args.out) / "records.csv", result.records)  # the live side, per request
     if args.json:
         print(json.dumps(doc, default=float))
     else:
         print(f"parity: {live['requests']} requests compared ({skip} warm-up left out), live {args.url} vs simulated {spec.name} on "
               f"{cfg.cluster.gpus} GPUs ({args.profile})")
         print(side_by_side(live, sim, cmp))
-        print(f"wrote {Path(args.out) / 'parity.json'}")
+        print(f"wrote {Path(args.out) / 'parity.json'} and records.csv (the live side, per request)")
     return 1 if result.aborted else 0
 
 

@@ -59,6 +59,10 @@ class ReloadOverhead(BaseModel):
                               "minus its copy (0.013 s pinned to 0.077 s pageable)")
     lora: float = Field(0.03, ge=0, description="H200 profile: project hotswap LoraSlots.activate 29 ms "
                         "(the naive load_lora_weights + set_adapters switch is 158 ms)")
+    lora_swap: float | None = Field(None, ge=0, description="A LoRA's reload from a worker's host "
+                                    "tier: the slot swap alone (a coordinated replica keeps fetched "
+                                    "adapters prepared in host memory, deployments/adapter_tier.py); "
+                                    "`t2i profile` measures it. None: the same as `lora`")
 
 
 class ComponentSpec(BaseModel):

@@ -50,13 +50,15 @@ def tier_costs(wl: Workload, cfg: SimConfig) -> np.ndarray:
     module and moves its weights (deployments/model_cache.py), so the overhead of building it from
     files is not paid again (H200: a 2.13 GB pipeline from pinned host memory in 0.043 s against a
     warm ``load_pipeline`` of 1.38 s, ../shared/data/gpu). A LoRA still pays its overhead there:
-    that is the slot activation, which every tier below the GPU needs."""
+    that is the slot swap (``lora_swap``; ``lora`` when unset), which every tier below the GPU
+    needs; from the tiers below, the LoRA pays its whole overhead (read, fetch and swap)."""
     c = cfg.cluster
     oh = cfg.components.reload_overhead_s
     over = np.array([oh.controlnet, oh.lora, oh.base_model])[wl.key_kind]  # kind codes 0, 1, 2
+    swap = oh.lora if oh.lora_swap is None else oh.lora_swap
     size = wl.key_size
     cost = np.zeros((wl.n_keys, 4))
-    cost[:, 1] = size / (c.pcie_gbps * 1e9) + np.where(wl.key_kind == LORA, over, 0.0)
+    cost[:, 1] = size / (c.pcie_gbps * 1e9) + np.where(wl.key_kind == LORA, swap, 0.0)
     cost[:, 2] = size / (c.disk_gbps * 1e9) + size / (c.pcie_gbps * 1e9) + over
     if c.load_model == "bandwidth":
         cost[:, 3] = size / (c.remote_gbps * 1e9) + over
