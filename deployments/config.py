@@ -155,6 +155,11 @@ class CacheBudgets(_Strict):
                             "slots per pipeline: the most LoRAs one request may use.")
     lora_max_rank: int = Field(default=64, ge=1, le=1024, description="Largest LoRA rank the "
                                "slots accept (hotswap pads every adapter to this rank).")
+    lora_mode: Literal["merge", "slots"] = Field(
+        default="merge", description="How a request's LoRAs reach its image. merge: added into "
+        "the attention weights for the request and restored from a pristine copy afterwards, "
+        "so the request computes what a base request computes. slots: computed by the active "
+        "hotswap slots on every attention projection (+103% compute for one LoRA on a GPU).")
     lora_store_bytes: int = Field(default=2 << 30, ge=1024, description="Host-memory budget "
                                   "of the LoRA store.")
     lora_store_policy: str = Field(default=DEFAULT_EVICTION, description="Eviction policy of the LoRA "

@@ -2,9 +2,18 @@
 
 At pipeline load every slot gets a zero adapter of the maximum rank over the standard attention
 projections (the "declare max rank up front" of diffusers/peft hotswap), so a request's adapters
-are later copied into existing tensors (`load_lora_weights(..., hotswap=True)`) instead of
-injecting new modules. A slot whose adapter is not used by a request gets scale 0, and a request
-with no adapters runs with LoRA disabled, so its image is bit-identical to the bare base model.
+are later copied into existing tensors (peft's `hotswap_adapter_from_state_dict`) instead of
+injecting new modules. The slots are where prepared adapters live on the device; a request uses
+them in one of two ways (`cache.lora_mode`):
+
+- slots (`activate`): LoRA compute on, the request's slots at its scales, every other slot at
+  scale 0. Every active slot computes its branch on every projection it covers.
+- merge (`stage`, `merge`, `restore`): LoRA compute off; the request's adapters are added into the
+  base weights for its inference and the weights restored from a pristine copy afterwards
+  (deployments/lora_merge.py), so the request costs what a base request costs.
+
+A request with no adapters runs with LoRA disabled in both, so its image is bit-identical to the
+bare base model.
 
 Why scalings are set here rather than with `set_adapters`: peft's `set_scale` multiplies the weight
 by the module's stored `lora_alpha / r`, which a hotswap does not update (it only rewrites
@@ -25,6 +34,7 @@ from peft.utils.hotswap import hotswap_adapter_from_state_dict
 
 from deployments.errors import ModelLoadError, RequestError
 from deployments.lora_format import slot_keys
+from deployments.lora_merge import MergeTerm, WeightMerge
 
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -63,6 +73,10 @@ class LoraSlots:
         if not self._modules:
             raise ValueError("the UNet has no attention projections to put LoRA slots on")
         self._covered = set(self._modules)
+        # per slot, the projections its adapter patches and that adapter's rank on each (the
+        # placeholder patches none); what a merge adds, so untouched projections stay pristine
+        self._patches: dict[str, dict[str, int]] = {name: {} for name in self.names}
+        self._merge = WeightMerge()
         for name in self.names:
             self._allocate(name)
         self._finish_allocation()
@@ -79,7 +93,9 @@ class LoraSlots:
     def _finish_allocation(self) -> None:
         """Make every slot active and record each slot's unit scalings."""
         self.pipe.set_adapters(self.names, adapter_weights=[1.0] * len(self.names))
-        self._layers = [m for m in self.pipe.unet.modules() if isinstance(m, LoraLayer)]
+        named = [(n, m) for n, m in self.pipe.unet.named_modules() if isinstance(m, LoraLayer)]
+        self._layers = [m for _, m in named]
+        self._layer_index = {n: i for i, (n, _) in enumerate(named)}
         self._unit = {name: self._current_scalings(name) for name in self.names}
 
     def _current_scalings(self, slot: str) -> list[float]:
@@ -95,13 +111,59 @@ class LoraSlots:
         (lora_format.prepare_adapter: peft-layout tensors and their LoraConfig). Raises ModelLoadError naming
         the adapter when its weights do not fit the slots (other modules, rank above the maximum).
         """
+        self._merge.restore()  # a no-op unless a merged request was left unrestored
+        if not loras:
+            self._set_lora_compute(False)
+            return 0
+        assigned, swapped = self._place(loras, weights)
+        scales = [0.0] * len(self.names)
+        for adapter_id, scale in loras:
+            scales[assigned[adapter_id]] = scale
+        for slot, name in enumerate(self.names):
+            for layer, unit in zip(self._layers, self._unit[name]):
+                layer.scaling[name] = unit * scales[slot]
+        self._set_lora_compute(True)
+        return swapped
+
+    def stage(self, loras: list[tuple[str, float]], weights: Mapping[str, dict]) -> int:
+        """Put `loras` into slots as `activate` does, but leave LoRA compute off: the request's
+        adapters reach the image through `merge`. Returns how many adapters were swapped in."""
+        self._merge.restore()
+        self._set_lora_compute(False)
+        return self._place(loras, weights)[1] if loras else 0
+
+    def merge(self, loras: list[tuple[str, float]]) -> int:
+        """Add scale x unit scaling x B @ A of each of `loras` (already staged) into the base
+        weight of every projection its adapter patches; returns the projections patched.
+        The caller must call `restore()` after inference, also when inference fails."""
+        terms = []
+        for adapter_id, scale in loras:
+            if adapter_id not in self.holding:
+                raise RequestError("loras", f"adapter {adapter_id!r} is not in a slot; stage it first")
+            if scale == 0.0:
+                continue
+            name = self.names[self.holding.index(adapter_id)]
+            unit = self._unit[name]
+            terms += [MergeTerm(self._layers[self._layer_index[module]], name, rank,
+                                scale * unit[self._layer_index[module]])
+                      for module, rank in self._patches[name].items()]
+        return self._merge.merge(terms)
+
+    def restore(self) -> None:
+        """Undo `merge`: every patched weight copied back from its pristine copy (bit-exact)."""
+        self._merge.restore()
+
+    def _set_lora_compute(self, on: bool) -> None:
+        if on != self._enabled:
+            (self.pipe.enable_lora if on else self.pipe.disable_lora)()
+            self._enabled = on
+
+    def _place(self, loras: list[tuple[str, float]],
+               weights: Mapping[str, dict]) -> tuple[dict[str, int], int]:
+        """Slots for `loras`, swapping in those not resident (least recently used slots first);
+        ({adapter id: slot index}, adapters swapped)."""
         if len(loras) > len(self.names):
             raise RequestError("loras", f"at most {len(self.names)} adapters per request")
-        if not loras:
-            if self._enabled:
-                self.pipe.disable_lora()
-                self._enabled = False
-            return 0
         wanted = [a for a, _ in loras]
         assigned: dict[str, int] = {a: self.holding.index(a) for a in wanted if a in self.holding}
         free = sorted((i for i in range(len(self.names)) if i not in assigned.values()),
@@ -114,17 +176,9 @@ class LoraSlots:
             self._swap_in(slot, adapter_id, weights[adapter_id])
             assigned[adapter_id] = slot
             swapped += 1
-        scales = [0.0] * len(self.names)
-        for adapter_id, scale in loras:
-            scales[assigned[adapter_id]] = scale
+        for adapter_id in wanted:
             self._last_used[assigned[adapter_id]] = next(self._clock)
-        for slot, name in enumerate(self.names):
-            for layer, unit in zip(self._layers, self._unit[name]):
-                layer.scaling[name] = unit * scales[slot]
-        if not self._enabled:
-            self.pipe.enable_lora()
-            self._enabled = True
-        return swapped
+        return assigned, swapped
 
     def check_fits(self, adapter_id: str, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Raise ModelLoadError naming the adapter unless it fits the slots (modules, rank)."""
@@ -151,5 +205,8 @@ class LoraSlots:
             # why the slot is marked empty above: the next swap into it rewrites every tensor.
             raise ModelLoadError(adapter_id, f"cannot hotswap into a LoRA slot: {exc}") from exc
         self._unit[name] = self._current_scalings(name)
+        # peft zeroes a slot's tensors on projections the new adapter does not patch
+        self._patches[name] = {key.removeprefix("unet.").split(".lora_A.")[0]: int(tensor.shape[0])
+                               for key, tensor in weights["state_dict"].items() if ".lora_A." in key}
         self.holding[slot] = adapter_id
         self.swaps += 1

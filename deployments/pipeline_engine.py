@@ -155,10 +155,17 @@ class PipelineEngine:
                  controlnet_factory: Callable[[str], object] | None = None) -> GenerationResult:
         """Run one request. `lora_weights` holds the adapters `loaded.slots.missing()` named;
         `control_images` are preprocessed uint8 HxWx3 images, one per spec.controlnets entry;
-        `controlnet_factory` overrides where ControlNet modules come from (remote mode)."""
+        `controlnet_factory` overrides where ControlNet modules come from (remote mode).
+
+        Adapters go into the pipeline's slots either way; under `cache.lora_mode` merge they are
+        then merged into the attention weights (part of timings load_s) and the weights are
+        restored after inference, also when it fails (timings unmerge_s)."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        swapped = loaded.slots.activate(list(spec.loras), lora_weights or {})
+        loras = list(spec.loras)
+        merging = self.config.cache.lora_mode == "merge"
+        place = loaded.slots.stage if merging else loaded.slots.activate
+        swapped = place(loras, lora_weights or {})
         timings["swap_s"] = time.perf_counter() - started  # the adapters' slot swap alone
         pipe = loaded.pipe
         kwargs: dict = {}
@@ -172,20 +179,28 @@ class PipelineEngine:
             scales = [scale for _, scale in spec.controlnets]
             kwargs["image"] = images[0] if len(nets) == 1 else images
             kwargs["controlnet_conditioning_scale"] = scales[0] if len(nets) == 1 else scales
-        timings["load_s"] = time.perf_counter() - started
 
         if spec.deadline is not None:  # checked between denoising steps: late work stops early
             kwargs["callback_on_step_end"] = deadline_hook(spec.deadline)
-        started = time.perf_counter()
-        generators = [torch.Generator(device="cpu").manual_seed(spec.seed + i) for i in range(spec.n)]
-        with torch.inference_mode():
-            output = pipe(
-                prompt=spec.prompt, negative_prompt=spec.negative_prompt,
-                num_inference_steps=spec.steps, guidance_scale=spec.guidance_scale,
-                height=spec.height, width=spec.width, num_images_per_prompt=spec.n,
-                generator=generators, output_type="np", **kwargs)
-        images = [(np.clip(img, 0.0, 1.0) * 255.0).round().astype(np.uint8) for img in output.images]
-        timings["inference_s"] = time.perf_counter() - started
+        try:  # the merge is inside: a merge that fails half-way is restored too
+            if merging and loras:
+                loaded.slots.merge(loras)
+            timings["load_s"] = time.perf_counter() - started
+            started = time.perf_counter()
+            generators = [torch.Generator(device="cpu").manual_seed(spec.seed + i) for i in range(spec.n)]
+            with torch.inference_mode():
+                output = pipe(
+                    prompt=spec.prompt, negative_prompt=spec.negative_prompt,
+                    num_inference_steps=spec.steps, guidance_scale=spec.guidance_scale,
+                    height=spec.height, width=spec.width, num_images_per_prompt=spec.n,
+                    generator=generators, output_type="np", **kwargs)
+            images = [(np.clip(img, 0.0, 1.0) * 255.0).round().astype(np.uint8) for img in output.images]
+            timings["inference_s"] = time.perf_counter() - started
+        finally:
+            if merging and loras:
+                restore_started = time.perf_counter()
+                loaded.slots.restore()
+                timings["unmerge_s"] = time.perf_counter() - restore_started
         return GenerationResult(images=images, timings=timings, adapters_swapped=swapped)
 
     def _controlnet_pipeline(self, loaded: LoadedPipeline, nets: list):
