@@ -50,6 +50,8 @@ ARMS = {"ray-default": {"policies": "ray-default"},
         "coordinator": {"policies": "coordinator"},
         "coordinator-lean": {"policies": "coordinator",
                              "routing_args": {"band_pools": False, "budget_s": "{lean_budget}"}},
+        "coordinator-slack": {"policies": "coordinator",
+                              "routing_args": {"band_pools": False, "slack_s": "{lean_budget}"}},
         "coordinator-no-host": {"policies": "coordinator", "host_budget_bytes": 0}}
 GOAL_LOAD_S_CUT = 0.40
 
@@ -74,6 +76,8 @@ def main() -> int:
     ap.add_argument("--slo-s", type=float, default=2.0, help="latency SLO for the violation rate")
     ap.add_argument("--models", help="a many-model demo folder already built (with its config.yaml)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bases", type=int, default=8, help="base models in the demo (8 fill the four "
+                    "replicas' device budgets exactly; more than 8 do not fit the cluster at once)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 30 requests per arm")
     ap.add_argument("--out", default=str(RESULTS / "live_coordinator.json"))
     ap.add_argument("--keep", action="store_true", help="keep the work folder (models, trace, profile, "
@@ -90,7 +94,8 @@ def main() -> int:
     try:
         models = Path(args.models) if args.models else work / "models"
         if not args.models:
-            t2i("demo-models", "--out", str(models), "--bases", "8", "--loras", "64", "--replicas", "4", "--quiet")
+            t2i("demo-models", "--out", str(models), "--bases", str(args.bases), "--loras", "64", "--replicas", "4",
+                "--quiet")
         base_config = models / "config.yaml"
         trace = katz_trace(work / "katz.json", args.requests, args.seed + 1)
         profile = work / "profile.yaml"
