@@ -340,6 +340,13 @@ def _build_loras(out: Path, specs: tuple[LoraSpec, ...], unet, seed: int) -> Non
         build_lora(out / "lora" / spec.id, spec, unet, seed)
 
 
+
+# The replicas of a many-replica demo share this machine's cores: each busy neighbour made a
+# request 38-46% longer in `t2i profile` on the 2-core build machine (cluster.host_contention of
+# the profiles it wrote). The router prices that (policies.routing host_contention); re-measure
+# with `t2i profile` on another machine and set control.routing_args.host_contention.
+DEMO_HOST_CONTENTION = 0.4
+
 def demo_config(out: Path, manifest: dict, base_set: tuple[BaseSpec, ...],
                 cn_set: tuple[ControlNetSpec, ...], replicas: int) -> dict:
     """A t2i config (app/configs/default.yaml's schema) serving the models in `manifest`.
@@ -398,7 +405,9 @@ def demo_config(out: Path, manifest: dict, base_set: tuple[BaseSpec, ...],
                    "max_loras_per_request": 3, "max_controlnets_per_request": 2},
         "slo": {"latency_s": 5.0},
         "control": {"policies": "coordinator", "gpu_budget_bytes": int(gpu_budget),
-                    "host_budget_bytes": int(2 * gpu_budget)},
+                    "host_budget_bytes": int(2 * gpu_budget),
+                    **({"routing_args": {"band_pools": False, "host_contention": DEMO_HOST_CONTENTION}}
+                       if replicas > 1 else {})},
     }
 
 

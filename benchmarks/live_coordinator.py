@@ -43,22 +43,39 @@ from benchmarks._common import RESULTS, machine_info, write_result  # noqa: E402
 from benchmarks.live_replay import (free_port, katz_trace, start_service, stop_service, t2i,  # noqa: E402
                                     with_policies)
 
-# control-section overrides per arm; "{lean_budget}" is a quarter of the SLO (the simulator's
+# control-section overrides per arm; "{contention}" is the host contention this run's profile
+# measured (each busy neighbour's share of extra duration: four replicas share two cores), which
+# the router prices; "{lean_budget}" is a quarter of the SLO (the simulator's
 # coordinator-lean: a request may wait that long behind a replica holding its pipeline rather
 # than load it elsewhere)
 ARMS = {"ray-default": {"policies": "ray-default"},
-        "coordinator": {"policies": "coordinator"},
+        "coordinator": {"policies": "coordinator",
+                        "routing_args": {"band_pools": False, "host_contention": "{contention}"}},
         "coordinator-lean": {"policies": "coordinator",
-                             "routing_args": {"band_pools": False, "budget_s": "{lean_budget}"}},
+                             "routing_args": {"band_pools": False, "budget_s": "{lean_budget}",
+                                              "host_contention": "{contention}"}},
         "coordinator-slack": {"policies": "coordinator",
-                              "routing_args": {"band_pools": False, "slack_s": "{lean_budget}"}},
-        "coordinator-no-host": {"policies": "coordinator", "host_budget_bytes": 0}}
+                              "routing_args": {"band_pools": False, "slack_s": "{lean_budget}",
+                                               "host_contention": "{contention}"}},
+        "coordinator-blind": {"policies": "coordinator",  # the router as if replicas did not contend
+                              "routing_args": {"band_pools": False, "host_contention": 0.0}},
+        "coordinator-no-host": {"policies": "coordinator", "host_budget_bytes": 0,
+                                "routing_args": {"band_pools": False, "host_contention": "{contention}"}}}
 GOAL_LOAD_S_CUT = 0.40
 
 
-def arm_config(base: Path, arm: str, out: Path, slo_s: float) -> Path:
-    overrides = json.loads(json.dumps(ARMS[arm]).replace('"{lean_budget}"', str(slo_s / 4)))
+def arm_config(base: Path, arm: str, out: Path, slo_s: float, contention: float = 0.0) -> Path:
+    text = json.dumps(ARMS[arm]).replace('"{lean_budget}"', str(slo_s / 4))
+    overrides = json.loads(text.replace('"{contention}"', str(contention)))
     return with_policies(base, **overrides, out=out)
+
+
+def measured_contention(profile: Path) -> float:
+    """cluster.host_contention of a `t2i profile` output (0 when it measured none)."""
+    import yaml
+
+    doc = yaml.safe_load(profile.read_text(encoding="utf-8")) or {}
+    return float((doc.get("cluster") or {}).get("host_contention") or 0.0)
 
 
 def row(name: str, live: dict, sim: dict) -> str:
@@ -71,7 +88,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=300, help="requests per arm")
     ap.add_argument("--rate", type=float, default=2.0, help="Poisson arrival rate, requests/s")
-    ap.add_argument("--arms", default="ray-default,coordinator,coordinator-lean,coordinator-no-host",
+    ap.add_argument("--arms", default="ray-default,coordinator,coordinator-blind,coordinator-no-host",
                     help=f"comma-separated, of {', '.join(ARMS)}")
     ap.add_argument("--slo-s", type=float, default=2.0, help="latency SLO for the violation rate")
     ap.add_argument("--models", help="a many-model demo folder already built (with its config.yaml)")
@@ -108,8 +125,11 @@ def main() -> int:
         finally:
             stop_service(proc)
         runs = {}
+        contention = measured_contention(profile)
+        print(f"host contention measured by the profile: +{contention:.0%} per busy neighbour "
+              "(the coordinator arms' router prices it)", flush=True)
         for arm in arms:
-            config = arm_config(base_config, arm, work / f"config-{arm}.yaml", args.slo_s)
+            config = arm_config(base_config, arm, work / f"config-{arm}.yaml", args.slo_s, contention)
             port = free_port()
             proc = start_service(config, port, work / f"serve-{arm}.log")
             try:
@@ -148,6 +168,7 @@ def main() -> int:
             "goal": f">= {GOAL_LOAD_S_CUT:.0%} fewer load-seconds than ray-default, lower p99, fewer SLO violations",
             "cost": "same 4 BaseModel replicas on the same 2-core machine; equal device bytes per replica",
             "runs": slim, "ratios_vs_ray_default": ratios, "args": vars(args),
+            "host_contention": contention,
             "profile": profile.read_text() if profile.exists() else None,
             "wall_s": time.time() - t0, "machine": machine_info()})
     finally:

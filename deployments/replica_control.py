@@ -181,7 +181,8 @@ class ReplicaControl:
                 "tiers": self.tiers(), "loading": self.cache.loading() if self.cache else [],
                 "gpu_free_bytes": gpu_free, "host_free_bytes": host_free,
                 "load_cost_s": self.load_cost_s(), "pool": self.pool,
-                "service_s": self.service_s if self.service_s is not None else 0.0}
+                "service_s": self.service_s if self.service_s is not None else 0.0,
+                "compute_s": self.compute_s if self.compute_s is not None else 0.0}
 
     def autoscaling_stats(self) -> dict[str, float]:
         used, _, _ = self._bytes()

@@ -8,8 +8,12 @@ by ``control.routing`` (default ``least-expected-latency``: queue wait plus the 
 missing components, by tier). What it knows, per replica:
 
 - the replica's last ``record_routing_stats()`` (S1 in the issue-10 plan: ``t``, ``queue_len``,
-  ``busy_s``, ``tiers``, ``loading``, free bytes, ``load_cost_s``, ``pool``), which Ray delivers
-  as ``RunningReplica.routing_stats`` every ``request_routing_stats_period_s``;
+  ``busy_s``, ``tiers``, ``loading``, free bytes, ``load_cost_s``, ``pool``, ``service_s``,
+  ``compute_s``), which Ray delivers as ``RunningReplica.routing_stats`` every
+  ``request_routing_stats_period_s``;
+- the node it runs on (``RunningReplica.node_id``): replicas on one node share its processors,
+  which a policy with ``host_contention`` > 0 prices (``policies.routing``), with the request's
+  compute taken as the fresh replicas' mean ``compute_s``;
 - what this router sent since those stats were measured (a *flight* per request, recorded the
   moment Ray assigns a replica to it, dropped when the request completes or when newer stats
   cover it; before that, a request counts on the replica it was ranked first for, since Ray may
@@ -109,6 +113,8 @@ class _View:
     pool: int = SHARED
     n_models: int = 0
     load_cost_s: dict = field(default_factory=dict)
+    node: str = ""  # the Ray node it runs on ("" unknown: a machine of its own)
+    compute_s: float = 0.0  # its mean compute per request (0: not reported yet)
 
     def tier(self, c: str) -> int:
         return GPU if c in self.routed else min(max(self.tiers.get(c, REMOTE), GPU), REMOTE)
@@ -239,10 +245,12 @@ class CacheAwareRouter(RequestRouter):
         comps = self.components(spec)
         views = [self.view(r, now) for r in available]
         snap = self.snapshot(views, comps, now)
+        measured = [v.compute_s for v in views if v.fresh and v.compute_s > 0]
         req = RouteRequest(pipeline=0, components=np.arange(len(comps), dtype=np.int64),
-                           band=self._band(views, snap), arrival_s=now)
+                           band=self._band(views, snap), arrival_s=now,
+                           compute_s=float(np.mean(measured)) if measured else self.default_service_s)
         first = self.policy.route(snap, req, self.rng)
-        cost = expected_latency_s(snap, req)
+        cost = expected_latency_s(snap, req, getattr(self.policy, "host_contention", 0.0))
         order = np.lexsort((self.rng.random(cost.size), cost))  # ties at random
         order = [first] + [int(i) for i in order if i != first]
         ranked = [available[i] for i in order] + self._by_queue(full, now)
@@ -275,7 +283,8 @@ class CacheAwareRouter(RequestRouter):
         self._forget(rid, now - FLIGHT_TTL_S)
         cached = self.replica_queue_len_cache.get(rid)
         q = (cached if cached is not None else len(self._flights.get(rid, ()))) + len(self._held(rid))
-        return _View(fresh=False, stats_t=-np.inf, wait_s=q * self.default_service_s, queue_len=q)
+        return _View(fresh=False, stats_t=-np.inf, wait_s=q * self.default_service_s, queue_len=q,
+                     node=_node(replica))
 
     def _fresh_view(self, replica: RunningReplica, now: float) -> _View | None:
         stats = replica.routing_stats or {}
@@ -292,8 +301,11 @@ class CacheAwareRouter(RequestRouter):
             routed.update(f.components)
         n_models += sum(1 for c in routed if tiers.get(c) != GPU and self.kinds.get(c, BASE) == BASE)
         wait = max(0.0, busy - max(0.0, now - t)) + sum(f.expected_s for f in flights)
+        compute = stats.get("compute_s")
         return _View(fresh=True, stats_t=t, tiers=tiers, routed=routed, wait_s=wait,
-                     queue_len=q + len(flights), pool=pool, n_models=n_models, load_cost_s=costs)
+                     queue_len=q + len(flights), pool=pool, n_models=n_models, load_cost_s=costs,
+                     node=_node(replica),
+                     compute_s=float(compute) if isinstance(compute, (int, float)) and compute > 0 else 0.0)
 
     def _parse(self, rid: ReplicaID, stats: dict) -> tuple:
         """(tiers with loads as GPU, base models on GPU, busy_s, queue_len, pool, load_cost_s) of
@@ -330,7 +342,7 @@ class CacheAwareRouter(RequestRouter):
             busy_until=now + np.array([v.wait_s for v in views], np.float64),
             gpu_free_bytes=np.zeros(n, np.int64), host_free_bytes=np.zeros(n, np.int64),
             pool=np.array([v.pool for v in views], np.int8),
-            n_models=np.array([v.n_models for v in views], np.int64))
+            n_models=np.array([v.n_models for v in views], np.int64), host=_hosts(views))
         return ClusterSnapshot(now, replicas, table)
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -415,3 +427,20 @@ class CacheAwareRouter(RequestRouter):
             wait = np.array([float(self.replica_queue_len_cache.get(r.replica_id) or 0) for r in replicas])
         order = np.lexsort((self.rng.random(wait.size), wait))
         return [replicas[int(i)] for i in order]
+
+
+def _node(replica: RunningReplica) -> str:
+    try:
+        return str(replica.node_id or "")
+    except Exception:  # a replica wrapper without a node (tests, older Ray)
+        return ""
+
+
+def _hosts(views: list[_View]) -> np.ndarray:
+    """A machine number per view: equal for replicas on one Ray node; an unknown node is a
+    machine of its own."""
+    ids: dict[str, int] = {}
+    out = np.empty(len(views), np.int64)
+    for i, v in enumerate(views):
+        out[i] = ids.setdefault(v.node, len(ids)) if v.node else -1 - i
+    return out

@@ -6,7 +6,12 @@
   with the least to load wins (a load spends GPU-seconds and memory other pipelines need; a
   short wait behind a replica that already holds the pipeline spends neither). With band pools a request only goes to replicas of its band's
   pool or the shared pool, so cold loads never stall the hot replicas (the talk: "route by
-  popularity bands to separate hot and cold pools").
+  popularity bands to separate hot and cold pools"). With ``host_contention`` c > 0 (replicas
+  sharing a machine's processors: each busy neighbour makes a job (1 + c) times as long, the
+  coefficient ``t2i profile`` measures), a replica's load and the request's compute are stretched
+  by its busy neighbours on the same machine: sending a request to an idle replica beside a busy
+  one buys less parallelism than its queue wait suggests, and the load it pays there slows the
+  neighbour too. On dedicated GPUs (c = 0, the default) the cost is unchanged.
 - ``ray-multiplex``: Ray Serve 2.x's default router with model multiplexing, as read from
   ``ray/serve/_private/request_router/`` (pow_2_router.py, request_router.py): candidates are
   the replicas holding the model; if none, the replicas with the fewest models loaded; power of
@@ -49,10 +54,18 @@ class Router(Protocol):
 ROUTING: Registry[Router] = Registry("routing", discover="policies")
 
 
-def expected_latency_s(snap: ClusterSnapshot, req: RouteRequest) -> np.ndarray:
-    """Queue wait plus load time of the missing components, per replica (compute is the same
-    everywhere and left out)."""
-    return snap.queue_wait_s() + snap.missing_load_s(req.components)
+def expected_latency_s(snap: ClusterSnapshot, req: RouteRequest, host_contention: float = 0.0) -> np.ndarray:
+    """Queue wait plus load time of the missing components, per replica; compute is the same
+    everywhere and left out, except for what busy neighbours on a shared machine add to it and to
+    the loads (``host_contention`` x busy neighbours x (loads + ``req.compute_s``))."""
+    return _latency(snap, req, snap.missing_load_s(req.components), host_contention)
+
+
+def _latency(snap: ClusterSnapshot, req: RouteRequest, load: np.ndarray, host_contention: float) -> np.ndarray:
+    cost = snap.queue_wait_s() + load
+    if host_contention > 0:
+        cost += host_contention * snap.busy_neighbours() * (load + req.compute_s)
+    return cost
 
 
 def _pick_min(cost: np.ndarray, cand: np.ndarray | None, rng: np.random.Generator) -> int:
@@ -73,20 +86,25 @@ class LeastExpectedLatency:
 
     name: ClassVar[str] = "least-expected-latency"
 
-    def __init__(self, band_pools: bool = True, slack_s: float = 0.0, budget_s: float = 0.0) -> None:
+    def __init__(self, band_pools: bool = True, slack_s: float = 0.0, budget_s: float = 0.0,
+                 host_contention: float = 0.0) -> None:
         if not slack_s >= 0:
             raise ValueError(f"slack_s must be >= 0 seconds, got {slack_s}")
         if not budget_s >= 0:
             raise ValueError(f"budget_s must be >= 0 seconds, got {budget_s}")
+        if not 0 <= host_contention < 100:
+            raise ValueError(f"host_contention must be in [0, 100) (extra duration per busy neighbour), "
+                             f"got {host_contention}")
         self.band_pools = bool(band_pools)
         self.slack_s = float(slack_s)
         self.budget_s = float(budget_s)
+        self.host_contention = float(host_contention)
 
     def route(self, snap: ClusterSnapshot, req: RouteRequest, rng: np.random.Generator) -> int:
         if snap.replicas.n == 0:
             raise ValueError("cannot route: the snapshot has no replicas")
         load = snap.missing_load_s(req.components)
-        cost = snap.queue_wait_s() + load
+        cost = _latency(snap, req, load, self.host_contention)
         cand = None
         if self.band_pools:
             pool = snap.replicas.pool
@@ -105,8 +123,8 @@ class LeastExpectedLatency:
 
     @property
     def indexable(self) -> bool:
-        """Whether ``route_indexed`` applies: no band pools, no slack, no budget."""
-        return not self.band_pools and self.slack_s == 0 and self.budget_s == 0
+        """Whether ``route_indexed`` applies: no band pools, slack, budget or host contention."""
+        return not self.band_pools and self.slack_s == 0 and self.budget_s == 0 and self.host_contention == 0
 
     def route_indexed(self, index: "LatencyIndex", now: float, components: list[int],
                       queue_wait: Callable[[], np.ndarray], rng: np.random.Generator) -> int:
@@ -122,7 +140,7 @@ class LeastExpectedLatency:
         wait plus the request's load rows summed in the same order.
         """
         if not self.indexable:
-            raise ValueError("route_indexed needs band_pools=False, slack_s=0 and budget_s=0")
+            raise ValueError("route_indexed needs band_pools=False, slack_s=0, budget_s=0 and host_contention=0")
         if index.n == 0:
             raise ValueError("cannot route: the snapshot has no replicas")
         wait = None

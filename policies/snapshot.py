@@ -119,11 +119,14 @@ class ReplicaTable:
     host_free_bytes: np.ndarray  # int64 (R,)
     pool: np.ndarray  # int8 (R,): band pool (HOT/WARM/COLD) or SHARED
     n_models: np.ndarray  # int64 (R,): models loaded, as Ray's multiplexing counts them
+    # int64 (R,): which machine each replica runs on (replicas on one machine share its processors
+    # and slow each other down); None: every replica on a machine of its own
+    host: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         r = self.tier.shape[0]
-        for f in ("queue_len", "busy_until", "gpu_free_bytes", "host_free_bytes", "pool", "n_models"):
-            if getattr(self, f).shape != (r,):
+        for f in ("queue_len", "busy_until", "gpu_free_bytes", "host_free_bytes", "pool", "n_models", "host"):
+            if getattr(self, f) is not None and getattr(self, f).shape != (r,):
                 raise ValueError(f"ReplicaTable.{f} has shape {getattr(self, f).shape}, expected ({r},) "
                                  f"to match tier {self.tier.shape}")
 
@@ -140,6 +143,7 @@ class RouteRequest:
     components: np.ndarray  # int64 (k,): component ids, base first
     band: int = COLD  # HOT/WARM/COLD from the popularity policy
     arrival_s: float = 0.0
+    compute_s: float = 0.0  # its expected compute (profile mean), for hosts whose replicas contend
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,15 @@ class ClusterSnapshot:
         for c in cs[1:]:
             out += cost[c].take(tier[:, c])
         return out
+
+    def busy_neighbours(self) -> np.ndarray:
+        """Per replica, how many *other* replicas on its machine have work now (int64 (R,))."""
+        r = self.replicas
+        busy = (r.busy_until > self.now).astype(np.int64)
+        if r.host is None:
+            return np.zeros(busy.size, np.int64)
+        _, inverse = np.unique(r.host, return_inverse=True)
+        return np.bincount(inverse, weights=busy).astype(np.int64)[inverse] - busy
 
     def queue_wait_s(self) -> np.ndarray:
         """Seconds until each replica's queued work drains (float64 (R,))."""

@@ -34,10 +34,11 @@ COSTS = {"m": [0.0, 0.5, 2.0, 10.0], "y": [0.0, 0.5, 2.0, 10.0], "l": [0.0, 0.1,
 class FakeRunningReplica(RunningReplica):
     """A replica as the router sees it: id, routing stats, and a queue length it answers with."""
 
-    def __init__(self, unique_id: str, stats: dict | None = None, queue_len: int = 0):
+    def __init__(self, unique_id: str, stats: dict | None = None, queue_len: int = 0, node: str = ""):
         self._replica_id = ReplicaID(unique_id=unique_id, deployment_id=DeploymentID(name="BaseModel"))
         self.stats = stats or {}
         self.queue_len = queue_len
+        self.node = node
 
     @property
     def replica_id(self) -> ReplicaID:
@@ -53,7 +54,7 @@ class FakeRunningReplica(RunningReplica):
 
     @property
     def node_id(self) -> str:
-        return ""
+        return self.node
 
     @property
     def availability_zone(self):
@@ -164,6 +165,23 @@ def test_lora_load_costs_add_to_the_base_model():
         return await h.ranking(pending(spec(loras=["l"])))
 
     assert run(main()) == ["b", "a"]
+
+
+@pytest.mark.parametrize("contention,nodes,expected", [
+    (0.0, ("n1", "n1"), "b"),  # contention ignored: b's 0.5 s host reload beats a's 3 s queue
+    (1.0, ("n1", "n1"), "a"),  # b shares a's node: its reload and 3 s compute run beside a's job
+    (1.0, ("n1", "n2"), "b"),  # b on a node of its own: nothing slows it
+])
+def test_replicas_sharing_a_node_slow_each_other(contention, nodes, expected):
+    async def main():  # a holds m and runs one 3 s request; b has m in host memory (0.5 s)
+        def busy(**kw):
+            return {**stats(**kw), "compute_s": 3.0}
+        h = Harness([FakeRunningReplica("a", busy(tiers={"m": GPU}, busy_s=3.0, queue_len=1), node=nodes[0]),
+                     FakeRunningReplica("b", busy(tiers={"m": HOST}), node=nodes[1])],
+                    policy_args={"band_pools": False, "host_contention": contention})
+        return (await h.ranking(pending(spec())))[0]
+
+    assert run(main()) == expected
 
 
 def test_stale_or_missing_stats_fall_back_to_queue_length():

@@ -34,6 +34,33 @@ def test_partial_and_host_copies_count():
     assert ROUTING.create("least-expected-latency").route(s, request(KEY), np.random.default_rng(0)) == 2
 
 
+def test_busy_neighbours_on_a_shared_host_stretch_loads_and_compute():
+    """Replica 0 holds the pipeline and is busy for 1.5 s; replica 1 idles on the same machine,
+    replica 2 on a machine of its own. Ignoring contention a 1 s load anywhere beats the wait;
+    with it, replica 1's load and compute run beside 0's job and cost more than the wait."""
+    from dataclasses import replace
+
+    from policies.snapshot import ClusterSnapshot as Snap
+
+    light = components([BASE, BASE, LORA, LORA], remote_s=[0.5] * 4)  # 0.5 s per component
+    rep = replicas(3, light.n, held={0: [0, 2]}, busy_s=[NOW + 1.5, NOW - 1, NOW - 1])
+    shared = replace(rep, host=np.array([7, 7, 9], np.int64))  # 0 and 1 share a machine; 2 alone
+    s = Snap(NOW, shared, light)
+    np.testing.assert_array_equal(s.busy_neighbours(), [0, 1, 0])
+    req = replace(request(KEY), compute_s=2.0)
+    plain = ROUTING.create("least-expected-latency", band_pools=False)
+    contended = ROUTING.create("least-expected-latency", band_pools=False, host_contention=0.5)
+    np.testing.assert_allclose(expected_latency_s(s, req), [1.5, 1.0, 1.0])
+    np.testing.assert_allclose(expected_latency_s(s, req, host_contention=0.5), [1.5, 1.0 + 0.5 * 3.0, 1.0])
+    assert plain.route(s, req, np.random.default_rng(0)) in (1, 2)
+    assert contended.route(s, req, np.random.default_rng(0)) == 2  # the idle machine, not 0's neighbour
+    alone = Snap(NOW, replace(shared, host=np.array([7, 7, 7], np.int64)), light)  # one machine for all
+    assert contended.route(alone, req, np.random.default_rng(0)) == 0  # wait behind the holder
+    assert not contended.indexable and plain.indexable
+    with pytest.raises(ValueError, match="host_contention"):
+        ROUTING.create("least-expected-latency", host_contention=-1)
+
+
 def test_band_pools_keep_cold_requests_off_hot_replicas():
     rep = replicas(3, COMP.n, held={0: [0, 2]}, pool=[HOT, SHARED, COLD], busy_s=[0, NOW + 100, NOW + 100])
     s = snap(rep)

@@ -20,7 +20,7 @@ from policies.snapshot import GPU, HOST, SHARED
 
 MIB = 1 << 20
 S1_KEYS = {"t", "queue_len", "busy_s", "tiers", "loading", "gpu_free_bytes", "host_free_bytes",
-           "load_cost_s", "pool", "service_s"}
+           "load_cost_s", "pool", "service_s", "compute_s"}
 S2_KEYS = {"queue_len", "loads_in_progress", "busy_s", "requests_total", "service_s",
            "resident_bytes", "cache_value", "cascade_replicas"}
 

@@ -65,8 +65,13 @@ class PolicyRouter:
         self._host_free = np.array([w.host.free if w.host else 0 for w in sim.workers], np.int64)
         self.pool = np.full(n, SHARED, np.int8)
         self._n_models = np.zeros(n, np.int64)
+        # which machine each GPU is on (cluster.replicas_per_host), for a policy that prices
+        # contention between replicas sharing one (host_contention > 0); the request's expected
+        # compute (the profile mean) goes with it
+        self.contended = getattr(self.policy, "host_contention", 0.0) > 0
+        hosts = np.arange(n, dtype=np.int64) // sim.cfg.cluster.replicas_per_host if self.contended else None
         self.replicas = ReplicaTable(self.tier, self._q, self._bu, self._gpu_free, self._host_free,
-                                     self.pool, self._n_models)
+                                     self.pool, self._n_models, hosts)
         self.rng = np.random.default_rng(sim.cfg.seed + 2)
         self.index = (LatencyIndex(n, self.table) if self.indexed and getattr(self.policy, "indexable", False)
                       else None)
@@ -113,8 +118,9 @@ class PolicyRouter:
         snap = ClusterSnapshot(now, self.replicas, self.table)
         p = self.pid[i] if self.pid is not None else 0
         band = int(self.band[p]) if self.band is not None and p < self.band.size else COLD
-        w = self.sim.workers[self.policy.route(snap, RouteRequest(p, np.array(comps, dtype=np.int64), band, now),
-                                               self.rng)]
+        compute = self.sim.expect(i) if self.contended else 0.0
+        w = self.sim.workers[self.policy.route(
+            snap, RouteRequest(p, np.array(comps, dtype=np.int64), band, now, compute), self.rng)]
         if not w.routable:  # a policy blind to costs (pow-2 on queues) can still draw a stopped GPU
             w = min((x for x in self.sim.workers if x.routable), key=lambda x: len(x.queue) + x.busy)
         return w
