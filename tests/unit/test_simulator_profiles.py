@@ -233,3 +233,20 @@ def test_a_load_on_a_shared_host_is_slowed_and_recorded_slowed():
     alone = simulate(table([0.0], [1]), "lru", cfg).records.load_s[0]
     assert load[1] == pytest.approx(alone * 1.5)  # one busy neighbour: x (1 + 0.5)
     assert res.summary["load_seconds"] == pytest.approx(load.sum())  # the totals agree
+
+
+@pytest.mark.parametrize("contention,loads", [(0.0, 2), (1.0, 1)])
+def test_the_policy_router_prices_replicas_sharing_a_host(contention, loads):
+    """Two GPUs on one host, each busy neighbour doubling a job (host_contention 1). The second
+    request arrives while the first computes for 5 s: a 1 s load on the idle GPU beats the wait
+    unless the router knows that GPU's load and compute would run beside the busy one."""
+    from trace_replay.simulator import PolicySetSpec
+
+    cfg = cfg_from({"cluster": {"gpus": 2, "replicas_per_host": 2, "host_contention": 1.0, "remote_gbps": 1000.0},
+                    "components": {"sizes_gb": {"sd15": 0.001}},
+                    "inference": {"per_model": {"sd15": {"s_per_step": 0.2, "fixed_s": 0.0, "ref_pixels": 262144}}}})
+    spec = PolicySetSpec(name="contended", routing="policy",
+                         routing_args={"policy": "least-expected-latency", "band_pools": False,
+                                       "host_contention": contention})
+    res = simulate(table([0.0, 0.5], [0, 0], steps=np.array([25, 25], np.int32)), spec, cfg)
+    assert res.summary["loads_by_kind"]["base_model"] == loads
