@@ -222,7 +222,7 @@ class CacheAwareScaleDown:
 
 def _subset(snap: ClusterSnapshot, keep: np.ndarray) -> ClusterSnapshot:
     r = snap.replicas
-    rep = replace(r, **{f: getattr(r, f)[keep] for f in r.__dataclass_fields__})
+    rep = replace(r, **{f: getattr(r, f)[keep] for f in r.__dataclass_fields__ if getattr(r, f) is not None})
     return ClusterSnapshot(snap.now, rep, snap.components)
 
 
