@@ -480,8 +480,11 @@ def _add(timings: dict, replica: dict) -> None:
     """Replica timings add up over model calls (a cascade's reruns included)."""
     for key in ("queue_s", "load_s", "inference_s"):
         timings[key] += replica.get(key, 0.0)
-    if "swap_s" in replica:  # part of load_s: the LoRA slot swap alone
-        timings["swap_s"] = timings.get("swap_s", 0.0) + replica["swap_s"]
+    # swap_s is part of load_s (the LoRA slot swap alone); unmerge_s follows inference (taking
+    # merged LoRAs back out of the weights)
+    for key in ("swap_s", "unmerge_s"):
+        if key in replica:
+            timings[key] = timings.get(key, 0.0) + replica[key]
 
 
 def _single(spec: GenerationSpec, seed: int) -> GenerationSpec:

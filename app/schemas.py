@@ -99,6 +99,8 @@ class Timings(BaseModel):
     total_s: float = 0.0
     swap_s: float = Field(0.0, description="Part of load_s: swapping the request's LoRAs into the "
                           "pipeline's slots (0 when they were there already).")
+    unmerge_s: float = Field(0.0, description="After inference: restoring the attention weights "
+                             "the request's LoRAs were merged into (cache.lora_mode: merge).")
 
 
 class ImageGenerationResponse(BaseModel):

@@ -9,10 +9,12 @@ request back to the base model's speed.
 Taking the adapters out again by subtracting would drift in float16 over thousands of requests,
 so each patched projection keeps a pristine copy of its base weight and is restored by a copy
 (1.7 ms on SD 1.5): the base image stays bit-exact. The copy is a non-persistent buffer on the
-projection (`PRISTINE`): it is made the first time that projection is patched, never for the
-others, and moves with the pipeline when the model cache moves it between device and host
-(`pipe.to`), so it is also counted in the pipeline's size once it exists. It never reaches a
-state dict or a saved model.
+projection (`PRISTINE`), made the first time that projection is patched, or ahead of any merge
+for every covered projection by `keep_pristine` (what the engine does at load under
+`cache.lora_mode: merge`, so the model cache measures a pipeline's size with its copies, 187 MB
+for SD 1.5, and its budget holds when the first LoRA request arrives). It moves with the pipeline
+when the model cache moves it between device and host (`pipe.to`) and never reaches a state dict
+or a saved model.
 """
 
 from __future__ import annotations
@@ -59,8 +61,7 @@ class WeightMerge:
                 base = term.layer.get_base_layer()
                 if id(base) not in seen:
                     seen.add(id(base))
-                    if getattr(base, PRISTINE, None) is None:
-                        base.register_buffer(PRISTINE, base.weight.detach().clone(), persistent=False)
+                    keep_pristine([base])
                     self._patched.append(base)
                 weight = base.weight
                 a = term.layer.lora_A[term.slot].weight[: term.rank].to(weight.dtype)
@@ -78,6 +79,14 @@ class WeightMerge:
                 base = self._patched[-1]
                 base.weight.copy_(getattr(base, PRISTINE))
                 self._patched.pop()
+
+
+def keep_pristine(base_layers: Iterable[torch.nn.Module]) -> None:
+    """Make the pristine copy of every one of `base_layers` that has none yet."""
+    with torch.no_grad():
+        for base in base_layers:
+            if getattr(base, PRISTINE, None) is None:
+                base.register_buffer(PRISTINE, base.weight.detach().clone(), persistent=False)
 
 
 def pristine_bytes(module: torch.nn.Module) -> int:

@@ -34,7 +34,7 @@ from peft.utils.hotswap import hotswap_adapter_from_state_dict
 
 from deployments.errors import ModelLoadError, RequestError
 from deployments.lora_format import slot_keys
-from deployments.lora_merge import MergeTerm, WeightMerge
+from deployments.lora_merge import MergeTerm, WeightMerge, keep_pristine
 
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -61,7 +61,9 @@ def zero_adapter(unet: torch.nn.Module, modules: list[str], rank: int) -> dict[s
 
 
 class LoraSlots:
-    def __init__(self, pipe, num_slots: int, max_rank: int):
+    def __init__(self, pipe, num_slots: int, max_rank: int, pristine: bool = False):
+        """`pristine`: make every covered projection's pristine copy now (merge mode), so the
+        pipeline's size measured after load already includes them."""
         self.pipe = pipe
         self.names = [f"slot{i}" for i in range(num_slots)]
         self.holding: list[str | None] = [None] * num_slots
@@ -80,6 +82,8 @@ class LoraSlots:
         for name in self.names:
             self._allocate(name)
         self._finish_allocation()
+        if pristine:
+            keep_pristine(layer.get_base_layer() for layer in self._layers)
         pipe.disable_lora()
         self._enabled = False
 

@@ -118,7 +118,8 @@ class PipelineEngine:
                                        safety_checker=None, requires_safety_checker=False)
             pipe.to(self.device)
             pipe.set_progress_bar_config(disable=True)
-            slots = LoraSlots(pipe, self.config.cache.lora_slots, self.config.cache.lora_max_rank)
+            slots = LoraSlots(pipe, self.config.cache.lora_slots, self.config.cache.lora_max_rank,
+                              pristine=self.config.cache.lora_mode == "merge")
         except Exception as exc:  # diffusers raises OSError/ValueError/EnvironmentError/...
             raise ModelLoadError(model_id, f"{type(exc).__name__}: {exc}") from exc
         return LoadedPipeline(model_id, pipe, slots, time.perf_counter() - started)

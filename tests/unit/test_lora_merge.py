@@ -14,25 +14,12 @@ from deployments.config import CacheBudgets
 from deployments.errors import DeadlineExceededError, RequestError
 from deployments.lora_merge import PRISTINE, MergeTerm, WeightMerge, pristine_bytes
 from deployments.lora_slots import LoraSlots, slot_target_modules
-from deployments.lora_store import read_lora_file
 from deployments.pipeline_engine import PipelineEngine
 from deployments.spec import GenerationSpec
-
-IDS = ["tiny-lora-ink", "tiny-lora-pastel", "tiny-lora-noir", "tiny-lora-sketch", "tiny-lora-neon",
-       "tiny-lora-film"]
+from lora_helpers import IDS, diffusers_reference, read_weights, tiny_image, tiny_pipe
 
 
-def _pipe(demo_dir):
-    from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(demo_dir / "base" / "tiny-sd-light"))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _image(pipe, seed: int = 0) -> np.ndarray:
-    return pipe("a lighthouse", num_inference_steps=2, height=32, width=32, guidance_scale=5.0,
-                generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
 
 
 def _base_weights(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -46,24 +33,16 @@ def _same_weights(unet: torch.nn.Module, snapshot: dict[str, torch.Tensor]) -> b
     return now.keys() == snapshot.keys() and all(torch.equal(now[k], snapshot[k]) for k in now)
 
 
-def _reference(demo_dir, loras) -> np.ndarray:
-    pipe = _pipe(demo_dir)
-    for adapter_id, _ in loras:  # diffusers reading the file itself, unfused: the reference path
-        pipe.load_lora_weights(str(demo_dir / "lora" / adapter_id),
-                               weight_name="pytorch_lora_weights.safetensors", adapter_name=adapter_id)
-    pipe.set_adapters([a for a, _ in loras], adapter_weights=[s for _, s in loras])
-    return _image(pipe)
-
 
 @pytest.fixture(scope="module")
 def weights(demo_dir):
-    return {i: read_lora_file(i, str(demo_dir / "lora" / i), max_rank=32) for i in IDS}
+    return read_weights(demo_dir)
 
 
 @pytest.fixture(scope="module")
 def slotted(demo_dir):
-    pipe = _pipe(demo_dir)
-    baseline, snapshot = _image(pipe), _base_weights(pipe.unet)
+    pipe = tiny_pipe(demo_dir)
+    baseline, snapshot = tiny_image(pipe), _base_weights(pipe.unet)
     return pipe, LoraSlots(pipe, num_slots=3, max_rank=32), baseline, snapshot
 
 
@@ -71,7 +50,7 @@ def _merged_image(pipe, slots, loras, weights) -> np.ndarray:
     slots.stage(loras, weights)
     slots.merge(loras)
     try:
-        return _image(pipe)
+        return tiny_image(pipe)
     finally:
         slots.restore()
 
@@ -84,11 +63,11 @@ def test_merged_image_matches_the_slots_and_diffusers_unfused(slotted, weights, 
     pipe, slots, baseline, _ = slotted
     merged = _merged_image(pipe, slots, loras, weights)
     slots.activate(loras, weights)
-    in_slots = _image(pipe)
+    in_slots = tiny_image(pipe)
     slots.activate([], weights)
     assert np.abs(merged - baseline).max() > 1e-2, "the adapters must change the image"
     np.testing.assert_allclose(merged, in_slots, atol=1e-4)
-    np.testing.assert_allclose(merged, _reference(demo_dir, loras), atol=1e-4)
+    np.testing.assert_allclose(merged, diffusers_reference(demo_dir, loras), atol=1e-4)
 
 
 def test_base_image_is_bit_exact_after_many_merged_requests(slotted, weights):
@@ -103,7 +82,7 @@ def test_base_image_is_bit_exact_after_many_merged_requests(slotted, weights):
     assert slots.swaps > len(slots.names)
     assert _same_weights(pipe.unet, snapshot)
     slots.stage([], weights)
-    assert np.array_equal(_image(pipe), baseline)
+    assert np.array_equal(tiny_image(pipe), baseline)
 
 
 def test_merge_needs_the_adapter_in_a_slot(slotted, weights):
@@ -128,7 +107,7 @@ def test_a_merge_failing_half_way_is_restored(slotted, weights):
 
 
 def test_pristine_copy_holds_only_the_patched_projections(demo_dir, weights):
-    pipe = _pipe(demo_dir)
+    pipe = tiny_pipe(demo_dir)
     slots = LoraSlots(pipe, num_slots=3, max_rank=32)
     lookup = dict(pipe.unet.named_modules())
 
@@ -200,3 +179,19 @@ def test_failing_inference_still_restores_the_weights(engines, weights):
         merged.generate(loaded, late, weights)
     assert _same_weights(loaded.pipe.unet, snapshot)
     assert np.array_equal(merged.generate(loaded, _spec()).images[0], base)
+
+
+def test_in_merge_mode_the_pristine_copies_exist_from_load_so_the_size_holds(engines, weights):
+    """The model cache measures a pipeline's bytes once, after its load: under merge mode every
+    covered projection's copy is already there, and merges add nothing to it."""
+    from deployments.lora_merge import pristine_bytes
+    from deployments.pipeline_engine import EngineModels
+
+    merged, _, loaded = engines
+    lookup = dict(loaded.pipe.unet.named_modules())
+    covered = sum(lookup[n].get_base_layer().weight.numel() * lookup[n].get_base_layer().weight.element_size()
+                  for n in slot_target_modules(loaded.pipe.unet))
+    assert pristine_bytes(loaded.pipe.unet) == covered > 0
+    size = EngineModels(merged).size_of(loaded)
+    merged.generate(loaded, _spec(loras=(("tiny-lora-sketch", 1.0),)), {"tiny-lora-sketch": weights["tiny-lora-sketch"]})
+    assert EngineModels(merged).size_of(loaded) == size

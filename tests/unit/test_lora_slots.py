@@ -9,48 +9,27 @@ import torch
 from deployments.errors import ModelLoadError
 from deployments.lora_format import prepare_adapter
 from deployments.lora_slots import LoraSlots, slot_target_modules
-from deployments.lora_store import read_lora_file
-
-IDS = ["tiny-lora-ink", "tiny-lora-pastel", "tiny-lora-noir", "tiny-lora-sketch", "tiny-lora-neon",
-       "tiny-lora-film"]
+from lora_helpers import diffusers_reference, read_weights, tiny_image, tiny_pipe
 
 
-def _pipe(demo_dir):
-    from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(demo_dir / "base" / "tiny-sd-light"))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _image(pipe, seed: int = 0) -> np.ndarray:
-    return pipe("a lighthouse", num_inference_steps=2, height=32, width=32, guidance_scale=5.0,
-                generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
 
 
 @pytest.fixture(scope="module")
 def weights(demo_dir):
-    return {i: read_lora_file(i, str(demo_dir / "lora" / i), max_rank=32) for i in IDS}
+    return read_weights(demo_dir)
 
 
 @pytest.fixture(scope="module")
 def slotted(demo_dir):
-    pipe = _pipe(demo_dir)
-    baseline = _image(pipe)
+    pipe = tiny_pipe(demo_dir)
+    baseline = tiny_image(pipe)
     return pipe, LoraSlots(pipe, num_slots=3, max_rank=32), baseline
 
 
-def _reference(demo_dir, weights, loras):
-    pipe = _pipe(demo_dir)
-    for adapter_id, _ in loras:  # diffusers reading the file itself: the reference path
-        pipe.load_lora_weights(str(demo_dir / "lora" / adapter_id),
-                               weight_name="pytorch_lora_weights.safetensors", adapter_name=adapter_id)
-    pipe.set_adapters([a for a, _ in loras], adapter_weights=[s for _, s in loras])
-    return _image(pipe)
-
 
 def test_slots_cover_every_attention_projection(demo_dir):
-    pipe = _pipe(demo_dir)
+    pipe = tiny_pipe(demo_dir)
     names = slot_target_modules(pipe.unet)
     assert names and all(n.split(".")[-2] in ("attn1", "attn2") or n.endswith("to_out.0") for n in names)
     assert len(names) == 4 * sum(1 for n, _ in pipe.unet.named_modules() if n.endswith((".attn1", ".attn2")))
@@ -58,7 +37,7 @@ def test_slots_cover_every_attention_projection(demo_dir):
 
 def test_empty_slots_leave_the_base_model_bit_exact(slotted, demo_dir):
     pipe, _, baseline = slotted
-    assert np.array_equal(_image(pipe), baseline)
+    assert np.array_equal(tiny_image(pipe), baseline)
 
 
 @pytest.mark.parametrize("loras", [
@@ -69,17 +48,17 @@ def test_empty_slots_leave_the_base_model_bit_exact(slotted, demo_dir):
 def test_hotswapped_adapters_match_plain_diffusers_loading(slotted, weights, demo_dir, loras):
     pipe, slots, baseline = slotted
     slots.activate(loras, weights)
-    got = _image(pipe)
+    got = tiny_image(pipe)
     assert np.abs(got - baseline).max() > 1e-2, "the adapters must change the image"
-    np.testing.assert_allclose(got, _reference(demo_dir, weights, loras), atol=1e-4)
+    np.testing.assert_allclose(got, diffusers_reference(demo_dir, loras), atol=1e-4)
 
 
 def test_removing_adapters_restores_the_baseline_exactly(slotted, weights):
     pipe, slots, baseline = slotted
     slots.activate([("tiny-lora-noir", 1.0), ("tiny-lora-ink", 1.0)], weights)
-    assert not np.array_equal(_image(pipe), baseline)
+    assert not np.array_equal(tiny_image(pipe), baseline)
     slots.activate([], weights)
-    assert np.array_equal(_image(pipe), baseline)
+    assert np.array_equal(tiny_image(pipe), baseline)
 
 
 def test_unused_slot_contributes_nothing(slotted, weights, demo_dir):
@@ -88,7 +67,7 @@ def test_unused_slot_contributes_nothing(slotted, weights, demo_dir):
     slots.activate([("tiny-lora-noir", 1.0), ("tiny-lora-ink", 1.0), ("tiny-lora-pastel", 1.0)], weights)
     slots.activate([("tiny-lora-ink", 0.7)], weights)
     assert "tiny-lora-noir" in slots.holding  # still resident...
-    np.testing.assert_allclose(_image(pipe), _reference(demo_dir, weights, [("tiny-lora-ink", 0.7)]),
+    np.testing.assert_allclose(tiny_image(pipe), diffusers_reference(demo_dir, [("tiny-lora-ink", 0.7)]),
                                atol=1e-4)  # ...but silent
 
 
@@ -109,7 +88,7 @@ def test_alpha_differs_from_rank_is_honoured(slotted, weights, demo_dir):
     for loras in ([("tiny-lora-ink", 1.0)], [("tiny-lora-neon", 0.7)],
                   [("tiny-lora-film", 1.0), ("tiny-lora-neon", 0.5)]):
         slots.activate(loras, weights)
-        np.testing.assert_allclose(_image(pipe), _reference(demo_dir, weights, loras), atol=1e-4)
+        np.testing.assert_allclose(tiny_image(pipe), diffusers_reference(demo_dir, loras), atol=1e-4)
 
 
 def test_adapter_that_does_not_fit_fails_loudly_and_names_itself(slotted, weights, demo_dir):
@@ -124,7 +103,7 @@ def test_adapter_that_does_not_fit_fails_loudly_and_names_itself(slotted, weight
     with pytest.raises(ModelLoadError, match="'wide'.*rank 64 exceeds"):
         slots.activate([("wide", 1.0)], {"wide": prepare_adapter("wide", too_big)})
     slots.activate([("tiny-lora-ink", 0.9)], weights)
-    np.testing.assert_allclose(_image(pipe), _reference(demo_dir, weights, [("tiny-lora-ink", 0.9)]),
+    np.testing.assert_allclose(tiny_image(pipe), diffusers_reference(demo_dir, [("tiny-lora-ink", 0.9)]),
                                atol=1e-4)
 
 
@@ -143,4 +122,4 @@ def test_a_failed_swap_inside_diffusers_leaves_the_slot_usable(slotted, weights,
         del slots.check_fits
     loras = [("tiny-lora-ink", 1.0), ("tiny-lora-pastel", 0.5), ("tiny-lora-neon", 0.3)]
     slots.activate(loras, weights)
-    np.testing.assert_allclose(_image(pipe), _reference(demo_dir, weights, loras), atol=1e-4)
+    np.testing.assert_allclose(tiny_image(pipe), diffusers_reference(demo_dir, loras), atol=1e-4)
