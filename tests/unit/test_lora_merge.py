@@ -19,9 +19,6 @@ from deployments.spec import GenerationSpec
 from lora_helpers import IDS, diffusers_reference, read_weights, tiny_image, tiny_pipe
 
 
-
-
-
 def _base_weights(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The base model's tensors by their names before peft wrapped the projections."""
     return {k.replace(".base_layer.", "."): v.detach().clone() for k, v in unet.state_dict().items()
@@ -31,7 +28,6 @@ def _base_weights(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
 def _same_weights(unet: torch.nn.Module, snapshot: dict[str, torch.Tensor]) -> bool:
     now = _base_weights(unet)
     return now.keys() == snapshot.keys() and all(torch.equal(now[k], snapshot[k]) for k in now)
-
 
 
 @pytest.fixture(scope="module")

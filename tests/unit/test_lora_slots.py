@@ -12,9 +12,6 @@ from deployments.lora_slots import LoraSlots, slot_target_modules
 from lora_helpers import diffusers_reference, read_weights, tiny_image, tiny_pipe
 
 
-
-
-
 @pytest.fixture(scope="module")
 def weights(demo_dir):
     return read_weights(demo_dir)
@@ -25,7 +22,6 @@ def slotted(demo_dir):
     pipe = tiny_pipe(demo_dir)
     baseline = tiny_image(pipe)
     return pipe, LoraSlots(pipe, num_slots=3, max_rank=32), baseline
-
 
 
 def test_slots_cover_every_attention_projection(demo_dir):
