@@ -8,17 +8,16 @@ prepared tensors of the adapters this replica fetched, under a byte budget
 It is the adapters' counterpart of the model cache's host tier, and what the simulator's workers
 model (a LoRA stays in a worker's cache once loaded, evicted by the same policy).
 
-Which adapter leaves is decided by the replica cache's eviction policy (`control.eviction`) driven
-as a `policies.shadow.ShadowCache` (keys and sizes; this class holds the tensors of exactly the
-keys it holds); a stateless policy (`lru`, `lfu`) orders victims by recency here. Everything runs
-on the replica's event loop.
+Membership, sizes and victims are a `policies.shadow.ShadowCache` driving the replica cache's
+eviction policy (`control.eviction`; a policy without memory, such as `lru`, cannot drive one, and
+the tier then runs the project's default, `policies.defaults.DEFAULT_EVICTION`). This class only
+keeps the tensors of exactly the keys the shadow holds. Everything runs on the replica's event loop.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
-from policies.eviction import is_stateful
+from policies.defaults import DEFAULT_EVICTION
+from policies.eviction import EVICTION, is_stateful
 from policies.shadow import ShadowCache
 from policies.snapshot import LORA
 
@@ -29,47 +28,39 @@ class AdapterTier:
     def __init__(self, budget_bytes: int, policy, clock) -> None:
         self.budget = int(budget_bytes)
         self._clock = clock
-        self._shadow = ShadowCache(policy, self.budget) if self.budget > 0 and is_stateful(policy) else None
-        self._tensors: OrderedDict[str, dict] = OrderedDict()  # recency order, oldest first
-        self._sizes: dict[str, int] = {}
+        if not is_stateful(policy):
+            policy = EVICTION.create(DEFAULT_EVICTION)
+        self._shadow = ShadowCache(policy, self.budget) if self.budget > 0 else None
+        self._tensors: dict[str, dict] = {}
         self.hits = self.misses = 0
 
     def take(self, adapter_ids: list[str]) -> tuple[dict, list[str]]:
-        """({id: tensors} held here, ids to fetch); a hit or a miss per id, for the policy."""
+        """({id: tensors} held here, ids to fetch); a hit per id held, for the policy (a miss
+        reaches it with `put`)."""
         found, missing = {}, []
         for a in adapter_ids:
             tensors = self._tensors.get(a)
             if tensors is None:
                 missing.append(a)
-                self.misses += 1
                 continue
             found[a] = tensors
-            self.hits += 1
-            self._tensors.move_to_end(a)
-            if self._shadow is not None:
-                self._shadow.access(a, LORA, self._sizes[a], None, self._clock())
+            self._shadow.access(a, LORA, 1.0, None, self._clock())  # a hit: the size is not read
+        self.hits += len(found)
+        self.misses += len(missing)
         return found, missing
 
     def put(self, adapter_id: str, tensors: dict, size_bytes: int, fetch_s: float) -> None:
-        """Keep a fetched adapter (an adapter over the whole budget is not kept)."""
-        if self.budget <= 0 or adapter_id in self._tensors or not 0 < size_bytes <= self.budget:
+        """Keep a fetched adapter (one over the whole budget, or of unknown size, is not kept)."""
+        if self._shadow is None or adapter_id in self._tensors or size_bytes <= 0:
             return
-        if self._shadow is not None:
-            self._shadow.access(adapter_id, LORA, size_bytes, fetch_s, self._clock())
-            for gone in [a for a in self._tensors if a not in self._shadow]:
-                self._drop(gone)
-        else:
-            while self._tensors and sum(self._sizes.values()) + size_bytes > self.budget:
-                self._drop(next(iter(self._tensors)))
-        self._tensors[adapter_id] = tensors
-        self._sizes[adapter_id] = int(size_bytes)
-
-    def _drop(self, adapter_id: str) -> None:
-        del self._tensors[adapter_id]
-        del self._sizes[adapter_id]
+        self._shadow.access(adapter_id, LORA, size_bytes, fetch_s, self._clock())
+        for gone in [a for a in self._tensors if a not in self._shadow]:
+            del self._tensors[gone]
+        if adapter_id in self._shadow:  # admitted
+            self._tensors[adapter_id] = tensors
 
     def held(self) -> list[str]:
         return list(self._tensors)
 
     def used_bytes(self) -> int:
-        return sum(self._sizes.values())
+        return int(self._shadow.used) if self._shadow is not None else 0
