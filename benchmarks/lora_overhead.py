@@ -1,11 +1,12 @@
 """What does a LoRA cost a request: the hotswap slots computing it, or the adapters merged in?
 
-One pipeline, two PipelineEngines that differ only in `cache.lora_mode`, so both modes run on the
-same weights and the same resident adapters:
+Two PipelineEngines that differ only in `cache.lora_mode`, each with its own copy of the same
+pipeline (a pipeline carries either hotswap slots or a LoRA bank), on the same adapters:
 - slots: every slot active (the request's at its scale, the others at 0) computes its LoRA branch
   on every attention projection;
 - merge: the request's adapters are added into the attention weights before inference (merge_ms)
-  and copied back from the pristine copy afterwards (restore_ms); LoRA compute stays off.
+  and copied back from the pristine copies (restore_ms) when a later request wants other ones;
+  LoRA compute stays off. The cases rotate, so every timed merge request pays both.
 Requests: base (no LoRA), 1 LoRA, 3 LoRAs at different scales. The adapters are swapped into the
 slots during the warm-up, so the timed requests measure compute, not swaps. Each round runs every
 (mode, case) once, in an order rotated per round; medians over the rounds, and ratios to the base
@@ -81,7 +82,7 @@ def measure(config, base: str, cases: dict, weights: dict, spec_args: dict, roun
     from deployments.spec import GenerationSpec
 
     by_mode = engines(config, device)
-    loaded = by_mode["merge"].load_pipeline(base)
+    loaded = {mode: engine.load_pipeline(base) for mode, engine in by_mode.items()}
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     runs = [(mode, case) for mode in MODES for case in cases]
     times = {run: {"inference": [], "request": [], "merge": [], "restore": []} for run in runs}
@@ -92,7 +93,7 @@ def measure(config, base: str, cases: dict, weights: dict, spec_args: dict, roun
             spec = GenerationSpec(base_model=base, loras=cases[case], **spec_args)
             sync()
             started = time.perf_counter()
-            result = by_mode[mode].generate(loaded, spec, weights)
+            result = by_mode[mode].generate(loaded[mode], spec, weights)
             sync()
             request = time.perf_counter() - started
             images[(mode, case)] = result.images[0]
@@ -102,13 +103,14 @@ def measure(config, base: str, cases: dict, weights: dict, spec_args: dict, roun
             row["inference"].append(result.timings["inference_s"])
             row["request"].append(request)
             if mode == "merge" and cases[case]:  # merge and restore alone, synchronised
-                loaded.slots.stage(list(cases[case]), weights)
+                bank = loaded[mode].slots
+                bank.restore()
                 sync()
                 t0 = time.perf_counter()
-                loaded.slots.merge(list(cases[case]))
+                bank.merge(list(cases[case]))
                 sync()
                 t1 = time.perf_counter()
-                loaded.slots.restore()
+                bank.restore()
                 sync()
                 row["merge"].append(t1 - t0)
                 row["restore"].append(time.perf_counter() - t1)
@@ -162,8 +164,17 @@ def tiny(args) -> dict:
 
 
 def real_sd15(args, device: str = "cuda") -> dict:
-    """Real-size SD 1.5 with random weights, built on the device and saved to a temp folder,
-    loaded through the engine's own loader; three rank-64 LoRAs written by the demo LoRA writer."""
+    """Real-size SD 1.5 with random weights (build_sd15), loaded through the engine's loader."""
+    config, weights = build_sd15(device)
+    cases = {"base": (), "1 lora": (("sd15-lora-a", 0.8),),
+             "3 loras": (("sd15-lora-a", 0.8), ("sd15-lora-b", -0.5), ("sd15-lora-c", 1.2))}
+    return measure(config, "sd15-random", cases, weights, SD15_SPEC, args.gpu_rounds, device)
+
+
+def build_sd15(device: str = "cuda", loras: int = 3) -> tuple:
+    """Real-size SD 1.5 with random weights, built on the device and saved (float16) to a temp
+    folder, and `loras` rank-64 LoRAs (sd15-lora-a, -b, ...) written by the demo LoRA writer;
+    (config naming them, {lora id: prepared adapter} as the LoRA store reads them)."""
     import torch
     from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline,
                            UNet2DConditionModel)
@@ -191,10 +202,8 @@ def real_sd15(args, device: str = "cuda") -> dict:
                                    requires_safety_checker=False).to(torch.float16)
     pipe.save_pretrained(str(root / "sd15"), safe_serialization=True)
     unet_cpu = pipe.unet.to("cpu", torch.float32)
-    cases = {"base": (), "1 lora": (("sd15-lora-a", 0.8),),
-             "3 loras": (("sd15-lora-a", 0.8), ("sd15-lora-b", -0.5), ("sd15-lora-c", 1.2))}
     entries = [ModelEntry(id="sd15-random", kind="base", path=str(root / "sd15"), dtype="float16")]
-    for i, name in enumerate(["sd15-lora-a", "sd15-lora-b", "sd15-lora-c"]):
+    for i, name in enumerate(f"sd15-lora-{chr(ord('a') + k)}" for k in range(loras)):
         build_lora(root / name, LoraSpec(name, SD15_LORA_RANK, SD15_LORA_RANK,
                                          ("to_q", "to_k", "to_v", "to_out.0"), i), unet_cpu, seed=1)
         entries.append(ModelEntry(id=name, kind="lora", path=str(root / name)))
@@ -203,7 +212,7 @@ def real_sd15(args, device: str = "cuda") -> dict:
     config = config.model_copy(update={"models": entries, "cache": config.cache.model_copy(
         update={"lora_max_rank": SD15_LORA_RANK})})
     weights = {e.id: read_lora_file(e.id, e.path, SD15_LORA_RANK) for e in entries if e.kind == "lora"}
-    return measure(config, "sd15-random", cases, weights, SD15_SPEC, args.gpu_rounds, device)
+    return config, weights
 
 
 # -- report -------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ The replica then only calls peft's `hotswap_adapter_from_state_dict`, which copi
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
+
 import torch
 
 from deployments.errors import ModelLoadError
@@ -55,3 +57,17 @@ def slot_keys(state_dict: dict[str, torch.Tensor], slot: str) -> dict[str, torch
                 key = key[: -len(".weight")] + f".{slot}.weight"
         out[key] = value
     return out
+
+
+def check_fits(adapter_id: str, state_dict: Mapping[str, torch.Tensor], covered: Collection[str],
+               max_rank: int) -> None:
+    """Raise ModelLoadError naming the adapter unless every tensor patches one of the `covered`
+    projections at a rank of at most `max_rank`."""
+    for key, tensor in state_dict.items():
+        module = key.removeprefix("unet.").split(".lora_")[0]
+        if module not in covered:
+            raise ModelLoadError(adapter_id, f"cannot hotswap into a LoRA slot: it patches "
+                                 f"{module!r}, outside the slots' attention projections")
+        if ".lora_A." in key and tensor.ndim >= 2 and tensor.shape[0] > max_rank:
+            raise ModelLoadError(adapter_id, f"rank {tensor.shape[0]} exceeds the slots' "
+                                 f"maximum rank {max_rank}")

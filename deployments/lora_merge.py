@@ -1,20 +1,19 @@
-"""A request's LoRAs merged into the attention weights for its inference, then taken out again.
+"""Adding LoRA updates into attention weights, and taking them out again bit-exactly.
 
 An active hotswap slot computes its LoRA branch on every attention projection it covers, whatever
 the adapter: on an H200 one LoRA cost +103% of a base request's compute, three LoRAs +153%
 (/work/shared/data/gpu/README.md). Adding scale x B @ A into each patched projection's base weight
-before inference (3.1 ms for rank 64 on SD 1.5) and running with LoRA compute disabled brings the
-request back to the base model's speed.
+(3.1 ms for rank 64 on SD 1.5) and running the plain projections brings a LoRA request back to the
+base model's speed; deployments/lora_bank.py does that for `cache.lora_mode: merge`.
 
 Taking the adapters out again by subtracting would drift in float16 over thousands of requests,
 so each patched projection keeps a pristine copy of its base weight and is restored by a copy
 (1.7 ms on SD 1.5): the base image stays bit-exact. The copy is a non-persistent buffer on the
 projection (`PRISTINE`), made the first time that projection is patched, or ahead of any merge
-for every covered projection by `keep_pristine` (what the engine does at load under
-`cache.lora_mode: merge`, so the model cache measures a pipeline's size with its copies, 187 MB
-for SD 1.5, and its budget holds when the first LoRA request arrives). It moves with the pipeline
-when the model cache moves it between device and host (`pipe.to`) and never reaches a state dict
-or a saved model.
+for every covered projection by `keep_pristine` (what the bank does at load, so the model cache
+measures a pipeline's size with its copies, 187 MB for SD 1.5). It moves with the pipeline when
+the model cache moves it between device and host (`pipe.to`) and never reaches a state dict or a
+saved model.
 """
 
 from __future__ import annotations
@@ -23,19 +22,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-from peft.tuners.lora import LoraLayer
 
 PRISTINE = "pristine_weight"
 
 
 @dataclass(frozen=True)
 class MergeTerm:
-    """One adapter's update on one projection: scale x B[:, :rank] @ A[:rank] from slot `slot`."""
+    """One adapter's update on one projection: `scale` x B @ A added into `base`'s weight."""
 
-    layer: LoraLayer
-    slot: str
-    rank: int  # the adapter's rank: a slot's rows beyond it are zero padding
-    scale: float  # the request's scale x the slot's unit scaling (the adapter's alpha / rank)
+    base: torch.nn.Linear
+    a: torch.Tensor  # (rank, in_features), on the weight's device and dtype
+    b: torch.Tensor  # (out_features, rank)
+    scale: float  # the request's scale x the adapter's scaling (alpha / r)
 
 
 class WeightMerge:
@@ -52,24 +50,21 @@ class WeightMerge:
         """Add every term into its projection's base weight; returns the projections patched.
 
         Anything still merged is restored first, so merges never stack. A projection is recorded
-        as patched before its weight changes, so `restore()` also undoes a merge that failed
-        half-way."""
+        as patched before its weight changes, and a merge that fails half-way is restored before
+        the error propagates."""
         self.restore()
         seen: set[int] = set()
-        with torch.no_grad():
-            for term in terms:
-                base = term.layer.get_base_layer()
-                if id(base) not in seen:
-                    seen.add(id(base))
-                    keep_pristine([base])
-                    self._patched.append(base)
-                weight = base.weight
-                a = term.layer.lora_A[term.slot].weight[: term.rank].to(weight.dtype)
-                b = term.layer.lora_B[term.slot].weight[:, : term.rank].to(weight.dtype)
-                if getattr(term.layer, "fan_in_fan_out", False):  # weight stored as (in, out)
-                    weight.addmm_(a.T, b.T, alpha=term.scale)
-                else:
-                    weight.addmm_(b, a, alpha=term.scale)
+        try:
+            with torch.no_grad():
+                for term in terms:
+                    if id(term.base) not in seen:
+                        seen.add(id(term.base))
+                        keep_pristine([term.base])
+                        self._patched.append(term.base)
+                    term.base.weight.addmm_(term.b, term.a, alpha=term.scale)
+        except BaseException:
+            self.restore()
+            raise
         return len(seen)
 
     def restore(self) -> None:

@@ -1,19 +1,14 @@
-"""Pre-allocated LoRA hotswap slots on one pipeline's UNet.
+"""Pre-allocated LoRA hotswap slots on one pipeline's UNet (`cache.lora_mode: slots`).
 
 At pipeline load every slot gets a zero adapter of the maximum rank over the standard attention
 projections (the "declare max rank up front" of diffusers/peft hotswap), so a request's adapters
 are later copied into existing tensors (peft's `hotswap_adapter_from_state_dict`) instead of
-injecting new modules. The slots are where prepared adapters live on the device; a request uses
-them in one of two ways (`cache.lora_mode`):
-
-- slots (`activate`): LoRA compute on, the request's slots at its scales, every other slot at
-  scale 0. Every active slot computes its branch on every projection it covers.
-- merge (`stage`, `merge`, `restore`): LoRA compute off; the request's adapters are added into the
-  base weights for its inference and the weights restored from a pristine copy afterwards
-  (deployments/lora_merge.py), so the request costs what a base request costs.
-
-A request with no adapters runs with LoRA disabled in both, so its image is bit-identical to the
-bare base model.
+injecting new modules. `activate` turns LoRA compute on, the request's slots at its scales and
+every other slot at scale 0: every active slot computes its branch on every projection it covers
+(+103% of a base request's compute for one LoRA on an H200). A request with no adapters runs with
+LoRA disabled, so its image is bit-identical to the bare base model. The default mode, merge,
+does without slots (deployments/lora_bank.py); these stay selectable and are the baseline
+`benchmarks/lora_overhead.py` compares it against.
 
 Why scalings are set here rather than with `set_adapters`: peft's `set_scale` multiplies the weight
 by the module's stored `lora_alpha / r`, which a hotswap does not update (it only rewrites
@@ -33,8 +28,7 @@ from peft.tuners.lora import LoraLayer
 from peft.utils.hotswap import hotswap_adapter_from_state_dict
 
 from deployments.errors import ModelLoadError, RequestError
-from deployments.lora_format import slot_keys
-from deployments.lora_merge import MergeTerm, WeightMerge, keep_pristine
+from deployments.lora_format import check_fits, slot_keys
 
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -61,9 +55,7 @@ def zero_adapter(unet: torch.nn.Module, modules: list[str], rank: int) -> dict[s
 
 
 class LoraSlots:
-    def __init__(self, pipe, num_slots: int, max_rank: int, pristine: bool = False):
-        """`pristine`: make every covered projection's pristine copy now (merge mode), so the
-        pipeline's size measured after load already includes them."""
+    def __init__(self, pipe, num_slots: int, max_rank: int):
         self.pipe = pipe
         self.names = [f"slot{i}" for i in range(num_slots)]
         self.holding: list[str | None] = [None] * num_slots
@@ -75,15 +67,9 @@ class LoraSlots:
         if not self._modules:
             raise ValueError("the UNet has no attention projections to put LoRA slots on")
         self._covered = set(self._modules)
-        # per slot, the projections its adapter patches and that adapter's rank on each (the
-        # placeholder patches none); what a merge adds, so untouched projections stay pristine
-        self._patches: dict[str, dict[str, int]] = {name: {} for name in self.names}
-        self._merge = WeightMerge()
         for name in self.names:
             self._allocate(name)
         self._finish_allocation()
-        if pristine:
-            keep_pristine(layer.get_base_layer() for layer in self._layers)
         pipe.disable_lora()
         self._enabled = False
 
@@ -115,7 +101,6 @@ class LoraSlots:
         (lora_format.prepare_adapter: peft-layout tensors and their LoraConfig). Raises ModelLoadError naming
         the adapter when its weights do not fit the slots (other modules, rank above the maximum).
         """
-        self._merge.restore()  # a no-op unless a merged request was left unrestored
         if not loras:
             self._set_lora_compute(False)
             return 0
@@ -128,34 +113,6 @@ class LoraSlots:
                 layer.scaling[name] = unit * scales[slot]
         self._set_lora_compute(True)
         return swapped
-
-    def stage(self, loras: list[tuple[str, float]], weights: Mapping[str, dict]) -> int:
-        """Put `loras` into slots as `activate` does, but leave LoRA compute off: the request's
-        adapters reach the image through `merge`. Returns how many adapters were swapped in."""
-        self._merge.restore()
-        self._set_lora_compute(False)
-        return self._place(loras, weights)[1] if loras else 0
-
-    def merge(self, loras: list[tuple[str, float]]) -> int:
-        """Add scale x unit scaling x B @ A of each of `loras` (already staged) into the base
-        weight of every projection its adapter patches; returns the projections patched.
-        The caller must call `restore()` after inference, also when inference fails."""
-        terms = []
-        for adapter_id, scale in loras:
-            if adapter_id not in self.holding:
-                raise RequestError("loras", f"adapter {adapter_id!r} is not in a slot; stage it first")
-            if scale == 0.0:
-                continue
-            name = self.names[self.holding.index(adapter_id)]
-            unit = self._unit[name]
-            terms += [MergeTerm(self._layers[self._layer_index[module]], name, rank,
-                                scale * unit[self._layer_index[module]])
-                      for module, rank in self._patches[name].items()]
-        return self._merge.merge(terms)
-
-    def restore(self) -> None:
-        """Undo `merge`: every patched weight copied back from its pristine copy (bit-exact)."""
-        self._merge.restore()
 
     def _set_lora_compute(self, on: bool) -> None:
         if on != self._enabled:
@@ -186,14 +143,7 @@ class LoraSlots:
 
     def check_fits(self, adapter_id: str, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Raise ModelLoadError naming the adapter unless it fits the slots (modules, rank)."""
-        for key, tensor in state_dict.items():
-            module = key.removeprefix("unet.").split(".lora_")[0]
-            if module not in self._covered:
-                raise ModelLoadError(adapter_id, f"cannot hotswap into a LoRA slot: it patches "
-                                     f"{module!r}, outside the slots' attention projections")
-            if ".lora_A." in key and tensor.ndim >= 2 and tensor.shape[0] > self.max_rank:
-                raise ModelLoadError(adapter_id, f"rank {tensor.shape[0]} exceeds the slots' "
-                                     f"maximum rank {self.max_rank}")
+        check_fits(adapter_id, state_dict, self._covered, self.max_rank)
 
     def _swap_in(self, slot: int, adapter_id: str, weights: dict) -> None:
         name = self.names[slot]
@@ -209,8 +159,5 @@ class LoraSlots:
             # why the slot is marked empty above: the next swap into it rewrites every tensor.
             raise ModelLoadError(adapter_id, f"cannot hotswap into a LoRA slot: {exc}") from exc
         self._unit[name] = self._current_scalings(name)
-        # peft zeroes a slot's tensors on projections the new adapter does not patch
-        self._patches[name] = {key.removeprefix("unet.").split(".lora_A.")[0]: int(tensor.shape[0])
-                               for key, tensor in weights["state_dict"].items() if ".lora_A." in key}
         self.holding[slot] = adapter_id
         self.swaps += 1

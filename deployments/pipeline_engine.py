@@ -23,7 +23,9 @@ import torch
 
 from deployments.config import ServeConfig
 from deployments.errors import ModelLoadError, check_deadline
+from deployments.lora_bank import LoraBank
 from deployments.lora_slots import LoraSlots
+from deployments.pinned_moves import move_tensors
 from deployments.spec import GenerationResult, GenerationSpec
 from policies.snapshot import BASE, CONTROLNET, DISK, REMOTE
 
@@ -34,7 +36,7 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 class LoadedPipeline:
     model_id: str
     pipe: object
-    slots: LoraSlots
+    slots: LoraSlots | LoraBank  # by cache.lora_mode: slots / merge
     load_seconds: float
     # ControlNet pipelines built from `pipe` (from_pipe shares every module), by the identity of
     # their ControlNet modules: building one per request cost ~16 ms (controlnet_placement.py).
@@ -114,15 +116,23 @@ class PipelineEngine:
         cls = StableDiffusionXLPipeline if entry.arch == "sdxl" else StableDiffusionPipeline
         source = self.config.resolve_source(entry)
         try:
+            # On a GPU the weights are read straight onto the device (device_map), not built on
+            # the host and copied over.
             pipe = cls.from_pretrained(source, torch_dtype=_DTYPES[entry.dtype],
-                                       safety_checker=None, requires_safety_checker=False)
+                                       safety_checker=None, requires_safety_checker=False,
+                                       device_map=self.device if self.device == "cuda" else None)
             pipe.to(self.device)
             pipe.set_progress_bar_config(disable=True)
-            slots = LoraSlots(pipe, self.config.cache.lora_slots, self.config.cache.lora_max_rank,
-                              pristine=self.config.cache.lora_mode == "merge")
+            slots = self._lora_holder(pipe)
         except Exception as exc:  # diffusers raises OSError/ValueError/EnvironmentError/...
             raise ModelLoadError(model_id, f"{type(exc).__name__}: {exc}") from exc
         return LoadedPipeline(model_id, pipe, slots, time.perf_counter() - started)
+
+    def _lora_holder(self, pipe) -> LoraSlots | LoraBank:
+        cache = self.config.cache
+        if cache.lora_mode == "merge":
+            return LoraBank(pipe.unet, cache.lora_slots, cache.lora_max_rank)
+        return LoraSlots(pipe, cache.lora_slots, cache.lora_max_rank)
 
     def load_controlnet(self, controlnet_id: str):
         """A ControlNetModel from the engine's own count-based LRU (`cache.controlnets_per_replica`),
@@ -143,7 +153,8 @@ class PipelineEngine:
         entry = self.config.entry(controlnet_id)
         try:
             model = ControlNetModel.from_pretrained(self.config.resolve_source(entry),
-                                                    torch_dtype=_DTYPES[entry.dtype])
+                                                    torch_dtype=_DTYPES[entry.dtype],
+                                                    device_map=self.device if self.device == "cuda" else None)
             model.to(self.device)
         except Exception as exc:
             raise ModelLoadError(controlnet_id, f"{type(exc).__name__}: {exc}") from exc
@@ -158,16 +169,17 @@ class PipelineEngine:
         `control_images` are preprocessed uint8 HxWx3 images, one per spec.controlnets entry;
         `controlnet_factory` overrides where ControlNet modules come from (remote mode).
 
-        Adapters go into the pipeline's slots either way; under `cache.lora_mode` merge they are
-        then merged into the attention weights (part of timings load_s) and the weights are
-        restored after inference, also when it fails (timings unmerge_s)."""
+        Under `cache.lora_mode` merge the adapters are copied to the device if they are not
+        there (timings swap_s), the previous request's merged adapters are taken out (unmerge_s,
+        0 when this request uses the same ones: they stay merged) and this request's merged in;
+        all of it is part of load_s. Under slots they are swapped into the hotswap slots."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
         loras = list(spec.loras)
         merging = self.config.cache.lora_mode == "merge"
         place = loaded.slots.stage if merging else loaded.slots.activate
         swapped = place(loras, lora_weights or {})
-        timings["swap_s"] = time.perf_counter() - started  # the adapters' slot swap alone
+        timings["swap_s"] = time.perf_counter() - started  # the adapters' copy or slot swap alone
         pipe = loaded.pipe
         kwargs: dict = {}
         if spec.controlnets:
@@ -183,9 +195,9 @@ class PipelineEngine:
 
         if spec.deadline is not None:  # checked between denoising steps: late work stops early
             kwargs["callback_on_step_end"] = deadline_hook(spec.deadline)
-        try:  # the merge is inside: a merge that fails half-way is restored too
-            if merging and loras:
-                loaded.slots.merge(loras)
+        if merging:  # restores itself if it fails half-way
+            timings["unmerge_s"] = loaded.slots.merge(loras)
+        try:
             timings["load_s"] = time.perf_counter() - started
             started = time.perf_counter()
             generators = [torch.Generator(device="cpu").manual_seed(spec.seed + i) for i in range(spec.n)]
@@ -197,11 +209,10 @@ class PipelineEngine:
                     generator=generators, output_type="np", **kwargs)
             images = [(np.clip(img, 0.0, 1.0) * 255.0).round().astype(np.uint8) for img in output.images]
             timings["inference_s"] = time.perf_counter() - started
-        finally:
-            if merging and loras:
-                restore_started = time.perf_counter()
+        except BaseException:
+            if merging:  # a failed request leaves the base weights as they were
                 loaded.slots.restore()
-                timings["unmerge_s"] = time.perf_counter() - restore_started
+            raise
         return GenerationResult(images=images, timings=timings, adapters_swapped=swapped)
 
     def _controlnet_pipeline(self, loaded: LoadedPipeline, nets: list):
@@ -236,8 +247,8 @@ def default_gpu_budget(device: str) -> int:
 
 class EngineModels:
     """The `deployments.model_cache.ModelSource` of a PipelineEngine: base pipelines (with their
-    LoRA slots) and ControlNet modules. Moving to the host tier is `.to("cpu")` on a GPU and
-    nothing on a CPU replica (the object is kept as it is)."""
+    LoRA slots or bank) and ControlNet modules. Moving to the host tier copies the tensors into
+    pinned host memory on a GPU, and is nothing on a CPU replica (the object is kept as it is)."""
 
     _WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.ckpt")
 
@@ -278,11 +289,12 @@ class EngineModels:
         return loaded
 
     def size_of(self, obj: object) -> int:
-        modules = ([m for m in obj.pipe.components.values() if isinstance(m, torch.nn.Module)]
-                   if isinstance(obj, LoadedPipeline) else [obj])
-        tensors = {t.data_ptr(): t.numel() * t.element_size() for m in modules
+        """Device bytes: every module's tensors, plus what a LoRA bank may hold (its resident
+        adapters are not module tensors)."""
+        tensors = {t.data_ptr(): t.numel() * t.element_size() for m in _modules(obj)
                    for t in (*m.parameters(), *m.buffers())}
-        return sum(tensors.values())
+        bank = obj.slots if isinstance(obj, LoadedPipeline) and isinstance(obj.slots, LoraBank) else None
+        return sum(tensors.values()) + (bank.reserved_bytes() if bank is not None else 0)
 
     def to_host(self, obj: object) -> object:
         return self._move(obj, "cpu")
@@ -291,9 +303,13 @@ class EngineModels:
         return self._move(obj, self.engine.device)
 
     def _move(self, obj: object, device: str) -> object:
+        """Host-tier moves: into pinned host memory and back by async copies (pinned_moves.py);
+        a LoRA bank's resident adapters go with their pipeline."""
         if self.engine.device == "cpu":
             return obj
-        (obj.pipe if isinstance(obj, LoadedPipeline) else obj).to(device)
+        move_tensors(_modules(obj), device)
+        if isinstance(obj, LoadedPipeline) and isinstance(obj.slots, LoraBank):
+            obj.slots.to(device)
         if device == "cpu":
             torch.cuda.empty_cache()
         return obj
@@ -309,6 +325,13 @@ class EngineModels:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _modules(obj: object) -> list[torch.nn.Module]:
+    """A pipeline's modules, or the ControlNet module itself."""
+    if isinstance(obj, LoadedPipeline):
+        return [m for m in obj.pipe.components.values() if isinstance(m, torch.nn.Module)]
+    return [obj]
 
 
 def deadline_hook(deadline: float, clock: Callable[[], float] = time.time) -> Callable:

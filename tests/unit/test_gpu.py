@@ -45,3 +45,23 @@ def test_hotswapped_lora_on_cuda_changes_and_restores(gpu_engine, demo_dir):
                                  weights).images[0]
     assert not np.array_equal(plain, styled)
     assert np.array_equal(gpu_engine.generate(loaded, base).images[0], plain)
+
+
+def test_host_tier_round_trip_is_pinned_and_keeps_the_image(gpu_engine, demo_dir):
+    from deployments.lora_store import read_lora_file
+    from deployments.pinned_moves import is_pinned
+    from deployments.pipeline_engine import EngineModels, _modules
+    from deployments.spec import GenerationSpec
+
+    loaded = gpu_engine.load_pipeline("tiny-sd-light")
+    source = EngineModels(gpu_engine)
+    weights = {"tiny-lora-noir": read_lora_file("tiny-lora-noir", str(demo_dir / "lora/tiny-lora-noir"), 32)}
+    spec = GenerationSpec(prompt="a kite", base_model="tiny-sd-light", width=64, height=64, steps=2,
+                          guidance_scale=5.0, seed=3, loras=(("tiny-lora-noir", 0.9),))
+    before = gpu_engine.generate(loaded, spec, weights).images[0]  # merged, and left merged
+    source.to_host(loaded)
+    params = [t for m in _modules(loaded) for t in m.parameters()]
+    assert all(t.device.type == "cpu" for t in params) and is_pinned(_modules(loaded))
+    source.to_device(loaded)
+    assert all(t.device.type == "cuda" for m in _modules(loaded) for t in m.parameters())
+    assert np.array_equal(gpu_engine.generate(loaded, spec).images[0], before)  # bank moved too
