@@ -1,10 +1,11 @@
 """The engine's GPU path, measured against the path it replaced, in the same run.
 
 Issue 14's figures, each next to its baseline:
-- loads: a warm (page-cached) pipeline load through the engine (weights read straight onto the
-  device, a LoRA bank set up) against the previous path (read on the host, `pipe.to(device)`, three
-  zero-adapter hotswap slots built through `load_lora_weights`), and against the raw warm read
-  rate of the same files (`safetensors.load_file` onto the device shown too);
+- loads: a warm (page-cached) pipeline load through the engine (deployments/direct_load.py, a LoRA
+  bank set up) against the previous path (diffusers' `from_pretrained` on the host,
+  `pipe.to(device)`, three zero-adapter hotswap slots built through `load_lora_weights`), against
+  diffusers' loader straight onto the device, and against the raw warm read rate of the same files
+  (one thread reading them; `safetensors.load_file` onto the device shown too);
 - LoRA set-up: the bank's (pristine copies) against the hotswap slots';
 - host tier (GPU only): the model cache's demotion to pinned host memory and reload, against
   `pipe.to("cpu")` / `pipe.to(device)` (pageable) and against a raw pinned host-to-device copy of
@@ -112,14 +113,15 @@ def loads(config, base: str, device: str, repeats: int) -> dict:
         _sync(device)()
         return pipe, time.perf_counter() - t
 
-    def direct():  # the engine's read alone (no bank), to split its load
+    def diffusers_direct():  # diffusers' loader straight onto the device, no LoRA set-up
         return StableDiffusionPipeline.from_pretrained(
             str(root), torch_dtype=dtype, safety_checker=None, requires_safety_checker=False,
             device_map=device if device == "cuda" else None).to(device)
 
     raw_read()  # warm the page cache
+    loaders: set[str] = set()
     rows: dict[str, list[float]] = {k: [] for k in ("raw_read", "safetensors_to_device", "previous_load",
-                                                    "previous_slots", "engine_load", "read_only",
+                                                    "previous_slots", "engine_load", "diffusers_device_map",
                                                     "bank_setup")}
     for _ in range(repeats):
         rows["raw_read"].append(_timed(raw_read, device)[0])
@@ -134,19 +136,20 @@ def loads(config, base: str, device: str, repeats: int) -> dict:
         _free(device)
         seconds, loaded = _timed(lambda: engine.load_pipeline(base), device)
         rows["engine_load"].append(seconds)
+        loaders.add(loaded.loader)
         loaded._free()
         del loaded
         _free(device)
-        seconds, pipe = _timed(direct, device)
-        rows["read_only"].append(seconds)
+        seconds, pipe = _timed(diffusers_direct, device)
+        rows["diffusers_device_map"].append(seconds)
         rows["bank_setup"].append(_timed(lambda: LoraBank(pipe.unet, cache.lora_slots, cache.lora_max_rank),
                                          device)[0])
         del pipe
         _free(device)
     med = {k: float(np.median(v)) for k, v in rows.items()}
     gbps = {k: nbytes / med[k] / 1e9 for k in ("raw_read", "safetensors_to_device", "previous_load",
-                                               "engine_load", "read_only")}
-    return {"base_model": base, "bytes": nbytes, "repeats": repeats,
+                                               "engine_load", "diffusers_device_map")}
+    return {"base_model": base, "bytes": nbytes, "repeats": repeats, "engine_loader": sorted(loaders),
             "median_s": {k: round(v, 4) for k, v in med.items()},
             "gbps": {k: round(v, 3) for k, v in gbps.items()},
             "engine_load_vs_raw_read": round(gbps["engine_load"] / gbps["raw_read"], 3),
@@ -190,7 +193,7 @@ def host_tier(config, base: str, device: str, repeats: int) -> dict:
     after = engine.generate(loaded, spec).images[0]
     med = {k: float(np.median(v)) for k, v in rows.items()}
     gbps = {k: round(nbytes / v / 1e9, 2) for k, v in med.items()}
-    return {"base_model": base, "bytes": nbytes, "repeats": repeats,
+    return {"base_model": base, "bytes": nbytes, "repeats": repeats, "engine_loader": sorted(loaders),
             "median_s": {k: round(v, 4) for k, v in med.items()}, "gbps": gbps,
             "tier_reload_vs_pinned_copy": round(med["pinned_copy"] / med["tier_reload"], 3),
             "tier_reload_speedup_vs_pipe_to": round(med["pipe_to_device"] / med["tier_reload"], 2),
@@ -202,16 +205,23 @@ def host_tier(config, base: str, device: str, repeats: int) -> dict:
 def switches(config, base: str, adapters: list[str], weights: dict, device: str, n: int) -> dict:
     """A request's adapter change when it is not on the device (more adapters than places, in a
     cycle), timed alone and synchronised: merge (copy + unmerge + merge) against slots (peft
-    hotswap into the least recently used slot + scales); and merge's hot pair (same adapter)."""
+    hotswap into the least recently used slot + scales); and the same adapter again (a hot pair).
+    On a GPU both also with the adapters in pinned host memory, as a replica keeps them."""
+    from deployments.lora_format import pin_adapter
+
+    runs = {"slots": ("slots", weights), "merge": ("merge", weights)}
+    if device.startswith("cuda"):
+        pinned = {a: pin_adapter(w) for a, w in weights.items()}
+        runs.update({"slots, pinned adapters": ("slots", pinned), "merge, pinned adapters": ("merge", pinned)})
     out = {}
-    for mode in ("slots", "merge"):
+    for label, (mode, prepared) in runs.items():
         engine = _engine(config, mode, device)
         loaded = engine.load_pipeline(base)
         holder = loaded.slots
         times, hot = [], []
         for i in range(-len(adapters), n):  # one cycle of warm-up
             loras = [(adapters[i % len(adapters)], 0.8)]
-            wanted = {a: weights[a] for a in holder.missing([a for a, _ in loras])}
+            wanted = {a: prepared[a] for a in holder.missing([a for a, _ in loras])}
             if mode == "merge":
                 seconds, swapped = _timed(lambda: (holder.stage(loras, wanted), holder.merge(loras))[0], device)
                 hot_s = _timed(lambda: (holder.stage(loras, {}), holder.merge(loras)), device)[0]
@@ -220,12 +230,12 @@ def switches(config, base: str, adapters: list[str], weights: dict, device: str,
                 hot_s = _timed(lambda: holder.activate(loras, {}), device)[0]
             if i >= 0:
                 if swapped != 1:
-                    raise RuntimeError(f"{mode}: switch {i} moved {swapped} adapters, expected 1")
+                    raise RuntimeError(f"{label}: switch {i} moved {swapped} adapters, expected 1")
                 times.append(seconds)
                 hot.append(hot_s)
-        out[mode] = {"switch_ms": round(float(np.median(times)) * 1e3, 3),
-                     "switch_p90_ms": round(float(np.percentile(times, 90)) * 1e3, 3),
-                     "same_adapter_again_ms": round(float(np.median(hot)) * 1e3, 3)}
+        out[label] = {"switch_ms": round(float(np.median(times)) * 1e3, 3),
+                      "switch_p90_ms": round(float(np.percentile(times, 90)) * 1e3, 3),
+                      "same_adapter_again_ms": round(float(np.median(hot)) * 1e3, 3)}
         loaded._free()
         _free(device)
     out["switches"] = n

@@ -19,6 +19,7 @@ import time
 
 from deployments.config import ServeConfig
 from deployments.errors import check_deadline
+from deployments.lora_format import pin_adapter
 from deployments.model_cache import room_wait_s
 from deployments.pipeline_engine import LoadedPipeline, PipelineEngine
 from deployments.replica_control import ReplicaControl
@@ -153,7 +154,7 @@ class BaseModel:
             fetch_s = (time.perf_counter() - started) / len(adapter_ids)
             self.control.record_adapter_fetch(fetch_s)
             for a, info, t in zip(adapter_ids, infos, tensors):
-                found[a] = t
+                found[a] = t = pin_adapter(t)  # kept pinned in the adapter tier too
                 if tier is not None:
                     tier.put(a, t, int(info.get("bytes") or 0), fetch_s)
         return found

@@ -167,8 +167,9 @@ class LoraBank:
                                              config.lora_alpha)
             scaling = alpha / (math.sqrt(rank) if config.use_rslora else rank)
             weight = self._layers[module].weight
-            factors[module] = (a.to(weight.device, weight.dtype, non_blocking=True),
-                               b.to(weight.device, weight.dtype, non_blocking=True), scaling)
+            # copied as stored (asynchronous from pinned memory), cast on the device
+            factors[module] = (a.to(weight.device, non_blocking=True).to(weight.dtype),
+                               b.to(weight.device, non_blocking=True).to(weight.dtype), scaling)
         return _Resident(adapter_id, factors)
 
 

@@ -71,3 +71,12 @@ def check_fits(adapter_id: str, state_dict: Mapping[str, torch.Tensor], covered:
         if ".lora_A." in key and tensor.ndim >= 2 and tensor.shape[0] > max_rank:
             raise ModelLoadError(adapter_id, f"rank {tensor.shape[0]} exceeds the slots' "
                                  f"maximum rank {max_rank}")
+
+
+def pin_adapter(prepared: dict) -> dict:
+    """The prepared adapter with its tensors in pinned host memory when CUDA is there (their
+    copies to the device are then asynchronous and several times faster), else as it is."""
+    if not torch.cuda.is_available():
+        return prepared
+    return {**prepared, "state_dict": {k: v if v.is_pinned() else v.pin_memory()
+                                       for k, v in prepared["state_dict"].items()}}

@@ -10,6 +10,7 @@ Callers serialise `generate` per engine: a pipeline's LoRA slots are replica-wid
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import time
 import weakref
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deployments import direct_load
 from deployments.config import ServeConfig
 from deployments.errors import ModelLoadError, check_deadline
 from deployments.lora_bank import LoraBank
@@ -29,6 +31,7 @@ from deployments.pinned_moves import move_tensors
 from deployments.spec import GenerationResult, GenerationSpec
 from policies.snapshot import BASE, CONTROLNET, DISK, REMOTE
 
+logger = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -38,6 +41,7 @@ class LoadedPipeline:
     pipe: object
     slots: LoraSlots | LoraBank  # by cache.lora_mode: slots / merge
     load_seconds: float
+    loader: str = "diffusers"  # which read it: "direct" (direct_load.py) or "diffusers"
     # ControlNet pipelines built from `pipe` (from_pipe shares every module), by the identity of
     # their ControlNet modules: building one per request cost ~16 ms (controlnet_placement.py).
     controlnet_pipes: OrderedDict = field(default_factory=OrderedDict)
@@ -116,17 +120,33 @@ class PipelineEngine:
         cls = StableDiffusionXLPipeline if entry.arch == "sdxl" else StableDiffusionPipeline
         source = self.config.resolve_source(entry)
         try:
-            # On a GPU the weights are read straight onto the device (device_map), not built on
-            # the host and copied over.
-            pipe = cls.from_pretrained(source, torch_dtype=_DTYPES[entry.dtype],
-                                       safety_checker=None, requires_safety_checker=False,
-                                       device_map=self.device if self.device == "cuda" else None)
+            pipe, loader = self._read_pipeline(cls, source, _DTYPES[entry.dtype])
             pipe.to(self.device)
             pipe.set_progress_bar_config(disable=True)
             slots = self._lora_holder(pipe)
         except Exception as exc:  # diffusers raises OSError/ValueError/EnvironmentError/...
             raise ModelLoadError(model_id, f"{type(exc).__name__}: {exc}") from exc
-        return LoadedPipeline(model_id, pipe, slots, time.perf_counter() - started)
+        return LoadedPipeline(model_id, pipe, slots, time.perf_counter() - started, loader)
+
+    def _read_pipeline(self, cls, source: str, dtype: torch.dtype):
+        """The direct loader (deployments/direct_load.py) for a local folder it can read when
+        `cache.pipeline_loader` picks it, else diffusers' `from_pretrained`, straight onto a CUDA
+        device (device_map); (pipeline, which loader read it)."""
+        kwargs = dict(safety_checker=None, requires_safety_checker=False)
+        loader = self.config.cache.pipeline_loader
+        if loader == "auto":
+            loader = "direct" if self.device.startswith("cuda") else "diffusers"
+        if loader == "direct" and Path(source).is_dir():
+            try:
+                return direct_load.load_pipeline(cls, source, self.device, dtype, **kwargs), "direct"
+            except direct_load.Unsupported as exc:
+                logger.info("direct load of %s not possible (%s); using diffusers' loader", source, exc)
+            except Exception as exc:  # a damaged folder: diffusers' loader names the problem
+                logger.warning("direct load of %s failed (%s: %s); trying diffusers' loader",
+                               source, type(exc).__name__, exc)
+        pipe = cls.from_pretrained(source, torch_dtype=dtype, **kwargs,
+                                   device_map=self.device if self.device == "cuda" else None)
+        return pipe, "diffusers"
 
     def _lora_holder(self, pipe) -> LoraSlots | LoraBank:
         cache = self.config.cache

@@ -65,3 +65,17 @@ def test_host_tier_round_trip_is_pinned_and_keeps_the_image(gpu_engine, demo_dir
     source.to_device(loaded)
     assert all(t.device.type == "cuda" for m in _modules(loaded) for t in m.parameters())
     assert np.array_equal(gpu_engine.generate(loaded, spec).images[0], before)  # bank moved too
+
+
+def test_direct_load_on_cuda_reads_what_diffusers_reads(gpu_engine):
+    from diffusers import StableDiffusionPipeline
+
+    loaded = gpu_engine.load_pipeline("tiny-sd-light")
+    assert loaded.loader == "direct"  # cache.pipeline_loader auto on a GPU
+    entry = gpu_engine.config.entry("tiny-sd-light")
+    plain = StableDiffusionPipeline.from_pretrained(gpu_engine.config.resolve_source(entry),
+                                                    torch_dtype=torch.float16, safety_checker=None,
+                                                    requires_safety_checker=False).to("cuda")
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = getattr(loaded.pipe, name).state_dict(), getattr(plain, name).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in b), name
