@@ -193,7 +193,7 @@ def host_tier(config, base: str, device: str, repeats: int) -> dict:
     after = engine.generate(loaded, spec).images[0]
     med = {k: float(np.median(v)) for k, v in rows.items()}
     gbps = {k: round(nbytes / v / 1e9, 2) for k, v in med.items()}
-    return {"base_model": base, "bytes": nbytes, "repeats": repeats, "engine_loader": sorted(loaders),
+    return {"base_model": base, "bytes": nbytes, "repeats": repeats,
             "median_s": {k: round(v, 4) for k, v in med.items()}, "gbps": gbps,
             "tier_reload_vs_pinned_copy": round(med["pinned_copy"] / med["tier_reload"], 3),
             "tier_reload_speedup_vs_pipe_to": round(med["pipe_to_device"] / med["tier_reload"], 2),
@@ -244,8 +244,13 @@ def switches(config, base: str, adapters: list[str], weights: dict, device: str,
 
 
 # -- one machine ------------------------------------------------------------------------------
+ONLY: set[str] = set()  # --only: the parts to run (all when empty)
+
+
 def _section(result: dict, name: str, fn) -> None:
     """Run one part; a failure is recorded and the other parts still run."""
+    if ONLY and name not in ONLY:
+        return
     started = time.time()
     try:
         result[name] = fn()
@@ -319,8 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     add("--rounds", type=int, default=5, help="LoRA-overhead rounds on real-size SD 1.5 (GPU)")
     add("--cpu-rounds", type=int, default=8, help="LoRA-overhead rounds on the tiny models")
     add("--skip-cpu", action="store_true", help="only the GPU part (when a GPU is there)")
+    add("--only", nargs="+", choices=["loads", "host_tier", "switch", "lora_overhead"], default=[],
+        help="run only these parts")
     add("--out", help="result file (default: results/gpu_path_<cpu|device>.json)")
     args = parser.parse_args(argv)
+    ONLY.update(args.only)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch

@@ -3,15 +3,16 @@
 diffusers' `from_pretrained` (even with `device_map`) reached 3.9 GB/s for a warm SD 1.5 load on
 an H100 where one thread reads the same page-cached files at 6.1 GB/s and `safetensors.load_file`
 onto the GPU at 5.1 GB/s (benchmarks/results/gpu_path_h100.json): it builds every module, then
-places each tensor one by one. Here each safetensors file is read with several threads (`os.preadv`
-releases the GIL, so page-cache copies run in parallel) into one device buffer per file:
-- on a GPU through a few reused pinned staging chunks, each thread copying its chunk to the
-  device on its own stream while it reads the next (pinned memory is what makes the host-to-device
-  copy fast, and allocating it per load would cost more than the load);
-- on a CPU straight into the buffer.
-Tensors are views of that buffer at the offsets the file's header gives. The modules are built
-with empty (meta) parameters from their configs and take these tensors as they are
-(`load_state_dict(assign=True)`, strict), so nothing is initialised or copied twice.
+places each tensor one by one. Here each safetensors file is read with several threads
+(`os.preadv` releases the GIL, so page-cache copies run in parallel) into its tensors, each its own
+allocation (the allocator's alignment: a view into one buffer at the file's offsets computed a
+different image on an H100 after the host-tier round trip realigned the weights):
+- on a GPU through a few reused pinned staging chunks, each thread copying its chunk on to the
+  tensors it overlaps on its own stream before it reads the next (pinned memory is what makes the
+  host-to-device copy fast, and allocating it per load would cost more than the load);
+- on a CPU straight into each tensor.
+The modules are built with empty (meta) parameters from their configs and take these tensors as
+they are (`load_state_dict(assign=True)`, strict), so nothing is initialised or copied twice.
 
 What it does not read (raises `Unsupported`, and the engine falls back to diffusers' loader): a
 component without exactly one safetensors file or a shard index, keys that do not match the
@@ -21,6 +22,7 @@ Tokenizers and schedulers are read by their own `from_pretrained`.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import struct
@@ -44,70 +46,85 @@ class Unsupported(Exception):
 
 
 def read_safetensors(path: str | Path, device: str) -> dict[str, torch.Tensor]:
-    """Every tensor of one safetensors file, on `device`, as views of one buffer."""
+    """Every tensor of one safetensors file, each in its own allocation on `device`."""
     path = Path(path)
     with open(path, "rb") as fh:
         header_len = struct.unpack("<Q", fh.read(8))[0]
         header = json.loads(fh.read(header_len))
     header.pop("__metadata__", None)
-    start = 8 + header_len
-    size = path.stat().st_size - start
-    buffer = torch.empty(size, dtype=torch.uint8, device=device)
-    _read_into(path, start, buffer)
-    tensors = {}
+    tensors, spans = {}, []
     for name, info in header.items():
         if info["dtype"] not in _DTYPES:
             raise Unsupported(f"{path.name}: tensor {name!r} has dtype {info['dtype']}")
-        dtype = _DTYPES[info["dtype"]]
+        tensor = torch.empty(info["shape"], dtype=_DTYPES[info["dtype"]], device=device)
         begin, end = info["data_offsets"]
-        raw = buffer[begin:end]
-        if begin % dtype.itemsize:  # a view must start on an element boundary
-            raw = raw.clone()
-        tensors[name] = raw.view(dtype).reshape(info["shape"])
+        if end - begin != tensor.numel() * tensor.element_size():
+            raise Unsupported(f"{path.name}: tensor {name!r} spans {end - begin} bytes for shape "
+                              f"{info['shape']}")
+        tensors[name] = tensor
+        if end > begin:
+            spans.append((begin, end, tensor.reshape(-1).view(torch.uint8)))
+    spans.sort(key=lambda span: span[0])
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if device.startswith("cuda"):
+            with _staging_lock:  # one read at a time uses the staging chunks (loads can overlap)
+                _read_via_staging(fd, 8 + header_len, spans)
+        else:
+            _read_direct(fd, 8 + header_len, spans)
+    finally:
+        os.close(fd)
     return tensors
 
 
-def _read_into(path: Path, offset: int, buffer: torch.Tensor) -> None:
-    """Fill `buffer` with the file's bytes from `offset`, in CHUNK_BYTES pieces over threads."""
-    size = buffer.numel()
-    chunks = [(i, min(CHUNK_BYTES, size - i)) for i in range(0, size, CHUNK_BYTES)]
-    cuda = buffer.device.type == "cuda"
-    threads = min(READ_THREADS, len(chunks)) or 1
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if not cuda:
-            view = buffer.numpy()
+def _read_direct(fd: int, offset: int, spans: list) -> None:
+    """Host tensors: each one's bytes read straight into it, over threads."""
+    def read(span) -> None:
+        begin, _, target = span
+        _pread_fully(fd, memoryview(target.numpy()), offset + begin)
 
-            def read_host(chunk):
-                at, n = chunk
-                _pread_fully(fd, memoryview(view[at:at + n]), offset + at)
-
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(read_host, chunks))
-            return
-        with _staging_lock:  # one read at a time uses the staging chunks (loads can overlap)
-            _read_via_staging(fd, offset, buffer, chunks, threads)
-    finally:
-        os.close(fd)
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        list(pool.map(read, spans))
 
 
-def _read_via_staging(fd: int, offset: int, buffer: torch.Tensor, chunks: list, threads: int) -> None:
+def _read_via_staging(fd: int, offset: int, spans: list) -> None:
+    """Device tensors: the data region read in CHUNK_BYTES pieces into pinned staging chunks (one
+    per thread), each piece copied on to the tensors it overlaps on the thread's own stream."""
+    if not spans:
+        return
+    size = spans[-1][1]
+    chunks = [(at, min(CHUNK_BYTES, size - at)) for at in range(0, size, CHUNK_BYTES)]
+    threads = min(READ_THREADS, len(chunks))
     while len(_staging) < threads:
         _staging.append(torch.empty(CHUNK_BYTES, dtype=torch.uint8, pin_memory=True))
-    staging = _staging[:threads]
+    starts = [span[0] for span in spans]
+    device = spans[0][2].device
 
-    def read_worker(k: int) -> None:
-        stream = torch.cuda.Stream(device=buffer.device)
-        slot = staging[k]
+    def worker(k: int) -> None:
+        stream = torch.cuda.Stream(device=device)
+        slot = _staging[k]
         for at, n in chunks[k::threads]:
-            stream.synchronize()  # the slot's previous copy is done before it is refilled
+            stream.synchronize()  # the slot's previous copies are done before it is refilled
             _pread_fully(fd, memoryview(slot.numpy()[:n]), offset + at)
             with torch.cuda.stream(stream):
-                buffer[at:at + n].copy_(slot[:n], non_blocking=True)
+                for target, source in chunk_pieces(spans, starts, at, n):
+                    target.copy_(slot[source], non_blocking=True)
         stream.synchronize()
 
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(read_worker, range(threads)))
+        list(pool.map(worker, range(threads)))
+
+
+def chunk_pieces(spans: list, starts: list[int], at: int, n: int):
+    """(tensor byte slice, slice of the chunk) for every tensor overlapping file data bytes
+    [at, at + n); `spans` sorted (begin, end, byte view), `starts` their begins."""
+    for i in range(max(bisect.bisect_right(starts, at) - 1, 0), len(spans)):
+        begin, end, target = spans[i]
+        if begin >= at + n:
+            break
+        lo, hi = max(begin, at), min(end, at + n)
+        if lo < hi:
+            yield target[lo - begin:hi - begin], slice(lo - at, hi - at)
 
 
 def _pread_fully(fd: int, target: memoryview, offset: int) -> None:

@@ -79,3 +79,7 @@ def test_direct_load_on_cuda_reads_what_diffusers_reads(gpu_engine):
     for name in ("unet", "vae", "text_encoder"):
         a, b = getattr(loaded.pipe, name).state_dict(), getattr(plain, name).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in b), name
+    plain.set_progress_bar_config(disable=True)
+    images = [p("a kite", num_inference_steps=2, height=64, width=64, guidance_scale=5.0, output_type="np",
+                generator=torch.Generator().manual_seed(3)).images[0] for p in (loaded.pipe, plain)]
+    assert np.array_equal(*images)
