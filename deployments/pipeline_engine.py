@@ -289,8 +289,8 @@ class EngineModels:
 
     def estimate_bytes(self, model_id: str) -> int:
         """Size on disk (`size_bytes` from the registry, else the weight files'), times 1.5 for a
-        base model: its LoRA slots are allocated at load and are not on disk (the cache learns
-        the real ratio from its first load). 0 for a hub model without `size_bytes`: the cache
+        base model: its LoRA slots or bank and pristine copies are made at load and are not on
+        disk (the cache learns the real ratio from its first load). 0 for a hub model without `size_bytes`: the cache
         then reserves the measured size right after the load."""
         entry = self.engine.config.entry(model_id)
         if entry.size_bytes is not None:
