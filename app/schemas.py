@@ -97,10 +97,13 @@ class Timings(BaseModel):
     inference_s: float = 0.0
     discriminator_s: float = 0.0
     total_s: float = 0.0
-    swap_s: float = Field(0.0, description="Part of load_s: swapping the request's LoRAs into the "
-                          "pipeline's slots (0 when they were there already).")
-    unmerge_s: float = Field(0.0, description="After inference: restoring the attention weights "
-                             "the request's LoRAs were merged into (cache.lora_mode: merge).")
+    swap_s: float = Field(0.0, description="Part of load_s: copying the request's LoRAs to the "
+                          "device (merge mode) or swapping them into the hotswap slots (slots "
+                          "mode); 0 when they were there already.")
+    unmerge_s: float = Field(0.0, description="Part of load_s: taking the previous request's "
+                             "merged LoRAs out of the attention weights before this request's "
+                             "merge (cache.lora_mode: merge); 0 when it used the same ones, which "
+                             "stay merged.")
 
 
 class ImageGenerationResponse(BaseModel):

@@ -151,15 +151,18 @@ class CacheBudgets(_Strict):
     base_models_per_replica: int = Field(default=2, ge=1, le=64, description="Pipelines a "
                                          "BaseModel replica keeps loaded (multiplexing capacity).")
     controlnets_per_replica: int = Field(default=4, ge=1, le=64)
-    lora_slots: int = Field(default=3, ge=1, le=16, description="Pre-allocated LoRA hotswap "
-                            "slots per pipeline: the most LoRAs one request may use.")
-    lora_max_rank: int = Field(default=64, ge=1, le=1024, description="Largest LoRA rank the "
-                               "slots accept (hotswap pads every adapter to this rank).")
+    lora_slots: int = Field(default=3, ge=1, le=16, description="LoRAs a pipeline keeps on its "
+                            "device (merge: the LoRA bank's places; slots: pre-allocated hotswap "
+                            "slots), and the most LoRAs one request may use.")
+    lora_max_rank: int = Field(default=64, ge=1, le=1024, description="Largest LoRA rank accepted "
+                               "(slots: every adapter is padded to it; merge: the bank's device "
+                               "memory is counted at it).")
     lora_mode: Literal["merge", "slots"] = Field(
         default="merge", description="How a request's LoRAs reach its image. merge: added into "
-        "the attention weights for the request and restored from a pristine copy afterwards, "
-        "so the request computes what a base request computes. slots: computed by the active "
-        "hotswap slots on every attention projection (+103% compute for one LoRA on a GPU).")
+        "the attention weights (left there for the next request with the same LoRAs; restored "
+        "from pristine copies before any other), so the request computes what a base request "
+        "computes (deployments/lora_bank.py). slots: computed by the active hotswap slots on "
+        "every attention projection (+90-103% compute for one LoRA on an H200).")
     pipeline_loader: Literal["auto", "direct", "diffusers"] = Field(
         default="auto", description="How a base pipeline in a local folder is read. direct: each "
         "safetensors file read by several threads into one device buffer (through pinned staging "

@@ -1,11 +1,11 @@
 """Reading a diffusers pipeline folder onto the device at close to the storage's read rate.
 
-diffusers' `from_pretrained` (even with `device_map`) reached 3.9 GB/s for a warm SD 1.5 load on
-an H100 where one thread reads the same page-cached files at 6.1 GB/s and `safetensors.load_file`
-onto the GPU at 5.1 GB/s (benchmarks/results/gpu_path_h100.json): it builds every module, then
-places each tensor one by one. Here each safetensors file is read with several threads
-(`os.preadv` releases the GIL, so page-cache copies run in parallel) into its tensors, each its own
-allocation (the allocator's alignment: a view into one buffer at the file's offsets computed a
+diffusers' `from_pretrained` (even with `device_map`) read a warm SD 1.5 at 4.0 GB/s on an H200
+where one thread reads the same page-cached files at 5.9 GB/s and `safetensors.load_file` onto the
+GPU reaches 5.3 GB/s; this loader reached 5.6 GB/s (benchmarks/results/gpu_path_h200.json).
+diffusers builds every module, then places each tensor one by one. Here each safetensors file is
+read with several threads (`os.preadv` releases the GIL, so page-cache copies run in parallel)
+into its tensors, each its own allocation (the allocator's alignment: a view into one buffer at the file's offsets computed a
 different image on an H100 after the host-tier round trip realigned the weights):
 - on a GPU through a few reused pinned staging chunks, each thread copying its chunk on to the
   tensors it overlaps on its own stream before it reads the next (pinned memory is what makes the

@@ -36,7 +36,7 @@ def move_tensors(modules: Iterable[torch.nn.Module], device: str | torch.device)
     total = 0
     cuda_involved = device.type == "cuda"
     for tensor in _tensors(modules):
-        if tensor is None or tensor.device == device:
+        if tensor is None or _on(tensor, device):
             continue
         key = tensor.data.data_ptr()
         target = moved.get(key)
@@ -53,6 +53,15 @@ def move_tensors(modules: Iterable[torch.nn.Module], device: str | torch.device)
     if cuda_involved and torch.cuda.is_available():
         torch.cuda.synchronize()
     return total
+
+
+def _on(tensor: torch.Tensor, device: torch.device) -> bool:
+    """Whether `tensor` is on `device` ("cuda" means the current CUDA device)."""
+    if tensor.device.type != device.type:
+        return False
+    if device.index is None and device.type == "cuda":
+        return tensor.device.index == torch.cuda.current_device()
+    return device.index is None or tensor.device.index == device.index
 
 
 def is_pinned(modules: Iterable[torch.nn.Module]) -> bool:

@@ -86,6 +86,25 @@ def prefetch_pipeline_2(c: Coordination, st) -> None:
     c.prefetch_loaded(st, 1, 9.0 * len(load.arms))  # 9 s per fetched pipeline
 
 
+@pytest.mark.parametrize("held", [False, True])
+def test_a_warm_pipeline_another_replica_holds_is_offered_only_when_asked(held):
+    """A second copy moves no load off a request's path (the router sends it to the holder), so
+    by default the bandit is offered only pipelines whose base no replica holds on its GPU."""
+    c = core(prefetch_held=held)
+    st = warm_state(c)
+    offers = []
+    propose = c.bandit.propose
+    c.bandit.propose = lambda offer, stats, rng: offers.append(offer.arms.tolist()) or propose(offer, stats, rng)
+    c.tiers_changed(st, 0, [2, 4], [GPU, GPU], 7.5)  # replica 0 holds pipeline 2
+    load = c.idle(st, 1, 8.0, 10 * GB, np.random.default_rng(0))
+    while load is not None and not load.prefetch:  # pins first
+        c.tiers_changed(st, 1, list(load.components), [GPU] * len(load.components), 8.0)
+        load = c.idle(st, 1, 8.0, 10 * GB, np.random.default_rng(0))
+    assert offers and all((2 in arms) == held for arms in offers)
+    if not held:  # nothing else is warm and unheld here: no offer, no prefetch
+        assert load is None
+
+
 def test_a_prefetch_used_while_resident_is_credited_its_load_seconds():
     c = core()
     st = warm_state(c)

@@ -17,7 +17,10 @@ from trace_replay.simulator.workload import build_workload
 from trace_replay.table import LORA, build_table
 
 # small cadences so a two-minute scenario re-plans, prefetches and closes reward windows
+# prefetch_held: held pipelines are offered too, so this short scenario credits used as well as
+# wasted prefetches through both adapters
 CORE = {"replan_requests": 6, "replan_max_s": 30.0, "prefetch_interval_s": 4.0, "reward_window_s": 40.0,
+        "prefetch_held": True,
         "min_free_bytes": 0.0, "popularity_args": {"half_life_s": 30.0, "min_demand": 0.05, "hot_frac": 0.15,
                                                    "warm_frac": 0.5}}
 TICK_S = 10.0
@@ -284,7 +287,10 @@ def test_operator_pins_persist_until_unpinned_and_pick_a_holder_by_default():
 
 def test_an_idle_replica_gets_a_prefetch_of_a_warm_pipeline_and_a_busy_one_does_not():
     clock = Clock()
+    # prefetch_held: the warm pipeline here (sd-a+ink) has its base on r0, which the default
+    # never prefetches a second copy of
     c = CacheCoordinator(config(), clock=clock, core_args={"replan_requests": 4, "min_free_bytes": 0,
+                                                           "prefetch_held": True,
                                                            "popularity_args": {"half_life_s": 600.0, "hot_frac": 0.34,
                                                                                "warm_frac": 0.66}})
     served = [req("sd-a", 0.0)] * 20 + [req("sd-b", 0.0, ["ink"])] * 10 + [req("sd-a", 0.0, ["ink"])]
