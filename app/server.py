@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import tempfile
 import threading
 from pathlib import Path
 
 from deployments.config import ServeConfig
+
+logger = logging.getLogger(__name__)
 
 
 def missing_local_models(config: ServeConfig) -> list[str]:
@@ -16,23 +19,37 @@ def missing_local_models(config: ServeConfig) -> list[str]:
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None,
-             metrics_export_port: int | None = None) -> None:
-    """Join the cluster at ``address``, or start a local Ray; a no-op when Ray is already up."""
+             metrics_export_port: int | None = None, temp_dir: str | None = None,
+             attempts: int = 2) -> None:
+    """Join the cluster at ``address``, or start a local Ray; a no-op when Ray is already up.
+
+    A local start is tried ``attempts`` times: on the shared 2-core machine Ray's head has once
+    failed to come up in time ("Timed out waiting for file .../gcs_server_port") with nothing
+    else running, and a second start succeeded."""
     import ray
 
     if ray.is_initialized():
         return
     if address:
         ray.init(address=address)
-    else:
-        # A fresh temp dir per run: a stale `ray_current_cluster` file from an earlier
-        # `ray stop` makes a later ray.init(num_cpus=...) fail (ENVIRONMENT.md).
-        extra = {"_metrics_export_port": metrics_export_port} if metrics_export_port else {}
-        # No dashboard (its HTTP API runs arbitrary code on the cluster); should one be turned
-        # on, it binds to loopback. Serve's HTTP proxy binds to config.host (127.0.0.1 default).
-        ray.init(num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
-                 _temp_dir=tempfile.mkdtemp(prefix="t2i-ray-"),
-                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}, **extra)
+        return
+    # A fresh temp dir per run: a stale `ray_current_cluster` file from an earlier
+    # `ray stop` makes a later ray.init(num_cpus=...) fail (ENVIRONMENT.md).
+    extra = {"_metrics_export_port": metrics_export_port} if metrics_export_port else {}
+    for attempt in range(1, attempts + 1):
+        try:
+            # No dashboard (its HTTP API runs arbitrary code on the cluster); should one be
+            # turned on, it binds to loopback. Serve's HTTP proxy binds to config.host.
+            ray.init(num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
+                     _temp_dir=temp_dir or tempfile.mkdtemp(prefix="t2i-ray-"),
+                     runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}, **extra)
+            return
+        except (RuntimeError, TimeoutError, ConnectionError) as exc:
+            if attempt == attempts:
+                raise
+            logger.warning("starting Ray failed (%s: %s); trying again (%d of %d)",
+                           type(exc).__name__, exc, attempt + 1, attempts)
+            ray.shutdown()
 
 
 def metrics_ports() -> list[int]:

@@ -25,6 +25,7 @@ import time
 
 import pytest
 
+from app.server import init_ray
 from deployments.autoscaling import autoscaling_options
 from deployments.config import parse_config
 
@@ -104,7 +105,7 @@ def test_a_burst_scales_up_quiet_scales_down_and_bounds_hold():
             "policy": "ewma-headroom", "upscale_delay_s": 1.0, "downscale_delay_s": 2.0, "hysteresis": 0.1}}})
     options = autoscaling_options(config)
     temp_dir = tempfile.mkdtemp(prefix="t2i-ray-")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir)
+    init_ray(num_cpus=2, temp_dir=temp_dir)  # retries a head start that timed out
     stop = threading.Event()
     seen: list[tuple[int, int]] = []
     try:

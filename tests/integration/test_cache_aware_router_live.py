@@ -23,6 +23,7 @@ import time
 
 import pytest
 
+from app.server import init_ray
 from deployments.config import parse_config
 from deployments.routing import router_config
 from deployments.spec import GenerationSpec
@@ -96,7 +97,7 @@ def test_requests_go_to_the_replica_whose_stats_hold_their_model():
     config = parse_config({"models": [{"id": m, "kind": "base", "path": m} for m in MODELS],
                            "control": {"report_period_s": 0.2}})
     temp_dir = tempfile.mkdtemp(prefix="t2i-ray-")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir)
+    init_ray(num_cpus=2, temp_dir=temp_dir)  # retries a head start that timed out
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
         holder = serve.deployment(Holder).options(

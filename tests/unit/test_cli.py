@@ -39,3 +39,33 @@ def test_serve_without_models_says_how_to_build_them(tmp_path, capsys):
 def test_check_config_accepts_the_shipped_configs(capsys):
     assert main(["check-config", str(DEFAULT_CONFIG)]) == 0
     assert "valid" in capsys.readouterr().out
+
+
+def test_a_local_ray_start_that_times_out_is_tried_once_more(monkeypatch):
+    import ray
+
+    from app.server import init_ray
+
+    calls, shutdowns = [], []
+
+    def fake_init(**kwargs):
+        calls.append(kwargs)
+        if len(calls) == 1:
+            raise RuntimeError("Timed out waiting for file /tmp/x/gcs_server_port")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(ray, "shutdown", lambda: shutdowns.append(1))
+    init_ray(num_cpus=2, temp_dir="/tmp/t2i-ray-test")
+    assert len(calls) == 2 and len(shutdowns) == 1
+    assert all(c["num_cpus"] == 2 and c["_temp_dir"] == "/tmp/t2i-ray-test" for c in calls)
+    calls.clear()
+
+    def always_fails(**kwargs):
+        calls.append(kwargs)
+        raise RuntimeError("no head")
+
+    monkeypatch.setattr(ray, "init", always_fails)
+    with pytest.raises(RuntimeError, match="no head"):  # the last attempt's error reaches the caller
+        init_ray(num_cpus=2, attempts=2)
+    assert len(calls) == 2
