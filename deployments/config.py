@@ -165,8 +165,8 @@ class CacheBudgets(_Strict):
         "every attention projection (+90-103% compute for one LoRA on an H200).")
     pipeline_loader: Literal["auto", "direct", "diffusers"] = Field(
         default="auto", description="How a base pipeline in a local folder is read. direct: each "
-        "safetensors file read by several threads into one device buffer (through pinned staging "
-        "on a GPU), the modules built empty and given its tensors (deployments/direct_load.py); a "
+        "safetensors file read by several threads into its tensors on the device (through pinned "
+        "staging on a GPU), the modules built empty and given those tensors (deployments/direct_load.py); a "
         "folder it cannot read falls back to diffusers. diffusers: `from_pretrained`. auto: "
         "direct on a GPU, diffusers on a CPU, where diffusers' memory-mapped read is faster (a "
         "real-size SD 1.5 in 0.14-0.18 s against 0.65 s on the 2-core development machine).")

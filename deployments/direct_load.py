@@ -5,8 +5,9 @@ where one thread reads the same page-cached files at 5.9 GB/s and `safetensors.l
 GPU reaches 5.3 GB/s; this loader reached 5.6 GB/s (benchmarks/results/gpu_path_h200.json).
 diffusers builds every module, then places each tensor one by one. Here each safetensors file is
 read with several threads (`os.preadv` releases the GIL, so page-cache copies run in parallel)
-into its tensors, each its own allocation (the allocator's alignment: a view into one buffer at the file's offsets computed a
-different image on an H100 after the host-tier round trip realigned the weights):
+into its tensors, each its own allocation (the allocator's alignment: views into one buffer at
+the file's offsets computed a different image on an H100 once a host-tier round trip had
+realigned the weights):
 - on a GPU through a few reused pinned staging chunks, each thread copying its chunk on to the
   tensors it overlaps on its own stream before it reads the next (pinned memory is what makes the
   host-to-device copy fast, and allocating it per load would cost more than the load);

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -41,10 +42,6 @@ class _Resident:
     adapter_id: str
     factors: dict[str, tuple[torch.Tensor, torch.Tensor, float]]
     last_used: int = 0
-
-    def nbytes(self) -> int:
-        return sum(a.numel() * a.element_size() + b.numel() * b.element_size()
-                   for a, b, _ in self.factors.values())
 
 
 class LoraBank:
@@ -176,8 +173,6 @@ class LoraBank:
 def _now_synced(module: torch.nn.Module) -> float:
     """perf_counter after the module's device finished its queued work (restores are async on
     a GPU)."""
-    import time
-
     device = next(module.parameters()).device
     if device.type == "cuda":
         torch.cuda.synchronize(device)

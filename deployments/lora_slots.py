@@ -91,6 +91,13 @@ class LoraSlots:
     def _current_scalings(self, slot: str) -> list[float]:
         return [float(layer.scaling[slot]) for layer in self._layers]
 
+    def reserved_bytes(self) -> int:
+        """Device bytes beyond the pipeline's modules: none, the slots are UNet parameters."""
+        return 0
+
+    def to(self, device) -> None:
+        """Nothing to move: the slots move with the UNet."""
+
     def missing(self, adapter_ids: list[str]) -> list[str]:
         return [a for a in adapter_ids if a not in self.holding]
 

@@ -26,42 +26,28 @@ def _tensors(modules: Iterable[torch.nn.Module]):
             yield from sub._buffers.values()
 
 
-def move_tensors(modules: Iterable[torch.nn.Module], device: str | torch.device) -> int:
+def move_tensors(modules: Iterable[torch.nn.Module], device: str | torch.device) -> None:
     """Move every parameter and buffer of `modules` to `device`: to a CUDA device with
-    non-blocking copies, to "cpu" into pinned memory when CUDA is there (plain `to` otherwise).
-    Returns the bytes moved."""
+    non-blocking copies, to "cpu" into pinned memory when CUDA is there (plain `to` otherwise)."""
     device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # "cuda": the current device, as `to` reads it
+        device = torch.device("cuda", torch.cuda.current_device())
     pin = device.type == "cpu" and torch.cuda.is_available()
     moved: dict[int, torch.Tensor] = {}  # by the source storage's address: shared stays shared
-    total = 0
-    cuda_involved = device.type == "cuda"
     for tensor in _tensors(modules):
-        if tensor is None or _on(tensor, device):
+        if tensor is None or tensor.device == device:
             continue
-        key = tensor.data.data_ptr()
-        target = moved.get(key)
+        target = moved.get(tensor.data.data_ptr())
         if target is None:
-            cuda_involved = cuda_involved or tensor.device.type == "cuda"
             if pin:
                 target = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
                 target.copy_(tensor.data, non_blocking=True)
             else:
                 target = tensor.data.to(device, non_blocking=True)
-            moved[key] = target
-            total += target.numel() * target.element_size()
+            moved[tensor.data.data_ptr()] = target
         tensor.data = target
-    if cuda_involved and torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return total
-
-
-def _on(tensor: torch.Tensor, device: torch.device) -> bool:
-    """Whether `tensor` is on `device` ("cuda" means the current CUDA device)."""
-    if tensor.device.type != device.type:
-        return False
-    if device.index is None and device.type == "cuda":
-        return tensor.device.index == torch.cuda.current_device()
-    return device.index is None or tensor.device.index == device.index
+    if moved and torch.cuda.is_available():
+        torch.cuda.synchronize()  # the async copies are done when the move returns
 
 
 def is_pinned(modules: Iterable[torch.nn.Module]) -> bool:

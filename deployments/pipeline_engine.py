@@ -290,8 +290,8 @@ class EngineModels:
     def estimate_bytes(self, model_id: str) -> int:
         """Size on disk (`size_bytes` from the registry, else the weight files'), times 1.5 for a
         base model: its LoRA slots or bank and pristine copies are made at load and are not on
-        disk (the cache learns the real ratio from its first load). 0 for a hub model without `size_bytes`: the cache
-        then reserves the measured size right after the load."""
+        disk (the cache learns the real ratio from its first load). 0 for a hub model without
+        `size_bytes`: the cache then reserves the measured size right after the load."""
         entry = self.engine.config.entry(model_id)
         if entry.size_bytes is not None:
             self._disk[model_id] = entry.size_bytes
@@ -309,12 +309,12 @@ class EngineModels:
         return loaded
 
     def size_of(self, obj: object) -> int:
-        """Device bytes: every module's tensors, plus what a LoRA bank may hold (its resident
-        adapters are not module tensors)."""
+        """Device bytes: every module's tensors, plus what a pipeline's LoRA holder keeps outside
+        them (a LoRA bank's resident adapters)."""
         tensors = {t.data_ptr(): t.numel() * t.element_size() for m in _modules(obj)
                    for t in (*m.parameters(), *m.buffers())}
-        bank = obj.slots if isinstance(obj, LoadedPipeline) and isinstance(obj.slots, LoraBank) else None
-        return sum(tensors.values()) + (bank.reserved_bytes() if bank is not None else 0)
+        extra = obj.slots.reserved_bytes() if isinstance(obj, LoadedPipeline) else 0
+        return sum(tensors.values()) + extra
 
     def to_host(self, obj: object) -> object:
         return self._move(obj, "cpu")
@@ -328,7 +328,7 @@ class EngineModels:
         if self.engine.device == "cpu":
             return obj
         move_tensors(_modules(obj), device)
-        if isinstance(obj, LoadedPipeline) and isinstance(obj.slots, LoraBank):
+        if isinstance(obj, LoadedPipeline):
             obj.slots.to(device)
         if device == "cpu":
             torch.cuda.empty_cache()
