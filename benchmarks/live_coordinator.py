@@ -148,6 +148,11 @@ def main() -> int:
               f"{'sim load-s':>8s} {'p50':>6s} {'p99':>6s} {'viol.':>6s}")
         for arm, doc in runs.items():
             print(row(arm, doc["live"], doc["sim"]))
+        print("\nlive load-seconds by part (models: base pipelines, ControlNets, waits for room; fetch: "
+              "LoRAs from the store; swap: LoRAs to the device; unmerge: previous LoRAs out)")
+        for arm, doc in runs.items():
+            parts = doc["live_summary"].get("load_seconds_parts") or {}
+            print(f"{arm:20s} | " + "  ".join(f"{k[:-2]} {v:6.2f}" for k, v in parts.items()))
         ratios = {}
         if "ray-default" in runs:
             ref = runs["ray-default"]["live"]

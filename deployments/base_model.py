@@ -140,7 +140,9 @@ class BaseModel:
         raise RuntimeError(f"base model {model_id!r} was evicted repeatedly while loading; "
                            "raise cache.base_models_per_replica")
 
-    async def _fetch_adapters(self, adapter_ids: list[str]) -> dict:
+    async def _fetch_adapters(self, adapter_ids: list[str], fetched: list[float] | None = None) -> dict:
+        """Tensors of ``adapter_ids``: from the adapter host tier, else from the LoRA store (the
+        store's seconds are added to ``fetched[0]``, the request's ``fetch_s``)."""
         if not adapter_ids:
             return {}
         if self.lora_store is None:
@@ -151,7 +153,10 @@ class BaseModel:
             started = time.perf_counter()
             infos = await asyncio.gather(*(self.lora_store.get.remote(a) for a in adapter_ids))
             tensors = await asyncio.gather(*(_resolve(info["ref"]) for info in infos))
-            fetch_s = (time.perf_counter() - started) / len(adapter_ids)
+            elapsed = time.perf_counter() - started
+            if fetched is not None:
+                fetched[0] += elapsed
+            fetch_s = elapsed / len(adapter_ids)
             self.control.record_adapter_fetch(fetch_s)
             for a, info, t in zip(adapter_ids, infos, tensors):
                 found[a] = t = pin_adapter(t)  # kept pinned in the adapter tier too
@@ -189,8 +194,9 @@ class BaseModel:
         colocated = self.config.controlnet_mode == "colocated"
         wanted = [a for a, _ in spec.loras]
         resident = loaded if loaded is not None else self.cache.objects().get(spec.base_model)
+        fetched = [0.0]  # seconds spent fetching adapters from the LoRA store (timings fetch_s)
         adapters = await self._fetch_adapters(resident.slots.missing(wanted) if resident is not None
-                                              and resident.slots is not None else wanted)
+                                              and resident.slots is not None else wanted, fetched)
         factory = None
         if spec.controlnets and not colocated:
             factory = await self._remote_controlnets([cn for cn, _ in spec.controlnets])
@@ -212,7 +218,7 @@ class BaseModel:
                     factory = {lease.model_id: lease.obj for lease in leases[1:]}.__getitem__
             try:
                 adapters.update(await self._fetch_adapters(
-                    [a for a in loaded.slots.missing(wanted) if a not in adapters]))
+                    [a for a in loaded.slots.missing(wanted) if a not in adapters], fetched))
                 result = await asyncio.to_thread(
                     self.engine.generate, loaded, spec, adapters, control_images, factory)
             finally:
@@ -221,6 +227,7 @@ class BaseModel:
         self.control.record_adapter_swap(result)
         result.timings["queue_s"] = queue_s
         result.timings["load_s"] += before_lock_s + lease_s
+        result.timings["fetch_s"] = fetched[0]
         result.replica = _replica_id()
         return result
 

@@ -58,7 +58,8 @@ class Scripted:
                 await asyncio.sleep(value)
             return JSONResponse({"model": body["base_model"], "data": [{"b64_json": ""}],
                                  "timings": {"queue_s": 0.0, "load_s": 0.01, "inference_s": value,
-                                             "total_s": value + 0.01},
+                                             "total_s": value + 0.01, "fetch_s": 0.004, "swap_s": 0.001,
+                                             "unknown_s": 9.0},
                                  "t2i": {"replica": replica}})
 
 

@@ -38,6 +38,10 @@ def test_open_loop_sends_on_time_while_the_server_is_slow(server):
     assert s["sent"] == s["completed"] + s["failed"] + s["timed_out"] == 8
     assert s["slo_violation_rate"] == 0.0 and s["latency_p50_s"] >= 0.4
     assert s["load_seconds"] == pytest.approx(0.08)
+    # load_s split into what the service reported (parts it did not report count 0) and the rest
+    assert s["load_seconds_parts"] == pytest.approx({"fetch_s": 0.032, "swap_s": 0.008, "unmerge_s": 0.0,
+                                                     "models_s": 0.04})
+    assert "unknown_s" not in run.records[0].timings
 
 
 def test_concurrency_limit_queues_and_latency_counts_the_wait(server):

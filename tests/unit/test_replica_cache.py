@@ -334,12 +334,15 @@ def test_adapter_host_tier_keeps_fetched_loras(replica):
     get = store.get.remote
     store.get.remote = lambda a: fetched.append(a) or get(a)
     try:
-        runner.run(model.generate(_spec(loras=(("tiny-lora-neon", 1.0),)), None))
-        runner.run(model.generate(_spec(base_model="tiny-sd-heavy", loras=(("tiny-lora-neon", 1.0),)), None))
+        first = runner.run(model.generate(_spec(loras=(("tiny-lora-neon", 1.0),)), None))
+        again = runner.run(model.generate(_spec(base_model="tiny-sd-heavy", loras=(("tiny-lora-neon", 1.0),)),
+                                          None))
         runner.run(model.generate(_spec(loras=(("tiny-lora-pastel", 1.0),)), None))
     finally:
         store.get.remote = get
     assert fetched == ["tiny-lora-neon", "tiny-lora-pastel"]  # neon came from the tier the 2nd time
+    # the store fetch is reported as its own part of load_s, and only when there was one
+    assert 0 < first.timings["fetch_s"] <= first.timings["load_s"] and again.timings["fetch_s"] == 0.0
     tier = model.control.adapters
     assert {"tiny-lora-neon", "tiny-lora-pastel"} <= set(tier.held()) and tier.hits >= 1
     assert tier.used_bytes() <= tier.budget

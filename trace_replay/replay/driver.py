@@ -23,6 +23,10 @@ import httpx
 from trace_replay.replay.mapping import ReplayRequest
 
 STAGES = ("queue_s", "load_s", "preprocess_s", "inference_s", "discriminator_s", "total_s")
+# parts of load_s the service reports: adapters fetched from the LoRA store, adapters copied to
+# the device or swapped into slots, the previous request's merged adapters taken out; the rest of
+# load_s is model loads (base pipelines, ControlNets) and waits for room
+LOAD_PARTS = ("fetch_s", "swap_s", "unmerge_s")
 
 
 @dataclass
@@ -83,7 +87,8 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict, rec: Record, t0:
             rec.outcome = "completed"
             rec.model = str(doc.get("model", ""))
             rec.replica = str((doc.get("t2i") or {}).get("replica") or "")
-            rec.timings = {k: float(v) for k, v in (doc.get("timings") or {}).items() if k in STAGES}
+            rec.timings = {k: float(v) for k, v in (doc.get("timings") or {}).items()
+                           if k in STAGES or k in LOAD_PARTS}
         else:
             rec.outcome = "failed"
             err = doc.get("error") if isinstance(doc, dict) else None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trace_replay.replay.driver import STAGES, Record, RunResult
+from trace_replay.replay.driver import LOAD_PARTS, STAGES, Record, RunResult
 
 
 def _q(values: np.ndarray, p: float) -> float:
@@ -37,6 +37,14 @@ def slice_stats(latency: np.ndarray, completed: np.ndarray, load_s: np.ndarray, 
             "latency_mean_s": float(ok.mean()) if ok.size else float("nan"),
             "latency_p50_s": float(q[0]), "latency_p95_s": float(q[1]), "latency_p99_s": float(q[2]),
             "load_seconds": float(np.nansum(load))}
+
+
+def load_parts(done: list[Record]) -> dict[str, float]:
+    """Load seconds of completed requests by part: ``LOAD_PARTS`` as the service reported them,
+    and ``models_s``, the rest of load_s (model loads and waits for room)."""
+    parts = {p: float(sum(r.timings.get(p, 0.0) for r in done)) for p in LOAD_PARTS}
+    parts["models_s"] = float(sum(r.timings.get("load_s", 0.0) for r in done)) - sum(parts.values())
+    return parts
 
 
 def record_arrays(records: list[Record]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -88,6 +96,7 @@ def summarize(run: RunResult, slo_s: float) -> dict:
         "compute_seconds": stages["inference_s"]["sum"],
         "requests_with_load": int(sum(1 for r in done if r.timings.get("load_s", 0.0) > 0.05)),
         "stages": stages,
+        "load_seconds_parts": load_parts(done),
         "client_overhead_median_s": _q(client_overhead, 0.5),
         # how late the driver sent (a concurrency limit's wait included): an open-loop replay is
         # only as good as this is small
@@ -115,7 +124,8 @@ def per_model(run: RunResult, slo_s: float) -> dict[str, dict]:
 
 
 COLUMNS = ("index", "scheduled_s", "sent_s", "done_s", "latency_s", "outcome", "http_status",
-           "base_model", "n_loras", "n_controlnets", "steps", "model", "replica", *STAGES, "error")
+           "base_model", "n_loras", "n_controlnets", "steps", "model", "replica", *STAGES, *LOAD_PARTS,
+           "error")
 
 
 def write_records(path: Path, records: list[Record]) -> Path:
@@ -127,7 +137,8 @@ def write_records(path: Path, records: list[Record]) -> Path:
             w.writerow([r.index, f"{r.scheduled_s:.6f}", f"{r.sent_s:.6f}", f"{r.done_s:.6f}",
                         f"{r.latency_s:.6f}", r.outcome, r.http_status, r.base_model, r.n_loras,
                         r.n_controlnets, r.steps, r.model, r.replica,
-                        *(f"{r.timings[s]:.6f}" if s in r.timings else "" for s in STAGES), r.error])
+                        *(f"{r.timings[s]:.6f}" if s in r.timings else "" for s in (*STAGES, *LOAD_PARTS)),
+                        r.error])
     return path
 
 
@@ -209,6 +220,10 @@ def table(summary: dict) -> str:
     lines.append(f"{'Client + HTTP overhead (median s):':36s}{s['client_overhead_median_s']:.3f}")
     lines.append(f"{'Send lag p50 / p99 (s):':36s}{s['send_lag_p50_s']:.3f} / {s['send_lag_p99_s']:.3f}")
     lines.append(f"{'Load seconds (sum of load_s):':36s}{s['load_seconds']:.2f}")
+    if s.get("load_seconds_parts"):
+        p = s["load_seconds_parts"]
+        lines.append(f"{'  models / fetch / swap / unmerge:':36s}{p['models_s']:.2f} / {p['fetch_s']:.2f} / "
+                     f"{p['swap_s']:.2f} / {p['unmerge_s']:.2f}")
     if s.get("mapping"):
         m = s["mapping"]
         lines.append(f"{'Requests trimmed to limits:':36s}{m['requests_trimmed']} {m['trimmed'] or ''}")
