@@ -480,9 +480,9 @@ def _add(timings: dict, replica: dict) -> None:
     """Replica timings add up over model calls (a cascade's reruns included)."""
     for key in ("queue_s", "load_s", "inference_s"):
         timings[key] += replica.get(key, 0.0)
-    # fetch_s, swap_s and unmerge_s are parts of load_s (the LoRAs' fetch from the store; their
-    # copy or swap; taking the previous request's merged LoRAs out of the weights)
-    for key in ("fetch_s", "swap_s", "unmerge_s"):
+    # fetch_s, swap_s, unmerge_s and merge_s are parts of load_s (the LoRAs' fetch from the store;
+    # their copy or swap; the previous request's merged LoRAs out of the weights; these in)
+    for key in ("fetch_s", "swap_s", "unmerge_s", "merge_s"):
         if key in replica:
             timings[key] = timings.get(key, 0.0) + replica[key]
 

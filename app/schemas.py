@@ -104,6 +104,9 @@ class Timings(BaseModel):
                              "merged LoRAs out of the attention weights before this request's "
                              "merge (cache.lora_mode: merge); 0 when it used the same ones, which "
                              "stay merged.")
+    merge_s: float = Field(0.0, description="Part of load_s: adding the request's LoRAs into the "
+                           "attention weights (cache.lora_mode: merge); 0 when they were merged "
+                           "already.")
     fetch_s: float = Field(0.0, description="Part of load_s: fetching the request's LoRAs from the "
                            "LoRA store (0 when the replica had them in its slots or its adapter "
                            "host tier).")

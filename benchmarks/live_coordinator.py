@@ -149,7 +149,8 @@ def main() -> int:
         for arm, doc in runs.items():
             print(row(arm, doc["live"], doc["sim"]))
         print("\nlive load-seconds by part (models: base pipelines, ControlNets, waits for room; fetch: "
-              "LoRAs from the store; swap: LoRAs to the device; unmerge: previous LoRAs out)")
+              "LoRAs from the store; swap: LoRAs to the device; unmerge: previous LoRAs out; merge: this "
+              "request's in)")
         for arm, doc in runs.items():
             parts = doc["live_summary"].get("load_seconds_parts") or {}
             print(f"{arm:20s} | " + "  ".join(f"{k[:-2]} {v:6.2f}" for k, v in parts.items()))

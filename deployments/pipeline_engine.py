@@ -191,8 +191,8 @@ class PipelineEngine:
 
         Under `cache.lora_mode` merge the adapters are copied to the device if they are not
         there (timings swap_s), the previous request's merged adapters are taken out (unmerge_s,
-        0 when this request uses the same ones: they stay merged) and this request's merged in;
-        all of it is part of load_s. Under slots they are swapped into the hotswap slots."""
+        0 when this request uses the same ones: they stay merged) and this request's merged in
+        (merge_s); all of it is part of load_s. Under slots they are swapped into the hotswap slots."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
         loras = list(spec.loras)
@@ -216,7 +216,9 @@ class PipelineEngine:
         if spec.deadline is not None:  # checked between denoising steps: late work stops early
             kwargs["callback_on_step_end"] = deadline_hook(spec.deadline)
         if merging:  # restores itself if it fails half-way
+            merge_started = time.perf_counter()
             timings["unmerge_s"] = loaded.slots.merge(loras)
+            timings["merge_s"] = time.perf_counter() - merge_started - timings["unmerge_s"]
         try:
             timings["load_s"] = time.perf_counter() - started
             started = time.perf_counter()

@@ -190,7 +190,7 @@ def test_engine_modes_give_the_same_image_and_report_their_times(engines, weight
     assert not np.array_equal(a.images[0], base)
     diff = np.abs(a.images[0].astype(np.int16) - b.images[0].astype(np.int16)).max()
     assert diff <= 1, f"merged and slot images differ by {diff} levels"
-    assert {"swap_s", "load_s", "inference_s", "unmerge_s"} <= a.timings.keys()
+    assert {"swap_s", "load_s", "inference_s", "unmerge_s", "merge_s"} <= a.timings.keys()
     assert "unmerge_s" not in b.timings
     assert a.timings["load_s"] >= a.timings["swap_s"] and a.adapters_swapped == 2
     assert np.array_equal(merged.generate(loaded, _spec()).images[0], base)
@@ -215,6 +215,7 @@ def test_a_hot_pair_stays_merged_between_its_requests(engines, weights):
     first = merged.generate(loaded, _spec(loras=loras), weights)
     again = merged.generate(loaded, _spec(loras=loras))  # nothing to copy: resident and merged
     assert again.adapters_swapped == 0 and again.timings["unmerge_s"] == 0.0
+    assert first.timings["merge_s"] > 0.0 and again.timings["merge_s"] < first.timings["merge_s"]
     assert np.array_equal(first.images[0], again.images[0])
     after = merged.generate(loaded, _spec())
     assert after.timings["unmerge_s"] > 0.0 and np.array_equal(after.images[0], base)

@@ -24,9 +24,10 @@ from trace_replay.replay.mapping import ReplayRequest
 
 STAGES = ("queue_s", "load_s", "preprocess_s", "inference_s", "discriminator_s", "total_s")
 # parts of load_s the service reports: adapters fetched from the LoRA store, adapters copied to
-# the device or swapped into slots, the previous request's merged adapters taken out; the rest of
-# load_s is model loads (base pipelines, ControlNets) and waits for room
-LOAD_PARTS = ("fetch_s", "swap_s", "unmerge_s")
+# the device or swapped into slots, the previous request's merged adapters taken out, this
+# request's merged in; the rest of load_s is model loads (base pipelines, ControlNets, from disk
+# or the host tier) and waits for room
+LOAD_PARTS = ("fetch_s", "swap_s", "unmerge_s", "merge_s")
 
 
 @dataclass

@@ -222,8 +222,8 @@ def table(summary: dict) -> str:
     lines.append(f"{'Load seconds (sum of load_s):':36s}{s['load_seconds']:.2f}")
     if s.get("load_seconds_parts"):
         p = s["load_seconds_parts"]
-        lines.append(f"{'  models / fetch / swap / unmerge:':36s}{p['models_s']:.2f} / {p['fetch_s']:.2f} / "
-                     f"{p['swap_s']:.2f} / {p['unmerge_s']:.2f}")
+        lines.append(f"{'  models/fetch/swap/unmerge/merge:':36s}{p['models_s']:.2f} / {p['fetch_s']:.2f} / "
+                     f"{p['swap_s']:.2f} / {p['unmerge_s']:.2f} / {p['merge_s']:.2f}")
     if s.get("mapping"):
         m = s["mapping"]
         lines.append(f"{'Requests trimmed to limits:':36s}{m['requests_trimmed']} {m['trimmed'] or ''}")
