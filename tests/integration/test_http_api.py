@@ -71,6 +71,7 @@ def test_base_only_returns_a_png_of_the_requested_size(http, size):
     assert isinstance(replica, str) and replica, "t2i.replica names the BaseModel replica"
     timings = payload["timings"]
     assert timings["inference_s"] > 0 and timings["total_s"] >= timings["inference_s"]
+    assert timings["fetch_s"] == 0.0  # reported, and nothing fetched for a request without LoRAs
 
 
 def test_same_seed_same_bytes_and_timing_header(http):
