@@ -96,6 +96,7 @@ class CacheCoordinator:
         self.plans = 0
         self.operator_pins: dict[str, list[str] | None] = {}  # model -> replica ids (None: next reporter)
         self.replica_prefetch_hits = 0
+        self.prefetch_load_s = 0.0  # seconds replicas reported loading prefetches (on no request's path)
         cascade = self.config.cascade
         # With BaseModel autoscaling the planner plans over the deployment's max_replicas and its
         # stages' replicas become the autoscaler's floor (the replicas pass it on as a metric);
@@ -185,6 +186,7 @@ class CacheCoordinator:
                 later.append((p, t))
         for x in report.get("loads") or ():
             if x.get("prefetch"):  # the core keeps only loads that were part of its latest prefetch
+                self.prefetch_load_s += float(x.get("seconds", 0.0))
                 core.prefetch_loaded(st, r, float(x.get("seconds", 0.0)), self._component(x["id"]))
         self.replica_prefetch_hits += len(used_models)
         if self._dirty:  # ids first seen in this report: a larger table before any tier lands
@@ -357,7 +359,8 @@ class CacheCoordinator:
         return {"replicas": replicas, "bands": by_band, "operator_pins": dict(self.operator_pins),
                 "prefetch": {"used": st.used, "wasted": st.wasted, "hit_rate": self.core.hit_rate(st),
                              "open": sum(len(o) for o in st.open),
-                             "replica_reported_hits": self.replica_prefetch_hits},
+                             "replica_reported_hits": self.replica_prefetch_hits,
+                             "load_seconds": round(self.prefetch_load_s, 6)},
                 "plans": self.plans,
                 "last_plan_age_s": None if not math.isfinite(st.last_plan) else round(now - st.last_plan, 3)}
 

@@ -334,3 +334,13 @@ def test_a_served_request_and_an_eviction_in_one_report_are_ordered_by_the_repli
                        evicted=[{"id": "ink", "to": HOST}], prefetch_hits=["ink"] if replica_used_it else []))
     c.core._credit(c.st, 1e9)  # close every window
     assert (c.st.used, c.st.wasted) == ((1, 0) if replica_used_it else (0, 1))
+
+
+def test_the_view_sums_the_load_seconds_replicas_spent_on_prefetches():
+    # prefetch loads are on no request's path: the view counts them, so a benchmark can add them
+    # to the load-seconds it reads from responses
+    c = CacheCoordinator(config(), clock=Clock())
+    c.report("r0", rep({"sd-a": GPU}, loads=[{"id": "sd-a", "from": 2, "seconds": 0.75, "prefetch": False}]))
+    c.report("r1", rep({"sd-b": GPU}, loads=[{"id": "sd-b", "from": 2, "seconds": 0.5, "prefetch": True},
+                                             {"id": "ink", "from": 1, "seconds": 0.25, "prefetch": True}]))
+    assert c.view()["prefetch"]["load_seconds"] == 0.75
