@@ -349,8 +349,9 @@ DEMO_HOST_CONTENTION = 0.4
 # A request waits up to this long behind a replica that holds its pipeline rather than load it on
 # a less busy one (policies.routing slack_s). On this demo's replicas, which share two cores, moving
 # a request buys little parallelism and each move pulls a pipeline in and pushes another out:
-# benchmarks/live_coordinator.py (900 requests, SLO 2 s) measured 0.71x Ray's load-seconds and
-# 0.72x its p99 with a slack of 0.5 s, against 1.28x and 0.84x without one. On dedicated GPUs
+# benchmarks/live_coordinator.py (900 requests, SLO 2 s, three runs) measured 0.71-0.90x Ray's
+# load-seconds and 0.72-0.93x its p99 with a slack of 0.5 s, against 1.28x and 0.84x without one
+# (README: violations about equal). On dedicated GPUs
 # (the simulator's coordinator set) no slack is the default: there it raised SLO violations.
 DEMO_ROUTING_SLACK_S = 0.5
 

@@ -140,29 +140,28 @@ class BaseModel:
         raise RuntimeError(f"base model {model_id!r} was evicted repeatedly while loading; "
                            "raise cache.base_models_per_replica")
 
-    async def _fetch_adapters(self, adapter_ids: list[str], fetched: list[float] | None = None) -> dict:
-        """Tensors of ``adapter_ids``: from the adapter host tier, else from the LoRA store (the
-        store's seconds are added to ``fetched[0]``, the request's ``fetch_s``)."""
+    async def _fetch_adapters(self, adapter_ids: list[str]) -> tuple[dict, float]:
+        """(tensors of ``adapter_ids``, seconds spent fetching from the LoRA store): from the
+        adapter host tier, else from the store."""
         if not adapter_ids:
-            return {}
+            return {}, 0.0
         if self.lora_store is None:
             raise RuntimeError("this BaseModel has no LoRA store to fetch adapters from")
         tier = self.control.adapters  # the coordinator set's host tier for adapters (or None)
         found, adapter_ids = tier.take(adapter_ids) if tier is not None else ({}, adapter_ids)
+        elapsed = 0.0
         if adapter_ids:
             started = time.perf_counter()
             infos = await asyncio.gather(*(self.lora_store.get.remote(a) for a in adapter_ids))
             tensors = await asyncio.gather(*(_resolve(info["ref"]) for info in infos))
             elapsed = time.perf_counter() - started
-            if fetched is not None:
-                fetched[0] += elapsed
             fetch_s = elapsed / len(adapter_ids)
             self.control.record_adapter_fetch(fetch_s)
             for a, info, t in zip(adapter_ids, infos, tensors):
                 found[a] = t = pin_adapter(t)  # kept pinned in the adapter tier too
                 if tier is not None:
                     tier.put(a, t, int(info.get("bytes") or 0), fetch_s)
-        return found
+        return found, elapsed
 
     async def _remote_controlnets(self, controlnet_ids: list[str]):
         """ControlNet modules that call the ControlNet deployment once per step; one per id,
@@ -194,9 +193,9 @@ class BaseModel:
         colocated = self.config.controlnet_mode == "colocated"
         wanted = [a for a, _ in spec.loras]
         resident = loaded if loaded is not None else self.cache.objects().get(spec.base_model)
-        fetched = [0.0]  # seconds spent fetching adapters from the LoRA store (timings fetch_s)
-        adapters = await self._fetch_adapters(resident.slots.missing(wanted) if resident is not None
-                                              and resident.slots is not None else wanted, fetched)
+        lacking = (resident.slots.missing(wanted) if resident is not None and resident.slots is not None
+                   else wanted)
+        adapters, fetch_s = await self._fetch_adapters(lacking)
         factory = None
         if spec.controlnets and not colocated:
             factory = await self._remote_controlnets([cn for cn, _ in spec.controlnets])
@@ -217,8 +216,10 @@ class BaseModel:
                 if spec.controlnets and colocated:
                     factory = {lease.model_id: lease.obj for lease in leases[1:]}.__getitem__
             try:
-                adapters.update(await self._fetch_adapters(
-                    [a for a in loaded.slots.missing(wanted) if a not in adapters], fetched))
+                more, more_s = await self._fetch_adapters(
+                    [a for a in loaded.slots.missing(wanted) if a not in adapters])
+                adapters.update(more)
+                fetch_s += more_s
                 result = await asyncio.to_thread(
                     self.engine.generate, loaded, spec, adapters, control_images, factory)
             finally:
@@ -227,7 +228,7 @@ class BaseModel:
         self.control.record_adapter_swap(result)
         result.timings["queue_s"] = queue_s
         result.timings["load_s"] += before_lock_s + lease_s
-        result.timings["fetch_s"] = fetched[0]
+        result.timings["fetch_s"] = fetch_s  # the store fetches (before and under the lock)
         result.replica = _replica_id()
         return result
 

@@ -186,8 +186,9 @@ class CacheCoordinator:
                 later.append((p, t))
         for x in report.get("loads") or ():
             if x.get("prefetch"):  # the core keeps only loads that were part of its latest prefetch
-                self.prefetch_load_s += float(x.get("seconds", 0.0))
-                core.prefetch_loaded(st, r, float(x.get("seconds", 0.0)), self._component(x["id"]))
+                seconds = float(x.get("seconds", 0.0))
+                self.prefetch_load_s += seconds
+                core.prefetch_loaded(st, r, seconds, self._component(x["id"]))
         self.replica_prefetch_hits += len(used_models)
         if self._dirty:  # ids first seen in this report: a larger table before any tier lands
             core.grow(st, components=self._table())

@@ -105,13 +105,14 @@ class LoraBank:
             self._resident[adapter_id].last_used = next(self._clock)
         return copied
 
-    def merge(self, loras: list[tuple[str, float]]) -> float:
-        """Leave exactly `loras` (staged) merged into the weights. Returns the seconds spent
-        taking the previous request's adapters out: 0.0 when they are the same ones (left merged)
-        or none were merged."""
+    def merge(self, loras: list[tuple[str, float]]) -> tuple[float, float]:
+        """Leave exactly `loras` (staged) merged into the weights. Returns (unmerge_s, merge_s):
+        the seconds spent taking the previous request's adapters out and putting these in, both
+        measured to the device's end of the work (0.0, 0.0 when they are the same ones, left
+        merged)."""
         key = tuple((a, float(s)) for a, s in loras if s != 0.0)
         if key == self._merged:
-            return 0.0
+            return 0.0, 0.0
         terms = []
         for adapter_id, scale in key:
             resident = self._resident.get(adapter_id)
@@ -120,9 +121,10 @@ class LoraBank:
             terms += [MergeTerm(self._layers[module], a, b, scale * scaling)
                       for module, (a, b, scaling) in resident.factors.items()]
         unmerge_s = self.restore()
+        started = _now_synced(self.unet) if terms else 0.0
         self._merge.merge(terms)  # restores itself when it fails half-way
         self._merged = key
-        return unmerge_s
+        return unmerge_s, (_now_synced(self.unet) - started if terms else 0.0)
 
     def restore(self) -> float:
         """Every patched weight back to its pristine copy; returns the seconds it took (0.0 when
@@ -171,8 +173,8 @@ class LoraBank:
 
 
 def _now_synced(module: torch.nn.Module) -> float:
-    """perf_counter after the module's device finished its queued work (restores are async on
-    a GPU)."""
+    """perf_counter after the module's device finished its queued work (restores and merges are
+    async on a GPU)."""
     device = next(module.parameters()).device
     if device.type == "cuda":
         torch.cuda.synchronize(device)

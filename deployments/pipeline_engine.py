@@ -216,9 +216,7 @@ class PipelineEngine:
         if spec.deadline is not None:  # checked between denoising steps: late work stops early
             kwargs["callback_on_step_end"] = deadline_hook(spec.deadline)
         if merging:  # restores itself if it fails half-way
-            merge_started = time.perf_counter()
-            timings["unmerge_s"] = loaded.slots.merge(loras)
-            timings["merge_s"] = time.perf_counter() - merge_started - timings["unmerge_s"]
+            timings["unmerge_s"], timings["merge_s"] = loaded.slots.merge(loras)
         try:
             timings["load_s"] = time.perf_counter() - started
             started = time.perf_counter()

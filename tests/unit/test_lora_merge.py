@@ -100,7 +100,7 @@ def test_the_same_adapters_stay_merged_and_others_replace_them(banked, weights):
     bank.merge(loras)
     once = _base_weights(pipe.unet)
     assert bank.merged == (("tiny-lora-ink", 0.7),)
-    assert bank.merge(loras) == 0.0 and _same_weights(pipe.unet, once)  # kept: no switch
+    assert bank.merge(loras) == (0.0, 0.0) and _same_weights(pipe.unet, once)  # kept: no switch
     other = [("tiny-lora-ink", 0.4)]  # the same adapter at another scale is another merge
     bank.merge(other)
     assert not _same_weights(pipe.unet, once) and bank.merged == (("tiny-lora-ink", 0.4),)
