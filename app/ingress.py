@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -153,10 +153,12 @@ async def _overloaded(_: Request, exc: OverloadedError) -> JSONResponse:
         str(exc), None, "overloaded_error"))
 
 
+@api.exception_handler(ObjectLostError)
 @api.exception_handler(RayActorError)
-async def _replica_gone(request: Request, exc: RayActorError) -> JSONResponse:
+async def _replica_gone(request: Request, exc: Exception) -> JSONResponse:
     # A replica died (or became unreachable) under the request: ActorDiedError from the handle,
-    # or a downstream replica's death re-raised through BaseModel. Not retried here: the
+    # or a downstream replica's death re-raised through BaseModel; OwnerDiedError (an
+    # ObjectLostError) when the LoRA store died while its adapter object was being fetched. Not retried here: the
     # replacement takes a replica start (seconds to tens of seconds with its model warm-up),
     # most of a request's deadline, and a request that killed its replica would kill the next.
     request_id, headers = _request_id(request)
