@@ -45,29 +45,32 @@ from benchmarks.live_replay import (free_port, katz_trace, start_service, stop_s
 
 # control-section overrides per arm; "{contention}" is the host contention this run's profile
 # measured (each busy neighbour's share of extra duration: four replicas share two cores), which
-# the router prices; "{quarter_slo}" is a quarter of the SLO. The coordinator arms route with a
+# the router prices; "{slack}" is --slack-fraction of the SLO. The coordinator arms route with a
 # slack of that much (policies.routing slack_s: a request waits up to that long behind a replica
 # holding its pipeline rather than load it on a less busy one), as the demo config does;
 # coordinator-no-slack is the router without it, coordinator-lean with a budget instead (any
-# replica within a quarter of the SLO, the fewest loads among them: the simulator's
+# replica within that much of the best, the fewest loads among them: the simulator's
 # coordinator-lean).
 def _coordinator(**routing) -> dict:
     return {"policies": "coordinator",
-            "routing_args": {"band_pools": False, "host_contention": "{contention}", "slack_s": "{quarter_slo}",
+            "routing_args": {"band_pools": False, "host_contention": "{contention}", "slack_s": "{slack}",
                              **routing}}
 
 
 ARMS = {"ray-default": {"policies": "ray-default"},
         "coordinator": _coordinator(),
         "coordinator-no-slack": _coordinator(slack_s=0.0),
-        "coordinator-lean": _coordinator(slack_s=0.0, budget_s="{quarter_slo}"),
+        "coordinator-lean": _coordinator(slack_s=0.0, budget_s="{slack}"),
         "coordinator-blind": _coordinator(host_contention=0.0),  # as if replicas did not contend
-        "coordinator-no-host": {**_coordinator(), "host_budget_bytes": 0}}
+        "coordinator-no-host": {**_coordinator(), "host_budget_bytes": 0},
+        # hot pipelines pinned on as many replicas as their demand share asks, down to one (the
+        # default keeps at least two, for failover)
+        "coordinator-min1": {**_coordinator(), "placement_args": {"fuse_top": 0, "min_replicas": 1}}}
 GOAL_LOAD_S_CUT = 0.40
 
 
-def arm_config(base: Path, arm: str, out: Path, slo_s: float, contention: float = 0.0) -> Path:
-    text = json.dumps(ARMS[arm]).replace('"{quarter_slo}"', str(slo_s / 4))
+def arm_config(base: Path, arm: str, out: Path, slack_s: float, contention: float = 0.0) -> Path:
+    text = json.dumps(ARMS[arm]).replace('"{slack}"', str(slack_s))
     overrides = json.loads(text.replace('"{contention}"', str(contention)))
     return with_policies(base, **overrides, out=out)
 
@@ -110,6 +113,8 @@ def main() -> int:
     ap.add_argument("--arms", default="ray-default,coordinator,coordinator-blind,coordinator-no-host",
                     help=f"comma-separated, of {', '.join(ARMS)}")
     ap.add_argument("--slo-s", type=float, default=2.0, help="latency SLO for the violation rate")
+    ap.add_argument("--slack-fraction", type=float, default=0.25,
+                    help="the coordinator arms' routing slack, as a fraction of the SLO")
     ap.add_argument("--models", help="a many-model demo folder already built (with its config.yaml)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bases", type=int, default=8, help="base models in the demo (8 fill the four "
@@ -135,7 +140,7 @@ def main() -> int:
         base_config = models / "config.yaml"
         trace = katz_trace(work / "katz.json", args.requests, args.seed + 1)
         profile = work / "profile.yaml"
-        ray_config = arm_config(base_config, "ray-default", work / "config-ray-default.yaml", args.slo_s)
+        ray_config = arm_config(base_config, "ray-default", work / "config-ray-default.yaml", 0.0)
         port = free_port()
         proc = start_service(ray_config, port, work / "serve-profile.log")
         try:
@@ -148,7 +153,8 @@ def main() -> int:
         print(f"host contention measured by the profile: +{contention:.0%} per busy neighbour "
               "(the coordinator arms' router prices it)", flush=True)
         for arm in arms:
-            config = arm_config(base_config, arm, work / f"config-{arm}.yaml", args.slo_s, contention)
+            config = arm_config(base_config, arm, work / f"config-{arm}.yaml",
+                                args.slo_s * args.slack_fraction, contention)
             port = free_port()
             proc = start_service(config, port, work / f"serve-{arm}.log")
             try:
