@@ -82,10 +82,6 @@ class ReplicaControl:
         self.queue_len = 0
         self.requests_total = 0
         self.compute_s: float | None = None  # EWMA of inference seconds per request
-        # the same per base model: a heavy model's request takes several times a light one's,
-        # and a queue of heavy requests drains that much slower (busy_s, and the router's waits)
-        self.compute_by_model: dict[str, float] = {}
-        self._in_replica: dict[str, int] = {}  # base model -> requests in this replica now
         self.service_s: float | None = None  # EWMA of inference + load seconds per request
         self.pool = SHARED
         self.prefetch_wanted: list[str] = []
@@ -105,34 +101,20 @@ class ReplicaControl:
         """Count a request in for its duration; yields a callback taking its result's timings."""
         self.queue_len += 1
         self.requests_total += 1
-        base = spec.base_model
-        self._in_replica[base] = self._in_replica.get(base, 0) + 1
         self._pending["served"].append({"base": spec.base_model,
                                         "controlnets": [c for c, _ in spec.controlnets],
                                         "loras": [a for a, _ in spec.loras], "t": time.time()})
         del self._pending["served"][:-MAX_PENDING]
         try:
-            yield lambda result: self._record(result, base)
+            yield self._record
         finally:
             self.queue_len -= 1
-            left = self._in_replica[base] - 1
-            if left:
-                self._in_replica[base] = left
-            else:
-                del self._in_replica[base]
 
-    def _record(self, result: GenerationResult, base: str) -> None:
+    def _record(self, result: GenerationResult) -> None:
         compute = float(result.timings.get("inference_s", 0.0))
         total = compute + float(result.timings.get("load_s", 0.0))
         self.compute_s = _ewma(self.compute_s, compute)
-        self.compute_by_model[base] = _ewma(self.compute_by_model.get(base), compute)
         self.service_s = _ewma(self.service_s, total)
-
-    def expected_compute_s(self, base: str) -> float:
-        """Expected inference seconds of one request for ``base`` here: its model's mean, else the
-        replica's mean over all models, else the prior."""
-        mean = self.compute_by_model.get(base, self.compute_s)
-        return mean if mean is not None else COMPUTE_PRIOR_S
 
     def record_adapter_fetch(self, seconds_per_adapter: float) -> None:
         self.adapter_fetch_s = _ewma(self.adapter_fetch_s, seconds_per_adapter)
@@ -188,10 +170,10 @@ class ReplicaControl:
         return used, max(0, self.gpu_budget - used), 0
 
     def busy_s(self) -> float:
-        """Seconds until the current work drains: each request in the replica at its model's mean
-        compute, plus the expected remainder of the loads in progress."""
-        work = sum(n * self.expected_compute_s(base) for base, n in list(self._in_replica.items()))
-        return work + (self.cache.loading_remaining_s() if self.cache else 0.0)
+        """Seconds until the current work drains: mean compute per request x requests, plus the
+        expected remainder of the loads in progress."""
+        per_request = self.compute_s if self.compute_s is not None else COMPUTE_PRIOR_S
+        return per_request * self.queue_len + (self.cache.loading_remaining_s() if self.cache else 0.0)
 
     def routing_stats(self) -> dict:
         _, gpu_free, host_free = self._bytes()
@@ -200,8 +182,7 @@ class ReplicaControl:
                 "gpu_free_bytes": gpu_free, "host_free_bytes": host_free,
                 "load_cost_s": self.load_cost_s(), "pool": self.pool,
                 "service_s": self.service_s if self.service_s is not None else 0.0,
-                "compute_s": self.compute_s if self.compute_s is not None else 0.0,
-                "compute_by_model": dict(self.compute_by_model)}
+                "compute_s": self.compute_s if self.compute_s is not None else 0.0}
 
     def autoscaling_stats(self) -> dict[str, float]:
         used, _, _ = self._bytes()

@@ -9,19 +9,17 @@ missing components, by tier). What it knows, per replica:
 
 - the replica's last ``record_routing_stats()`` (S1 in the issue-10 plan: ``t``, ``queue_len``,
   ``busy_s``, ``tiers``, ``loading``, free bytes, ``load_cost_s``, ``pool``, ``service_s``,
-  ``compute_s``, ``compute_by_model``), which Ray delivers as ``RunningReplica.routing_stats``
-  every ``request_routing_stats_period_s``;
+  ``compute_s``), which Ray delivers as ``RunningReplica.routing_stats`` every
+  ``request_routing_stats_period_s``;
 - the node it runs on (``RunningReplica.node_id``): replicas on one node share its processors,
   which a policy with ``host_contention`` > 0 prices (``policies.routing``), with the request's
-  compute taken as its base model's mean compute on the fresh replicas (``compute_by_model``;
-  else their mean ``compute_s``);
+  compute taken as the fresh replicas' mean ``compute_s``;
 - what this router sent since those stats were measured (a *flight* per request, recorded the
   moment Ray assigns a replica to it, dropped when the request completes or when newer stats
   cover it; before that, a request counts on the replica it was ranked first for, since Ray may
-  await a queue probe between ranking and assigning): each adds its expected compute (its base
-  model's mean there, else the replica's mean service time) plus the load it was expected to pay
-  to the replica's wait, so a burst spreads instead of landing on the one replica that held the
-  model a period ago, and a heavy model's request counts as the longer wait it is;
+  await a queue probe between ranking and assigning): each adds its expected service time plus
+  the load it was expected to pay to the replica's wait, so a burst spreads instead of landing
+  on the one replica that held the model a period ago;
 - what it routed there since the stats: those components count as resident (loading) on that
   replica until stats newer than the routing say otherwise.
 
@@ -117,11 +115,6 @@ class _View:
     load_cost_s: dict = field(default_factory=dict)
     node: str = ""  # the Ray node it runs on ("" unknown: a machine of its own)
     compute_s: float = 0.0  # its mean compute per request (0: not reported yet)
-    compute_by_model: dict = field(default_factory=dict)  # base model -> its mean compute here
-
-    def compute_of(self, base: str) -> float:
-        """Mean compute of a request for ``base`` here (0: not reported)."""
-        return self.compute_by_model.get(base, 0.0)
 
     def tier(self, c: str) -> int:
         return GPU if c in self.routed else min(max(self.tiers.get(c, REMOTE), GPU), REMOTE)
@@ -247,14 +240,15 @@ class CacheAwareRouter(RequestRouter):
         if spec is None:
             ranked = self._by_queue(available, now) + self._by_queue(full, now)
             if pending_request is not None:
-                self._hold(pending_request, ranked[0], (), self._service_s(ranked[0]), now)
+                self._hold(pending_request, ranked[0], (), 0.0, now)
             return ranked
         comps = self.components(spec)
         views = [self.view(r, now) for r in available]
         snap = self.snapshot(views, comps, now)
+        measured = [v.compute_s for v in views if v.fresh and v.compute_s > 0]
         req = RouteRequest(pipeline=0, components=np.arange(len(comps), dtype=np.int64),
                            band=self._band(views, snap), arrival_s=now,
-                           compute_s=self._compute_s(views, spec.base_model))
+                           compute_s=float(np.mean(measured)) if measured else self.default_service_s)
         first = self.policy.route(snap, req, self.rng)
         cost = expected_latency_s(snap, req, getattr(self.policy, "host_contention", 0.0))
         order = np.lexsort((self.rng.random(cost.size), cost))  # ties at random
@@ -262,26 +256,8 @@ class CacheAwareRouter(RequestRouter):
         ranked = [available[i] for i in order] + self._by_queue(full, now)
         if pending_request is not None:
             load = float(snap.missing_load_s(req.components)[first])
-            self._hold(pending_request, ranked[0], tuple(comps), self._request_s(ranked[0], spec) + load, now)
+            self._hold(pending_request, ranked[0], tuple(comps), load, now)
         return ranked
-
-    def _compute_s(self, views: list[_View], base: str) -> float:
-        """A request's expected compute: its base model's mean over the fresh replicas that
-        report one, else their mean over all models, else ``default_service_s``."""
-        measured = [v.compute_of(base) for v in views if v.fresh and v.compute_of(base) > 0]
-        if not measured:
-            measured = [v.compute_s for v in views if v.fresh and v.compute_s > 0]
-        return float(np.mean(measured)) if measured else self.default_service_s
-
-    def _request_s(self, replica: RunningReplica, spec: GenerationSpec | None) -> float:
-        """Seconds a request adds to ``replica``'s queue before its loads: its base model's mean
-        compute there, else the replica's per-request service time (``_service_s``)."""
-        by = (replica.routing_stats or {}).get("compute_by_model")
-        if spec is not None and isinstance(by, dict):
-            s = by.get(spec.base_model)
-            if isinstance(s, (int, float)) and s > 0:
-                return float(s)
-        return self._service_s(replica)
 
     def components(self, spec: GenerationSpec) -> list[str]:
         """Model ids the request needs on its replica: base first, then ControlNets (when the
@@ -326,14 +302,10 @@ class CacheAwareRouter(RequestRouter):
         n_models += sum(1 for c in routed if tiers.get(c) != GPU and self.kinds.get(c, BASE) == BASE)
         wait = max(0.0, busy - max(0.0, now - t)) + sum(f.expected_s for f in flights)
         compute = stats.get("compute_s")
-        by_model = stats.get("compute_by_model")
-        by_model = {m: float(v) for m, v in by_model.items() if isinstance(v, (int, float)) and v > 0} \
-            if isinstance(by_model, dict) else {}
         return _View(fresh=True, stats_t=t, tiers=tiers, routed=routed, wait_s=wait,
                      queue_len=q + len(flights), pool=pool, n_models=n_models, load_cost_s=costs,
                      node=_node(replica),
-                     compute_s=float(compute) if isinstance(compute, (int, float)) and compute > 0 else 0.0,
-                     compute_by_model=by_model)
+                     compute_s=float(compute) if isinstance(compute, (int, float)) and compute > 0 else 0.0)
 
     def _parse(self, rid: ReplicaID, stats: dict) -> tuple:
         """(tiers with loads as GPU, base models on GPU, busy_s, queue_len, pool, load_cost_s) of
@@ -380,7 +352,7 @@ class CacheAwareRouter(RequestRouter):
         now = self._get_curr_time_s()
         rid = replica.replica_id
         comps = tuple(self.components(spec)) if spec is not None else ()
-        expected = self._request_s(replica, spec)
+        expected = float(self._service_s(replica))
         if comps:
             view = self.view(replica, now)
             for c in comps:
@@ -389,10 +361,10 @@ class CacheAwareRouter(RequestRouter):
         self._flights[rid].append(_Flight(id(pr), pr.metadata.internal_request_id, now, comps,
                                           expected, accepted))
 
-    def _hold(self, pr: PendingRequest, replica: RunningReplica, comps: tuple, expected: float,
+    def _hold(self, pr: PendingRequest, replica: RunningReplica, comps: tuple, load_s: float,
               now: float) -> None:
-        """Count ``pr`` on the replica ranked first for it (``expected`` seconds of its queue)
-        until Ray assigns it somewhere."""
+        """Count ``pr`` on the replica ranked first for it until Ray assigns it somewhere."""
+        expected = float(self._service_s(replica)) + load_s
         self._tentative[id(pr)] = (pr, replica.replica_id,
                                    _Flight(id(pr), pr.metadata.internal_request_id, now, comps, expected))
 

@@ -184,35 +184,6 @@ def test_replicas_sharing_a_node_slow_each_other(contention, nodes, expected):
     assert run(main()) == expected
 
 
-def test_a_queue_of_heavy_requests_counts_as_the_longer_wait_it_is():
-    """Both replicas hold the light model y; a has one request queued, b two. By the replicas'
-    mean compute over all models (2 s) a's queue is shorter; by each model's own mean, a's one
-    request is the heavy model m (6 s) and b's two are y (0.5 s each), so b is shorter. A request
-    routed adds its own model's mean to its replica's wait too."""
-    def reps(by_model: bool):
-        per = {"compute_by_model": {"m": 6.0, "y": 0.5}} if by_model else {}
-        a = stats(tiers={"y": GPU}, busy_s=6.0 if by_model else 2.0, queue_len=1)
-        b = stats(tiers={"y": GPU}, busy_s=1.0 if by_model else 4.0, queue_len=2)
-        return [FakeRunningReplica("a", {**a, "compute_s": 2.0, **per}),
-                FakeRunningReplica("b", {**b, "compute_s": 2.0, **per})]
-
-    async def main(by_model: bool):
-        h = Harness(reps(by_model))
-        first = await h.route(pending(spec("y")))
-        heavy = pending(spec("m"))
-        await h.route(heavy)  # m costs 10 s to load anywhere: goes by queue, and adds 6 s there
-        flight = next(f for fs in h.router._flights.values() for f in fs
-                      if f.internal_id == heavy.metadata.internal_request_id)
-        return first, flight.expected_s
-
-    first, expected = run(main(True))
-    assert first == "b"
-    assert expected == pytest.approx(6.0 + 10.0)  # m's mean compute plus its remote load
-    first, expected = run(main(False))
-    assert first == "a"
-    assert expected == pytest.approx(2.0 + 10.0)  # no per-model means: the replica's service time
-
-
 def test_stale_or_missing_stats_fall_back_to_queue_length():
     async def main():
         a = FakeRunningReplica("a", stats(tiers={"m": GPU}), queue_len=3)  # holds m, 3 queued
