@@ -22,7 +22,7 @@ is a host-to-device copy, which the profile's load model does not see here.
 Goal (issue 10): the coordinator at least 40% fewer load-seconds than ray-default, lower p99,
 fewer SLO violations.
 
-Run: python benchmarks/live_coordinator.py [--requests 300] [--rate 2.0] [--quick]
+Run: python benchmarks/live_coordinator.py [--requests 300] [--rate 2.0] [--slack-fraction 0.25] [--quick]
 """
 
 from __future__ import annotations
