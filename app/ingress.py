@@ -158,9 +158,10 @@ async def _overloaded(_: Request, exc: OverloadedError) -> JSONResponse:
 async def _replica_gone(request: Request, exc: Exception) -> JSONResponse:
     # A replica died (or became unreachable) under the request: ActorDiedError from the handle,
     # or a downstream replica's death re-raised through BaseModel; OwnerDiedError (an
-    # ObjectLostError) when the LoRA store died while its adapter object was being fetched. Not retried here: the
-    # replacement takes a replica start (seconds to tens of seconds with its model warm-up),
-    # most of a request's deadline, and a request that killed its replica would kill the next.
+    # ObjectLostError) when the LoRA store died while its adapter object was being fetched. Not
+    # retried here: the replacement takes a replica start (seconds to tens of seconds with its
+    # model warm-up), most of a request's deadline, and a request that killed its replica would
+    # kill the next.
     request_id, headers = _request_id(request)
     logger.warning("request %s: a replica went away (%s)", request_id, type(_cause(exc)).__name__,
                    exc_info=exc)

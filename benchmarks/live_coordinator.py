@@ -69,7 +69,7 @@ ARMS = {"ray-default": {"policies": "ray-default"},
 GOAL_LOAD_S_CUT = 0.40
 
 
-def arm_config(base: Path, arm: str, out: Path, slack_s: float, contention: float = 0.0) -> Path:
+def arm_config(base: Path, arm: str, out: Path, slack_s: float = 0.0, contention: float = 0.0) -> Path:
     text = json.dumps(ARMS[arm]).replace('"{slack}"', str(slack_s))
     overrides = json.loads(text.replace('"{contention}"', str(contention)))
     return with_policies(base, **overrides, out=out)
@@ -128,6 +128,8 @@ def main() -> int:
     unknown = sorted(set(arms) - set(ARMS))
     if unknown:
         ap.error(f"unknown arms {unknown}; choose from {list(ARMS)}")
+    if not args.slack_fraction >= 0:
+        ap.error(f"--slack-fraction must be >= 0 (a fraction of the SLO), got {args.slack_fraction}")
     if args.quick:
         args.requests = 30
     work = Path(tempfile.mkdtemp(prefix="t2i-live-coordinator-"))
@@ -140,7 +142,7 @@ def main() -> int:
         base_config = models / "config.yaml"
         trace = katz_trace(work / "katz.json", args.requests, args.seed + 1)
         profile = work / "profile.yaml"
-        ray_config = arm_config(base_config, "ray-default", work / "config-ray-default.yaml", 0.0)
+        ray_config = arm_config(base_config, "ray-default", work / "config-ray-default.yaml")
         port = free_port()
         proc = start_service(ray_config, port, work / "serve-profile.log")
         try:

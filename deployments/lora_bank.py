@@ -120,8 +120,9 @@ class LoraBank:
                 raise RequestError("loras", f"adapter {adapter_id!r} is not on the device; stage it first")
             terms += [MergeTerm(self._layers[module], a, b, scale * scaling)
                       for module, (a, b, scaling) in resident.factors.items()]
-        unmerge_s = self.restore()
-        started = _now_synced(self.unet) if terms else 0.0
+        unmerge_s, restored_at = self._restore()
+        # the merge starts where the restore's synchronised end left the device: no second sync
+        started = (restored_at if restored_at is not None else _now_synced(self.unet)) if terms else 0.0
         self._merge.merge(terms)  # restores itself when it fails half-way
         self._merged = key
         return unmerge_s, (_now_synced(self.unet) - started if terms else 0.0)
@@ -129,13 +130,18 @@ class LoraBank:
     def restore(self) -> float:
         """Every patched weight back to its pristine copy; returns the seconds it took (0.0 when
         nothing was merged)."""
+        return self._restore()[0]
+
+    def _restore(self) -> tuple[float, float | None]:
+        """restore(), also returning the synchronised time it ended (None: nothing was merged)."""
         if not self._merge.active:
             self._merged = ()
-            return 0.0
+            return 0.0, None
         started = _now_synced(self.unet)
         self._merge.restore()
         self._merged = ()
-        return _now_synced(self.unet) - started
+        ended = _now_synced(self.unet)
+        return ended - started, ended
 
     def to(self, device) -> None:
         """Move the resident adapters with their pipeline (the model cache's tier moves)."""
