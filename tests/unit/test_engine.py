@@ -7,11 +7,13 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from deployments.controlnet import ControlNet, remote_controlnet
 from deployments.errors import ModelLoadError
 from deployments.lora_store import read_lora_file
-from deployments.pipeline_engine import PipelineEngine
+from deployments.pipeline_engine import PipelineEngine, controlnet_wrapper
 from deployments.spec import GenerationSpec
 from deployments.preprocessors import canny
 
@@ -149,6 +151,27 @@ def test_controlnet_pipelines_are_reused_until_a_controlnet_is_reloaded(demo_con
     again = engine.generate(loaded, canny, control_images=[control_image]).images[0]
     assert all(pipe is not built for _, pipe in loaded.controlnet_pipes.values())
     assert len(loaded.controlnet_pipes) == 1 and np.array_equal(again, first)
+
+
+def test_controlnet_wrapper_is_what_from_pipe_builds(engine, light, control_image):
+    """The constructor-built wrapper shares the base pipeline's modules, records the same options
+    and draws the same image as diffusers' from_pipe (which it replaces, being 30x cheaper)."""
+    from diffusers import StableDiffusionControlNetPipeline
+
+    net = engine.load_controlnet("tiny-cn-canny")
+    ours = controlnet_wrapper(StableDiffusionControlNetPipeline, light.pipe, net)
+    theirs = StableDiffusionControlNetPipeline.from_pipe(light.pipe, controlnet=net)
+    theirs.set_progress_bar_config(disable=True)
+    for name, module in light.pipe.components.items():
+        assert ours.components[name] is module, name
+    assert ours.controlnet is net
+    assert ours.config.requires_safety_checker == theirs.config.requires_safety_checker
+    assert set(ours.components) == set(theirs.components)
+    def draw(pipe):
+        return pipe("a small boat", image=Image.fromarray(control_image), num_inference_steps=2, width=32,
+                    height=32, generator=torch.Generator("cpu").manual_seed(7), output_type="np").images[0]
+
+    assert np.array_equal(draw(ours), draw(theirs))
 
 
 def test_eviction_waits_for_requests_still_using_the_pipeline(engine):

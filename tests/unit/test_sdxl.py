@@ -48,3 +48,19 @@ def test_sdxl_entry_loads_the_sdxl_pipeline_and_generates(sdxl_config):
                              {"x": prepare_adapter("x", state)}).images[0]
     assert not np.array_equal(styled, first)
     assert np.array_equal(engine.generate(loaded, spec).images[0], first)
+
+
+def test_sdxl_controlnet_wrapper_matches_from_pipe(sdxl_config):
+    """The SDXL ControlNet pipeline is built over the base's own modules (both text encoders
+    included) with the options from_pipe would carry over."""
+    from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
+
+    from deployments.pipeline_engine import controlnet_wrapper
+
+    loaded = PipelineEngine(sdxl_config, device="cpu").load_pipeline(SDXL_ID)
+    net = ControlNetModel.from_unet(loaded.pipe.unet)
+    ours = controlnet_wrapper(StableDiffusionXLControlNetPipeline, loaded.pipe, net)
+    theirs = StableDiffusionXLControlNetPipeline.from_pipe(loaded.pipe, controlnet=net)
+    assert ours.text_encoder_2 is loaded.pipe.text_encoder_2 and ours.tokenizer_2 is loaded.pipe.tokenizer_2
+    assert {n: type(m) for n, m in ours.components.items()} == {n: type(m) for n, m in theirs.components.items()}
+    assert ours.config.force_zeros_for_empty_prompt == theirs.config.force_zeros_for_empty_prompt
