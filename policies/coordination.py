@@ -258,10 +258,14 @@ class Coordination:
         half_life = getattr(self.pop, "half_life_s", math.inf)
         return math.log(2) / half_life if math.isfinite(half_life) else 0.0
 
+    def due(self, st: CoordinatorState, now: float) -> bool:
+        """Whether ``tick`` at ``now`` re-plans (a caller may skip gathering its inputs otherwise)."""
+        return st.since_plan >= self.replan_requests or now - st.last_plan >= self.replan_max_s
+
     def tick(self, st: CoordinatorState, now: float, mean_job_s: float | None = None) -> Plan | None:
         """Re-plan if due; None otherwise. ``mean_job_s``: mean seconds per request, for
         ``size_by_load`` (ignored without it)."""
-        if st.since_plan < self.replan_requests and now - st.last_plan < self.replan_max_s:
+        if not self.due(st, now):
             return None
         st.since_plan, st.last_plan = 0, now
         demand = self.pop.scores(st.pop, now)

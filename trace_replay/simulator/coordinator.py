@@ -148,6 +148,8 @@ class Coordinator:
 
     def on_tick(self, now: float) -> None:
         st = self.st
+        if not self.core.due(st, now):  # most ticks: no re-plan, nothing to gather
+            return
         st.gpu_bytes[:] = self._gpu_bytes()
         plan = self.core.tick(st, now, self.sim.mean_job_s() if self.core.size_by_load else None)
         if plan is None:
