@@ -121,8 +121,9 @@ class LoraBank:
             terms += [MergeTerm(self._layers[module], a, b, scale * scaling)
                       for module, (a, b, scaling) in resident.factors.items()]
         unmerge_s, restored_at = self._restore()
-        # the merge starts where the restore's synchronised end left the device: no second sync
-        started = (restored_at if restored_at is not None else _now_synced(self.unet)) if terms else 0.0
+        started = 0.0
+        if terms:  # from the restore's synchronised end when there was one: no second sync
+            started = restored_at if restored_at is not None else _now_synced(self.unet)
         self._merge.merge(terms)  # restores itself when it fails half-way
         self._merged = key
         return unmerge_s, (_now_synced(self.unet) - started if terms else 0.0)

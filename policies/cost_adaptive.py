@@ -26,7 +26,6 @@ and the leader's memory are defaults chosen once for every trace and cache size 
 from __future__ import annotations
 
 import math
-from math import log2
 from collections.abc import Hashable, Sequence
 from typing import ClassVar
 
@@ -103,19 +102,11 @@ class AdaptiveCostMemory(EvictionMemory):
 
     # --- the decision -------------------------------------------------------------------------
     def leader(self) -> int:
-        """The scale with the fewest recent missed load-seconds (ties to the shortest half-life)."""
-        regret = self.regret
-        return regret.index(min(regret))
+        return min(range(len(self.regret)), key=lambda e: (self.regret[e], e))
 
     def victim_order(self, keys: Sequence[Hashable]) -> list[Hashable]:
         e = self.leader()
-        score, price, last = self.score, self.price, self.last
-
-        def rank(k: Hashable) -> tuple[float, float]:  # (_value(e, k), last use), inlined: per eviction
-            s = score.get(k)
-            return (NEG if s is None else s[e] + price.get(k, 0.0), last.get(k, NEG))
-
-        return sorted(keys, key=rank)
+        return sorted(keys, key=lambda k: (self._value(e, k), self.last.get(k, NEG)))
 
     def _value(self, e: int, k: Hashable) -> float:
         s = self.score.get(k)
@@ -124,41 +115,32 @@ class AdaptiveCostMemory(EvictionMemory):
     # --- bookkeeping ---------------------------------------------------------------------------
     def _access(self, key: Hashable) -> None:
         p = self.p
-        n = len(self.resident)
-        self.t = t = self.t + 1.0 / (n if n > 1 else 1)
+        self.t += 1.0 / max(len(self.resident), 1)
+        t = self.t
         s = self.score.get(key)
         if s is None:
             s = self.score[key] = [NEG] * len(p.half_lives)
-        e = 0
-        for rate in p.rates:  # s[e] = log2(2**s[e] + 2**(t / half-life)), inlined
+        for e, rate in enumerate(p.rates):  # s[e] = log2(2**s[e] + 2**(t / half-life)), inlined
             a, b = s[e], t * rate
             if a == NEG:
                 s[e] = b
             elif a >= b:
-                s[e] = a + log2(1.0 + 2.0 ** (b - a))
+                s[e] = a + math.log2(1.0 + 2.0 ** (b - a))
             else:
-                s[e] = b + log2(1.0 + 2.0 ** (a - b))
-            e += 1
+                s[e] = b + math.log2(1.0 + 2.0 ** (a - b))
         self.last[key] = t
         decay = 2.0 ** (-(t - self._regret_t) / p.leader_half_life)
         self._regret_t = t
-        price = self.price.get(key, 0.0)
+        cost, size, price = self.cost.get(key, 1.0), self.size.get(key, 1.0), self.price.get(key, 0.0)
         regret = self.regret
-        missed = None  # the shadows that lack the key: they pay its cost and admit it
         for e, sh in enumerate(self.shadows):
             regret[e] *= decay
-            order = sh.order
-            if key in order:
-                order[key] = (s[e] + price, t)
-            elif missed is None:
-                missed = [e]
-            else:
-                missed.append(e)
-        if missed is not None:
-            cost, size = self.cost.get(key, 1.0), self.size.get(key, 1.0)
-            for e in missed:
-                regret[e] += cost
-                self._shadow_admit(self.shadows[e], key, size, (s[e] + price, t))
+            rank = (s[e] + price, t)
+            if key in sh.order:
+                sh.order[key] = rank
+                continue
+            regret[e] += cost
+            self._shadow_admit(sh, key, size, rank)
 
     def _shadow_admit(self, sh: _Shadow, key: Hashable, size: float, rank: tuple[float, float]) -> None:
         if size > self.capacity:
