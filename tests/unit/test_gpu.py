@@ -83,3 +83,27 @@ def test_direct_load_on_cuda_reads_what_diffusers_reads(gpu_engine):
     images = [p("a kite", num_inference_steps=2, height=64, width=64, guidance_scale=5.0, output_type="np",
                 generator=torch.Generator().manual_seed(3)).images[0] for p in (loaded.pipe, plain)]
     assert np.array_equal(*images)
+
+
+def test_controlnet_wrapper_on_cuda_keeps_float16_and_draws_what_from_pipe_draws(gpu_engine):
+    """float16 modules on the device: the constructor-built wrapper leaves them there in their
+    dtype and draws what from_pipe (told the dtype) draws. Told nothing, from_pipe casts the base
+    pipeline's shared modules to float32 in place, which the engine's old from_pipe call did."""
+    from diffusers import StableDiffusionControlNetPipeline
+    from PIL import Image
+
+    from deployments.pipeline_engine import controlnet_wrapper
+
+    base = gpu_engine.load_pipeline("tiny-sd-light").pipe
+    net = gpu_engine.load_controlnet_model("tiny-cn-canny")
+    ours = controlnet_wrapper(StableDiffusionControlNetPipeline, base, net)
+    assert base.unet.dtype == ours.unet.dtype == torch.float16 and ours.device.type == "cuda"
+    theirs = StableDiffusionControlNetPipeline.from_pipe(base, controlnet=net, torch_dtype=torch.float16)
+    theirs.set_progress_bar_config(disable=True)
+    control = Image.fromarray(np.tile(np.arange(64, dtype=np.uint8)[:, None, None] * 4, (1, 64, 3)))
+    images = [p("a kite", image=control, num_inference_steps=2, height=64, width=64, output_type="np",
+                generator=torch.Generator().manual_seed(3)).images[0] for p in (ours, theirs)]
+    assert np.array_equal(*images)
+    StableDiffusionControlNetPipeline.from_pipe(base, controlnet=net)  # the old call
+    assert base.unet.dtype == torch.float32  # the hazard the wrapper removed
+    base.to(torch.float16)
