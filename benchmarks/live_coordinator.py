@@ -62,6 +62,9 @@ ARMS = {"ray-default": {"policies": "ray-default"},
         "coordinator-no-slack": _coordinator(slack_s=0.0),
         "coordinator-lean": _coordinator(slack_s=0.0, budget_s="{slack}"),
         "coordinator-blind": _coordinator(host_contention=0.0),  # as if replicas did not contend
+        # contention priced twice: a request's own stretch and, about as much, the stretch it
+        # puts on its busy neighbours (queues rather than crowds the shared cores)
+        "coordinator-harm": _coordinator(host_contention="{contention_x2}"),
         "coordinator-no-host": {**_coordinator(), "host_budget_bytes": 0},
         # hot pipelines pinned on as many replicas as their demand share asks, down to one (the
         # default keeps at least two, for failover)
@@ -71,6 +74,7 @@ GOAL_LOAD_S_CUT = 0.40
 
 def arm_config(base: Path, arm: str, out: Path, slack_s: float = 0.0, contention: float = 0.0) -> Path:
     text = json.dumps(ARMS[arm]).replace('"{slack}"', str(slack_s))
+    text = text.replace('"{contention_x2}"', str(2 * contention))
     overrides = json.loads(text.replace('"{contention}"', str(contention)))
     return with_policies(base, **overrides, out=out)
 
@@ -97,6 +101,53 @@ def measured_contention(profile: Path) -> float:
 
     doc = yaml.safe_load(profile.read_text(encoding="utf-8")) or {}
     return float((doc.get("cluster") or {}).get("host_contention") or 0.0)
+
+
+def by_base_model(records: Path, slo_s: float) -> dict:
+    """Per base model, from a `t2i parity` folder's records.csv: requests, how many replicas
+    served them, SLO violations (failures count), pipeline-loading seconds (the `models` part of
+    load_s) and the medians of queue and inference seconds. Shows how an arm spread each model
+    over the replicas, and which models paid for it."""
+    import csv
+    import statistics
+
+    rows = list(csv.DictReader(records.open(encoding="utf-8")))
+
+    def num(r: dict, k: str) -> float:
+        return float(r.get(k) or 0.0)
+
+    out: dict[str, dict] = {}
+    for base in sorted({r["base_model"] for r in rows}):
+        mine = [r for r in rows if r["base_model"] == base]
+        done = [r for r in mine if r["outcome"] == "completed"]
+        models = [num(r, "load_s") - sum(num(r, k) for k in ("fetch_s", "swap_s", "unmerge_s", "merge_s"))
+                  for r in done]
+        out[base] = {
+            "requests": len(mine), "replicas": len({r["replica"] for r in done}),
+            "slo_violations": sum(1 for r in mine if r["outcome"] != "completed" or num(r, "latency_s") > slo_s),
+            "models_load_s": round(sum(models), 3),
+            "queue_p50_s": round(statistics.median(num(r, "queue_s") for r in done), 3) if done else None,
+            "inference_p50_s": round(statistics.median(num(r, "inference_s") for r in done), 3) if done else None}
+    return out
+
+
+def print_by_base_model(runs: dict) -> None:
+    arms = [arm for arm in runs if runs[arm].get("by_base_model")]
+    if not arms:
+        return
+    print("\nby base model: requests; per arm replicas used / SLO violations / pipeline-loading s / "
+          "median queue s / median inference s")
+    bases = sorted({b for arm in arms for b in runs[arm]["by_base_model"]},
+                   key=lambda b: -runs[arms[0]]["by_base_model"].get(b, {}).get("requests", 0))
+    print(f"{'base model':16s} {'n':>4s} | " + " | ".join(f"{arm[:27]:27s}" for arm in arms))
+    for b in bases:
+        cells = []
+        for arm in arms:
+            x = runs[arm]["by_base_model"].get(b)
+            cells.append(f"{x['replicas']} / {x['slo_violations']:3d} / {x['models_load_s']:5.2f} / "
+                         f"{x['queue_p50_s'] or 0:4.2f} / {x['inference_p50_s'] or 0:4.2f}" if x else "-")
+        n = runs[arms[0]]["by_base_model"].get(b, {}).get("requests", 0)
+        print(f"{b:16s} {n:4d} | " + " | ".join(f"{c:27s}" for c in cells))
 
 
 def row(name: str, live: dict, sim: dict) -> str:
@@ -172,6 +223,7 @@ def main() -> int:
             live = runs[arm]["live"]  # request load_s plus the prefetches' loads: all load work
             live["prefetch_load_seconds"] = prefetch_s
             live["load_seconds_with_prefetch"] = live["load_seconds"] + prefetch_s
+            runs[arm]["by_base_model"] = by_base_model(work / f"parity-{arm}" / "records.csv", args.slo_s)
             print(row(arm, runs[arm]["live"], runs[arm]["sim"]), flush=True)
         print(f"\n{args.requests} requests per arm at {args.rate:g} req/s (Poisson), SLO {args.slo_s:g} s, "
               "4 BaseModel replicas on 2 CPU cores, fresh service per arm")
@@ -185,6 +237,7 @@ def main() -> int:
         for arm, doc in runs.items():
             parts = doc["live_summary"].get("load_seconds_parts") or {}
             print(f"{arm:20s} | " + "  ".join(f"{k[:-2]} {v:6.2f}" for k, v in parts.items()))
+        print_by_base_model(runs)
         ratios = {}
         if "ray-default" in runs:
             ref = runs["ray-default"]["live"]
@@ -201,7 +254,8 @@ def main() -> int:
                       f"p99 x{ratios[arm]['latency_p99_s'] or float('nan'):.2f}, violations "
                       f"{doc['live']['slo_violation_rate']:.1%} vs {ref['slo_violation_rate']:.1%}")
         slim = {arm: {k: doc[k] for k in ("live", "sim", "relative_error", "difference", "gpus", "policy_set",
-                                          "live_summary", "sim_summary")} for arm, doc in runs.items()}
+                                          "live_summary", "sim_summary", "by_base_model")}
+                for arm, doc in runs.items()}
         write_result(args.out, {
             "benchmark": "live_coordinator",
             "goal": f">= {GOAL_LOAD_S_CUT:.0%} fewer load-seconds than ray-default, lower p99, fewer SLO violations",
