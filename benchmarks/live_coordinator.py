@@ -8,7 +8,9 @@ End to end, with the real commands:
   3. per control set, on a freshly started service (`t2i serve --policies SET`): `t2i parity`
      replays the same slice live (open loop, Poisson arrivals) and simulates it under the
      simulator's matching set from the profile (the prediction);
-  4. prints one table and records benchmarks/results/live_coordinator.json.
+  4. prints the arms' figures, their load-seconds by part and, per base model, how each arm spread
+     it over the replicas and what its requests paid (`by_base_model`), and records
+     benchmarks/results/live_coordinator.json.
 
 Equal cost by construction: the same machine, the same four BaseModel replicas, and the same
 device bytes per replica (ray-default's serve.multiplexed holds `cache.base_models_per_replica`
