@@ -56,7 +56,11 @@ def test_same_seed_same_pixels_other_seed_differs(engine, light):
 def test_n_images_use_consecutive_seeds(engine, light):
     pair = engine.generate(light, _spec(n=2)).images
     assert len(pair) == 2
-    assert np.array_equal(pair[1], engine.generate(light, _spec(seed=8)).images[0])
+    alone = engine.generate(light, _spec(seed=8)).images[0].astype(int)
+    # a batch of two and a batch of one round differently on some CPUs (one pixel one level off
+    # seen on an AMD EPYC); another seed is tens of levels away on average
+    assert np.abs(pair[1].astype(int) - alone).max() <= 1
+    assert np.abs(pair[0].astype(int) - alone).mean() > 10
 
 
 def test_sizes_and_timings(engine, light):
