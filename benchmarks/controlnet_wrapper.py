@@ -12,7 +12,7 @@ from the published configs, lora_overhead.build_sd15) and a real-size ControlNet
 UNet (``ControlNetModel.from_unet``), both saved and loaded through the engine; images at 512x512.
 
 Run: python benchmarks/controlnet_wrapper.py [--repeats 40] [--models DIR] [--device cpu]
-     python benchmarks/controlnet_wrapper.py --real-size --device cuda   (writes ..._cuda.json)
+     python benchmarks/controlnet_wrapper.py --real-size --device cuda   (writes controlnet_wrapper_h200.json on an H200)
 """
 
 from __future__ import annotations

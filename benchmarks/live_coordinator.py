@@ -8,9 +8,9 @@ End to end, with the real commands:
   3. per control set, on a freshly started service (`t2i serve --policies SET`): `t2i parity`
      replays the same slice live (open loop, Poisson arrivals) and simulates it under the
      simulator's matching set from the profile (the prediction);
-  4. prints the arms' figures, their load-seconds by part and, per base model, how each arm spread
-     it over the replicas and what its requests paid (`by_base_model`), and records
-     benchmarks/results/live_coordinator.json.
+  4. prints the arms' figures, their load-seconds by part and, per base model, how each arm
+     spread it over the replicas and what its requests paid (the replay summary's
+     `per_base_model`), and records benchmarks/results/live_coordinator.json.
 
 Equal cost by construction: the same machine, the same four BaseModel replicas, and the same
 device bytes per replica (ray-default's serve.multiplexed holds `cache.base_models_per_replica`
@@ -105,51 +105,21 @@ def measured_contention(profile: Path) -> float:
     return float((doc.get("cluster") or {}).get("host_contention") or 0.0)
 
 
-def by_base_model(records: Path, slo_s: float) -> dict:
-    """Per base model, from a `t2i parity` folder's records.csv: requests, how many replicas
-    served them, SLO violations (failures count), pipeline-loading seconds (the `models` part of
-    load_s) and the medians of queue and inference seconds. Shows how an arm spread each model
-    over the replicas, and which models paid for it."""
-    import csv
-    import statistics
-
-    rows = list(csv.DictReader(records.open(encoding="utf-8")))
-
-    def num(r: dict, k: str) -> float:
-        return float(r.get(k) or 0.0)
-
-    out: dict[str, dict] = {}
-    for base in sorted({r["base_model"] for r in rows}):
-        mine = [r for r in rows if r["base_model"] == base]
-        done = [r for r in mine if r["outcome"] == "completed"]
-        models = [num(r, "load_s") - sum(num(r, k) for k in ("fetch_s", "swap_s", "unmerge_s", "merge_s"))
-                  for r in done]
-        out[base] = {
-            "requests": len(mine), "replicas": len({r["replica"] for r in done}),
-            "slo_violations": sum(1 for r in mine if r["outcome"] != "completed" or num(r, "latency_s") > slo_s),
-            "models_load_s": round(sum(models), 3),
-            "queue_p50_s": round(statistics.median(num(r, "queue_s") for r in done), 3) if done else None,
-            "inference_p50_s": round(statistics.median(num(r, "inference_s") for r in done), 3) if done else None}
-    return out
-
-
 def print_by_base_model(runs: dict) -> None:
-    arms = [arm for arm in runs if runs[arm].get("by_base_model")]
+    """Per base model, from each arm's replay summary (trace_replay.replay.report.per_model): how
+    the arm spread it over the replicas, and what its requests paid."""
+    per = {arm: doc["live_summary"].get("per_base_model") or {} for arm, doc in runs.items()}
+    arms = [arm for arm in runs if per[arm]]
     if not arms:
         return
     print("\nby base model: requests; per arm replicas used / SLO violations / pipeline-loading s / "
           "median queue s / median inference s")
-    bases = sorted({b for arm in arms for b in runs[arm]["by_base_model"]},
-                   key=lambda b: -runs[arms[0]]["by_base_model"].get(b, {}).get("requests", 0))
     print(f"{'base model':16s} {'n':>4s} | " + " | ".join(f"{arm[:27]:27s}" for arm in arms))
-    for b in bases:
-        cells = []
-        for arm in arms:
-            x = runs[arm]["by_base_model"].get(b)
-            cells.append(f"{x['replicas']} / {x['slo_violations']:3d} / {x['models_load_s']:5.2f} / "
-                         f"{x['queue_p50_s'] or 0:4.2f} / {x['inference_p50_s'] or 0:4.2f}" if x else "-")
-        n = runs[arms[0]]["by_base_model"].get(b, {}).get("requests", 0)
-        print(f"{b:16s} {n:4d} | " + " | ".join(f"{c:27s}" for c in cells))
+    for b in sorted(per[arms[0]], key=lambda b: -per[arms[0]][b]["requests"]):
+        cells = [f"{x['replicas']} / {x['violations']:3d} / {x['models_load_s']:5.2f} / "
+                 f"{x['queue_p50_s']:4.2f} / {x['inference_p50_s']:4.2f}" if (x := per[arm].get(b)) else "-"
+                 for arm in arms]
+        print(f"{b:16s} {per[arms[0]][b]['requests']:4d} | " + " | ".join(f"{c:27s}" for c in cells))
 
 
 def row(name: str, live: dict, sim: dict) -> str:
@@ -225,7 +195,6 @@ def main() -> int:
             live = runs[arm]["live"]  # request load_s plus the prefetches' loads: all load work
             live["prefetch_load_seconds"] = prefetch_s
             live["load_seconds_with_prefetch"] = live["load_seconds"] + prefetch_s
-            runs[arm]["by_base_model"] = by_base_model(work / f"parity-{arm}" / "records.csv", args.slo_s)
             print(row(arm, runs[arm]["live"], runs[arm]["sim"]), flush=True)
         print(f"\n{args.requests} requests per arm at {args.rate:g} req/s (Poisson), SLO {args.slo_s:g} s, "
               "4 BaseModel replicas on 2 CPU cores, fresh service per arm")
@@ -256,8 +225,7 @@ def main() -> int:
                       f"p99 x{ratios[arm]['latency_p99_s'] or float('nan'):.2f}, violations "
                       f"{doc['live']['slo_violation_rate']:.1%} vs {ref['slo_violation_rate']:.1%}")
         slim = {arm: {k: doc[k] for k in ("live", "sim", "relative_error", "difference", "gpus", "policy_set",
-                                          "live_summary", "sim_summary", "by_base_model")}
-                for arm, doc in runs.items()}
+                                          "live_summary", "sim_summary")} for arm, doc in runs.items()}
         write_result(args.out, {
             "benchmark": "live_coordinator",
             "goal": f">= {GOAL_LOAD_S_CUT:.0%} fewer load-seconds than ray-default, lower p99, fewer SLO violations",

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     sim = slice_stats(*sim_arrays(sim_result), slo, skip)
     cmp = compare(live, sim)
     doc = {"live": live, "sim": sim, **cmp, "warmup_requests": skip,
-           "live_summary": {k: v for k, v in live_summary.items() if k != "per_base_model"},
+           "live_summary": live_summary,
            "sim_summary": dict(sim_result.summary),
            "policy_set": spec.model_dump(), "profile": str(args.profile), "gpus": cfg.cluster.gpus}
     (Path(args.out) / "parity.json").write_text(json.dumps(doc, indent=1, default=float))

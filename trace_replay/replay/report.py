@@ -109,15 +109,21 @@ def summarize(run: RunResult, slo_s: float) -> dict:
 
 
 def per_model(run: RunResult, slo_s: float) -> dict[str, dict]:
-    """Requests, violations and mean stage times per base model."""
+    """Requests, violations, mean stage times per base model; how many replicas served it and its
+    pipeline-loading seconds (``load_parts``' models_s), which show how a router spread it; and
+    the medians of queue and inference seconds."""
     out: dict[str, dict] = {}
     for base in sorted({r.base_model for r in run.records}):
         sent = [r for r in run.records if r.base_model == base and r.outcome != "not_sent"]
         done = [r for r in sent if r.outcome == "completed"]
         row = {"requests": len(sent),
-               "violations": sum(1 for r in sent if r.outcome != "completed" or r.latency_s > slo_s)}
+               "violations": sum(1 for r in sent if r.outcome != "completed" or r.latency_s > slo_s),
+               "replicas": len({r.replica for r in done if r.replica}),
+               "models_load_s": load_parts(done)["models_s"]}
         for stage in ("queue_s", "load_s", "preprocess_s", "inference_s"):
             row[stage] = float(np.mean([r.timings.get(stage, 0.0) for r in done])) if done else 0.0
+        for stage in ("queue_s", "inference_s"):
+            row[f"{stage[:-2]}_p50_s"] = _q(np.array([r.timings.get(stage, 0.0) for r in done]), 0.5)
         row["latency_mean_s"] = float(np.mean([r.latency_s for r in done])) if done else float("nan")
         out[base] = row
     return out
