@@ -24,7 +24,8 @@ is a host-to-device copy, which the profile's load model does not see here.
 Goal (issue 10): the coordinator at least 40% fewer load-seconds than ray-default, lower p99,
 fewer SLO violations.
 
-Run: python benchmarks/live_coordinator.py [--requests 300] [--rate 2.0] [--slack-fraction 0.25] [--quick]
+Run: python benchmarks/live_coordinator.py [--requests 300] [--rate 2.0 | --utilisation 0.5]
+     [--slack-fraction 0.25] [--quick]
 """
 
 from __future__ import annotations
@@ -133,6 +134,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=300, help="requests per arm")
     ap.add_argument("--rate", type=float, default=2.0, help="Poisson arrival rate, requests/s")
+    ap.add_argument("--utilisation", type=float, help="instead of --rate: this fraction of the capacity "
+                    "the profile gives the four replicas for the trace's mix (`t2i parity --utilisation`), "
+                    "so a slower or faster machine is loaded alike")
     ap.add_argument("--arms", default="ray-default,coordinator,coordinator-blind,coordinator-no-host",
                     help=f"comma-separated, of {', '.join(ARMS)}")
     ap.add_argument("--slo-s", type=float, default=2.0, help="latency SLO for the violation rate")
@@ -185,18 +189,26 @@ def main() -> int:
             try:
                 out = t2i("parity", "--trace", str(trace), "--format", "katz", "--url", f"http://127.0.0.1:{port}",
                           "--config", str(config), "--profile", str(profile), "--arrival", "poisson",
-                          "--rate", str(args.rate), "--max-requests", str(args.requests), "--slo-s",
+                          *(("--utilisation", str(args.utilisation)) if args.utilisation
+                            else ("--rate", str(args.rate))), "--max-requests", str(args.requests), "--slo-s",
                           str(args.slo_s), "--seed", str(args.seed), "--no-progress", "--json",
                           "--out", str(work / f"parity-{arm}"), capture=True)
                 prefetch_s = prefetch_load_seconds(port)
             finally:
                 stop_service(proc)
             runs[arm] = json.loads(out.strip().splitlines()[-1])
+            sized = runs[arm].get("rate_from_capacity")
+            if sized:
+                args.rate = sized["rate"]  # every arm sizes the same slice from the same profile
+                print(f"{arm}: {sized['rate']:.3f} req/s = {sized['utilisation']:g} x capacity "
+                      f"{sized['capacity_rps']:.3f} req/s ({sized['parallel_service']:.2f} parallel service / "
+                      f"{sized['mean_compute_s']:.3f} s mean compute)", flush=True)
             live = runs[arm]["live"]  # request load_s plus the prefetches' loads: all load work
             live["prefetch_load_seconds"] = prefetch_s
             live["load_seconds_with_prefetch"] = live["load_seconds"] + prefetch_s
             print(row(arm, runs[arm]["live"], runs[arm]["sim"]), flush=True)
-        print(f"\n{args.requests} requests per arm at {args.rate:g} req/s (Poisson), SLO {args.slo_s:g} s, "
+        load = f" (utilisation {args.utilisation:g} of the profile's capacity)" if args.utilisation else ""
+        print(f"\n{args.requests} requests per arm at {args.rate:.3g} req/s{load} (Poisson), SLO {args.slo_s:g} s, "
               "4 BaseModel replicas on 2 CPU cores, fresh service per arm")
         print(f"{'arm':20s} | {'live load-s':>8s} {'prefetch':>8s} {'p50':>6s} {'p95':>6s} {'p99':>6s} {'viol.':>6s} | "
               f"{'sim load-s':>8s} {'p50':>6s} {'p99':>6s} {'viol.':>6s}")
@@ -231,6 +243,7 @@ def main() -> int:
             "goal": f">= {GOAL_LOAD_S_CUT:.0%} fewer load-seconds than ray-default, lower p99, fewer SLO violations",
             "cost": "same 4 BaseModel replicas on the same 2-core machine; equal device bytes per replica",
             "runs": slim, "ratios_vs_ray_default": ratios, "args": vars(args),
+            "rate_from_capacity": next((d.get("rate_from_capacity") for d in runs.values()), None),
             "host_contention": contention,
             "profile": profile.read_text() if profile.exists() else None,
             "wall_s": time.time() - t0, "machine": machine_info()})

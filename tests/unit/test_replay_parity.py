@@ -119,3 +119,41 @@ def test_slice_stats_one_definition_and_the_warmup_left_out():
     w = slice_stats(lat, done, load, slo_s=2.5, skip=2)
     assert w["requests"] == 4 and w["latency_mean_s"] == pytest.approx(2.0)
     assert w["slo_violation_rate"] == pytest.approx(2 / 4) and w["load_seconds"] == pytest.approx(0.1)
+
+
+def test_parallel_service_counts_what_shared_hosts_lose():
+    from trace_replay.replay.parity import parallel_service
+
+    assert parallel_service(4, 1, 0.4) == 4  # one replica per GPU: nothing shared
+    assert parallel_service(4, 4, 0.0) == 4
+    assert parallel_service(4, 4, 0.4) == pytest.approx(4 / 2.2)  # each job 1 + 0.4 x 3 as long
+    assert parallel_service(5, 4, 0.5) == pytest.approx(4 / 2.5 + 1)  # a full host and one alone
+    with pytest.raises(ValueError, match="replicas >= 1"):
+        parallel_service(0, 1, 0.0)
+
+
+def test_utilisation_sets_the_rate_from_the_profiles_capacity(server, tmp_path, capsys):  # noqa: F811
+    from tests.trace_fixtures import FIX
+
+    server.mode = ("serial", S_PER_STEP)
+    # one replica, 2 steps x 40 ms = 80 ms a request: capacity 12.5 req/s, so 0.8 of it is 10 req/s
+    args = ["parity", "--trace", str(FIX / "katz_small.json"), "--format", "katz", "--url", server.url,
+            "--config", _config(tmp_path), "--profile", _profile(tmp_path), "--arrival", "poisson",
+            "--seed", "2", "--out", str(tmp_path / "p"), "--no-progress"]
+    assert t2i(args + ["--utilisation", "0.8", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    sized = doc["rate_from_capacity"]
+    assert sized["mean_compute_s"] == pytest.approx(2 * S_PER_STEP)
+    assert sized["capacity_rps"] == pytest.approx(1 / (2 * S_PER_STEP))
+    assert sized["rate"] == pytest.approx(10.0) == doc["live_summary"]["arrival"]["rate"]
+    # the same requests and arrivals as asking for that rate outright
+    assert t2i(args + ["--rate", "10", "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["rate_from_capacity"] is None
+    assert plain["sim"]["latency_mean_s"] == pytest.approx(doc["sim"]["latency_mean_s"])
+
+    assert t2i(args + ["--utilisation", "0.8", "--rate", "3"]) == 2
+    assert "--rate or --utilisation, not both" in capsys.readouterr().err
+    bad = [a if a != "poisson" else "trace" for a in args]
+    assert t2i(bad + ["--utilisation", "0.8"]) == 2
+    assert "needs --arrival poisson or gamma" in capsys.readouterr().err

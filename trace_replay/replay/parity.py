@@ -101,6 +101,41 @@ def simulate_slice(requests, registry, config, profile_path: str | Path, slo_s: 
     return result, cfg, spec
 
 
+def parallel_service(replicas: int, per_host: int, contention: float) -> float:
+    """How many requests' worth of compute ``replicas`` complete per second of one request's
+    uncontended compute when all are busy: a host of h busy replicas runs each job
+    (1 + contention x (h - 1)) times as long (the simulator's model, ``ClusterSpec``)."""
+    if replicas < 1 or per_host < 1 or contention < 0:
+        raise ValueError(f"need replicas >= 1, per_host >= 1, contention >= 0; got {replicas}, {per_host}, "
+                         f"{contention}")
+    full, rest = divmod(replicas, per_host)
+    return sum(h / (1 + contention * (h - 1)) for h in [per_host] * full + ([rest] if rest else []))
+
+
+def capacity_rps(requests, registry, config, profile_path: str | Path, slo_s: float, seed: int) -> dict:
+    """Requests per second the live deployment in ``config`` can complete at most, with this slice's
+    mix of requests, from the profile: its parallel service (``parallel_service``: replicas,
+    replicas per host and host contention) over the mean of the requests' expected compute
+    (``expected_infer_s``: per base model, steps, adapters; no jitter). Loads are left out: what
+    they cost depends on the policies being compared, so a rate set from this loads every arm alike.
+    """
+    from trace_replay.replay.mapping import to_table
+    from trace_replay.simulator.workload import expected_infer_s
+
+    _, gpus = live_policy_set(config)
+    cfg = load_profile(profile_path, gpus, slo_s, seed, config.control)
+    table = to_table(requests, registry)
+    if len(table) == 0:
+        raise ValueError("no requests to size a rate for")
+    nb = len(table.base_models)
+    base = np.where(table.base_model < 0, nb, table.base_model).astype(np.int64)
+    mean_s = float(np.mean(expected_infer_s(table, cfg, base)))
+    cl = cfg.cluster
+    parallel = parallel_service(gpus, min(cl.replicas_per_host, gpus), cl.host_contention)
+    return {"capacity_rps": parallel / mean_s, "mean_compute_s": mean_s, "parallel_service": parallel,
+            "replicas": gpus, "replicas_per_host": cl.replicas_per_host, "host_contention": cl.host_contention}
+
+
 def sim_arrays(result) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rec, wl = result.records, result.workload
     return rec.finish - wl.arrival, np.isfinite(rec.finish), rec.load_s

@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--warmup-requests", type=int, default=0, help="leave the first N requests out "
                     "of both sides' figures (default 0: compare against a freshly started service, "
                     "whose caches are empty like the simulation's)")
+    ap.add_argument("--utilisation", type=float, help="poisson/gamma, instead of --rate: arrive at this "
+                    "fraction of the rate the service can complete with this slice's mix, from --profile "
+                    "(replicas, replicas per host, host contention, each request's expected compute; "
+                    "loads left out), so runs on slower or faster machines load the service alike; "
+                    "the rate used is printed and recorded as rate_from_capacity")
     return ap
 
 
@@ -64,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--config {args.config} does not describe the service at {args.url}: "
                              f"models only served: {sorted(served - configured)[:5]}, only in the "
                              f"config: {sorted(configured - served)[:5]}")
-        requests, mapping, registry = prepare(args, registry)
         slo = args.slo_s or registry.slo_s or 30.0
+        sized = None
+        if args.utilisation is not None:
+            sized = rate_from_capacity(args, registry, config, slo)
+        requests, mapping, registry = prepare(args, registry)
         sim_result, cfg, spec = simulate_slice(requests, registry, config, args.profile, slo, args.seed)
     except (ValueError, FileNotFoundError, KeyError, ConnectionError, ConfigError) as exc:
         print(f"t2i parity: error: {exc}", file=sys.stderr)
@@ -79,17 +87,42 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"live": live, "sim": sim, **cmp, "warmup_requests": skip,
            "live_summary": live_summary,
            "sim_summary": dict(sim_result.summary),
-           "policy_set": spec.model_dump(), "profile": str(args.profile), "gpus": cfg.cluster.gpus}
+           "policy_set": spec.model_dump(), "profile": str(args.profile), "gpus": cfg.cluster.gpus,
+           "rate_from_capacity": sized}
     (Path(args.out) / "parity.json").write_text(json.dumps(doc, indent=1, default=float))
     write_records(Path(args.out) / "records.csv", result.records)  # the live side, per request
     if args.json:
         print(json.dumps(doc, default=float))
     else:
+        if sized is not None:
+            print(f"rate {sized['rate']:.3g} req/s = utilisation {sized['utilisation']:g} x capacity "
+                  f"{sized['capacity_rps']:.3g} req/s ({sized['parallel_service']:.2f} parallel service / "
+                  f"{sized['mean_compute_s']:.3f} s mean compute)")
         print(f"parity: {live['requests']} requests compared ({skip} warm-up left out), live {args.url} vs simulated {spec.name} on "
               f"{cfg.cluster.gpus} GPUs ({args.profile})")
         print(side_by_side(live, sim, cmp))
         print(f"wrote {Path(args.out) / 'parity.json'} and records.csv (the live side, per request)")
     return 1 if result.aborted else 0
+
+
+def rate_from_capacity(args: argparse.Namespace, registry, config, slo: float) -> dict:
+    """Set ``args.rate`` to ``args.utilisation`` x the deployment's capacity for the slice
+    (``parity.capacity_rps``) and return the sizing. The slice's mix does not depend on the rate,
+    so it is mapped once at a provisional rate to size it."""
+    from trace_replay.replay.parity import capacity_rps
+
+    if args.arrival not in ("poisson", "gamma"):
+        raise ValueError(f"--utilisation sets a mean arrival rate: it needs --arrival poisson or gamma, "
+                         f"not {args.arrival}")
+    if args.rate is not None:
+        raise ValueError("give --rate or --utilisation, not both")
+    if not 0 < args.utilisation <= 10:
+        raise ValueError(f"--utilisation must be in (0, 10] (a fraction of capacity), got {args.utilisation}")
+    args.rate = 1.0
+    requests, _, mapped = prepare(args, registry)
+    sized = capacity_rps(requests, mapped, config, args.profile, slo, args.seed)
+    args.rate = args.utilisation * sized["capacity_rps"]
+    return {**sized, "utilisation": args.utilisation, "rate": args.rate}
 
 
 if __name__ == "__main__":
