@@ -23,7 +23,7 @@ from deployments.config import ServeConfig
 from deployments.load_costs import DEFAULT_BANDWIDTH
 from deployments.model_cache import ModelCache
 from deployments.pipeline_engine import EngineModels, LoadedPipeline, PipelineEngine, default_gpu_budget
-from deployments.spec import GenerationResult, GenerationSpec, compute_units
+from deployments.spec import GenerationResult, GenerationSpec
 from policies.eviction import EVICTION
 from policies.snapshot import DISK, GPU, HOST, SHARED
 
@@ -82,14 +82,6 @@ class ReplicaControl:
         self.queue_len = 0
         self.requests_total = 0
         self.compute_s: float | None = None  # EWMA of inference seconds per request
-        # EWMA of inference seconds per compute unit (deployments.spec.compute_units), per base
-        # model: a request's expected compute, for the router and for busy_s
-        self.unit_s: dict[str, float] = {}
-        # requests in this replica, oldest first: id -> (expected compute s, monotonic arrival);
-        # the engine runs one at a time in arrival order, so the oldest is the one running
-        self._inflight: dict[int, tuple[float, float]] = {}
-        self._last_done = 0.0  # monotonic time the last request left
-        self._seq = 0
         self.service_s: float | None = None  # EWMA of inference + load seconds per request
         self.pool = SHARED
         self.prefetch_wanted: list[str] = []
@@ -113,32 +105,16 @@ class ReplicaControl:
                                         "controlnets": [c for c, _ in spec.controlnets],
                                         "loras": [a for a, _ in spec.loras], "t": time.time()})
         del self._pending["served"][:-MAX_PENDING]
-        self._seq += 1
-        key = self._seq
-        self._inflight[key] = (self.expected_compute_s(spec), time.monotonic())
         try:
-            yield lambda result: self._record(spec, result)
+            yield self._record
         finally:
             self.queue_len -= 1
-            self._inflight.pop(key, None)
-            self._last_done = time.monotonic()
 
-    def _record(self, spec: GenerationSpec, result: GenerationResult) -> None:
+    def _record(self, result: GenerationResult) -> None:
         compute = float(result.timings.get("inference_s", 0.0))
         total = compute + float(result.timings.get("load_s", 0.0))
         self.compute_s = _ewma(self.compute_s, compute)
         self.service_s = _ewma(self.service_s, total)
-        if compute > 0:
-            base = spec.base_model
-            self.unit_s[base] = _ewma(self.unit_s.get(base), compute / compute_units(spec))
-
-    def expected_compute_s(self, spec: GenerationSpec) -> float:
-        """Seconds of inference ``spec`` is expected to take here: its base model's measured
-        seconds per unit x its units, else the mean per request, else COMPUTE_PRIOR_S."""
-        unit = self.unit_s.get(spec.base_model)
-        if unit is not None:
-            return unit * compute_units(spec)
-        return self.compute_s if self.compute_s is not None else COMPUTE_PRIOR_S
 
     def record_adapter_fetch(self, seconds_per_adapter: float) -> None:
         self.adapter_fetch_s = _ewma(self.adapter_fetch_s, seconds_per_adapter)
@@ -194,18 +170,10 @@ class ReplicaControl:
         return used, max(0, self.gpu_budget - used), 0
 
     def busy_s(self) -> float:
-        """Seconds until the current work drains: the expected compute of every request in the
-        replica (by base model, ``expected_compute_s``), less what the running one (the oldest,
-        started when it arrived or when the one before it left) has done, plus the expected
-        remainder of the loads in progress."""
-        busy = 0.0
-        if self._inflight:
-            now = time.monotonic()
-            items = iter(self._inflight.values())
-            expected, arrived = next(items)
-            busy = max(0.0, expected - (now - max(arrived, self._last_done)))
-            busy += sum(e for e, _ in items)
-        return busy + (self.cache.loading_remaining_s() if self.cache else 0.0)
+        """Seconds until the current work drains: mean compute per request x requests, plus the
+        expected remainder of the loads in progress."""
+        per_request = self.compute_s if self.compute_s is not None else COMPUTE_PRIOR_S
+        return per_request * self.queue_len + (self.cache.loading_remaining_s() if self.cache else 0.0)
 
     def routing_stats(self) -> dict:
         _, gpu_free, host_free = self._bytes()
@@ -214,8 +182,7 @@ class ReplicaControl:
                 "gpu_free_bytes": gpu_free, "host_free_bytes": host_free,
                 "load_cost_s": self.load_cost_s(), "pool": self.pool,
                 "service_s": self.service_s if self.service_s is not None else 0.0,
-                "compute_s": self.compute_s if self.compute_s is not None else 0.0,
-                "compute_per_unit_s": dict(self.unit_s)}
+                "compute_s": self.compute_s if self.compute_s is not None else 0.0}
 
     def autoscaling_stats(self) -> dict[str, float]:
         used, _, _ = self._bytes()

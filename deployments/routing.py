@@ -9,19 +9,15 @@ missing components, by tier). What it knows, per replica:
 
 - the replica's last ``record_routing_stats()`` (S1 in the issue-10 plan: ``t``, ``queue_len``,
   ``busy_s``, ``tiers``, ``loading``, free bytes, ``load_cost_s``, ``pool``, ``service_s``,
-  ``compute_s``, ``compute_per_unit_s``), which Ray delivers as ``RunningReplica.routing_stats``
-  every ``request_routing_stats_period_s``;
-- a request's expected compute: its base model's seconds per compute unit (steps x images x
-  pixels / 64x64, ``deployments.spec.compute_units``) as the fresh replicas measured them, times
-  its units; else their mean compute per request. The simulator's router is given the profile's
-  mean for each request the same way, so a heavy model's request weighs as heavy in both;
+  ``compute_s``), which Ray delivers as ``RunningReplica.routing_stats`` every
+  ``request_routing_stats_period_s``;
 - the node it runs on (``RunningReplica.node_id``): replicas on one node share its processors,
-  which a policy with ``host_contention`` > 0 prices (``policies.routing``) with the request's
-  expected compute;
+  which a policy with ``host_contention`` > 0 prices (``policies.routing``), with the request's
+  compute taken as the fresh replicas' mean ``compute_s``;
 - what this router sent since those stats were measured (a *flight* per request, recorded the
   moment Ray assigns a replica to it, dropped when the request completes or when newer stats
   cover it; before that, a request counts on the replica it was ranked first for, since Ray may
-  await a queue probe between ranking and assigning): each adds its expected compute plus
+  await a queue probe between ranking and assigning): each adds its expected service time plus
   the load it was expected to pay to the replica's wait, so a burst spreads instead of landing
   on the one replica that held the model a period ago;
 - what it routed there since the stats: those components count as resident (loading) on that
@@ -49,7 +45,7 @@ import numpy as np
 from ray.serve._private.common import ReplicaID, RequestMetadata
 from ray.serve.request_router import PendingRequest, ReplicaResult, RequestRouter, RunningReplica
 
-from deployments.spec import GenerationSpec, compute_units
+from deployments.spec import GenerationSpec
 from policies.routing import ROUTING, expected_latency_s
 from policies.snapshot import (BASE, COLD, CONTROLNET, GPU, HOT, LORA, REMOTE, SHARED, ClusterSnapshot,
                                ComponentTable, ReplicaTable, RouteRequest)
@@ -100,9 +96,8 @@ class _Flight:
     #                   makes (copied from the request context), so not unique on its own
     routed_at: float
     components: tuple[str, ...]
-    expected_s: float  # its expected compute plus the load it was expected to pay there
+    expected_s: float  # its service time plus the load it was expected to pay there
     accepted: bool = False
-    compute_s: float = 0.0  # its expected compute alone
 
 
 @dataclass
@@ -120,7 +115,6 @@ class _View:
     load_cost_s: dict = field(default_factory=dict)
     node: str = ""  # the Ray node it runs on ("" unknown: a machine of its own)
     compute_s: float = 0.0  # its mean compute per request (0: not reported yet)
-    unit_s: dict = field(default_factory=dict)  # seconds per compute unit, per base model
 
     def tier(self, c: str) -> int:
         return GPU if c in self.routed else min(max(self.tiers.get(c, REMOTE), GPU), REMOTE)
@@ -246,14 +240,15 @@ class CacheAwareRouter(RequestRouter):
         if spec is None:
             ranked = self._by_queue(available, now) + self._by_queue(full, now)
             if pending_request is not None:
-                self._hold(pending_request, ranked[0], (), 0.0, now, self._service_s(ranked[0]))
+                self._hold(pending_request, ranked[0], (), 0.0, now)
             return ranked
         comps = self.components(spec)
         views = [self.view(r, now) for r in available]
         snap = self.snapshot(views, comps, now)
-        compute = self.expected_compute_s(spec, views)
+        measured = [v.compute_s for v in views if v.fresh and v.compute_s > 0]
         req = RouteRequest(pipeline=0, components=np.arange(len(comps), dtype=np.int64),
-                           band=self._band(views, snap), arrival_s=now, compute_s=compute)
+                           band=self._band(views, snap), arrival_s=now,
+                           compute_s=float(np.mean(measured)) if measured else self.default_service_s)
         first = self.policy.route(snap, req, self.rng)
         cost = expected_latency_s(snap, req, getattr(self.policy, "host_contention", 0.0))
         order = np.lexsort((self.rng.random(cost.size), cost))  # ties at random
@@ -261,18 +256,8 @@ class CacheAwareRouter(RequestRouter):
         ranked = [available[i] for i in order] + self._by_queue(full, now)
         if pending_request is not None:
             load = float(snap.missing_load_s(req.components)[first])
-            self._hold(pending_request, ranked[0], tuple(comps), load, now, compute)
+            self._hold(pending_request, ranked[0], tuple(comps), load, now)
         return ranked
-
-    def expected_compute_s(self, spec: GenerationSpec, views: list[_View]) -> float:
-        """Seconds of inference ``spec`` is expected to take: the fresh replicas' mean seconds per
-        compute unit for its base model x its units; else their mean compute per request; else
-        ``default_service_s``."""
-        per_unit = [v.unit_s[spec.base_model] for v in views if v.fresh and spec.base_model in v.unit_s]
-        if per_unit:
-            return float(np.mean(per_unit)) * compute_units(spec)
-        measured = [v.compute_s for v in views if v.fresh and v.compute_s > 0]
-        return float(np.mean(measured)) if measured else self.default_service_s
 
     def components(self, spec: GenerationSpec) -> list[str]:
         """Model ids the request needs on its replica: base first, then ControlNets (when the
@@ -320,8 +305,7 @@ class CacheAwareRouter(RequestRouter):
         return _View(fresh=True, stats_t=t, tiers=tiers, routed=routed, wait_s=wait,
                      queue_len=q + len(flights), pool=pool, n_models=n_models, load_cost_s=costs,
                      node=_node(replica),
-                     compute_s=float(compute) if isinstance(compute, (int, float)) and compute > 0 else 0.0,
-                     unit_s=_per_unit(stats.get("compute_per_unit_s")))
+                     compute_s=float(compute) if isinstance(compute, (int, float)) and compute > 0 else 0.0)
 
     def _parse(self, rid: ReplicaID, stats: dict) -> tuple:
         """(tiers with loads as GPU, base models on GPU, busy_s, queue_len, pool, load_cost_s) of
@@ -363,32 +347,26 @@ class CacheAwareRouter(RequestRouter):
 
     # -- helpers ---------------------------------------------------------------------------------
     def _record_flight(self, pr: PendingRequest, replica: RunningReplica, accepted: bool = False) -> None:
-        held = self._tentative.pop(id(pr), None)
+        self._tentative.pop(id(pr), None)
         spec = find_spec(pr)
         now = self._get_curr_time_s()
         rid = replica.replica_id
         comps = tuple(self.components(spec)) if spec is not None else ()
-        if spec is None:
-            compute = float(self._service_s(replica))
-        elif held is not None:  # as ranked
-            compute = held[2].compute_s
-        else:  # assigned without a ranking here
-            compute = self.expected_compute_s(spec, [self.view(r, now) for r in self._replicas.values()])
-        expected = compute
+        expected = float(self._service_s(replica))
         if comps:
             view = self.view(replica, now)
             for c in comps:
                 expected += float(self._cost_row([view], c)[view.tier(c)])
                 self._resident[rid][c] = now
         self._flights[rid].append(_Flight(id(pr), pr.metadata.internal_request_id, now, comps,
-                                          expected, accepted, compute))
+                                          expected, accepted))
 
     def _hold(self, pr: PendingRequest, replica: RunningReplica, comps: tuple, load_s: float,
-              now: float, compute_s: float) -> None:
+              now: float) -> None:
         """Count ``pr`` on the replica ranked first for it until Ray assigns it somewhere."""
+        expected = float(self._service_s(replica)) + load_s
         self._tentative[id(pr)] = (pr, replica.replica_id,
-                                   _Flight(id(pr), pr.metadata.internal_request_id, now, comps,
-                                           compute_s + load_s, compute_s=compute_s))
+                                   _Flight(id(pr), pr.metadata.internal_request_id, now, comps, expected))
 
     def _held(self, rid: ReplicaID) -> list[_Flight]:
         """Tentative flights on ``rid``; those of requests that are gone (cancelled) are dropped."""
@@ -449,15 +427,6 @@ class CacheAwareRouter(RequestRouter):
             wait = np.array([float(self.replica_queue_len_cache.get(r.replica_id) or 0) for r in replicas])
         order = np.lexsort((self.rng.random(wait.size), wait))
         return [replicas[int(i)] for i in order]
-
-
-def _per_unit(value) -> dict[str, float]:
-    """A report's ``compute_per_unit_s`` as {base model: seconds > 0}; anything else is left out
-    (an older replica, or a value that is not a number)."""
-    if not isinstance(value, dict):
-        return {}
-    return {str(k): float(v) for k, v in value.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and np.isfinite(v)}
 
 
 def _node(replica: RunningReplica) -> str:

@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-REF_PIXELS = 64 * 64  # one compute unit: a step of one 64x64 image
-
 
 @dataclass(frozen=True)
 class GenerationSpec:
@@ -35,10 +33,3 @@ class GenerationResult:
     timings: dict[str, float] = field(default_factory=dict)
     adapters_swapped: int = 0
     replica: str | None = None  # the BaseModel replica's Serve id; None outside Serve
-
-
-def compute_units(spec: GenerationSpec) -> float:
-    """What a request's compute grows with on its base model: steps x images x pixels / 64x64
-    (the per-model part of ``t2i profile``'s service-time formula; adapters are left out). A
-    replica measures seconds per unit per base model; a router multiplies back."""
-    return max(1, spec.steps) * max(1, spec.n) * spec.width * spec.height / REF_PIXELS

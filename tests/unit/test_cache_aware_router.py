@@ -184,45 +184,6 @@ def test_replicas_sharing_a_node_slow_each_other(contention, nodes, expected):
     assert run(main()) == expected
 
 
-def test_a_request_weighs_its_base_models_measured_compute():
-    """Replicas report seconds per compute unit per base model (m light 0.1 s, y heavy 1 s): a
-    routed heavy request adds 1 s to its replica's wait and a light one 0.1 s, so five light
-    requests all queue beside each other rather than behind the heavy one. With one mean per
-    request for every model (the router before), the second light request would tie with the
-    heavy replica and they would share."""
-    async def main():
-        def report(**kw):
-            return {**stats(**kw), "compute_s": 0.5, "compute_per_unit_s": {"m": 0.1, "y": 1.0}}
-        h = Harness([FakeRunningReplica(x, report(tiers={"m": GPU, "y": GPU})) for x in "ab"],
-                    policy_args={"band_pools": False})
-        heavy = await h.route(pending(spec("y")))
-        light = [await h.route(pending(spec("m"))) for _ in range(5)]
-        views = {r.replica_id.unique_id: h.router.view(r, NOW) for r in h.replicas}
-        return heavy, light, {k: round(v.wait_s, 6) for k, v in views.items()}
-
-    heavy, light, waits = run(main())
-    other = ({"a", "b"} - {heavy}).pop()
-    assert light == [other] * 5
-    assert waits == {heavy: 1.0, other: 0.5}  # 1 heavy unit; 5 light units of 0.1 s
-
-
-def test_a_report_without_usable_per_unit_compute_falls_back_to_the_mean():
-    async def main():
-        rep = FakeRunningReplica("a", {**stats(), "compute_s": 0.7,
-                                       "compute_per_unit_s": {"m": "fast", "y": -1, "z": 0.5, "w": True}})
-        h = Harness([rep])
-        view = h.router.view(rep, NOW)
-        big = GenerationSpec(prompt="p", base_model="z", width=128, height=64, steps=3, n=2,
-                             guidance_scale=0.0, seed=0)
-        return view.unit_s, h.router.expected_compute_s(spec("m"), [view]), \
-            h.router.expected_compute_s(big, [view])
-
-    unit_s, light, big = run(main())
-    assert unit_s == {"z": 0.5}
-    assert light == 0.7  # no usable figure for m: the mean per request
-    assert big == pytest.approx(0.5 * 3 * 2 * 2)  # steps x images x pixels / 64x64
-
-
 def test_stale_or_missing_stats_fall_back_to_queue_length():
     async def main():
         a = FakeRunningReplica("a", stats(tiers={"m": GPU}), queue_len=3)  # holds m, 3 queued
