@@ -192,12 +192,12 @@ def test_cli_table_shows_active_gpu_seconds_beside_violations(capsys):
     assert header.index("gpu_active_seconds") == header.index("slo_violation_rate") + 1
 
 
-def _contention_run(contention: float, per_host: int, n: int = 12):
+def _contention_run(contention: float, per_host: int, n: int = 12, model: str = "at-start", records=False):
     """n requests 0.3 s apart for three bases on three GPUs, no loads (zero overhead, tiny sizes),
     1 s of compute each: (start, duration, others busy at the start) per request."""
     step = {"s_per_step": 0.5, "fixed_s": 0.0, "ref_pixels": 4096}
     cfg = SimConfig.model_validate({
-        "cluster": {"gpus": 3, "load_model": "bandwidth", "remote_gbps": 1e6,
+        "cluster": {"gpus": 3, "load_model": "bandwidth", "remote_gbps": 1e6, "contention_model": model,
                     "replicas_per_host": per_host, "host_contention": contention},
         "components": {"reload_overhead_s": {"base_model": 0, "controlnet": 0, "lora": 0},
                        "base_gb": [1e-9, 1e-9]},
@@ -208,7 +208,7 @@ def _contention_run(contention: float, per_host: int, n: int = 12):
     start, finish, worker = res.records.start, res.records.finish, res.records.worker
     busy = np.array([np.count_nonzero((start < start[i]) & (finish > start[i]) & (worker != worker[i])
                                       & (worker // per_host == worker[i] // per_host)) for i in range(n)])
-    return finish - start, busy
+    return (finish - start, busy) if not records else res.records
 
 
 def test_replicas_sharing_a_host_slow_each_other_down():
@@ -221,6 +221,23 @@ def test_replicas_sharing_a_host_slow_each_other_down():
     assert np.allclose(dur, 1.0)
     with pytest.raises(ValidationError, match="host_contention"):
         SimConfig.model_validate({"cluster": {"host_contention": -0.1}})
+
+
+def test_shared_contention_gives_every_job_exactly_its_work():
+    """contention_model 'shared': between any two starts or finishes on the host, each running job
+    progresses at 1 / (1 + c x (m - 1)) with m jobs running; over its life that adds up to its 1 s
+    of uncontended compute, however its neighbours came and went."""
+    c = 0.25
+    rec = _contention_run(c, 3, n=30, model="shared", records=True)
+    start, finish = rec.start, rec.finish
+    edges = np.unique(np.concatenate([start, finish]))
+    done = np.zeros(start.size)
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        running = (start <= lo) & (finish >= hi)
+        m = np.count_nonzero(running)
+        if m:
+            done[running] += (hi - lo) / (1 + c * (m - 1))
+    assert np.allclose(done, 1.0)
 
 
 def test_a_load_on_a_shared_host_is_slowed_and_recorded_slowed():
@@ -250,3 +267,21 @@ def test_the_policy_router_prices_replicas_sharing_a_host(contention, loads):
                                        "host_contention": contention})
     res = simulate(table([0.0, 0.5], [0, 0], steps=np.array([25, 25], np.int32)), spec, cfg)
     assert res.summary["loads_by_kind"]["base_model"] == loads
+
+
+@pytest.mark.parametrize("model,finish", [("at-start", (2.0, 2.5)), ("shared", (3.0, 2.5))])
+def test_contention_at_start_or_shared_as_neighbours_come_and_go(model, finish):
+    """Two GPUs on one host, each busy neighbour doubling a job (host_contention 1): a 2 s job
+    starts alone at 0, a 1 s job beside it at 0.5. 'at-start' fixes each job's stretch when it
+    starts (the first stays 2 s, the second runs 2 s); 'shared' slows the first too from 0.5, both
+    at half speed until the second ends at 2.5, then the first's last 0.5 s alone: 3.0."""
+    cfg = cfg_from({"cluster": {"gpus": 2, "replicas_per_host": 2, "host_contention": 1.0, "remote_gbps": 1e9,
+                                "contention_model": model},
+                    "components": {"sizes_gb": {"sd15": 1e-9, "sdxl": 1e-9}, "reload_overhead_s": {"base_model": 0.0}},
+                    "inference": {"jitter_cv": 0.0, "fixed_s": 0.0, "per_model": {
+                        m: {"s_per_step": 0.1, "fixed_s": 0.0, "ref_pixels": 262144} for m in ("sd15", "sdxl")}}})
+    res = simulate(table([0.0, 0.5], [0, 1], steps=np.array([20, 10], np.int32)), "lru", cfg)
+    assert sorted(res.records.worker.tolist()) == [0, 1]  # side by side
+    assert res.records.finish.tolist() == pytest.approx(list(finish), abs=1e-6)
+    busy = res.records.finish - res.records.start
+    assert res.summary["gpu_busy_fraction"] == pytest.approx(busy.sum() / (2 * max(finish)), abs=1e-6)

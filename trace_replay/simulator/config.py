@@ -42,6 +42,10 @@ class ClusterSpec(BaseModel):
                                    "replica on its host when it starts, as a fraction: replicas that "
                                    "share processors slow each other down (t2i profile measures it; "
                                    "0 = none)")
+    contention_model: Literal["at-start", "shared"] = Field(
+        "shared", description="how host_contention stretches a job: 'at-start', by the busy "
+        "neighbours when it starts, fixed from then on; 'shared', by the busy neighbours at every "
+        "moment (a job slows when a neighbour starts and speeds up when one finishes)")
 
 
 class ReloadOverhead(BaseModel):

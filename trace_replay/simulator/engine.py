@@ -115,6 +115,16 @@ class Simulation:
         # (1 + host_contention x m) times as long (the busy count is what the host could observe).
         self.per_host, self.contention = c.replicas_per_host, c.host_contention
         self.host_busy = [0] * (c.gpus // c.replicas_per_host + 1)
+        # contention_model "shared": the stretch follows the busy count as it changes (a job
+        # that started alone slows when neighbours start, and speeds up when they finish)
+        self.shared = self.contention > 0 and self.per_host > 1 and c.contention_model == "shared"
+        if self.shared:
+            self.work = [0.0] * c.gpus  # uncontended seconds left of each worker's job, at work_t
+            self.work_t = [0.0] * c.gpus
+            self.fin_t = [-1.0] * c.gpus  # its FINISH event's time (-1: none); older ones are stale
+            self.job = [-1] * c.gpus  # its request (-1: a prefetch)
+            self.credit_end = [0.0] * c.gpus  # the end busy_s was credited with at its start
+            self.host_jobs: list[list[int]] = [[] for _ in self.host_busy]
         self.key_size = wl.key_size.tolist()
         self.key_kind = wl.key_kind.tolist()
         self.pool = {k: v.tolist() for k, v in wl.load_pool.items()}
@@ -252,7 +262,11 @@ class Simulation:
         rec.worker[i] = w.idx
         rec.misses[i] = missed
         self._occupy(w, now, dur, self._exp_load + self.expect(i))
-        self.push(now + dur, FINISH, w.idx, i)
+        if self.shared:  # the uncontended work: loads were stretched at start in bring
+            self._join(w, now, dur, load / (1.0 + self.contention * (self.host_busy[w.idx // self.per_host] - 1))
+                       + self.infer[i], i)
+        else:
+            self.push(now + dur, FINISH, w.idx, i)
         if self.watch is not None:
             self.watch(w)
 
@@ -270,7 +284,10 @@ class Simulation:
             return 0.0
         self.rec.prefetch_s += dur
         self._occupy(w, now, dur, self._exp_load)
-        self.push(now + dur, FINISH, w.idx, -1)
+        if self.shared:
+            self._join(w, now, dur, dur / (1.0 + self.contention * (self.host_busy[w.idx // self.per_host] - 1)), -1)
+        else:
+            self.push(now + dur, FINISH, w.idx, -1)
         if self.watch is not None:
             self.watch(w)
         return dur
@@ -284,6 +301,43 @@ class Simulation:
         w.job_start = now
         w.exp_end = now + expected
         w.exp_floor = FLOOR_FRACTION * expected
+
+    # -- contention_model "shared": each running job on a host progresses at 1 / (1 + c x (m - 1))
+    # of its uncontended speed while m of the host's replicas are busy
+    def _progress(self, jobs: list[int], now: float) -> None:
+        if jobs:
+            rate = 1.0 / (1.0 + self.contention * (len(jobs) - 1))
+            work, work_t = self.work, self.work_t
+            for x in jobs:
+                work[x] -= (now - work_t[x]) * rate
+                work_t[x] = now
+
+    def _reschedule(self, jobs: list[int], now: float) -> None:
+        stretch = 1.0 + self.contention * (len(jobs) - 1)
+        for x in jobs:
+            fin = now + max(self.work[x], 0.0) * stretch
+            if fin != self.fin_t[x]:
+                self.fin_t[x] = fin
+                self.push(fin, FINISH, x, self.job[x])
+
+    def _join(self, w: Worker, now: float, credited_s: float, work_s: float, job: int) -> None:
+        """``w`` starts a job of ``work_s`` uncontended seconds on its host."""
+        jobs = self.host_jobs[w.idx // self.per_host]
+        self._progress(jobs, now)
+        x = w.idx
+        self.work[x], self.work_t[x], self.job[x], self.fin_t[x] = work_s, now, job, -1.0
+        self.credit_end[x] = now + credited_s
+        jobs.append(x)
+        self._reschedule(jobs, now)
+
+    def _leave(self, w: Worker, now: float) -> None:
+        """``w``'s job ended: its neighbours speed up; busy_s gets the job's true length."""
+        jobs = self.host_jobs[w.idx // self.per_host]
+        self._progress(jobs, now)
+        jobs.remove(w.idx)
+        self.fin_t[w.idx] = -1.0
+        w.busy_s += now - self.credit_end[w.idx]
+        self._reschedule(jobs, now)
 
     def expect(self, i: int) -> float:
         """Expected compute seconds of request ``i``: the profile's mean, or for trace exec seconds
@@ -386,8 +440,12 @@ class Simulation:
             now = self.now = ev[0]
             prio = ev[1]
             if prio == FINISH:
-                last_finish = now
                 w = workers[ev[3]]
+                if self.shared:
+                    if now != self.fin_t[w.idx]:
+                        continue  # superseded: its neighbours changed how fast it runs
+                    self._leave(w, now)
+                last_finish = now
                 j = ev[4]
                 self.done_busy_s += now - w.job_start
                 if j >= 0:
