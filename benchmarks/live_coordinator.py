@@ -24,7 +24,7 @@ is a host-to-device copy, which the profile's load model does not see here.
 Goal (issue 10): the coordinator at least 40% fewer load-seconds than ray-default, lower p99,
 fewer SLO violations.
 
-Run: python benchmarks/live_coordinator.py [--requests 300] [--rate 2.0 | --utilisation 0.5]
+Run: python benchmarks/live_coordinator.py [--requests 300] [--utilisation 0.5 | --rate 2.0]
      [--slack-fraction 0.25] [--quick]
 """
 
@@ -133,10 +133,11 @@ def row(name: str, live: dict, sim: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=300, help="requests per arm")
-    ap.add_argument("--rate", type=float, default=2.0, help="Poisson arrival rate, requests/s")
-    ap.add_argument("--utilisation", type=float, help="instead of --rate: this fraction of the capacity "
-                    "the profile gives the four replicas for the trace's mix (`t2i parity --utilisation`), "
-                    "so a slower or faster machine is loaded alike")
+    ap.add_argument("--rate", type=float, help="Poisson arrival rate, requests/s (default: set by "
+                    "--utilisation)")
+    ap.add_argument("--utilisation", type=float, default=0.5, help="unless --rate is given: this fraction "
+                    "of the capacity the profile gives the four replicas for the trace's mix (`t2i parity "
+                    "--utilisation`), so a slower or faster machine is loaded alike (default %(default)s)")
     ap.add_argument("--arms", default="ray-default,coordinator,coordinator-blind,coordinator-no-host",
                     help=f"comma-separated, of {', '.join(ARMS)}")
     ap.add_argument("--slo-s", type=float, default=2.0, help="latency SLO for the violation rate")
@@ -151,6 +152,10 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work folder (models, trace, profile, "
                     "configs, service logs, per-request records) and print where it is")
     args = ap.parse_args()
+    if args.rate is not None:
+        args.utilisation = None  # an explicit rate wins
+    elif not 0 < args.utilisation <= 10:
+        ap.error(f"--utilisation must be in (0, 10] (a fraction of capacity), got {args.utilisation}")
     arms = [a for a in args.arms.split(",") if a]
     unknown = sorted(set(arms) - set(ARMS))
     if unknown:
