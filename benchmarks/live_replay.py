@@ -16,7 +16,8 @@ same replicas for both sides: the comparison is at equal cost by construction.
 Each level (and the profile) runs on a freshly started service: the simulation starts with empty
 caches, so the live side must too.
 
-Run: python benchmarks/live_replay.py [--requests 200] [--rates 0.5,1.0,1.5] [--quick]
+Run: python benchmarks/live_replay.py [--requests 200] [--rates 0.5,1.0,1.5 | --utilisations 0.3,0.5,0.7]
+     [--quick]
 """
 
 from __future__ import annotations
@@ -121,6 +122,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=200, help="requests per load level")
     ap.add_argument("--rates", default="0.5,1.0,1.5", help="arrival rates, requests/s")
+    ap.add_argument("--utilisations", help="instead of --rates: load levels as fractions of the capacity "
+                    "the profile gives the replicas for the slice's mix (`t2i parity --utilisation`), so "
+                    "a slower or faster machine is loaded alike; e.g. 0.3,0.5,0.7")
     ap.add_argument("--bases", type=int, default=8)
     ap.add_argument("--loras", type=int, default=64)
     ap.add_argument("--replicas", type=int, default=2)
@@ -135,9 +139,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: 20 requests, one rate")
     ap.add_argument("--out", default=str(RESULTS / "live_replay.json"))
     args = ap.parse_args()
-    rates = [float(x) for x in args.rates.split(",")]
+    by_load = args.utilisations is not None
+    levels = [float(x) for x in (args.utilisations if by_load else args.rates).split(",")]
     if args.quick:
-        args.requests, rates = 20, rates[:1]
+        args.requests, levels = 20, levels[:1]
     work = Path(tempfile.mkdtemp(prefix="t2i-live-replay-"))
     t0 = time.time()
     try:
@@ -159,22 +164,23 @@ def main() -> int:
         finally:
             stop_service(proc)
         runs = []
-        for rate in rates:
+        for level in levels:
             port = free_port()
             url = f"http://127.0.0.1:{port}"
-            proc = start_service(config, port, work / f"serve-{rate}.log")
+            proc = start_service(config, port, work / f"serve-{level}.log")
             try:
                 out = t2i("parity", "--trace", str(trace), "--format", "katz", "--url", url,
                           "--config", str(config), "--profile", str(profile), "--arrival", "poisson",
-                          "--rate", str(rate), "--max-requests", str(args.requests), "--slo-s",
-                          str(args.slo_s), "--seed", str(args.seed), "--no-progress", "--json",
-                          "--out", str(work / f"parity-{rate}"), capture=True)
+                          "--utilisation" if by_load else "--rate", str(level), "--max-requests",
+                          str(args.requests), "--slo-s", str(args.slo_s), "--seed", str(args.seed),
+                          "--no-progress", "--json", "--out", str(work / f"parity-{level}"), capture=True)
             finally:
                 stop_service(proc)
             doc = json.loads(out.strip().splitlines()[-1])
-            doc["rate"] = rate
+            doc["rate"] = doc["rate_from_capacity"]["rate"] if by_load else level
+            doc["utilisation"] = level if by_load else None
             runs.append(doc)
-            print(fmt_row(rate, doc["live"], doc["sim"], doc["relative_error"]), flush=True)
+            print(fmt_row(doc["rate"], doc["live"], doc["sim"], doc["relative_error"]), flush=True)
         print("\nlive vs simulated (ray-default shaped like the deployment), "
               f"{args.requests} requests per level, SLO {args.slo_s:g} s, {args.replicas} replicas")
         print("  rate |  live p50     p95   viol. |   sim p50     p95   viol. |  err p50  p95  viol. | load-s live  sim")
@@ -184,7 +190,7 @@ def main() -> int:
                                  for k in ("latency_p50_s", "latency_p95_s", "slo_violation_rate"))
                   for d in runs}
         print(f"within {GOAL_REL_ERROR:.0%} on p50, p95 and violation rate: {within}")
-        slim = [{k: d[k] for k in ("rate", "live", "sim", "relative_error", "difference", "gpus",
+        slim = [{k: d[k] for k in ("rate", "utilisation", "live", "sim", "relative_error", "difference", "gpus",
                                    "live_summary", "sim_summary")} for d in runs]
         write_result(args.out, {
             "benchmark": "live_replay", "goal": f"|relative error| <= {GOAL_REL_ERROR:.0%} on p50, p95 "
