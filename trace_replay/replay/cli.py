@@ -104,6 +104,13 @@ def arrivals(n: int, args: argparse.Namespace, trace_times: np.ndarray) -> np.nd
 def prepare(args: argparse.Namespace, registry):
     """Load, slice, map and time the trace: (requests, mapping report, the registry mapped onto
     after --exclude)."""
+    requests, report, registry = map_slice(args, registry)
+    return timed(requests, args), report, registry
+
+
+def map_slice(args: argparse.Namespace, registry):
+    """Load, slice and map the trace, arrivals still the trace's own: (requests, mapping report,
+    the registry mapped onto after --exclude)."""
     from trace_replay.formats import load_trace
     from trace_replay.replay.mapping import map_requests
 
@@ -124,9 +131,13 @@ def prepare(args: argparse.Namespace, registry):
     if excluded:
         registry = registry.without(excluded)
     requests, report = map_requests(table, registry, steps=args.steps, seed=args.seed)
-    times = arrivals(len(requests), args, np.array([r.time_s for r in requests]))
-    requests = [replace(r, time_s=float(t)) for r, t in zip(requests, times)]
     return requests, report, registry
+
+
+def timed(requests: list, args: argparse.Namespace) -> list:
+    """``requests`` with the arrival times --arrival gives them."""
+    times = arrivals(len(requests), args, np.array([r.time_s for r in requests]))
+    return [replace(r, time_s=float(t)) for r, t in zip(requests, times)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -131,7 +131,7 @@ def capacity_rps(requests, registry, config, profile_path: str | Path, slo_s: fl
     base = np.where(table.base_model < 0, nb, table.base_model).astype(np.int64)
     mean_s = float(np.mean(expected_infer_s(table, cfg, base)))
     cl = cfg.cluster
-    parallel = parallel_service(gpus, min(cl.replicas_per_host, gpus), cl.host_contention)
+    parallel = parallel_service(gpus, cl.replicas_per_host, cl.host_contention)
     return {"capacity_rps": parallel / mean_s, "mean_compute_s": mean_s, "parallel_service": parallel,
             "replicas": gpus, "replicas_per_host": cl.replicas_per_host, "host_contention": cl.host_contention}
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from trace_replay.replay.cli import build_parser as replay_parser
-from trace_replay.replay.cli import fetch_registry, live_run, prepare
+from trace_replay.replay.cli import fetch_registry, live_run, map_slice, timed
 
 EPILOG = """\
 The simulated set follows the deployment's control.policies (--config), shaped like it:
@@ -70,10 +70,11 @@ def main(argv: list[str] | None = None) -> int:
                              f"models only served: {sorted(served - configured)[:5]}, only in the "
                              f"config: {sorted(configured - served)[:5]}")
         slo = args.slo_s or registry.slo_s or 30.0
+        requests, mapping, registry = map_slice(args, registry)
         sized = None
-        if args.utilisation is not None:
-            sized = rate_from_capacity(args, registry, config, slo)
-        requests, mapping, registry = prepare(args, registry)
+        if args.utilisation is not None:  # the slice's mix sizes the rate; arrivals come after
+            sized = rate_from_capacity(args, requests, registry, config, slo)
+        requests = timed(requests, args)
         sim_result, cfg, spec = simulate_slice(requests, registry, config, args.profile, slo, args.seed)
     except (ValueError, FileNotFoundError, KeyError, ConnectionError, ConfigError) as exc:
         print(f"t2i parity: error: {exc}", file=sys.stderr)
@@ -105,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if result.aborted else 0
 
 
-def rate_from_capacity(args: argparse.Namespace, registry, config, slo: float) -> dict:
-    """Set ``args.rate`` to ``args.utilisation`` x the deployment's capacity for the slice
-    (``parity.capacity_rps``) and return the sizing. The slice's mix does not depend on the rate,
-    so it is mapped once at a provisional rate to size it."""
+def rate_from_capacity(args: argparse.Namespace, requests, registry, config, slo: float) -> dict:
+    """Set ``args.rate`` to ``args.utilisation`` x the deployment's capacity for the mapped slice
+    ``requests`` (``parity.capacity_rps``, which reads their mix, not their times) and return the
+    sizing."""
     from trace_replay.replay.parity import capacity_rps
 
     if args.arrival not in ("poisson", "gamma"):
@@ -118,9 +119,7 @@ def rate_from_capacity(args: argparse.Namespace, registry, config, slo: float) -
         raise ValueError("give --rate or --utilisation, not both")
     if not 0 < args.utilisation <= 10:
         raise ValueError(f"--utilisation must be in (0, 10] (a fraction of capacity), got {args.utilisation}")
-    args.rate = 1.0
-    requests, _, mapped = prepare(args, registry)
-    sized = capacity_rps(requests, mapped, config, args.profile, slo, args.seed)
+    sized = capacity_rps(requests, registry, config, args.profile, slo, args.seed)
     args.rate = args.utilisation * sized["capacity_rps"]
     return {**sized, "utilisation": args.utilisation, "rate": args.rate}
 

@@ -262,9 +262,8 @@ class Simulation:
         rec.worker[i] = w.idx
         rec.misses[i] = missed
         self._occupy(w, now, dur, self._exp_load + self.expect(i))
-        if self.shared:  # the uncontended work: loads were stretched at start in bring
-            self._join(w, now, dur, load / (1.0 + self.contention * (self.host_busy[w.idx // self.per_host] - 1))
-                       + self.infer[i], i)
+        if self.shared:
+            self._join(w, now, dur, i)
         else:
             self.push(now + dur, FINISH, w.idx, i)
         if self.watch is not None:
@@ -285,7 +284,7 @@ class Simulation:
         self.rec.prefetch_s += dur
         self._occupy(w, now, dur, self._exp_load)
         if self.shared:
-            self._join(w, now, dur, dur / (1.0 + self.contention * (self.host_busy[w.idx // self.per_host] - 1)), -1)
+            self._join(w, now, dur, -1)
         else:
             self.push(now + dur, FINISH, w.idx, -1)
         if self.watch is not None:
@@ -320,13 +319,17 @@ class Simulation:
                 self.fin_t[x] = fin
                 self.push(fin, FINISH, x, self.job[x])
 
-    def _join(self, w: Worker, now: float, credited_s: float, work_s: float, job: int) -> None:
-        """``w`` starts a job of ``work_s`` uncontended seconds on its host."""
-        jobs = self.host_jobs[w.idx // self.per_host]
+    def _join(self, w: Worker, now: float, dur: float, job: int) -> None:
+        """``w`` (just occupied) starts a job of ``dur`` seconds as stretched at its start by the
+        busy neighbours then (its loads in bring, its compute in start: one factor), which is
+        also what busy_s was credited with; from now on it runs shared."""
+        h = w.idx // self.per_host
+        jobs = self.host_jobs[h]
         self._progress(jobs, now)
         x = w.idx
-        self.work[x], self.work_t[x], self.job[x], self.fin_t[x] = work_s, now, job, -1.0
-        self.credit_end[x] = now + credited_s
+        work = dur / (1.0 + self.contention * (self.host_busy[h] - 1))  # the uncontended seconds
+        self.work[x], self.work_t[x], self.job[x], self.fin_t[x] = work, now, job, -1.0
+        self.credit_end[x] = now + dur
         jobs.append(x)
         self._reschedule(jobs, now)
 
@@ -399,6 +402,7 @@ class Simulation:
         held = self.held
         watch = self.watch  # set by a router that indexes worker state
         exp_infer = self.exp_infer
+        shared = self.shared
         i = 0
         chunk_end = 0
         times: list[float] = []
@@ -441,7 +445,7 @@ class Simulation:
             prio = ev[1]
             if prio == FINISH:
                 w = workers[ev[3]]
-                if self.shared:
+                if shared:
                     if now != self.fin_t[w.idx]:
                         continue  # superseded: its neighbours changed how fast it runs
                     self._leave(w, now)
