@@ -69,6 +69,8 @@ ARMS = {"ray-default": {"policies": "ray-default"},
         # puts on its busy neighbours (queues rather than crowds the shared cores)
         "coordinator-harm": _coordinator(host_contention="{contention_x2}"),
         "coordinator-no-host": {**_coordinator(), "host_budget_bytes": 0},
+        # a request loads what it lacks only once it holds the replica (before control.load_ahead)
+        "coordinator-no-ahead": {**_coordinator(), "load_ahead": False},
         # hot pipelines pinned on as many replicas as their demand share asks, down to one (the
         # default keeps at least two, for failover)
         "coordinator-min1": {**_coordinator(), "placement_args": {"fuse_top": 0, "min_replicas": 1}}}

@@ -15,6 +15,7 @@ fetching overlaps the previous request's denoising; only the (milliseconds) hots
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from deployments.config import ServeConfig
@@ -24,6 +25,8 @@ from deployments.model_cache import room_wait_s
 from deployments.pipeline_engine import LoadedPipeline, PipelineEngine
 from deployments.replica_control import ReplicaControl
 from deployments.spec import GenerationResult, GenerationSpec
+
+logger = logging.getLogger(__name__)
 
 
 class BaseModel:
@@ -36,6 +39,7 @@ class BaseModel:
         # and serialising is what keeps one request's adapters out of another's image.
         self._lock = asyncio.Lock()
         self._remote_nets: dict[str, object] = {}
+        self._ahead_tasks: set[asyncio.Task] = set()  # loads ahead being started (kept referenced)
         self.coordinated = self.config.control.policies == "coordinator"
         # queue, timings, cache and coordinator loop; the stats methods below read it
         self.control = ReplicaControl(self.config, self.engine, self._multiplexed_pipelines,
@@ -186,11 +190,24 @@ class BaseModel:
         acquired before the call (serve.multiplexed). None: the coordinator's replica cache,
         whose models are taken under the lock, so only the running request holds leases (queued
         requests holding them filled the device budget and made later requests wait for room,
-        a wait counted as load time) and loads do not overlap another request's compute, as the
-        simulator models them. Adapters the pipeline's slots lack are fetched before the lock,
+        a wait counted as load time). With `control.load_ahead`, a queued request first starts
+        loading what it lacks into room no other request here needs, so its load overlaps the
+        running request's compute; its acquire under the lock takes that load over. Adapters the pipeline's slots lack are fetched before the lock,
         and under it whatever another request swapped out meanwhile. `load_s` counts everything
         before the lock (the multiplexed lookup, adapter fetches) and the cache's loads."""
         colocated = self.config.controlnet_mode == "colocated"
+        ahead = loaded is None and self.config.control.load_ahead
+        # models this replica's other requests need: not evicted for this one's load ahead, and
+        # evicted last for its load under the lock
+        others = self.control.needed_by_others(spec) if ahead else frozenset()
+        if ahead and self.control.earlier_ready(spec):
+            # a task, not awaited: choosing its room may wait on evictions, and this request
+            # must keep its place in the replica's queue meanwhile (or one behind it takes the
+            # lock first and evicts what was loaded for this one)
+            task = asyncio.get_running_loop().create_task(
+                self.cache.load_ahead(self.control.models_of(spec), others))
+            self._ahead_tasks.add(task)
+            task.add_done_callback(self._ahead_done)
         wanted = [a for a, _ in spec.loras]
         resident = loaded if loaded is not None else self.cache.objects().get(spec.base_model)
         lacking = (resident.slots.missing(wanted) if resident is not None and resident.slots is not None
@@ -208,9 +225,10 @@ class BaseModel:
             check_deadline(spec.deadline, "queued", time.time())
             leases, lease_s = [], 0.0
             if loaded is None:
-                ids = [spec.base_model, *([cn for cn, _ in spec.controlnets] if colocated else [])]
-                leases = await self.cache.acquire(list(dict.fromkeys(ids)),
-                                                  wait_s=room_wait_s(self.config.slo.latency_s))
+                if ahead:  # the queue behind may have changed while this one waited
+                    others = self.control.needed_by_others(spec)
+                leases = await self.cache.acquire(self.control.models_of(spec),
+                                                  wait_s=room_wait_s(self.config.slo.latency_s), spare=others)
                 lease_s = time.perf_counter() - lock_started - queue_s
                 loaded = leases[0].obj
                 if spec.controlnets and colocated:
@@ -231,6 +249,12 @@ class BaseModel:
         result.timings["fetch_s"] = fetch_s  # the store fetches (before and under the lock)
         result.replica = _replica_id()
         return result
+
+    def _ahead_done(self, task: asyncio.Task) -> None:
+        self._ahead_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # the request's acquire meets it again
+            logger.warning("load ahead failed: %r", task.exception())
+
 
 def _replica_id() -> str | None:
     """This replica's Serve id (the response names who answered); None outside Serve."""

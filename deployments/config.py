@@ -239,6 +239,11 @@ class ControlConfig(_Strict):
     report_period_s: float = Field(default=1.0, gt=0, le=60, description="How often a replica "
                                    "reports to the coordinator and fetches its actions.")
     replan_period_s: float = Field(default=5.0, gt=0, description="Coordinator re-plan cadence.")
+    load_ahead: bool = Field(default=True, description="A request that waits for the replica starts "
+                             "loading the models it lacks while it waits, into room that models the "
+                             "replica's other queued or running requests need are never evicted for "
+                             "(Ray's serve.multiplexed loads before the replica's lock the same way). "
+                             "False: a request loads only once it holds the replica.")
     autoscaling: AutoscalingControl = Field(default_factory=AutoscalingControl)
 
     @model_validator(mode="after")

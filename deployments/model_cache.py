@@ -109,6 +109,7 @@ class _Entry:
     load_started: float = 0.0
     uses: int = 0  # requests served since it last came onto the device
     prefetched: bool = False  # came onto the device by prefetch and no request used it yet
+    ahead: bool = False  # loaded ahead for a queued request that has not taken it yet
     loaded_seq: int = 0
     last_seq: int = 0
     last_time: float = 0.0
@@ -152,10 +153,13 @@ class ModelCache:
                 self.memories[HOST] = TierMemory(policy.new_memory(self.host_budget))
 
     # -- requests ---------------------------------------------------------------------------
-    async def acquire(self, model_ids: Sequence[str], wait_s: float = 0.0) -> list[Lease]:
+    async def acquire(self, model_ids: Sequence[str], wait_s: float = 0.0,
+                      spare: frozenset = frozenset()) -> list[Lease]:
         """Hold every model in `model_ids` on the device, loading what is missing. When room is
         held by other requests' models, wait up to `wait_s` for them (holding nothing meanwhile);
-        CacheBudgetError when that runs out or pinned entries block. Load errors propagate."""
+        CacheBudgetError when that runs out or pinned entries block. Load errors propagate.
+        `spare`: models other requests queued here need, evicted only after every other idle
+        unpinned entry."""
         deadline = time.monotonic() + wait_s
         counted: set[str] = set()
         while True:
@@ -163,7 +167,7 @@ class ModelCache:
             try:
                 for model_id in model_ids:
                     held.append(await self._acquire_one(model_id, model_id not in counted,
-                                                        frozenset(lease.model_id for lease in held)))
+                                                        frozenset(lease.model_id for lease in held), spare))
                     counted.add(model_id)
                 return held
             except _NoRoom as no_room:
@@ -195,7 +199,8 @@ class ModelCache:
         finally:
             self.release(leases)
 
-    async def _acquire_one(self, model_id: str, count: bool, holding: frozenset = frozenset()) -> Lease:
+    async def _acquire_one(self, model_id: str, count: bool, holding: frozenset = frozenset(),
+                           spare: frozenset = frozenset()) -> Lease:
         self._seq += 1
         missed = False  # this call started the load (a miss to the memory, not also a hit)
         while True:
@@ -203,11 +208,14 @@ class ModelCache:
             if entry is not None and entry.moving is not None:
                 await asyncio.shield(entry.moving)
                 continue
+            if entry is not None and entry.ahead:  # its load was started for this request
+                self._claim_ahead(entry, count)
+                missed, count = True, False
             if entry is not None and entry.tier == GPU and entry.loading is None:
                 if count:
                     self._counters["hits"]["gpu"] += 1
                 entry.users += 1
-                self._touch(entry)
+                self._touch(entry, hit=not missed)
                 return Lease(model_id, entry.obj, entry)
             if entry is not None and entry.loading is not None:
                 if count:
@@ -215,12 +223,21 @@ class ModelCache:
                 await self._join(entry)
                 self._touch(entry, hit=not missed)
                 return Lease(model_id, entry.obj, entry)
-            entry, started = await self._start_load(model_id, prefetch=False, holding=holding)
+            entry, started = await self._start_load(model_id, prefetch=False, holding=holding, spare=spare)
             missed = missed or started
             if count and started:
                 tier = entry.load_from
                 self._counters["hits" if tier == HOST else "misses"][TIER_NAMES[tier]] += 1
                 count = False
+
+    def _claim_ahead(self, entry: _Entry, count: bool) -> None:
+        """A request takes the load `load_ahead` started: counted as its miss (the memory heard
+        the miss when the load started), not as a join or a hit."""
+        entry.ahead = False
+        if count:
+            tier = entry.load_from
+            self._counters["hits" if tier == HOST else "misses"][TIER_NAMES[tier]] += 1
+        self._counters["ahead"]["used"] += 1
 
     def _count_join(self, entry: _Entry) -> None:
         if entry.prefetched:
@@ -275,6 +292,30 @@ class ModelCache:
             return False
         return True
 
+    async def load_ahead(self, model_ids: Sequence[str], keep: frozenset) -> list[str]:
+        """Start loading the models of `model_ids` missing from the device while their request
+        waits for the replica, so the load overlaps the running request's compute (as Ray's
+        `serve.multiplexed` loads before a replica's lock). Room comes only from idle entries not
+        in `keep` (the models the replica's other queued or running requests need) nor pinned;
+        a model without such room is left to the request's `acquire`. The request's `acquire`
+        takes the load over (its miss); loads are not awaited here. Returns the ids started."""
+        started = []
+        keep = keep | frozenset(model_ids) | self.pins
+        for model_id in model_ids:
+            entry = self._entries.get(model_id)
+            if entry is not None and (entry.tier == GPU or entry.loading is not None or entry.moving is not None):
+                continue
+            try:
+                entry, began = await self._start_load(model_id, prefetch=False, keep=keep)
+            except _NoRoom:
+                continue
+            if began:
+                entry.ahead = True
+                entry.loading.add_done_callback(_retrieved)  # its request's acquire sees a failure
+                self._counters["ahead"]["started"] += 1
+                started.append(model_id)
+        return started
+
     def set_pins(self, model_ids) -> None:
         """The full pinned set (replaces the previous one): pinned entries are evicted last, only
         when nothing unpinned can make the room a request needs."""
@@ -282,10 +323,11 @@ class ModelCache:
         self._notify()  # unpinned entries may make room for a waiting request
 
     # -- loading ----------------------------------------------------------------------------
-    async def _start_load(self, model_id: str, prefetch: bool,
-                          holding: frozenset = frozenset()) -> tuple[_Entry, bool]:
+    async def _start_load(self, model_id: str, prefetch: bool, holding: frozenset = frozenset(),
+                          keep: frozenset = frozenset(), spare: frozenset = frozenset()) -> tuple[_Entry, bool]:
         """Reserve device bytes for `model_id` and start its load as a task: (entry, True); or
-        (entry, False) when another caller got there first. Raises _NoRoom."""
+        (entry, False) when another caller got there first. Raises _NoRoom. `keep`: entries not
+        to evict; `spare`: entries to evict last (see `_make_room`)."""
         async with self._room:
             entry = self._entries.get(model_id)
             if entry is not None and (entry.tier == GPU or entry.loading or entry.moving):
@@ -295,7 +337,7 @@ class ModelCache:
             if gpu is not None:  # its evictions go to the memory after the miss
                 gpu.defer()
             try:
-                await self._make_room(need, model_id, evict=not prefetch, holding=holding)
+                await self._make_room(need, model_id, evict=not prefetch, holding=holding, keep=keep, spare=spare)
             except BaseException:
                 if gpu is not None:
                     gpu.flush(None, self._clock())  # no load starts: what it evicted was dropped
@@ -371,13 +413,15 @@ class ModelCache:
         self._loads.append({"id": entry.model_id, "from": tier, "seconds": seconds, "prefetch": prefetch})
 
     # -- room -------------------------------------------------------------------------------
-    async def _make_room(self, need: int, model_id: str, evict: bool, holding: frozenset = frozenset()) -> None:
+    async def _make_room(self, need: int, model_id: str, evict: bool, holding: frozenset = frozenset(),
+                         keep: frozenset = frozenset(), spare: frozenset = frozenset()) -> None:
         """Free device bytes until `need` more fit (caller holds self._room). Victims in the
-        policy's order, unpinned ones first; pinned ones only when nothing else makes room (a pin
-        is the coordinator's advice: a request is never refused for one; counted in
-        counters()["pins_overridden"]). Raises _NoRoom, transient when entries that other
-        requests use or load stand in the way (`holding`: what this request already holds, which
-        no wait can free)."""
+        policy's order, unpinned ones first, then those in `spare` (what queued requests need);
+        pinned ones only when nothing else makes room (a pin is the coordinator's advice: a
+        request is never refused for one; counted in counters()["pins_overridden"]). Entries in
+        `keep` are never victims. Raises _NoRoom, transient when entries that other requests use
+        or load stand in the way (`holding`: what this request already holds, which no wait can
+        free)."""
         if need > self.gpu_budget:
             raise _NoRoom(f"it needs {need} bytes, more than the whole device budget "
                           f"(control.gpu_budget_bytes={self.gpu_budget})", transient=False)
@@ -386,10 +430,10 @@ class ModelCache:
             return
         # on the device or reserved there (a load in progress)
         on_gpu = [e for e in self._entries.values() if e.gpu_bytes > 0 and e.model_id != model_id]
-        idle = [e for e in on_gpu if self._evictable(e)]
+        idle = [e for e in on_gpu if self._evictable(e) and e.model_id not in keep]
         if not evict or free + sum(e.gpu_bytes for e in idle) < need:
             pinned = sum(e.gpu_bytes for e in idle if e.model_id in self.pins)
-            busy = [e for e in on_gpu if not self._evictable(e)]
+            busy = [e for e in on_gpu if not self._evictable(e) or e.model_id in keep]
             reason = (f"it needs {need} bytes and control.gpu_budget_bytes={self.gpu_budget} has "
                       f"{free} free, {pinned} pinned and {sum(e.gpu_bytes for e in busy)} in use "
                       "or loading")
@@ -399,7 +443,12 @@ class ModelCache:
             others = sum(e.gpu_bytes for e in busy if e.model_id not in holding)
             raise _NoRoom(reason, transient=free + sum(e.gpu_bytes for e in idle) + others >= need)
         self._seq += 1  # the ranking is an event of the cache's logical clock
-        for victim in self._rank(idle, GPU):  # pinned ones last
+        ranked = self._rank(idle, GPU)  # pinned ones last
+        if spare:
+            ranked = ([e for e in ranked if e.model_id not in spare and e.model_id not in self.pins]
+                      + [e for e in ranked if e.model_id in spare and e.model_id not in self.pins]
+                      + [e for e in ranked if e.model_id in self.pins])
+        for victim in ranked:
             if self._evictable(victim):
                 if victim.model_id in self.pins:
                     self._counters["pins_overridden"] += 1
@@ -419,6 +468,7 @@ class ModelCache:
         if entry.prefetched and entry.uses == 0:
             self._counters["prefetch"]["wasted"] += 1
         entry.prefetched = False
+        self._unclaimed(entry)
         if (gpu := self.memories.get(GPU)) is not None:
             gpu.evict(entry.model_id, self._clock())
         if not (entry.gpu_bytes <= self.host_budget and self._make_host_room(entry.gpu_bytes, keep)):
@@ -492,7 +542,15 @@ class ModelCache:
         back = HOST if tier == GPU and size <= self.host_budget else self.source.source_tier(model_id)
         return self.load_cost_s(model_id)[back]
 
+    def _unclaimed(self, entry: _Entry) -> None:
+        """`entry` leaves the device (or its load fails) before the request it was loaded ahead
+        for took it."""
+        if entry.ahead:
+            entry.ahead = False
+            self._counters["ahead"]["wasted"] += 1
+
     def _drop(self, entry: _Entry, free: bool) -> None:
+        self._unclaimed(entry)
         if self._entries.get(entry.model_id) is entry:
             del self._entries[entry.model_id]
             for memory in self.memories.values():  # it leaves whichever tier holds it
@@ -590,5 +648,13 @@ def _zero_counters() -> dict:
     return {"hits": {"gpu": 0, "host": 0}, "misses": {"disk": 0, "remote": 0}, "joined": 0,
             "loads": by_kind, "load_seconds": {k: {t: 0.0 for t in v} for k, v in by_kind.items()},
             "prefetch": {"started": 0, "used": 0, "wasted": 0},
+            "ahead": {"started": 0, "used": 0, "wasted": 0},
             "evictions": {"host": 0, "remote": 0}, "failures": {"budget": 0, "load": 0},
             "pins_overridden": 0}
+
+
+def _retrieved(task: asyncio.Task) -> None:
+    """Done callback of a load started ahead: its failure is met by the request's own acquire
+    (which loads again), so it is read here rather than logged as never retrieved."""
+    if not task.cancelled():
+        task.exception()

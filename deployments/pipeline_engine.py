@@ -35,6 +35,11 @@ from policies.snapshot import BASE, CONTROLNET, DISK, REMOTE
 
 logger = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# One model construction at a time per process: diffusers' and transformers' loaders build modules
+# under accelerate's `init_empty_weights`, which patches `nn.Module.register_parameter` for the
+# whole process (diffusers#4296, peft#3605), so a second load in another thread got meta tensors
+# ("Cannot copy out of meta tensor", seen when a queued request's load ahead overlapped another).
+_construct_lock = threading.Lock()
 
 
 @dataclass
@@ -123,10 +128,11 @@ class PipelineEngine:
         cls = StableDiffusionXLPipeline if entry.arch == "sdxl" else StableDiffusionPipeline
         source = self.config.resolve_source(entry)
         try:
-            pipe, loader = self._read_pipeline(cls, source, _DTYPES[entry.dtype])
-            pipe.to(self.device)
-            pipe.set_progress_bar_config(disable=True)
-            slots = self._lora_holder(pipe)
+            with _construct_lock:
+                pipe, loader = self._read_pipeline(cls, source, _DTYPES[entry.dtype])
+                pipe.to(self.device)
+                pipe.set_progress_bar_config(disable=True)
+                slots = self._lora_holder(pipe)
         except Exception as exc:  # diffusers raises OSError/ValueError/EnvironmentError/...
             raise ModelLoadError(model_id, f"{type(exc).__name__}: {exc}") from exc
         return LoadedPipeline(model_id, pipe, slots, time.perf_counter() - started, loader)
@@ -175,10 +181,11 @@ class PipelineEngine:
 
         entry = self.config.entry(controlnet_id)
         try:
-            model = ControlNetModel.from_pretrained(self.config.resolve_source(entry),
-                                                    torch_dtype=_DTYPES[entry.dtype],
-                                                    device_map=self.device if self.device == "cuda" else None)
-            model.to(self.device)
+            with _construct_lock:
+                model = ControlNetModel.from_pretrained(self.config.resolve_source(entry),
+                                                        torch_dtype=_DTYPES[entry.dtype],
+                                                        device_map=self.device if self.device == "cuda" else None)
+                model.to(self.device)
         except Exception as exc:
             raise ModelLoadError(controlnet_id, f"{type(exc).__name__}: {exc}") from exc
         return model

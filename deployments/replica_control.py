@@ -80,6 +80,8 @@ class ReplicaControl:
         self._replica_id = replica_id
         self._resolve = resolve_coordinator
         self.queue_len = 0
+        # (spec, its cached models) of each request in the replica, in order of arrival
+        self.in_flight: list[tuple[GenerationSpec, list[str]]] = []
         self.requests_total = 0
         self.compute_s: float | None = None  # EWMA of inference seconds per request
         self.service_s: float | None = None  # EWMA of inference + load seconds per request
@@ -100,6 +102,8 @@ class ReplicaControl:
     def request(self, spec: GenerationSpec):
         """Count a request in for its duration; yields a callback taking its result's timings."""
         self.queue_len += 1
+        held = (spec, self.models_of(spec))
+        self.in_flight.append(held)
         self.requests_total += 1
         self._pending["served"].append({"base": spec.base_model,
                                         "controlnets": [c for c, _ in spec.controlnets],
@@ -109,6 +113,28 @@ class ReplicaControl:
             yield self._record
         finally:
             self.queue_len -= 1
+            self.in_flight.remove(held)
+
+    def models_of(self, spec: GenerationSpec) -> list[str]:
+        """The models of `spec` the replica cache holds: its base pipeline, and its ControlNets
+        when they are colocated."""
+        colocated = self.config.controlnet_mode == "colocated"
+        return list(dict.fromkeys([spec.base_model, *([cn for cn, _ in spec.controlnets] if colocated else [])]))
+
+    def needed_by_others(self, spec: GenerationSpec) -> frozenset:
+        """Models the replica's other requests (queued or running) need."""
+        return frozenset(m for other, models in self.in_flight if other is not spec for m in models)
+
+    def earlier_ready(self, spec: GenerationSpec) -> bool:
+        """Whether every request that came before `spec` has its models on the device or loading:
+        only then may `spec` load ahead, or it would take room an earlier request's load needs
+        (which would then evict it before `spec` reached the replica)."""
+        for other, models in self.in_flight:
+            if other is spec:
+                return True
+            if not all(self.cache.resident(m) or m in self.cache.loading() for m in models):
+                return False
+        return True
 
     def _record(self, result: GenerationResult) -> None:
         compute = float(result.timings.get("inference_s", 0.0))

@@ -236,7 +236,9 @@ def test_base_model_drops_a_request_whose_deadline_passed_in_its_queue(demo_conf
         with pytest.raises(DeadlineExceededError) as info:
             await waiting
         assert info.value.where == "queued"
-        assert model.cache.gpu_used() == 0  # dropped before its model was even loaded
+        # it only loaded ahead while queued (control.load_ahead): it never took the replica
+        assert model.cache.counters()["ahead"] == {"started": 1, "used": 0, "wasted": 0}
+        assert model.control.in_flight == []  # and it left the replica's queue
         with pytest.raises(DeadlineExceededError, match="while queued"):  # late on arrival
             await model.generate(_spec(deadline=time.time() - 1))
         assert (await model.generate(_spec(deadline=time.time() + 60))).images

@@ -388,3 +388,70 @@ def test_random_operations_never_exceed_a_budget(seed, policy):
         assert sum(counters["loads"]["base"].values()) + sum(counters["loads"]["controlnet"].values()) > 0
 
     run(main())
+
+
+def test_load_ahead_overlaps_the_running_request_and_its_acquire_takes_the_load_over():
+    """A queued request's load starts while another request holds its model: the queued
+    request's acquire joins that load (one load, counted as its miss, not a join or a hit)."""
+    async def main():
+        cache, source = make({"a": 100, "b": 100}, gpu=300, policy="cost-aware")
+        running = await cache.acquire(["a"])
+        source.gate = threading.Event()
+        assert await cache.load_ahead(["b"], keep=frozenset({"a"})) == ["b"]
+        assert cache.loading() == ["b"] and cache.gpu_used() == 200  # while "a" is still in use
+        assert await cache.load_ahead(["b"], keep=frozenset()) == []  # single flight
+        source.gate.set()
+        cache.release(running)
+        (b,) = await cache.acquire(["b"])
+        counters = cache.counters()
+        assert source.loads == ["a", "b"] and b.obj.model_id == "b"
+        assert counters["misses"]["disk"] == 2 and counters["joined"] == 0 and counters["hits"]["gpu"] == 0
+        assert counters["ahead"] == {"started": 1, "used": 1, "wasted": 0}
+        cache.release([b])
+        cache.release(await cache.acquire(["b"]))  # later uses are hits again
+        assert cache.counters()["hits"]["gpu"] == 1
+    run(main())
+
+
+def test_load_ahead_never_evicts_what_other_requests_need_and_leaves_the_rest_to_acquire():
+    async def main():
+        cache, source = make({"a": 100, "b": 100, "c": 100, "d": 100}, gpu=200)
+        for model in ("a", "b"):
+            cache.release(await cache.acquire([model]))
+        # a queued request needs "a" and "b": no room for "c" ahead without evicting them
+        assert await cache.load_ahead(["c"], keep=frozenset({"a", "b"})) == []
+        assert cache.resident("a") and cache.resident("b") and source.loads == ["a", "b"]
+        # only "b" is needed: "a" (the LRU victim anyway) makes the room
+        assert await cache.load_ahead(["c"], keep=frozenset({"b"})) == ["c"]
+        (c,) = await cache.acquire(["c"])
+        assert cache.resident("b") and not cache.resident("a")
+        cache.release([c])
+        # at the lock, what queued requests need is evicted last: LRU would take "b" here
+        cache.release(await cache.acquire(["d"], spare=frozenset({"b"})))
+        assert cache.resident("b") and not cache.resident("c") and cache.resident("d")
+        assert_within_budgets(cache)
+    run(main())
+
+
+def test_a_load_ahead_evicted_before_its_request_came_counts_wasted_and_a_failed_one_is_retried():
+    async def main():
+        cache, source = make({"a": 100, "b": 100, "c": 100}, gpu=200)
+        cache.release(await cache.acquire(["a"]))
+        assert await cache.load_ahead(["b"], keep=frozenset()) == ["b"]
+        while cache.loading():
+            await asyncio.sleep(0.01)
+        # another request, at the lock, takes b's room (nothing spares it)
+        cache.release(await cache.acquire(["c"]))
+        cache.release(await cache.acquire(["a"]))
+        assert not cache.resident("b")
+        assert cache.counters()["ahead"] == {"started": 1, "used": 0, "wasted": 1}
+        source.fail.add("b")
+        assert await cache.load_ahead(["b"], keep=frozenset()) == ["b"]
+        while cache.loading():
+            await asyncio.sleep(0.01)
+        source.fail.clear()
+        (b,) = await cache.acquire(["b"])  # the failed load is not its answer: it loads again
+        assert b.obj.model_id == "b" and source.loads.count("b") == 3
+        assert cache.counters()["ahead"]["wasted"] == 2 and cache.counters()["failures"]["load"] == 1
+        assert_within_budgets(cache)
+    run(main())

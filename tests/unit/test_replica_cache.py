@@ -349,3 +349,37 @@ def test_adapter_host_tier_keeps_fetched_loras(replica):
     tiers = model.control.tiers()
     for a in tier.held():  # in a resident pipeline's slot: GPU; else the tier's HOST
         assert tiers[a] in (GPU, HOST)
+
+
+def test_a_queued_request_loads_its_pipeline_while_another_request_runs(demo_config):
+    """control.load_ahead: while the replica is busy, a queued request's missing pipeline loads
+    (its acquire then takes that load over); one queued behind a request still lacking its own
+    pipeline does not load ahead (it would take that request's room); and with load_ahead off,
+    nothing loads before the replica is free."""
+    async def main(load_ahead: bool):
+        model = BaseModel(_config(demo_config, gpu_budget_bytes=24 * MIB, load_ahead=load_ahead))
+        model.control.start = lambda: None
+        cache = model.cache
+        async with model._lock:  # a request runs
+            light = asyncio.ensure_future(model.generate(_spec(base_model="tiny-sd-light")))
+            for _ in range(60):  # a tiny pipeline loads in well under a second
+                if cache.resident("tiny-sd-light"):
+                    break
+                await asyncio.sleep(0.05)
+            loaded_while_busy = cache.resident("tiny-sd-light")
+        await light
+        # the replica is busy again, and the first queued request lacks its pipeline: the second
+        # (whose pipeline would fit) must not take its place
+        async with model._lock:
+            model.control.in_flight.append((first := _spec(base_model="tiny-sd-heavy"), ["tiny-sd-heavy"]))
+            second = asyncio.ensure_future(model.generate(_spec(base_model="tiny-sd-heavy", seed=3)))
+            await asyncio.sleep(0.3)
+            second_loaded = cache.loading() or cache.resident("tiny-sd-heavy")
+            model.control.in_flight.remove((first, ["tiny-sd-heavy"]))
+        await second
+        return loaded_while_busy, second_loaded, cache.counters()["ahead"]
+
+    loaded, second_loaded, ahead = asyncio.run(main(True))
+    assert loaded and not second_loaded and ahead == {"started": 1, "used": 1, "wasted": 0}
+    loaded, _, ahead = asyncio.run(main(False))
+    assert not loaded and ahead["started"] == 0
