@@ -31,6 +31,10 @@ and device/host moves run in worker threads. Requests for a model being loaded w
 load (single flight). A request that needs room held by entries other requests are using waits
 for a release, first giving back what it holds itself so two requests cannot deadlock; room that
 only its own models hold fails it at once (no wait could free it).
+
+Load ahead (`load_ahead`): a request waiting for its replica may start its loads early, into room
+taken only from entries outside a `keep` set (what the replica's other requests need); its
+`acquire` later takes the load over as its own miss. `acquire`'s `spare` set is evicted last.
 """
 
 from __future__ import annotations

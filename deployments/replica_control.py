@@ -24,6 +24,7 @@ from deployments.load_costs import DEFAULT_BANDWIDTH
 from deployments.model_cache import ModelCache
 from deployments.pipeline_engine import EngineModels, LoadedPipeline, PipelineEngine, default_gpu_budget
 from deployments.spec import GenerationResult, GenerationSpec
+from policies import load_ahead
 from policies.eviction import EVICTION
 from policies.snapshot import DISK, GPU, HOST, SHARED
 
@@ -122,19 +123,19 @@ class ReplicaControl:
         return list(dict.fromkeys([spec.base_model, *([cn for cn, _ in spec.controlnets] if colocated else [])]))
 
     def needed_by_others(self, spec: GenerationSpec) -> frozenset:
-        """Models the replica's other requests (queued or running) need."""
-        return frozenset(m for other, models in self.in_flight if other is not spec for m in models)
+        """Models the replica's other requests (queued or running) need (policies.load_ahead.keep)."""
+        return load_ahead.keep(models for other, models in self.in_flight if other is not spec)
 
     def earlier_ready(self, spec: GenerationSpec) -> bool:
-        """Whether every request that came before `spec` has its models on the device or loading:
-        only then may `spec` load ahead, or it would take room an earlier request's load needs
-        (which would then evict it before `spec` reached the replica)."""
+        """Whether `spec` may load ahead: every request that came before it has its models on the
+        device or loading (policies.load_ahead.may_load_ahead)."""
+        loading = set(self.cache.loading())
+        earlier = []
         for other, models in self.in_flight:
             if other is spec:
-                return True
-            if not all(self.cache.resident(m) or m in self.cache.loading() for m in models):
-                return False
-        return True
+                break
+            earlier.append(models)
+        return load_ahead.may_load_ahead(earlier, lambda m: m in loading or self.cache.resident(m))
 
     def _record(self, result: GenerationResult) -> None:
         compute = float(result.timings.get("inference_s", 0.0))

@@ -36,6 +36,7 @@ def live_policy_set(config):
     dep = config.deployments.base_model
     if config.control.policies == "coordinator":
         update = {"name": "coordinator-live", "tick_s": config.control.replan_period_s,
+                  "load_ahead": config.control.load_ahead,
                   "eviction": config.control.eviction,
                   "eviction_args": dict(config.control.eviction_args),
                   "routing_args": {"policy": config.control.routing, **config.control.routing_args},

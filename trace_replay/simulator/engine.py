@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from policies.eviction import is_stateful
+from policies.load_ahead import keep, may_load_ahead
 from policies.snapshot import LORA
 from trace_replay.simulator.config import SimConfig
 from trace_replay.simulator.events import ARRIVAL, FINISH, READY, TICK
@@ -87,6 +88,8 @@ class Records:
     loads_by_kind: dict[int, int] = field(default_factory=dict)
     prefetch_loads: int = 0
     prefetch_s: float = 0.0
+    ahead_loads: int = 0  # loads a queued request started while it waited (policies.load_ahead)
+    ahead_wasted: int = 0  # of those, evicted before their request started
     busy_s: np.ndarray | None = None  # per worker, accumulated in the loop
     idle_s: np.ndarray | None = None  # per worker, accumulated from the gaps between jobs
     active_series: list[tuple[float, int]] = field(default_factory=list)  # (time, routable replicas)
@@ -154,6 +157,7 @@ class Simulation:
         self.track = None  # a PolicyRouter keeping a ClusterSnapshot current, or None
         self.watch = None  # called with a worker whose queue, job or GPU changed (router indexes)
         self.held: deque = deque()  # requests the router holds until a replica has room (Ray)
+        self.load_ahead = bool(getattr(runtime, "load_ahead", False))
 
     # -- mechanism -----------------------------------------------------------------------------
     def push(self, t: float, prio: int, *payload) -> None:
@@ -169,9 +173,10 @@ class Simulation:
         self.pool_pos[kind] = p + 1 if p + 1 < len(pool) else 0
         return pool[p]
 
-    def bring(self, w: Worker, key: int, now: float, protect: tuple, uses: int = 1) -> float:
+    def bring(self, w: Worker, key: int, now: float, protect: tuple, uses: int = 1, spare: tuple = ()) -> float:
         """Load ``key`` onto ``w``'s GPU (evicting through the policy); returns the seconds.
-        ``uses``: 1 for a demand load (it serves an access, as CacheView counts), 0 for a prefetch."""
+        ``uses``: 1 for a demand load (it serves an access, as CacheView counts), 0 for a prefetch.
+        ``spare``: keys evicted only when nothing else makes room (what queued requests need)."""
         size, kind = self.key_size[key], self.key_kind[key]
         rt = self.rt
         need_base = kind == BASE
@@ -181,7 +186,11 @@ class Simulation:
         if size > w.free_bytes or (need_base and rt.max_base is not None and w.n_base >= rt.max_base):
             if self.oracle is not None:
                 self.oracle.refresh(w, self.cur_req)
-            victims = w.victims(rt.eviction, now, size, need_base, rt.max_base, protect)
+            victims = None
+            if spare:
+                victims = w.victims(rt.eviction, now, size, need_base, rt.max_base, protect + spare)
+            if victims is None:
+                victims = w.victims(rt.eviction, now, size, need_base, rt.max_base, protect)
             if victims is not None:
                 for v in victims:
                     self.evict(w, v, now)
@@ -233,13 +242,22 @@ class Simulation:
         protect = tuple(comps)
         self.cur_req = i
         self._exp_load = 0.0
+        ahead = w.ahead
+        # load ahead: what the requests queued behind need is evicted last (policies.load_ahead)
+        spare = tuple(keep(c for _, c, _ in w.queue)) if self.load_ahead and w.queue else ()
+        w.running = comps
         for k in comps:
             s = slot_of.get(k)
             if s is None:
-                load += self.bring(w, k, now, protect)
+                load += self.bring(w, k, now, protect, spare=spare)
                 missed += 1
                 # a load may have grown the worker's arrays: take them afresh
                 uses, last_seq, last_time = w.uses, w.last_seq, w.last_time
+            elif ahead and k in ahead:  # loaded ahead while queued: its miss, the load's remainder
+                load += max(0.0, ahead.pop(k) - now)
+                missed += 1
+                last_seq[s] = clock
+                last_time[s] = now
             else:
                 uses[s] += 1
                 last_seq[s] = clock
@@ -275,6 +293,7 @@ class Simulation:
         w.clock += 1
         dur = 0.0
         self._exp_load = 0.0
+        w.running = keys
         for k in keys:
             if k not in w.slot_of:
                 dur += self.bring(w, k, now, tuple(keys), uses=0)
@@ -351,10 +370,39 @@ class Simulation:
         return e
 
     def queue_job(self, w: Worker, i: int, comps: list) -> None:
-        """Append request ``i`` to busy ``w``'s queue with the compute it is expected to need."""
+        """Append request ``i`` to busy ``w``'s queue with the compute it is expected to need
+        (first loading ahead what it lacks, when the policy set does)."""
+        if self.load_ahead:
+            self._load_ahead(w, comps, self.now)
         e = self.expect(i)
         w.exp_queue += e
         w.queue.append((i, comps, e))
+
+    def _load_ahead(self, w: Worker, comps: list, now: float) -> None:
+        """A request queued on busy ``w`` starts loading what it lacks (policies.load_ahead, as the
+        live replica does): only when every request before it has its keys on the GPU or loading
+        (a load inserts its key when it starts), into room that no other request there needs.
+        The load runs beside the worker's job; it does not slow the host's other work (on a GPU
+        it is the disk and the copy engine's; the CPU demo's loads do contend, left out here).
+        The request's start pays what is left of it."""
+        slot_of = w.slot_of
+        missing = [k for k in comps if k not in slot_of]
+        if not missing:
+            return
+        earlier = [w.running, *(c for _, c, _ in w.queue)]
+        if not may_load_ahead(earlier, slot_of.__contains__):
+            return
+        protect = tuple(keep(earlier) | set(comps))
+        rt = self.rt
+        for k in missing:
+            size, need_base = self.key_size[k], self.key_kind[k] == BASE
+            if ((size > w.free_bytes or (need_base and rt.max_base is not None and w.n_base >= rt.max_base))
+                    and w.victims(rt.eviction, now, size, need_base, rt.max_base, protect) is None):
+                continue  # no room it may take: the request loads at its start
+            t = self.bring(w, k, now, protect)
+            if k in slot_of:  # kept (a key too big to keep streams at its start instead)
+                w.ahead[k] = now + t
+                self.rec.ahead_loads += 1
 
     def enqueue(self, w: Worker, i: int, comps: list, now: float) -> None:
         if w.busy:
@@ -490,5 +538,6 @@ class Simulation:
                 w.free_since = end
         rec.makespan = end  # arrivals were shifted so the first is at 0, where workers start free
         rec.busy_s = np.array([w.busy_s for w in workers])
+        rec.ahead_wasted = sum(w.ahead_wasted for w in workers)
         rec.idle_s = np.array([w.idle_s for w in workers])
         return rec

@@ -65,6 +65,8 @@ def summarize(wl: Workload, rec: Records, slo_s: float, policy_set: str, gpus: i
         "loads_by_kind": {KIND_NAMES[k]: int(v) for k, v in rec.loads_by_kind.items()},
         "prefetch_loads": rec.prefetch_loads,
         "prefetch_seconds": rec.prefetch_s,
+        "ahead_loads": rec.ahead_loads,
+        "ahead_wasted": rec.ahead_wasted,
         "requests_with_miss": int(np.count_nonzero(rec.misses)),
         "compute_seconds": float(wl.infer_s[done].sum()),
         "gpu_busy_seconds": busy,

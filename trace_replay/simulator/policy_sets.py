@@ -11,7 +11,7 @@ wires it into the simulator. Eviction, popularity, placement and pipeline prefet
 | lru / lfu | Ray multiplex | LRU / LFU by GPU bytes | host + disk | fixed N | none |
 | belady | Ray multiplex | Belady's MIN on the cluster-wide next use (offline oracle; a heuristic reference, not a bound) | host + disk | fixed N | none |
 | diffserve-static | static partition by offline demand | LRU | host + disk | fixed N | models pinned to partitions |
-| coordinator | policies.routing least-expected-latency (queue wait + missing loads by tier; band pools off, see below) | cost-aware | host + disk | fixed N | popularity bands: hot pipelines persisted on several replicas; warm ones prefetched by a UCB bandit |
+| coordinator | policies.routing least-expected-latency (queue wait + missing loads by tier; band pools off, see below) | cost-aware; a queued request loads ahead (policies.load_ahead) | host + disk | fixed N | popularity bands: hot pipelines persisted on several replicas; warm ones prefetched by a UCB bandit |
 | coordinator-lean | as coordinator, but a request waits up to 1/4 of the SLO for a replica holding its pipeline rather than load it elsewhere | cost-aware | host + disk | fixed N | as coordinator |
 | coordinator-autoscaled | as coordinator | cost-aware | host + disk | ray-queue-length + Guardrails, cache-aware scale-down | as coordinator |
 """
@@ -52,6 +52,8 @@ class PolicySetSpec(BaseModel):
     placement: Literal["none", "coordinator"] = "none"
     placement_args: dict[str, Any] = Field(default_factory=dict)
     tick_s: float = Field(0.0, ge=0, description="control period (autoscaling, placement); 0 = none")
+    load_ahead: bool = Field(False, description="a request queued on a busy replica starts loading what "
+                             "it lacks while it waits (policies.load_ahead; the live control.load_ahead)")
 
 
 POLICY_SETS: dict[str, PolicySetSpec] = {s.name: s for s in (
@@ -79,7 +81,7 @@ POLICY_SETS: dict[str, PolicySetSpec] = {s.name: s for s in (
                   "routing (policies.routing), popularity bands (hot pipelines persisted on several "
                   "replicas, warm ones prefetched by a UCB bandit)",
                   routing="policy", routing_args={"policy": "least-expected-latency", "band_pools": False},
-                  eviction="cost-aware", placement="coordinator", tick_s=30.0),
+                  eviction="cost-aware", placement="coordinator", tick_s=30.0, load_ahead=True),
     # Fewer loads for some latency: policies.routing's budget_s (here a quarter of the SLO) lets a
     # request queue behind a replica that holds its pipeline while the expected wait fits the
     # budget. Measured on GenTD26 (64 GPUs): 22% fewer loads for +0.5 points of violations;
@@ -89,7 +91,7 @@ POLICY_SETS: dict[str, PolicySetSpec] = {s.name: s for s in (
                   "idle one (fewer loads, a little more latency)",
                   routing="policy", routing_args={"policy": "least-expected-latency", "band_pools": False,
                                                   "budget_slo_fraction": 0.25},
-                  eviction="cost-aware", placement="coordinator", tick_s=30.0),
+                  eviction="cost-aware", placement="coordinator", tick_s=30.0, load_ahead=True),
     # ewma-headroom was tried first and under-provisioned bursty traces badly (Little's law gives
     # busy replicas, not queue headroom): 41-44% SLO violations where this one has ~20%
     PolicySetSpec(name="coordinator-autoscaled", description="coordinator plus cache-aware scaling: "
@@ -97,7 +99,7 @@ POLICY_SETS: dict[str, PolicySetSpec] = {s.name: s for s in (
                   "is worth least stops first", routing="policy",
                   routing_args={"policy": "least-expected-latency", "band_pools": False}, eviction="cost-aware",
                   placement="coordinator", autoscaling="ray-queue-length", scale_down="cache-aware",
-                  tick_s=30.0),
+                  tick_s=30.0, load_ahead=True),
 )}
 
 
@@ -117,6 +119,7 @@ class PolicyRuntime:
         self.max_base = spec.max_models_per_replica
         self.host_cache = spec.host_cache
         self.tick_s = spec.tick_s
+        self.load_ahead = spec.load_ahead
         self.autoscaler = None
         if spec.autoscaling != "none":
             from trace_replay.simulator.scaling import Autoscaler

@@ -61,7 +61,8 @@ class Worker:
                  "last_time", "size", "cost", "free_bytes", "cap_bytes", "n_base", "clock", "queue",
                  "busy", "active", "free_since", "idle_s", "busy_s", "host", "disk", "last_prefetch",
                  "ready_at", "pinned", "_seq", "_now", "_view", "routable", "next_seq", "future",
-                 "job_start", "exp_end", "exp_floor", "exp_queue", "pin_mask", "_lists", "memory")
+                 "job_start", "exp_end", "exp_floor", "exp_queue", "pin_mask", "_lists", "memory",
+                 "running", "ahead", "ahead_wasted")
 
     def __init__(self, idx: int, gpu_bytes: float, host_bytes: float, disk_bytes: float,
                  slots: int = 32, future: bool = False, memory: EvictionMemory | None = None) -> None:
@@ -115,6 +116,10 @@ class Worker:
         self._lists = (self.kind.tolist(), self.size.tolist(), self.cost.tolist())
         # a stateful policy's history of this GPU cache (None for a stateless policy)
         self.memory = memory
+        self.running: list = []  # the keys the running job uses (policies.load_ahead's "earlier")
+        # keys loaded ahead for queued requests (policies.load_ahead): key -> when its load ends
+        self.ahead: dict[int, float] = {}
+        self.ahead_wasted = 0  # loaded ahead, then evicted before their request started
 
     def _grow(self) -> None:
         n = self.key.shape[0]
@@ -148,6 +153,8 @@ class Worker:
         """Drop ``key`` from the GPU (an eviction, or the GPU cleared); ``now`` for the memory."""
         if self.memory is not None:
             self.memory.on_evict(key, now)
+        if self.ahead and self.ahead.pop(key, None) is not None:
+            self.ahead_wasted += 1
         s = self.slot_of.pop(key)
         self.free_bytes += self.size[s]
         if self.kind[s] == 2:
