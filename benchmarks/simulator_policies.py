@@ -41,6 +41,8 @@ def ablations() -> list:
                                                                       "band_pools": False}}),
             get_policy_set("coordinator").model_copy(update={"name": "coordinator-no-placement",
                                                              "placement": "none", "tick_s": 0.0}),
+            # the coordinator without load ahead (a queued request loads only when it starts)
+            get_policy_set("coordinator").model_copy(update={"name": "coordinator-no-ahead", "load_ahead": False}),
             # the coordinator with band pools on (hot requests may use any replica, others only shared)
             get_policy_set("coordinator").model_copy(update={
                 "name": "coordinator+band-pools", "routing_args": {"policy": "least-expected-latency",
@@ -93,12 +95,21 @@ def main() -> int:
     ap.add_argument("--gentd26-slo-s", type=float, default=60.0, help="SLO for the GenTD26 rows (median exec 23 s)")
     ap.add_argument("--skip-gentd26", action="store_true")
     ap.add_argument("--no-ablations", action="store_true", help="skip the coordinator ablation variants")
+    ap.add_argument("--ablations", default="all", help="comma-separated names of the ablation variants to "
+                    "run (e.g. coordinator-no-ahead), or all")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS / "simulator_policies.json"))
     args = ap.parse_args()
     sets: list = [s.strip() for s in args.sets.split(",")]
     if not args.no_ablations:
-        sets += ablations()
+        variants = ablations()
+        if args.ablations != "all":
+            wanted = {a.strip() for a in args.ablations.split(",")}
+            unknown = wanted - {v.name for v in variants}
+            if unknown:
+                ap.error(f"unknown ablations {sorted(unknown)}; choose from {[v.name for v in variants]}")
+            variants = [v for v in variants if v.name in wanted]
+        sets += variants
     data = gentd26_dir()
     rows: list[dict] = []
     t0 = time.perf_counter()

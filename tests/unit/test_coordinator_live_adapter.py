@@ -83,8 +83,8 @@ class Harness:
             self.prefetched[w.idx].discard(key)
             evict(w, key, now)
 
-        def on_bring(w, key, now, protect, uses=1):
-            t = bring(w, key, now, protect, uses)
+        def on_bring(w, key, now, protect, uses=1, spare=()):
+            t = bring(w, key, now, protect, uses, spare)
             self.loads[w.idx].append({"id": name(key), "from": REMOTE, "seconds": t, "prefetch": uses == 0})
             if uses == 0 and key in w.slot_of:
                 self.prefetched[w.idx].add(key)

@@ -395,6 +395,8 @@ class Simulation:
         protect = tuple(keep(earlier) | set(comps))
         rt = self.rt
         for k in missing:
+            if k in slot_of:  # named twice, and loaded ahead for its first mention
+                continue
             size, need_base = self.key_size[k], self.key_kind[k] == BASE
             if ((size > w.free_bytes or (need_base and rt.max_base is not None and w.n_base >= rt.max_base))
                     and w.victims(rt.eviction, now, size, need_base, rt.max_base, protect) is None):
