@@ -192,8 +192,9 @@ class BaseModel:
         requests holding them filled the device budget and made later requests wait for room,
         a wait counted as load time). With `control.load_ahead`, a queued request first starts
         loading what it lacks into room no other request here needs, so its load overlaps the
-        running request's compute; its acquire under the lock takes that load over. Adapters the pipeline's slots lack are fetched before the lock,
-        and under it whatever another request swapped out meanwhile. `load_s` counts everything
+        running request's compute; its acquire under the lock takes that load over. Adapters the
+        pipeline's slots lack are fetched before the lock, and under it whatever another request
+        swapped out meanwhile. `load_s` counts everything
         before the lock (the multiplexed lookup, adapter fetches) and the cache's loads."""
         colocated = self.config.controlnet_mode == "colocated"
         ahead = loaded is None and self.config.control.load_ahead

@@ -190,3 +190,16 @@ def test_eviction_waits_for_requests_still_using_the_pipeline(engine):
     idle = engine.load_pipeline("tiny-sd-light")
     idle.__del__()  # nobody using it: freed at once
     assert idle.pipe is None
+
+
+def test_pipelines_loaded_in_two_threads_at_once_are_whole(engine):
+    """Loads overlap (a queued request's load ahead beside another load): diffusers builds modules
+    under accelerate's process-wide init_empty_weights patch, so without the engine's construction
+    lock the other thread's modules came out on the meta device ("Cannot copy out of meta tensor")."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(3):
+            loaded = list(pool.map(engine.load_pipeline, ["tiny-sd-light", "tiny-sd-heavy"]))
+            for pipeline in loaded:
+                assert all(p.device.type == "cpu" for p in pipeline.pipe.unet.parameters())
