@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -71,6 +72,9 @@ ARMS = {"ray-default": {"policies": "ray-default"},
         "coordinator-no-host": {**_coordinator(), "host_budget_bytes": 0},
         # a request loads what it lacks only once it holds the replica (before control.load_ahead)
         "coordinator-no-ahead": {**_coordinator(), "load_ahead": False},
+        # an idle replica on a machine already computing as many requests as it has cores is
+        # priced as starting when one of them drains (policies.routing host_slots)
+        "coordinator-slots": _coordinator(host_slots="{cores}"),
         # hot pipelines pinned on as many replicas as their demand share asks, down to one (the
         # default keeps at least two, for failover)
         "coordinator-min1": {**_coordinator(), "placement_args": {"fuse_top": 0, "min_replicas": 1}}}
@@ -80,6 +84,7 @@ GOAL_LOAD_S_CUT = 0.40
 def arm_config(base: Path, arm: str, out: Path, slack_s: float = 0.0, contention: float = 0.0) -> Path:
     text = json.dumps(ARMS[arm]).replace('"{slack}"', str(slack_s))
     text = text.replace('"{contention_x2}"', str(2 * contention))
+    text = text.replace('"{cores}"', str(os.cpu_count() or 1))  # the replicas share this machine
     overrides = json.loads(text.replace('"{contention}"', str(contention)))
     return with_policies(base, **overrides, out=out)
 

@@ -250,7 +250,8 @@ class CacheAwareRouter(RequestRouter):
                            band=self._band(views, snap), arrival_s=now,
                            compute_s=float(np.mean(measured)) if measured else self.default_service_s)
         first = self.policy.route(snap, req, self.rng)
-        cost = expected_latency_s(snap, req, getattr(self.policy, "host_contention", 0.0))
+        cost = expected_latency_s(snap, req, getattr(self.policy, "host_contention", 0.0),
+                                  getattr(self.policy, "host_slots", 0))
         order = np.lexsort((self.rng.random(cost.size), cost))  # ties at random
         order = [first] + [int(i) for i in order if i != first]
         ranked = [available[i] for i in order] + self._by_queue(full, now)

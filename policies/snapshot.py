@@ -183,6 +183,26 @@ class ClusterSnapshot:
         _, inverse = np.unique(r.host, return_inverse=True)
         return np.bincount(inverse, weights=busy).astype(np.int64)[inverse] - busy
 
+    def slot_wait_s(self, slots: int) -> np.ndarray:
+        """Per replica, seconds until it could compute without time-sharing its machine's
+        ``slots`` processors (cores, or 1 for replicas sharing a GPU): 0 for a busy replica (its
+        queue wait counts that) or an idle one on a machine with fewer than ``slots`` busy
+        replicas; else the soonest any busy replica there drains its queue, freeing a slot
+        (float64 (R,))."""
+        r = self.replicas
+        wait = self.queue_wait_s()
+        out = np.zeros(wait.size)
+        if r.host is None or slots <= 0:
+            return out
+        busy = wait > 0
+        _, inverse = np.unique(r.host, return_inverse=True)
+        n_busy = np.bincount(inverse, weights=busy)
+        soonest = np.full(n_busy.size, np.inf)
+        np.minimum.at(soonest, inverse[busy], wait[busy])
+        full = ~busy & (n_busy[inverse] >= slots)
+        out[full] = soonest[inverse[full]]
+        return out
+
     def queue_wait_s(self) -> np.ndarray:
         """Seconds until each replica's queued work drains (float64 (R,))."""
         # np.maximum, not ndarray.clip: the same values without clip's Python-level wrapper

@@ -61,6 +61,35 @@ def test_busy_neighbours_on_a_shared_host_stretch_loads_and_compute():
         ROUTING.create("least-expected-latency", host_contention=-1)
 
 
+def test_host_slots_hold_a_request_behind_the_replica_that_frees_soonest():
+    """Four replicas on one 2-core machine: 0 and 1 compute (drain in 0.4 s and 3 s), 2 and 3
+    idle; a request every replica holds. With host_slots 2 the idle ones start only when 0
+    drains (0.4 s), the same as waiting behind 0, and the contention price tips it to 0; without
+    slots, an idle replica (no wait) wins. A third machine slot (3) lets an idle replica start."""
+    from dataclasses import replace
+
+    from policies.snapshot import ClusterSnapshot as Snap
+
+    rep = replicas(4, COMP.n, held={r: [0, 2] for r in range(4)}, busy_s=[NOW + 0.4, NOW + 3.0, NOW - 1, NOW - 1])
+    s = Snap(NOW, replace(rep, host=np.array([5, 5, 5, 5], np.int64)), COMP)
+    np.testing.assert_allclose(s.slot_wait_s(2), [0.0, 0.0, 0.4, 0.4])
+    np.testing.assert_allclose(s.slot_wait_s(3), [0.0, 0.0, 0.0, 0.0])
+    req = replace(request(KEY), compute_s=1.0)
+    slots = ROUTING.create("least-expected-latency", band_pools=False, host_contention=0.1, host_slots=2)
+    np.testing.assert_allclose(expected_latency_s(s, req, 0.1, 2), [0.4 + 0.1, 3.0 + 0.1, 0.4 + 0.2, 0.4 + 0.2])
+    assert slots.route(s, req, np.random.default_rng(0)) == 0
+    free = ROUTING.create("least-expected-latency", band_pools=False, host_contention=0.1)
+    assert free.route(s, req, np.random.default_rng(0)) in (2, 3)
+    assert ROUTING.create("least-expected-latency", band_pools=False, host_contention=0.1,
+                          host_slots=3).route(s, req, np.random.default_rng(0)) in (2, 3)
+    alone = Snap(NOW, replace(rep, host=np.array([5, 5, 6, 6], np.int64)), COMP)  # 2 and 3 elsewhere
+    np.testing.assert_allclose(alone.slot_wait_s(2), 0.0)
+    assert not slots.indexable
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="host_slots"):
+            ROUTING.create("least-expected-latency", host_slots=bad)
+
+
 def test_band_pools_keep_cold_requests_off_hot_replicas():
     rep = replicas(3, COMP.n, held={0: [0, 2]}, pool=[HOT, SHARED, COLD], busy_s=[0, NOW + 100, NOW + 100])
     s = snap(rep)

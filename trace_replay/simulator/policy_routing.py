@@ -68,7 +68,8 @@ class PolicyRouter:
         # which machine each GPU is on (cluster.replicas_per_host), for a policy that prices
         # contention between replicas sharing one (host_contention > 0); the request's expected
         # compute (the profile mean) goes with it
-        self.contended = getattr(self.policy, "host_contention", 0.0) > 0
+        self.contended = (getattr(self.policy, "host_contention", 0.0) > 0
+                          or getattr(self.policy, "host_slots", 0) > 0)
         hosts = np.arange(n, dtype=np.int64) // sim.cfg.cluster.replicas_per_host if self.contended else None
         self.replicas = ReplicaTable(self.tier, self._q, self._bu, self._gpu_free, self._host_free,
                                      self.pool, self._n_models, hosts)
