@@ -58,7 +58,7 @@ from benchmarks.live_replay import (free_port, katz_trace, start_service, stop_s
 def _coordinator(**routing) -> dict:
     return {"policies": "coordinator",
             "routing_args": {"band_pools": False, "host_contention": "{contention}", "slack_s": "{slack}",
-                             **routing}}
+                             "host_slots": "{cores}", **routing}}
 
 
 ARMS = {"ray-default": {"policies": "ray-default"},
@@ -72,9 +72,11 @@ ARMS = {"ray-default": {"policies": "ray-default"},
         "coordinator-no-host": {**_coordinator(), "host_budget_bytes": 0},
         # a request loads what it lacks only once it holds the replica (before control.load_ahead)
         "coordinator-no-ahead": {**_coordinator(), "load_ahead": False},
-        # an idle replica on a machine already computing as many requests as it has cores is
-        # priced as starting when one of them drains (policies.routing host_slots)
-        "coordinator-slots": _coordinator(host_slots="{cores}"),
+        # without policies.routing host_slots (the demo's default: an idle replica on a machine
+        # already computing as many requests as it has cores is priced as starting when one of
+        # them drains); the arm results/live_coordinator_900_seed2_u06_slots.json called
+        # coordinator-slots is today's coordinator
+        "coordinator-no-slots": _coordinator(host_slots=0),
         # hot pipelines pinned on as many replicas as their demand share asks, down to one (the
         # default keeps at least two, for failover)
         "coordinator-min1": {**_coordinator(), "placement_args": {"fuse_top": 0, "min_replicas": 1}}}

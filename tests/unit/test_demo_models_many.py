@@ -89,6 +89,12 @@ def test_multi_replica_config_is_what_demo_models_writes(tmp_path):
                                 "multi-replica.yaml").read_text())
     assert committed.pop("model_root") == "models/many"
     built.pop("model_root")
+    # host_slots is the building machine's core count (the committed file: this project's 2-core one)
+    import os
+
+    assert built["control"]["routing_args"]["host_slots"] == (os.cpu_count() or 1)
+    assert committed["control"]["routing_args"].pop("host_slots") >= 1
+    built["control"]["routing_args"].pop("host_slots")
     assert committed == built
     config = load_config(out / "config.yaml")
     assert config.deployments.base_model.num_replicas >= 4
