@@ -347,15 +347,6 @@ def _build_loras(out: Path, specs: tuple[LoraSpec, ...], unet, seed: int) -> Non
 # the profiles it wrote). The router prices that (policies.routing host_contention); re-measure
 # with `t2i profile` on another machine and set control.routing_args.host_contention.
 DEMO_HOST_CONTENTION = 0.4
-# Past as many computing replicas as the machine has cores, more jobs at once only stretch every
-# job (measured on the 2-core build machine: 2.1x and 2.6-3.4x the profiled time at 3 and 4 busy
-# replicas). With host_slots the router has a request wait behind the replica that frees soonest
-# rather than start a job past that count (policies.routing; live_coordinator's coordinator-slots
-# arm, results/live_coordinator_900_seed2_u06_slots.json).
-def demo_host_slots() -> int:
-    return os.cpu_count() or 1
-
-
 # A request waits up to this long behind a replica that holds its pipeline rather than load it on
 # a less busy one (policies.routing slack_s). On this demo's replicas, which share two cores, moving
 # a request buys little parallelism and each move pulls a pipeline in and pushes another out:
@@ -424,8 +415,12 @@ def demo_config(out: Path, manifest: dict, base_set: tuple[BaseSpec, ...],
         "slo": {"latency_s": 5.0},
         "control": {"policies": "coordinator", "gpu_budget_bytes": int(gpu_budget),
                     "host_budget_bytes": int(2 * gpu_budget),
+                    # host_slots, this machine's cores: past that many computing replicas, more
+                    # jobs at once only stretch every job (2.1x and 2.6-3.4x the profiled time at
+                    # 3 and 4 busy on the 2-core build machine), so the router has a request wait
+                    # behind the replica that frees soonest (results/live_coordinator_900_seed2_u06_slots.json)
                     **({"routing_args": {"band_pools": False, "host_contention": DEMO_HOST_CONTENTION,
-                                         "slack_s": DEMO_ROUTING_SLACK_S, "host_slots": demo_host_slots()}}
+                                         "slack_s": DEMO_ROUTING_SLACK_S, "host_slots": os.cpu_count() or 1}}
                        if replicas > 1 else {})},
     }
 

@@ -198,15 +198,13 @@ class BaseModel:
         before the lock (the multiplexed lookup, adapter fetches) and the cache's loads."""
         colocated = self.config.controlnet_mode == "colocated"
         ahead = loaded is None and self.config.control.load_ahead
-        # models this replica's other requests need: not evicted for this one's load ahead, and
-        # evicted last for its load under the lock
-        others = self.control.needed_by_others(spec) if ahead else frozenset()
         if ahead and self.control.earlier_ready(spec):
             # a task, not awaited: choosing its room may wait on evictions, and this request
             # must keep its place in the replica's queue meanwhile (or one behind it takes the
-            # lock first and evicts what was loaded for this one)
+            # lock first and evicts what was loaded for this one). It never evicts what the
+            # replica's other requests need.
             task = asyncio.get_running_loop().create_task(
-                self.cache.load_ahead(self.control.models_of(spec), others))
+                self.cache.load_ahead(self.control.models_of(spec), self.control.needed_by_others(spec)))
             self._ahead_tasks.add(task)
             task.add_done_callback(self._ahead_done)
         wanted = [a for a, _ in spec.loras]
@@ -226,10 +224,10 @@ class BaseModel:
             check_deadline(spec.deadline, "queued", time.time())
             leases, lease_s = [], 0.0
             if loaded is None:
-                if ahead:  # the queue behind may have changed while this one waited
-                    others = self.control.needed_by_others(spec)
+                # what the requests queued behind this one need is evicted last
+                spare = self.control.needed_by_others(spec) if ahead else frozenset()
                 leases = await self.cache.acquire(self.control.models_of(spec),
-                                                  wait_s=room_wait_s(self.config.slo.latency_s), spare=others)
+                                                  wait_s=room_wait_s(self.config.slo.latency_s), spare=spare)
                 lease_s = time.perf_counter() - lock_started - queue_s
                 loaded = leases[0].obj
                 if spec.controlnets and colocated:

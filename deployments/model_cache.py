@@ -230,17 +230,20 @@ class ModelCache:
             entry, started = await self._start_load(model_id, prefetch=False, holding=holding, spare=spare)
             missed = missed or started
             if count and started:
-                tier = entry.load_from
-                self._counters["hits" if tier == HOST else "misses"][TIER_NAMES[tier]] += 1
+                self._count_miss(entry)
                 count = False
+
+    def _count_miss(self, entry: _Entry) -> None:
+        """A request's miss, by where its load comes from (a host copy counts as a host hit)."""
+        tier = entry.load_from
+        self._counters["hits" if tier == HOST else "misses"][TIER_NAMES[tier]] += 1
 
     def _claim_ahead(self, entry: _Entry, count: bool) -> None:
         """A request takes the load `load_ahead` started: counted as its miss (the memory heard
         the miss when the load started), not as a join or a hit."""
         entry.ahead = False
         if count:
-            tier = entry.load_from
-            self._counters["hits" if tier == HOST else "misses"][TIER_NAMES[tier]] += 1
+            self._count_miss(entry)
         self._counters["ahead"]["used"] += 1
 
     def _count_join(self, entry: _Entry) -> None:
@@ -448,10 +451,8 @@ class ModelCache:
             raise _NoRoom(reason, transient=free + sum(e.gpu_bytes for e in idle) + others >= need)
         self._seq += 1  # the ranking is an event of the cache's logical clock
         ranked = self._rank(idle, GPU)  # pinned ones last
-        if spare:
-            ranked = ([e for e in ranked if e.model_id not in spare and e.model_id not in self.pins]
-                      + [e for e in ranked if e.model_id in spare and e.model_id not in self.pins]
-                      + [e for e in ranked if e.model_id in self.pins])
+        if spare:  # then spared ones just before the pinned (a stable sort keeps the policy's order)
+            ranked.sort(key=lambda e: (e.model_id in self.pins, e.model_id in spare))
         for victim in ranked:
             if self._evictable(victim):
                 if victim.model_id in self.pins:

@@ -14,6 +14,7 @@ and ``load_cost_s[:, REMOTE]`` is a cold load from the model store.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -174,13 +175,19 @@ class ClusterSnapshot:
             out += cost[c].take(tier[:, c])
         return out
 
+    @functools.cached_property
+    def _machine(self) -> np.ndarray | None:
+        """Per replica, its machine's index 0..M-1 (None: no machines known); computed once per
+        snapshot for busy_neighbours and slot_wait_s."""
+        host = self.replicas.host
+        return None if host is None else np.unique(host, return_inverse=True)[1]
+
     def busy_neighbours(self) -> np.ndarray:
         """Per replica, how many *other* replicas on its machine have work now (int64 (R,))."""
-        r = self.replicas
-        busy = (r.busy_until > self.now).astype(np.int64)
-        if r.host is None:
+        busy = (self.replicas.busy_until > self.now).astype(np.int64)
+        inverse = self._machine
+        if inverse is None:
             return np.zeros(busy.size, np.int64)
-        _, inverse = np.unique(r.host, return_inverse=True)
         return np.bincount(inverse, weights=busy).astype(np.int64)[inverse] - busy
 
     def slot_wait_s(self, slots: int) -> np.ndarray:
@@ -189,13 +196,12 @@ class ClusterSnapshot:
         queue wait counts that) or an idle one on a machine with fewer than ``slots`` busy
         replicas; else the soonest any busy replica there drains its queue, freeing a slot
         (float64 (R,))."""
-        r = self.replicas
         wait = self.queue_wait_s()
         out = np.zeros(wait.size)
-        if r.host is None or slots <= 0:
+        inverse = self._machine
+        if inverse is None or slots <= 0:
             return out
         busy = wait > 0
-        _, inverse = np.unique(r.host, return_inverse=True)
         n_busy = np.bincount(inverse, weights=busy)
         soonest = np.full(n_busy.size, np.inf)
         np.minimum.at(soonest, inverse[busy], wait[busy])

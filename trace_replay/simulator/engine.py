@@ -183,7 +183,7 @@ class Simulation:
         victims = None
         if uses and w.memory is not None:  # a demand miss, reported before its evictions
             w.memory.on_miss(key, now)
-        if size > w.free_bytes or (need_base and rt.max_base is not None and w.n_base >= rt.max_base):
+        if w.lacks_room(size, need_base, rt.max_base):
             if self.oracle is not None:
                 self.oracle.refresh(w, self.cur_req)
             victims = None
@@ -213,7 +213,7 @@ class Simulation:
                 gone_d = disk.touch_or_add(key, size)
             if host is not None:
                 gone_h = host.touch_or_add(key, size)
-        if size <= w.free_bytes and not (need_base and rt.max_base is not None and w.n_base >= rt.max_base):
+        if not w.lacks_room(size, need_base, rt.max_base):
             w.insert(key, kind, size, self.cost_remote[key], now, uses)
             if need_base:
                 self.holders[key].add(w.idx)
@@ -243,12 +243,13 @@ class Simulation:
         self.cur_req = i
         self._exp_load = 0.0
         ahead = w.ahead
-        # load ahead: what the requests queued behind need is evicted last (policies.load_ahead)
-        spare = tuple(keep(c for _, c, _ in w.queue)) if self.load_ahead and w.queue else ()
+        spare = None  # load ahead: what the requests queued behind need is evicted last (on a miss)
         w.running = comps
         for k in comps:
             s = slot_of.get(k)
             if s is None:
+                if spare is None:
+                    spare = tuple(keep(c for _, c, _ in w.queue)) if self.load_ahead and w.queue else ()
                 load += self.bring(w, k, now, protect, spare=spare)
                 missed += 1
                 # a load may have grown the worker's arrays: take them afresh
@@ -398,7 +399,9 @@ class Simulation:
             if k in slot_of:  # named twice, and loaded ahead for its first mention
                 continue
             size, need_base = self.key_size[k], self.key_kind[k] == BASE
-            if ((size > w.free_bytes or (need_base and rt.max_base is not None and w.n_base >= rt.max_base))
+            # asked here before bring asks again: bring reports the miss to a stateful memory
+            # first (which may adapt on it), and a load ahead without room must report nothing
+            if (w.lacks_room(size, need_base, rt.max_base)
                     and w.victims(rt.eviction, now, size, need_base, rt.max_base, protect) is None):
                 continue  # no room it may take: the request loads at its start
             t = self.bring(w, k, now, protect)

@@ -149,6 +149,11 @@ class Worker:
         if self.memory is not None:  # uses 0: a prefetch (CacheView's "unused prefetch")
             self.memory.on_insert(key, kind, size, cost, now, prefetch=uses == 0)
 
+    def lacks_room(self, size: float, need_base: bool, max_base: int | None) -> bool:
+        """Whether ``size`` more bytes (a base model when ``need_base``, under a fixed count
+        ``max_base``) need an eviction first."""
+        return size > self.free_bytes or (need_base and max_base is not None and self.n_base >= max_base)
+
     def remove(self, key: int, now: float) -> None:
         """Drop ``key`` from the GPU (an eviction, or the GPU cleared); ``now`` for the memory."""
         if self.memory is not None:
