@@ -108,11 +108,14 @@ def ratio_overhead(samples, kinds: tuple[str, ...]) -> float | None:
 
 
 def host_contention(samples) -> dict:
-    """Replicas on one host and how much they slow each other down: for each 'concurrent'
-    request, its inference over the plain (alone) median of the same base, steps and size, minus
-    one, per other request of its round that ran on another replica; the median of those."""
+    """Replicas on one host and how much they slow each other down. For each 'concurrent'
+    request: its inference over the plain (alone) median of the same base, steps and size, and
+    the replicas busy with its round (itself and the others of its round on other replicas).
+    ``stretch``: per busy count m >= 2, the median of those ratios; ``contention``: the ratio
+    minus one per other busy replica, median over the rounds with the most replicas (the linear
+    coefficient the router prices)."""
     replicas = {s.replica for s in samples if s.replica}
-    per_other = []
+    ratios: dict[int, list[float]] = {}
     for s in samples:
         if s.kind != "concurrent":
             continue
@@ -121,10 +124,12 @@ def host_contention(samples) -> dict:
         alone = median(p.timings.get("inference_s") for p in samples if p.kind == "service"
                        and (p.base, p.steps, p.size) == (s.base, s.steps, s.size))
         if others and alone:
-            per_other.append((s.timings.get("inference_s", 0.0) / alone - 1.0) / len(others))
-    value = median(per_other)
+            ratios.setdefault(len(others) + 1, []).append(s.timings.get("inference_s", 0.0) / alone)
+    top = max(ratios, default=0)
+    value = median((r - 1.0) / (top - 1) for r in ratios.get(top, []))
     return {"replicas": len(replicas), "contention": None if value is None else max(value, 0.0),
-            "n": len(per_other)}
+            "n": len(ratios.get(top, [])),
+            "stretch": {m: max(median(ratios[m]), 1e-3) for m in sorted(ratios)}}
 
 
 def build_sim_profile(summary: dict) -> dict:
@@ -164,6 +169,9 @@ def build_sim_profile(summary: dict) -> dict:
     if host.get("contention") is not None and host.get("replicas", 0) >= 2:
         # every replica of the profiled service shares this one host
         cluster.update(replicas_per_host=host["replicas"], host_contention=round(host["contention"], 4))
+        stretch = host.get("stretch") or {}
+        if all(m in stretch for m in range(2, host["replicas"] + 1)):  # measured at every busy count
+            cluster["host_stretch"] = [round(stretch[m], 4) for m in range(2, host["replicas"] + 1)]
     return {"inference": inference, "components": components, "cluster": cluster}
 
 
@@ -205,6 +213,9 @@ def render_table(result: dict) -> str:
     if host.get("contention") is not None:
         lines.append(f"{host['replicas']} replicas on this host: each busy neighbour adds "
                      f"{host['contention']:+.0%} to a request's inference (n={host['n']})")
+    if host.get("stretch"):
+        lines.append("inference with m replicas of the host busy, over alone: " + ", ".join(
+            f"m={m} x{x:.2f}" for m, x in host["stretch"].items()))
     if result["failed"]:
         lines.append("failed (left out): " + "; ".join(
             f"{k}: {v[:80]}" for k, v in result["failed"].items()))

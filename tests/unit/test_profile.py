@@ -93,3 +93,26 @@ def test_host_contention_from_requests_sent_together():
     # no concurrent samples: nothing claimed
     assert summarize(alone, {})["host"]["contention"] is None
     assert "host_contention" not in build_sim_profile(summarize(alone, {}) | {"sizes_gb": {}, "defaults": {}})["cluster"]
+
+
+def test_host_stretch_per_busy_count():
+    """Groups of two and of three replicas at once on a 3-replica host: two share well (x1.1),
+    three take twice as long; the profile keeps both, not one straight line through them."""
+    alone = _samples()
+    groups = [(0, [("m", "r1"), ("n", "r2")], 1.1), (1, [("n", "r2"), ("m", "r3")], 1.1),
+              (2, [("m", "r1"), ("n", "r2"), ("m", "r3")], 2.0)]
+    together = []
+    for g, members, stretch in groups:
+        for base, replica in members:
+            s = _sample("concurrent", base=base, replica=replica, inference=0.07 * stretch)
+            s.group = g
+            together.append(s)
+    host = summarize(alone + together, {})["host"]
+    assert host["replicas"] == 3 and host["stretch"] == {2: pytest.approx(1.1), 3: pytest.approx(2.0)}
+    assert host["contention"] == pytest.approx(0.5) and host["n"] == 3  # (2.0 - 1) / 2, from the full rounds
+    cluster = build_sim_profile(summarize(alone + together, {}) | {"sizes_gb": {}, "defaults": {}})["cluster"]
+    assert cluster["host_stretch"] == [1.1, 2.0] and cluster["replicas_per_host"] == 3
+    # a busy count never measured: no host_stretch (the simulator falls back to the line)
+    partial = [s for s in together if s.group != 0 and s.group != 1]
+    assert "host_stretch" not in build_sim_profile(summarize(alone + partial, {})
+                                                   | {"sizes_gb": {}, "defaults": {}})["cluster"]

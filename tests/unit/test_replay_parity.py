@@ -62,6 +62,17 @@ def test_live_and_simulated_agree_on_a_service_with_known_costs(server, tmp_path
         # the driver opened its connection ahead of the clock, the first request was ~25 ms late
         assert abs(doc["relative_error"][key]) < 0.2, (key, doc["live"][key], doc["sim"][key])
     assert (tmp_path / "p" / "parity.json").exists()
+    # the recorded slice simulates again to the same prediction (benchmarks/live_resimulate.py)
+    from deployments.config import load_config
+    from trace_replay.replay.parity import sim_arrays
+    from trace_replay.replay.parity_cli import resimulate
+    from trace_replay.replay.report import slice_stats
+
+    assert doc["slice"]["seed"] == 2 and doc["slice"]["rate"] == 10
+    again, _, _ = resimulate(doc, load_config(_config(tmp_path)), _profile(tmp_path))
+    assert slice_stats(*sim_arrays(again), doc["live_summary"]["slo_s"], 0) == pytest.approx(doc["sim"])
+    with pytest.raises(ValueError, match="no 'slice'"):
+        resimulate({k: v for k, v in doc.items() if k != "slice"}, load_config(_config(tmp_path)), _profile(tmp_path))
 
 
 def test_live_policy_set_follows_the_deployment(tmp_path):
@@ -121,15 +132,27 @@ def test_slice_stats_one_definition_and_the_warmup_left_out():
     assert w["slo_violation_rate"] == pytest.approx(2 / 4) and w["load_seconds"] == pytest.approx(0.1)
 
 
+def _stretch(per_host: int, contention: float = 0.0, measured: list | None = None) -> list[float]:
+    from trace_replay.simulator.config import ClusterSpec
+
+    return ClusterSpec(replicas_per_host=per_host, host_contention=contention,
+                       host_stretch=measured or []).stretch_by_busy()
+
+
 def test_parallel_service_counts_what_shared_hosts_lose():
     from trace_replay.replay.parity import parallel_service
 
-    assert parallel_service(4, 1, 0.4) == 4  # one replica per GPU: nothing shared
-    assert parallel_service(4, 4, 0.0) == 4
-    assert parallel_service(4, 4, 0.4) == pytest.approx(4 / 2.2)  # each job 1 + 0.4 x 3 as long
-    assert parallel_service(5, 4, 0.5) == pytest.approx(4 / 2.5 + 1)  # a full host and one alone
+    assert parallel_service(4, 1, _stretch(1, 0.4)) == 4  # one replica per GPU: nothing shared
+    assert parallel_service(4, 4, _stretch(4)) == 4
+    assert parallel_service(4, 4, _stretch(4, 0.4)) == pytest.approx(4 / 2.2)  # each job 1 + 0.4 x 3 as long
+    assert parallel_service(5, 4, _stretch(4, 0.5)) == pytest.approx(4 / 2.5 + 1)  # a full host and one alone
+    # measured on a 2-core host: two busy barely slow each other, four take 2.6x as long
+    assert parallel_service(4, 4, _stretch(4, 0.4, [1.15, 1.9, 2.6])) == pytest.approx(4 / 2.6)
+    assert parallel_service(3, 4, _stretch(4, 0.4, [1.15, 1.9, 2.6])) == pytest.approx(3 / 1.9)
     with pytest.raises(ValueError, match="replicas >= 1"):
-        parallel_service(0, 1, 0.0)
+        parallel_service(0, 1, [1.0, 1.0])
+    with pytest.raises(ValueError, match="every busy count up to 4"):
+        parallel_service(4, 4, [1.0, 1.0, 1.2])
 
 
 def test_utilisation_sets_the_rate_from_the_profiles_capacity(server, tmp_path, capsys):  # noqa: F811

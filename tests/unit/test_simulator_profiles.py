@@ -192,13 +192,14 @@ def test_cli_table_shows_active_gpu_seconds_beside_violations(capsys):
     assert header.index("gpu_active_seconds") == header.index("slo_violation_rate") + 1
 
 
-def _contention_run(contention: float, per_host: int, n: int = 12, model: str = "at-start", records=False):
+def _contention_run(contention: float, per_host: int, n: int = 12, model: str = "at-start", records=False,
+                    stretch: list | None = None):
     """n requests 0.3 s apart for three bases on three GPUs, no loads (zero overhead, tiny sizes),
     1 s of compute each: (start, duration, others busy at the start) per request."""
     step = {"s_per_step": 0.5, "fixed_s": 0.0, "ref_pixels": 4096}
     cfg = SimConfig.model_validate({
         "cluster": {"gpus": 3, "load_model": "bandwidth", "remote_gbps": 1e6, "contention_model": model,
-                    "replicas_per_host": per_host, "host_contention": contention},
+                    "replicas_per_host": per_host, "host_contention": contention, "host_stretch": stretch or []},
         "components": {"reload_overhead_s": {"base_model": 0, "controlnet": 0, "lora": 0},
                        "base_gb": [1e-9, 1e-9]},
         "inference": {"default_pixels": 4096, "default_steps": 2, "jitter_cv": 0.0,
@@ -238,6 +239,32 @@ def test_shared_contention_gives_every_job_exactly_its_work():
         if m:
             done[running] += (hi - lo) / (1 + c * (m - 1))
     assert np.allclose(done, 1.0)
+
+
+@pytest.mark.parametrize("model", ["at-start", "shared"])
+def test_a_measured_stretch_replaces_the_line(model):
+    """host_stretch (t2i profile's per busy count): two busy replicas x1.1, three x2.0, where the
+    line through host_contention 0.25 would say x1.25 and x1.5."""
+    stretch = [1.0, 1.0, 1.1, 2.0]  # by busy count, itself included
+    rec = _contention_run(0.25, 3, n=30, model=model, records=True, stretch=stretch[2:])
+    start, finish, worker = rec.start, rec.finish, rec.worker
+    if model == "at-start":  # fixed by the replicas busy when it starts
+        busy = np.array([np.count_nonzero((start < start[i]) & (finish > start[i]) & (worker != worker[i]))
+                         for i in range(start.size)])
+        assert set(busy.tolist()) >= {0, 1, 2}  # every busy count occurs
+        assert np.allclose(finish - start, np.array(stretch)[busy + 1])
+    else:  # 1 s of work at 1 / stretch[m] while m run
+        edges = np.unique(np.concatenate([start, finish]))
+        done = np.zeros(start.size)
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            running = (start <= lo) & (finish >= hi)
+            if running.any():
+                done[running] += (hi - lo) / stretch[np.count_nonzero(running)]
+        assert np.allclose(done, 1.0)
+    with pytest.raises(ValidationError, match="one value per busy count 2..3"):
+        SimConfig.model_validate({"cluster": {"replicas_per_host": 3, "host_stretch": [1.1]}})
+    with pytest.raises(ValidationError, match="host_stretch values"):
+        SimConfig.model_validate({"cluster": {"replicas_per_host": 2, "host_stretch": [0.0]}})
 
 
 def test_a_load_on_a_shared_host_is_slowed_and_recorded_slowed():

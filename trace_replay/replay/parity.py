@@ -18,6 +18,7 @@ difference is reported beside it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -102,21 +103,21 @@ def simulate_slice(requests, registry, config, profile_path: str | Path, slo_s: 
     return result, cfg, spec
 
 
-def parallel_service(replicas: int, per_host: int, contention: float) -> float:
+def parallel_service(replicas: int, per_host: int, stretch: Sequence[float]) -> float:
     """How many requests' worth of compute ``replicas`` complete per second of one request's
-    uncontended compute when all are busy: a host of h busy replicas runs each job
-    (1 + contention x (h - 1)) times as long (the simulator's model, ``ClusterSpec``)."""
-    if replicas < 1 or per_host < 1 or contention < 0:
-        raise ValueError(f"need replicas >= 1, per_host >= 1, contention >= 0; got {replicas}, {per_host}, "
-                         f"{contention}")
+    uncontended compute when all are busy: a host of h busy replicas runs each job ``stretch[h]``
+    times as long (``ClusterSpec.stretch_by_busy``, the simulator's model)."""
+    if replicas < 1 or per_host < 1 or len(stretch) <= min(replicas, per_host) or min(stretch) <= 0:
+        raise ValueError(f"need replicas >= 1, per_host >= 1 and a stretch > 0 for every busy count up to "
+                         f"{min(replicas, per_host)}; got {replicas}, {per_host}, {list(stretch)}")
     full, rest = divmod(replicas, per_host)
-    return sum(h / (1 + contention * (h - 1)) for h in [per_host] * full + ([rest] if rest else []))
+    return sum(h / stretch[h] for h in [per_host] * full + ([rest] if rest else []))
 
 
 def capacity_rps(requests, registry, config, profile_path: str | Path, slo_s: float, seed: int) -> dict:
     """Requests per second the live deployment in ``config`` can complete at most, with this slice's
     mix of requests, from the profile: its parallel service (``parallel_service``: replicas,
-    replicas per host and host contention) over the mean of the requests' expected compute
+    replicas per host and their stretch) over the mean of the requests' expected compute
     (``expected_infer_s``: per base model, steps, adapters; no jitter). Loads are left out: what
     they cost depends on the policies being compared, so a rate set from this loads every arm alike.
     """
@@ -132,9 +133,10 @@ def capacity_rps(requests, registry, config, profile_path: str | Path, slo_s: fl
     base = np.where(table.base_model < 0, nb, table.base_model).astype(np.int64)
     mean_s = float(np.mean(expected_infer_s(table, cfg, base)))
     cl = cfg.cluster
-    parallel = parallel_service(gpus, cl.replicas_per_host, cl.host_contention)
+    parallel = parallel_service(gpus, cl.replicas_per_host, cl.stretch_by_busy())
     return {"capacity_rps": parallel / mean_s, "mean_compute_s": mean_s, "parallel_service": parallel,
-            "replicas": gpus, "replicas_per_host": cl.replicas_per_host, "host_contention": cl.host_contention}
+            "replicas": gpus, "replicas_per_host": cl.replicas_per_host, "host_contention": cl.host_contention,
+            "host_stretch": cl.host_stretch}
 
 
 def sim_arrays(result) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

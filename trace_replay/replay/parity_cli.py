@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
            "live_summary": live_summary,
            "sim_summary": dict(sim_result.summary),
            "policy_set": spec.model_dump(), "profile": str(args.profile), "gpus": cfg.cluster.gpus,
-           "rate_from_capacity": sized}
+           "rate_from_capacity": sized,
+           # what chose and timed the slice, so it can be simulated again (benchmarks/live_resimulate.py)
+           "slice": {k: getattr(args, k, None) for k in SLICE_ARGS}}
     (Path(args.out) / "parity.json").write_text(json.dumps(doc, indent=1, default=float))
     write_records(Path(args.out) / "records.csv", result.records)  # the live side, per request
     if args.json:
@@ -104,6 +106,29 @@ def main(argv: list[str] | None = None) -> int:
         print(side_by_side(live, sim, cmp))
         print(f"wrote {Path(args.out) / 'parity.json'} and records.csv (the live side, per request)")
     return 1 if result.aborted else 0
+
+
+SLICE_ARGS = ("trace", "format", "max_requests", "skip", "lenient", "service", "exclude", "steps", "seed",
+              "arrival", "rate", "cv", "speedup")
+
+
+def resimulate(doc: dict, config, profile: str | Path, trace: str | Path | None = None):
+    """Simulate again the slice a ``parity.json`` document (``doc``) replayed, under ``profile``:
+    the same requests and arrival times (its recorded ``slice``), the deployment ``config`` it ran,
+    and its SLO; ``trace``: where the trace file is now, if it moved. Returns ``simulate_slice``'s
+    (result, SimConfig, policy set)."""
+    from trace_replay.replay.mapping import Registry
+    from trace_replay.replay.parity import simulate_slice
+
+    if "slice" not in doc:
+        raise ValueError("this parity.json records no 'slice' (written before t2i parity kept one): "
+                         "nothing says which seed timed its arrivals")
+    args = argparse.Namespace(**{**doc["slice"], **({"trace": str(trace)} if trace else {})})
+    served = {"data": [{"id": m.id, "kind": m.kind, "default_steps": m.default_steps} for m in config.models],
+              "t2i": {"default_base_model": config.default_base_model, "limits": config.limits.model_dump()}}
+    requests, _, registry = map_slice(args, Registry.from_models_response(served))
+    return simulate_slice(timed(requests, args), registry, config, profile, float(doc["live_summary"]["slo_s"]),
+                          args.seed)
 
 
 def rate_from_capacity(args: argparse.Namespace, requests, registry, config, slo: float) -> dict:

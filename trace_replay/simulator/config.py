@@ -46,6 +46,26 @@ class ClusterSpec(BaseModel):
         "shared", description="how host_contention stretches a job: 'at-start', by the busy "
         "neighbours when it starts, fixed from then on; 'shared', by the busy neighbours at every "
         "moment (a job slows when a neighbour starts and speeds up when one finishes)")
+    host_stretch: list[float] = Field(
+        default_factory=list, description="measured instead of linear: how many times as long a job "
+        "takes while 2, 3, ... replicas of its host are busy (itself included), one value per count "
+        "up to replicas_per_host (t2i profile measures it); empty = 1 + host_contention x (busy - 1)")
+
+    @model_validator(mode="after")
+    def _stretch_per_busy_count(self) -> ClusterSpec:
+        s = self.host_stretch
+        if s and len(s) != self.replicas_per_host - 1:
+            raise ValueError(f"host_stretch needs one value per busy count 2..{self.replicas_per_host} "
+                             f"(replicas_per_host - 1 = {self.replicas_per_host - 1} values), got {len(s)}")
+        if any(not (0 < x < 1000) for x in s):
+            raise ValueError(f"host_stretch values must be in (0, 1000) (times as long), got {s}")
+        return self
+
+    def stretch_by_busy(self) -> list[float]:
+        """How many times as long a job takes with m of its host's replicas busy, indexed by m
+        (0 and 1: 1.0), up to replicas_per_host: the measured host_stretch, else linear."""
+        return [1.0, 1.0, *(self.host_stretch or
+                            [1.0 + self.host_contention * (m - 1) for m in range(2, self.replicas_per_host + 1)])]
 
 
 class ReloadOverhead(BaseModel):

@@ -114,13 +114,18 @@ class Simulation:
         self.now = 0.0
         self.rnd = random.Random(cfg.seed)  # routing randomness: seeded, cheap per call
         self.holders: list[set[int]] = [set() for _ in range(wl.n_base)]  # base -> workers with it on GPU
-        # Replicas sharing a host's processors: a job starting next to m busy replicas takes
-        # (1 + host_contention x m) times as long (the busy count is what the host could observe).
-        self.per_host, self.contention = c.replicas_per_host, c.host_contention
+        # Replicas sharing a host's processors: a job starting while m of the host's replicas are
+        # busy, itself included, takes stretch[m] times as long (the busy count is what the host
+        # could observe): 1 + host_contention x (m - 1), or the profile's measured host_stretch.
+        self.per_host = c.replicas_per_host
+        self.stretch = c.stretch_by_busy()
+        # one past the host's replicas: a load ahead starts on a busy replica, counted again
+        self.stretch.append(2 * self.stretch[-1] - self.stretch[-2])
+        self.contention = any(x != 1.0 for x in self.stretch)
         self.host_busy = [0] * (c.gpus // c.replicas_per_host + 1)
         # contention_model "shared": the stretch follows the busy count as it changes (a job
         # that started alone slows when neighbours start, and speeds up when they finish)
-        self.shared = self.contention > 0 and self.per_host > 1 and c.contention_model == "shared"
+        self.shared = self.contention and self.per_host > 1 and c.contention_model == "shared"
         if self.shared:
             self.work = [0.0] * c.gpus  # uncontended seconds left of each worker's job, at work_t
             self.work_t = [0.0] * c.gpus
@@ -221,7 +226,7 @@ class Simulation:
         if self.track is not None:
             self.track.keys(w, [key, *(victims or ()), *gone_h, *gone_d])
         if self.contention:  # a load on a shared host slows down with its busy neighbours, as compute does
-            t *= 1.0 + self.contention * self.host_busy[w.idx // self.per_host]
+            t *= self.stretch[self.host_busy[w.idx // self.per_host] + 1]
         self.rec.load_by_kind[kind] += t
         self.rec.loads_by_kind[kind] += 1
         return t
@@ -273,7 +278,7 @@ class Simulation:
                     w.next_seq[s] = nxt[off + j]
         infer = self.infer[i]
         if self.contention:  # (its loads were slowed alike in bring)
-            infer *= 1.0 + self.contention * self.host_busy[w.idx // self.per_host]
+            infer *= self.stretch[self.host_busy[w.idx // self.per_host] + 1]
         dur = load + infer
         rec = self.rec
         rec.start[i] = now
@@ -321,18 +326,18 @@ class Simulation:
         w.exp_end = now + expected
         w.exp_floor = FLOOR_FRACTION * expected
 
-    # -- contention_model "shared": each running job on a host progresses at 1 / (1 + c x (m - 1))
+    # -- contention_model "shared": each running job on a host progresses at 1 / stretch[m]
     # of its uncontended speed while m of the host's replicas are busy
     def _progress(self, jobs: list[int], now: float) -> None:
         if jobs:
-            rate = 1.0 / (1.0 + self.contention * (len(jobs) - 1))
+            rate = 1.0 / self.stretch[len(jobs)]
             work, work_t = self.work, self.work_t
             for x in jobs:
                 work[x] -= (now - work_t[x]) * rate
                 work_t[x] = now
 
     def _reschedule(self, jobs: list[int], now: float) -> None:
-        stretch = 1.0 + self.contention * (len(jobs) - 1)
+        stretch = self.stretch[len(jobs)]
         for x in jobs:
             fin = now + max(self.work[x], 0.0) * stretch
             if fin != self.fin_t[x]:
@@ -347,7 +352,7 @@ class Simulation:
         jobs = self.host_jobs[h]
         self._progress(jobs, now)
         x = w.idx
-        work = dur / (1.0 + self.contention * (self.host_busy[h] - 1))  # the uncontended seconds
+        work = dur / self.stretch[self.host_busy[h]]  # the uncontended seconds
         self.work[x], self.work_t[x], self.job[x], self.fin_t[x] = work, now, job, -1.0
         self.credit_end[x] = now + dur
         jobs.append(x)

@@ -1,0 +1,106 @@
+"""Simulate the arms of a kept live run again under other profiles: which model of the machine
+predicts what the live service did (parity, without replaying live again).
+
+A `benchmarks/live_coordinator.py --keep` work folder holds, per arm, the service config and the
+replay's `parity-ARM/parity.json` (the live figures, and the slice: trace, seed, the arrival rate
+used). Each arm's slice is rebuilt from the trace and simulated, as `t2i parity` did, once per
+profile given; the table shows the live figures beside each prediction and the mean absolute
+error of the violation rate over the arms. A profile may be the run's own, one measured later
+(`t2i profile` of the same models), or the run's with one field changed (``--set
+cluster.host_stretch=[1.12,1.59,2.08]``), to isolate what that field does to the prediction.
+
+    python benchmarks/live_resimulate.py /tmp/t2i-live-coordinator-XXXX \\
+        --profile /tmp/t2i-live-coordinator-XXXX/profile.yaml --profile /tmp/profile_curve.yaml \\
+        --out benchmarks/results/live_resimulate.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks._common import RESULTS, machine_info, write_result  # noqa: E402
+
+FIGURES = ("slo_violation_rate", "latency_p50_s", "latency_p99_s", "load_seconds")
+
+
+def with_fields(profile: Path, sets: list[str], out_dir: Path) -> Path:
+    """A copy of ``profile`` with each ``section.field=JSON`` of ``sets`` written in."""
+    import yaml
+
+    doc = yaml.safe_load(profile.read_text())
+    for item in sets:
+        path, sep, value = item.partition("=")
+        section, dot, field = path.partition(".")
+        if not sep or not dot:
+            raise SystemExit(f"--set wants section.field=JSON value, got {item!r}")
+        doc.setdefault(section, {})[field] = json.loads(value)
+    out = out_dir / f"{profile.stem}+{'+'.join(s.partition('=')[0] for s in sets)}.yaml"
+    out.write_text(yaml.safe_dump(doc))
+    return out
+
+
+def arm_doc(work: Path, arm: str):
+    """(parity.json document, deployment config) of one arm's live replay."""
+    from deployments.config import load_config
+
+    return (json.loads((work / f"parity-{arm}" / "parity.json").read_text()),
+            load_config(str(work / f"config-{arm}.yaml")))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("work", type=Path, help="a live_coordinator.py --keep work folder")
+    ap.add_argument("--profile", type=Path, action="append", required=True,
+                    help="a simulator profile to predict with (repeat for several)")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=JSON",
+                    help="also predict with the first profile plus these fields (repeatable, all applied together)")
+    ap.add_argument("--out", default=str(RESULTS / "live_resimulate.json"))
+    args = ap.parse_args()
+    from trace_replay.replay.parity import sim_arrays
+    from trace_replay.replay.parity_cli import resimulate
+    from trace_replay.replay.report import slice_stats
+
+    arms = sorted(p.name[len("parity-"):] for p in args.work.glob("parity-*") if (p / "parity.json").exists())
+    if not arms:
+        ap.error(f"{args.work} holds no parity-ARM/parity.json")
+    profiles = list(args.profile)
+    if args.set:
+        profiles.append(with_fields(profiles[0], args.set, Path(tempfile.mkdtemp(prefix="t2i-resim-"))))
+    rows: dict = {}
+    for arm in arms:
+        doc, config = arm_doc(args.work, arm)
+        rows[arm] = {"live": {k: doc["live"][k] for k in FIGURES}, "sim": {}}
+        trace = args.work / Path(doc["slice"]["trace"]).name if "slice" in doc else None
+        for prof in profiles:
+            try:
+                result, _, _ = resimulate(doc, config, prof, trace)
+            except ValueError as exc:
+                raise SystemExit(f"{args.work}/parity-{arm}: {exc}") from None
+            st = slice_stats(*sim_arrays(result), doc["live_summary"]["slo_s"], doc.get("warmup_requests", 0))
+            rows[arm]["sim"][prof.name] = {k: st[k] for k in FIGURES}
+    print(f"{'arm':22s} {'prediction from':34s} {'viol.':>7s} {'p50':>6s} {'p99':>6s} {'load-s':>7s}")
+    errors = {}
+    for arm, row in rows.items():
+        for label, fig in [("live", row["live"]), *row["sim"].items()]:
+            print(f"{arm:22s} {label[:34]:34s} {fig['slo_violation_rate']:7.1%} {fig['latency_p50_s']:6.2f} "
+                  f"{fig['latency_p99_s']:6.2f} {fig['load_seconds']:7.1f}")
+            if label != "live":
+                errors.setdefault(label, []).append(abs(fig["slo_violation_rate"] - row["live"]["slo_violation_rate"]))
+    for label, e in errors.items():
+        print(f"mean |violation error| over {len(e)} arms, {label}: {100 * sum(e) / len(e):.1f} points")
+    write_result(args.out, {"benchmark": "live_resimulate", "work": str(args.work), "arms": rows,
+                            "mean_abs_violation_error": {k: sum(v) / len(v) for k, v in errors.items()},
+                            "profiles": [str(p) for p in profiles], "sets": args.set,
+                            "machine": machine_info()})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
