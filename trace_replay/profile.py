@@ -206,7 +206,7 @@ def _probe_adapters(entries: list[dict], label: str, limit: int, failed: dict[st
         after(entry)
 
 
-def measure_contention(prober: Prober, plan: Plan, rounds: int = 3) -> None:
+def measure_contention(prober: Prober, plan: Plan, rounds: int = 5) -> None:
     """Replicas that share a host's processors slow each other down (two tiny-model replicas on
     this 2-core machine: +23% inference when both computed, measured in a live replay). Each
     replica's most recently served base model is surely resident there, so requests for those

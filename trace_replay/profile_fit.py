@@ -108,28 +108,69 @@ def ratio_overhead(samples, kinds: tuple[str, ...]) -> float | None:
 
 
 def host_contention(samples) -> dict:
-    """Replicas on one host and how much they slow each other down. For each 'concurrent'
-    request: its inference over the plain (alone) median of the same base, steps and size, and
-    the replicas busy with its round (itself and the others of its round on other replicas).
-    ``stretch``: per busy count m >= 2, the median of those ratios; ``contention``: the ratio
-    minus one per other busy replica, median over the rounds with the most replicas (the linear
-    coefficient the router prices)."""
+    """Replicas on one host and how much they slow each other down, from the 'concurrent'
+    rounds (requests sent at once, each to another replica, each with its plain (alone) median
+    of the same base, steps and size).
+
+    ``stretch``: per busy count m >= 2, how many times as long a job takes while m replicas
+    compute, itself included. A round's jobs start together but end apart (their models differ),
+    so a job spends part of its life beside fewer neighbours than it started with. Under the
+    simulator's shared model each job's alone seconds are the sum over those phases of phase
+    seconds / stretch[m]; with the ends observed, that is one linear equation per job in the
+    unknowns 1 / stretch[m], solved over all rounds by non-negative least squares.
+    ``contention``: the inference ratio minus one per other busy replica, median over the
+    rounds with the most replicas (the linear coefficient the router prices)."""
     replicas = {s.replica for s in samples if s.replica}
-    ratios: dict[int, list[float]] = {}
+    rounds: dict[int, list] = {}
     for s in samples:
-        if s.kind != "concurrent":
-            continue
-        others = {o.replica for o in samples if o.kind == "concurrent" and o.group == s.group
-                  and o.replica and o.replica != s.replica}
-        alone = median(p.timings.get("inference_s") for p in samples if p.kind == "service"
-                       and (p.base, p.steps, p.size) == (s.base, s.steps, s.size))
-        if others and alone:
-            ratios.setdefault(len(others) + 1, []).append(s.timings.get("inference_s", 0.0) / alone)
-    top = max(ratios, default=0)
-    value = median((r - 1.0) / (top - 1) for r in ratios.get(top, []))
+        if s.kind == "concurrent" and s.replica:
+            rounds.setdefault(s.group, []).append(s)
+    jobs: list[list[tuple[float, float]]] = []  # per round: (inference seconds, alone seconds)
+    per_other: dict[int, list[float]] = {}
+    for members in rounds.values():
+        if len({s.replica for s in members}) != len(members) or len(members) < 2:
+            continue  # two on one replica queue rather than share: not a clean round
+        round_jobs = []
+        for s in members:
+            alone = median(p.timings.get("inference_s") for p in samples if p.kind == "service"
+                           and (p.base, p.steps, p.size) == (s.base, s.steps, s.size))
+            if alone:
+                inference = s.timings.get("inference_s", 0.0)
+                round_jobs.append((inference, alone))
+                per_other.setdefault(len(members), []).append((inference / alone - 1.0) / (len(members) - 1))
+        if len(round_jobs) == len(members):
+            jobs.append(round_jobs)
+    top = max(per_other, default=0)
+    value = median(per_other.get(top, []))
     return {"replicas": len(replicas), "contention": None if value is None else max(value, 0.0),
-            "n": len(ratios.get(top, [])),
-            "stretch": {m: max(median(ratios[m]), 1e-3) for m in sorted(ratios)}}
+            "n": len(per_other.get(top, [])), "stretch": stretch_by_busy(jobs)}
+
+
+def stretch_by_busy(rounds: list[list[tuple[float, float]]]) -> dict[int, float]:
+    """{m: stretch at m busy} from rounds of jobs started together, each (seconds it ran, seconds
+    it takes alone): see ``host_contention``. Busy counts no job spent time at are left out."""
+    from scipy.optimize import nnls
+
+    top = max((len(r) for r in rounds), default=0)
+    if top < 2:
+        return {}
+    rows, rhs = [], []
+    for jobs in rounds:
+        ends = sorted(ran for ran, _ in jobs)
+        for ran, alone in jobs:
+            at = np.zeros(top + 1)  # seconds this job ran while m jobs of its round ran
+            start = 0.0
+            for p, end in enumerate(ends):
+                if start >= ran:
+                    break
+                at[len(ends) - p] += min(end, ran) - start
+                start = end
+            rows.append(at[2:])
+            rhs.append(alone - at[1])  # alone seconds left for the shared phases
+    a = np.array(rows)
+    x, _ = nnls(a, np.array(rhs))
+    seen = a.sum(axis=0) > 0
+    return {m + 2: float(1.0 / x[m]) for m in range(top - 1) if seen[m] and x[m] > 0}
 
 
 def build_sim_profile(summary: dict) -> dict:
@@ -171,7 +212,10 @@ def build_sim_profile(summary: dict) -> dict:
         cluster.update(replicas_per_host=host["replicas"], host_contention=round(host["contention"], 4))
         stretch = host.get("stretch") or {}
         if all(m in stretch for m in range(2, host["replicas"] + 1)):  # measured at every busy count
-            cluster["host_stretch"] = [round(stretch[m], 4) for m in range(2, host["replicas"] + 1)]
+            # a job is never faster beside more busy neighbours: a lower median past a higher one
+            # is noise (a few rounds, and jobs of unequal length leave a round one by one)
+            measured = [stretch[m] for m in range(2, host["replicas"] + 1)]
+            cluster["host_stretch"] = [round(max(measured[:i + 1]), 4) for i in range(len(measured))]
     return {"inference": inference, "components": components, "cluster": cluster}
 
 

@@ -95,6 +95,18 @@ def test_host_contention_from_requests_sent_together():
     assert "host_contention" not in build_sim_profile(summarize(alone, {}) | {"sizes_gb": {}, "defaults": {}})["cluster"]
 
 
+def test_host_stretch_from_jobs_that_end_apart():
+    """Two jobs start together, each x1.5 as long while both run: the 0.07 s one ends at 0.105 s,
+    the 0.11 s one has done 0.07 s of its work by then and runs its last 0.04 s alone, ending at
+    0.145 s (x1.32 overall). The fit recovers x1.5; a median of the two ratios would say x1.41."""
+    alone = _samples()
+    short = _sample("concurrent", base="n", steps=2, replica="r2", inference=0.105)
+    long = _sample("concurrent", base="m", steps=6, replica="r1", inference=0.145)
+    short.group = long.group = 0
+    host = summarize(alone + [short, long], {})["host"]
+    assert host["stretch"] == {2: pytest.approx(1.5)}
+
+
 def test_host_stretch_per_busy_count():
     """Groups of two and of three replicas at once on a 3-replica host: two share well (x1.1),
     three take twice as long; the profile keeps both, not one straight line through them."""
@@ -112,6 +124,13 @@ def test_host_stretch_per_busy_count():
     assert host["contention"] == pytest.approx(0.5) and host["n"] == 3  # (2.0 - 1) / 2, from the full rounds
     cluster = build_sim_profile(summarize(alone + together, {}) | {"sizes_gb": {}, "defaults": {}})["cluster"]
     assert cluster["host_stretch"] == [1.1, 2.0] and cluster["replicas_per_host"] == 3
+    # three busy measured below two (noise): the profile keeps two's, never a faster job
+    dip = [s for s in together if s.group != 2] + [
+        _sample("concurrent", base=b, replica=r, inference=0.07 * 1.05) for b, r in (("m", "r1"), ("n", "r2"), ("m", "r3"))]
+    for s in dip[-3:]:
+        s.group = 2
+    assert summarize(alone + dip, {})["host"]["stretch"][3] == pytest.approx(1.05)
+    assert build_sim_profile(summarize(alone + dip, {}) | {"sizes_gb": {}, "defaults": {}})["cluster"]["host_stretch"] == [1.1, 1.1]
     # a busy count never measured: no host_stretch (the simulator falls back to the line)
     partial = [s for s in together if s.group != 0 and s.group != 1]
     assert "host_stretch" not in build_sim_profile(summarize(alone + partial, {})
