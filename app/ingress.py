@@ -255,23 +255,8 @@ class Ingress:
             pass  # constructed outside an event loop (unit tests): the first health check does it
 
     async def models(self) -> dict:
-        """The registry, plus what a client needs to build requests the service accepts
-        (sizes and default steps per base model, the default base model, the limits, the SLO):
-        the trace-replay driver maps trace ids onto this."""
-        data = []
-        for m in self.config.models:
-            item = {"id": m.id, "object": "model", "owned_by": "t2i", "kind": m.kind,
-                    "base_models": m.base_models}
-            if m.kind == "base":
-                item.update(sizes=m.sizes, default_steps=m.default_steps)
-            data.append(item)
-        limits = self.config.limits
-        return {"object": "list", "data": data,
-                "t2i": {"default_base_model": self.config.base_model_id(),
-                        "limits": {k: getattr(limits, k) for k in (
-                            "max_images_per_request", "max_steps", "max_loras_per_request",
-                            "max_controlnets_per_request")},
-                        "slo_s": self.config.slo.latency_s}}
+        """The registry and what a client needs to build accepted requests (``ServeConfig.models_document``)."""
+        return self.config.models_document()
 
     async def healthz(self) -> dict:
         """Up, and warm: waits for the start-up warm-up, one cheap call through each handle,

@@ -449,6 +449,25 @@ class ServeConfig(_Strict):
     def base_model_id(self) -> str:
         return self.default_base_model or self.ids("base")[0]
 
+    def models_document(self) -> dict:
+        """``GET /v1/models``: the registry, plus what a client needs to build requests the
+        service accepts (sizes and default steps per base model, the default base model, the
+        limits, the SLO); the trace-replay driver maps trace ids onto it."""
+        data = []
+        for m in self.models:
+            item = {"id": m.id, "object": "model", "owned_by": "t2i", "kind": m.kind,
+                    "base_models": m.base_models}
+            if m.kind == "base":
+                item.update(sizes=m.sizes, default_steps=m.default_steps)
+            data.append(item)
+        limits = self.limits
+        return {"object": "list", "data": data,
+                "t2i": {"default_base_model": self.base_model_id(),
+                        "limits": {k: getattr(limits, k) for k in (
+                            "max_images_per_request", "max_steps", "max_loras_per_request",
+                            "max_controlnets_per_request")},
+                        "slo_s": self.slo.latency_s}}
+
     def resolve_source(self, entry: ModelEntry) -> str:
         """Absolute local path for `entry`, or its hub id when it has no path."""
         if entry.path:

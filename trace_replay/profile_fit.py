@@ -6,6 +6,8 @@ Samples are duck-typed (``kind``, ``base``, ``steps``, ``pixels``, ``size``, ``a
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 import numpy as np
 
 # The tiny demo reads every model from the page cache; a large remote bandwidth keeps loads at
@@ -122,9 +124,12 @@ def host_contention(samples) -> dict:
     rounds with the most replicas (the linear coefficient the router prices)."""
     replicas = {s.replica for s in samples if s.replica}
     rounds: dict[int, list] = {}
+    plain: dict[tuple, list[float]] = {}  # (base, steps, size) -> inference seconds alone
     for s in samples:
         if s.kind == "concurrent" and s.replica:
             rounds.setdefault(s.group, []).append(s)
+        elif s.kind == "service":
+            plain.setdefault((s.base, s.steps, s.size), []).append(s.timings.get("inference_s"))
     jobs: list[list[tuple[float, float]]] = []  # per round: (inference seconds, alone seconds)
     per_other: dict[int, list[float]] = {}
     for members in rounds.values():
@@ -132,8 +137,7 @@ def host_contention(samples) -> dict:
             continue  # two on one replica queue rather than share: not a clean round
         round_jobs = []
         for s in members:
-            alone = median(p.timings.get("inference_s") for p in samples if p.kind == "service"
-                           and (p.base, p.steps, p.size) == (s.base, s.steps, s.size))
+            alone = median(plain.get((s.base, s.steps, s.size), []))
             if alone:
                 inference = s.timings.get("inference_s", 0.0)
                 round_jobs.append((inference, alone))
@@ -212,10 +216,10 @@ def build_sim_profile(summary: dict) -> dict:
         cluster.update(replicas_per_host=host["replicas"], host_contention=round(host["contention"], 4))
         stretch = host.get("stretch") or {}
         if all(m in stretch for m in range(2, host["replicas"] + 1)):  # measured at every busy count
-            # a job is never faster beside more busy neighbours: a lower median past a higher one
-            # is noise (a few rounds, and jobs of unequal length leave a round one by one)
-            measured = [stretch[m] for m in range(2, host["replicas"] + 1)]
-            cluster["host_stretch"] = [round(max(measured[:i + 1]), 4) for i in range(len(measured))]
+            # a job is never faster beside more busy neighbours: a lower fit past a higher one is
+            # noise (a few rounds a size)
+            measured = accumulate((stretch[m] for m in range(2, host["replicas"] + 1)), max)
+            cluster["host_stretch"] = [round(x, 4) for x in measured]
     return {"inference": inference, "components": components, "cluster": cluster}
 
 

@@ -124,9 +124,8 @@ def resimulate(doc: dict, config, profile: str | Path, trace: str | Path | None 
         raise ValueError("this parity.json records no 'slice' (written before t2i parity kept one): "
                          "nothing says which seed timed its arrivals")
     args = argparse.Namespace(**{**doc["slice"], **({"trace": str(trace)} if trace else {})})
-    served = {"data": [{"id": m.id, "kind": m.kind, "default_steps": m.default_steps} for m in config.models],
-              "t2i": {"default_base_model": config.default_base_model, "limits": config.limits.model_dump()}}
-    requests, _, registry = map_slice(args, Registry.from_models_response(served))
+    # the registry the service answered (GET /v1/models is the config's models_document)
+    requests, _, registry = map_slice(args, Registry.from_models_response(config.models_document()))
     return simulate_slice(timed(requests, args), registry, config, profile, float(doc["live_summary"]["slo_s"]),
                           args.seed)
 
