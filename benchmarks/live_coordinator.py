@@ -77,6 +77,10 @@ ARMS = {"ray-default": {"policies": "ray-default"},
         # them drains); the arm results/live_coordinator_900_seed2_u06_slots.json called
         # coordinator-slots is today's coordinator
         "coordinator-no-slots": _coordinator(host_slots=0),
+        # replicas report their drain time as mean compute x queue length and publish no per-model
+        # means (control.per_model_compute off; the default before it): a heavy request counts as
+        # the mean one, in the replica's busy_s and in the router's flights
+        "coordinator-mean-compute": {**_coordinator(), "per_model_compute": False},
         # hot pipelines pinned on as many replicas as their demand share asks, down to one (the
         # default keeps at least two, for failover)
         "coordinator-min1": {**_coordinator(), "placement_args": {"fuse_top": 0, "min_replicas": 1}}}
@@ -132,6 +136,77 @@ def print_by_base_model(runs: dict) -> None:
         print(f"{b:16s} {per[arms[0]][b]['requests']:4d} | " + " | ".join(f"{c:27s}" for c in cells))
 
 
+def machine_probe_s(rounds: int = 5) -> float:
+    """Median seconds of a fixed CPU job (float32 matrix products on this process's threads): taken
+    before each arm, it shows whether the shared machine was slower for one arm than another."""
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((384, 384), dtype=np.float32)
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(20):
+            a @ a
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def run_arm(arm: str, tag: str, args, work: Path, base_config: Path, trace: Path, profile: Path,
+            contention: float) -> dict:
+    """One arm on a freshly started service: ``t2i parity``'s document, with the prefetch loads
+    and the machine probe taken just before it added to its ``live`` figures. Sizes ``args.rate``
+    from the profile on the first call, so every later arm replays the same slice."""
+    config = arm_config(base_config, arm, work / f"config-{tag}.yaml", args.slo_s * args.slack_fraction, contention)
+    probe = machine_probe_s()
+    port = free_port()
+    proc = start_service(config, port, work / f"serve-{tag}.log")
+    try:
+        out = t2i("parity", "--trace", str(trace), "--format", "katz", "--url", f"http://127.0.0.1:{port}",
+                  "--config", str(config), "--profile", str(profile), "--arrival", "poisson",
+                  *(("--utilisation", str(args.utilisation)) if args.utilisation else ("--rate", str(args.rate))),
+                  "--max-requests", str(args.requests), "--slo-s", str(args.slo_s), "--seed", str(args.seed),
+                  "--no-progress", "--json", "--out", str(work / f"parity-{tag}"), capture=True)
+        prefetch_s = prefetch_load_seconds(port)
+    finally:
+        stop_service(proc)
+    doc = json.loads(out.strip().splitlines()[-1])
+    sized = doc.get("rate_from_capacity")
+    if sized:
+        args.rate, args.utilisation = sized["rate"], None  # later arms replay at this very rate
+        args.sized = sized
+        print(f"{tag}: {sized['rate']:.3f} req/s = {sized['utilisation']:g} x capacity "
+              f"{sized['capacity_rps']:.3f} req/s ({sized['parallel_service']:.2f} parallel service / "
+              f"{sized['mean_compute_s']:.3f} s mean compute)", flush=True)
+    live = doc["live"]  # request load_s plus the prefetches' loads: all load work
+    live["prefetch_load_seconds"] = prefetch_s
+    live["load_seconds_with_prefetch"] = live["load_seconds"] + prefetch_s
+    live["machine_probe_s"] = probe
+    return doc
+
+
+RATIO_KEYS = ("load_seconds", "load_seconds_with_prefetch", "latency_p50_s", "latency_p99_s", "slo_violation_rate")
+
+
+def ratios_vs_ray(runs: dict) -> dict:
+    """Each arm's live figures over ray-default's in the same repeat."""
+    ref = runs["ray-default"]["live"]
+    return {arm: {k: (doc["live"][k] / ref[k] if ref[k] else None) for k in RATIO_KEYS}
+            for arm, doc in runs.items() if arm != "ray-default"}
+
+
+def median_ratios(per_repeat: list[dict]) -> dict:
+    """Per arm and figure, the median over repeats of the paired ratios (None where undefined)."""
+    import statistics
+
+    out: dict = {}
+    for arm in per_repeat[0]:
+        out[arm] = {}
+        for k in RATIO_KEYS:
+            vals = [r[arm][k] for r in per_repeat if r[arm][k] is not None]
+            out[arm][k] = statistics.median(vals) if vals else None
+    return out
+
+
 def row(name: str, live: dict, sim: dict) -> str:
     return (f"{name:20s} | {live['load_seconds']:8.1f} {live.get('prefetch_load_seconds', 0.0):8.1f} "
             f"{live['latency_p50_s']:6.2f} {live['latency_p95_s']:6.2f} "
@@ -156,6 +231,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bases", type=int, default=8, help="base models in the demo (8 fill the four "
                     "replicas' device budgets exactly; more than 8 do not fit the cluster at once)")
+    ap.add_argument("--repeats", type=int, default=1, help="run every arm this many times, in "
+                    "alternating order (A B, B A, ...: a machine that slows or speeds up during the run "
+                    "favours no arm), and report each repeat's ratios and their median (default %(default)s)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 30 requests per arm")
     ap.add_argument("--out", default=str(RESULTS / "live_coordinator.json"))
     ap.add_argument("--keep", action="store_true", help="keep the work folder (models, trace, profile, "
@@ -171,6 +249,9 @@ def main() -> int:
         ap.error(f"unknown arms {unknown}; choose from {list(ARMS)}")
     if not args.slack_fraction >= 0:
         ap.error(f"--slack-fraction must be >= 0 (a fraction of the SLO), got {args.slack_fraction}")
+    args.sized = None  # the rate the first arm sized from the profile (--utilisation)
+    if args.repeats < 1:
+        ap.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.quick:
         args.requests = 30
     work = Path(tempfile.mkdtemp(prefix="t2i-live-coordinator-"))
@@ -191,73 +272,62 @@ def main() -> int:
                 "--out", str(profile), "--no-progress")
         finally:
             stop_service(proc)
-        runs = {}
         contention = measured_contention(profile)
         print(f"host contention measured by the profile: +{contention:.0%} per busy neighbour "
               "(the coordinator arms' router prices it)", flush=True)
-        for arm in arms:
-            config = arm_config(base_config, arm, work / f"config-{arm}.yaml",
-                                args.slo_s * args.slack_fraction, contention)
-            port = free_port()
-            proc = start_service(config, port, work / f"serve-{arm}.log")
-            try:
-                out = t2i("parity", "--trace", str(trace), "--format", "katz", "--url", f"http://127.0.0.1:{port}",
-                          "--config", str(config), "--profile", str(profile), "--arrival", "poisson",
-                          *(("--utilisation", str(args.utilisation)) if args.utilisation
-                            else ("--rate", str(args.rate))), "--max-requests", str(args.requests), "--slo-s",
-                          str(args.slo_s), "--seed", str(args.seed), "--no-progress", "--json",
-                          "--out", str(work / f"parity-{arm}"), capture=True)
-                prefetch_s = prefetch_load_seconds(port)
-            finally:
-                stop_service(proc)
-            runs[arm] = json.loads(out.strip().splitlines()[-1])
-            sized = runs[arm].get("rate_from_capacity")
-            if sized:
-                args.rate = sized["rate"]  # every arm sizes the same slice from the same profile
-                print(f"{arm}: {sized['rate']:.3f} req/s = {sized['utilisation']:g} x capacity "
-                      f"{sized['capacity_rps']:.3f} req/s ({sized['parallel_service']:.2f} parallel service / "
-                      f"{sized['mean_compute_s']:.3f} s mean compute)", flush=True)
-            live = runs[arm]["live"]  # request load_s plus the prefetches' loads: all load work
-            live["prefetch_load_seconds"] = prefetch_s
-            live["load_seconds_with_prefetch"] = live["load_seconds"] + prefetch_s
-            print(row(arm, runs[arm]["live"], runs[arm]["sim"]), flush=True)
-        load = f" (utilisation {args.utilisation:g} of the profile's capacity)" if args.utilisation else ""
+        repeats: list[dict] = []
+        for r in range(args.repeats):
+            runs = {}
+            for arm in (arms if r % 2 == 0 else arms[::-1]):
+                tag = arm if args.repeats == 1 else f"{arm}-{r + 1}"
+                runs[arm] = run_arm(arm, tag, args, work, base_config, trace, profile, contention)
+                print(row(tag, runs[arm]["live"], runs[arm]["sim"]), flush=True)
+            repeats.append({arm: runs[arm] for arm in arms})
+        runs = repeats[0]
+        sized = args.sized
+        load = f" (utilisation {sized['utilisation']:g} of the profile's capacity)" if sized else ""
         print(f"\n{args.requests} requests per arm at {args.rate:.3g} req/s{load} (Poisson), SLO {args.slo_s:g} s, "
-              "4 BaseModel replicas on 2 CPU cores, fresh service per arm")
+              f"4 BaseModel replicas on 2 CPU cores, fresh service per arm, {args.repeats} repeat(s)")
         print(f"{'arm':20s} | {'live load-s':>8s} {'prefetch':>8s} {'p50':>6s} {'p95':>6s} {'p99':>6s} {'viol.':>6s} | "
-              f"{'sim load-s':>8s} {'p50':>6s} {'p99':>6s} {'viol.':>6s}")
-        for arm, doc in runs.items():
-            print(row(arm, doc["live"], doc["sim"]))
+              f"{'sim load-s':>8s} {'p50':>6s} {'p99':>6s} {'viol.':>6s} | probe")
+        for r, runs in enumerate(repeats):
+            for arm, doc in runs.items():
+                tag = arm if args.repeats == 1 else f"{arm}-{r + 1}"
+                print(row(tag, doc["live"], doc["sim"]) + f" | {doc['live']['machine_probe_s'] * 1e3:.0f} ms")
         print("\nlive load-seconds by part (models: base pipelines, ControlNets, waits for room; fetch: "
               "LoRAs from the store; swap: LoRAs to the device; unmerge: previous LoRAs out; merge: this "
               "request's in)")
-        for arm, doc in runs.items():
-            parts = doc["live_summary"].get("load_seconds_parts") or {}
-            print(f"{arm:20s} | " + "  ".join(f"{k[:-2]} {v:6.2f}" for k, v in parts.items()))
-        print_by_base_model(runs)
-        ratios = {}
-        if "ray-default" in runs:
-            ref = runs["ray-default"]["live"]
+        for r, runs in enumerate(repeats):
             for arm, doc in runs.items():
-                if arm == "ray-default":
-                    continue
-                live = doc["live"]
-                ratios[arm] = {k: (live[k] / ref[k] if ref[k] else None)
-                               for k in ("load_seconds", "load_seconds_with_prefetch", "latency_p50_s",
-                                         "latency_p99_s", "slo_violation_rate")}
-                print(f"{arm} vs ray-default: load-seconds with prefetches "
-                      f"x{ratios[arm]['load_seconds_with_prefetch'] or float('nan'):.2f} "
-                      f"(goal <= x{1 - GOAL_LOAD_S_CUT:.2f}), "
-                      f"p99 x{ratios[arm]['latency_p99_s'] or float('nan'):.2f}, violations "
-                      f"{doc['live']['slo_violation_rate']:.1%} vs {ref['slo_violation_rate']:.1%}")
-        slim = {arm: {k: doc[k] for k in ("live", "sim", "relative_error", "difference", "gpus", "policy_set",
-                                          "live_summary", "sim_summary")} for arm, doc in runs.items()}
+                parts = doc["live_summary"].get("load_seconds_parts") or {}
+                tag = arm if args.repeats == 1 else f"{arm}-{r + 1}"
+                print(f"{tag:20s} | " + "  ".join(f"{k[:-2]} {v:6.2f}" for k, v in parts.items()))
+        for runs in repeats:
+            print_by_base_model(runs)
+        per_repeat = [ratios_vs_ray(runs) for runs in repeats] if "ray-default" in arms else []
+        ratios = median_ratios(per_repeat) if per_repeat else {}
+        for arm, med in ratios.items():
+            each = ", ".join(f"x{r[arm]['load_seconds_with_prefetch'] or float('nan'):.2f}" for r in per_repeat)
+            viol = ", ".join(f"{runs[arm]['live']['slo_violation_rate']:.1%} vs "
+                             f"{runs['ray-default']['live']['slo_violation_rate']:.1%}" for runs in repeats)
+            print(f"{arm} vs ray-default ({'median of ' if len(per_repeat) > 1 else ''}{len(per_repeat)}): "
+                  f"load-seconds with prefetches x{med['load_seconds_with_prefetch'] or float('nan'):.2f} [{each}] "
+                  f"(goal <= x{1 - GOAL_LOAD_S_CUT:.2f}), p99 x{med['latency_p99_s'] or float('nan'):.2f}, "
+                  f"violations x{med['slo_violation_rate'] or float('nan'):.2f} [{viol}]")
+
+        def slim(runs: dict) -> dict:
+            return {arm: {k: doc[k] for k in ("live", "sim", "relative_error", "difference", "gpus", "policy_set",
+                                              "live_summary", "sim_summary")} for arm, doc in runs.items()}
+
         write_result(args.out, {
             "benchmark": "live_coordinator",
             "goal": f">= {GOAL_LOAD_S_CUT:.0%} fewer load-seconds than ray-default, lower p99, fewer SLO violations",
             "cost": "same 4 BaseModel replicas on the same 2-core machine; equal device bytes per replica",
-            "runs": slim, "ratios_vs_ray_default": ratios, "args": vars(args),
-            "rate_from_capacity": next((d.get("rate_from_capacity") for d in runs.values()), None),
+            "runs": slim(repeats[0]), "ratios_vs_ray_default": per_repeat[0] if per_repeat else {},
+            "repeats": [slim(runs) for runs in repeats[1:]],
+            "ratios_per_repeat": per_repeat, "median_ratios_vs_ray_default": ratios,
+            "order": "arms in the given order in odd repeats, reversed in even ones",
+            "args": {k: v for k, v in vars(args).items() if k != "sized"}, "rate_from_capacity": sized,
             "host_contention": contention,
             "profile": profile.read_text() if profile.exists() else None,
             "wall_s": time.time() - t0, "machine": machine_info()})

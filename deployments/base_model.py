@@ -237,6 +237,7 @@ class BaseModel:
                     [a for a in loaded.slots.missing(wanted) if a not in adapters])
                 adapters.update(more)
                 fetch_s += more_s
+                self.control.computing(spec)  # the drain time counts its compute down from here
                 result = await asyncio.to_thread(
                     self.engine.generate, loaded, spec, adapters, control_images, factory)
             finally:

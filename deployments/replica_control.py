@@ -25,6 +25,7 @@ from deployments.model_cache import ModelCache
 from deployments.pipeline_engine import EngineModels, LoadedPipeline, PipelineEngine, default_gpu_budget
 from deployments.spec import GenerationResult, GenerationSpec
 from policies import load_ahead
+from policies.drain import drain_of
 from policies.eviction import EVICTION
 from policies.snapshot import DISK, GPU, HOST, SHARED
 
@@ -86,6 +87,11 @@ class ReplicaControl:
         self.requests_total = 0
         self.compute_s: float | None = None  # EWMA of inference seconds per request
         self.service_s: float | None = None  # EWMA of inference + load seconds per request
+        # EWMA of inference seconds per step and image, by (base model, ControlNets in the
+        # request): a request's expected compute, which the drain time sums (policies.drain)
+        self.per_step: dict[tuple[str, int], float] = {}
+        self._computing: dict[int, tuple[float, float]] = {}  # id(spec) -> (start, expected s)
+        self.clock = time.monotonic  # of the drain time's elapsed seconds
         self.pool = SHARED
         self.prefetch_wanted: list[str] = []
         self.cascade_replicas = 0  # the cascade plan's replica target (0: none), for the autoscaler
@@ -111,10 +117,24 @@ class ReplicaControl:
                                         "loras": [a for a, _ in spec.loras], "t": time.time()})
         del self._pending["served"][:-MAX_PENDING]
         try:
-            yield self._record
+            yield lambda result: self._record(spec, result)
         finally:
             self.queue_len -= 1
             self.in_flight.remove(held)
+            self._computing.pop(id(spec), None)
+
+    def computing(self, spec: GenerationSpec) -> None:
+        """`spec` holds the device now (its models are loaded): from here its expected compute
+        counts down in the drain time instead of counting whole."""
+        self._computing[id(spec)] = (self.clock(), self.expected_compute_s(spec))
+
+    def expected_compute_s(self, spec: GenerationSpec) -> float:
+        """Inference seconds `spec` is expected to take here: this replica's running mean per
+        step for its base model and ControlNet count, else its mean per request, else the prior."""
+        per = self.per_step.get((spec.base_model, len(spec.controlnets)))
+        if per is not None:
+            return per * max(spec.steps, 1) * max(spec.n, 1)
+        return self.compute_s if self.compute_s is not None else COMPUTE_PRIOR_S
 
     def models_of(self, spec: GenerationSpec) -> list[str]:
         """The models of `spec` the replica cache holds: its base pipeline, and its ControlNets
@@ -137,11 +157,13 @@ class ReplicaControl:
             earlier.append(models)
         return load_ahead.may_load_ahead(earlier, lambda m: m in loading or self.cache.resident(m))
 
-    def _record(self, result: GenerationResult) -> None:
+    def _record(self, spec: GenerationSpec, result: GenerationResult) -> None:
         compute = float(result.timings.get("inference_s", 0.0))
         total = compute + float(result.timings.get("load_s", 0.0))
         self.compute_s = _ewma(self.compute_s, compute)
         self.service_s = _ewma(self.service_s, total)
+        key = (spec.base_model, len(spec.controlnets))
+        self.per_step[key] = _ewma(self.per_step.get(key), compute / (max(spec.steps, 1) * max(spec.n, 1)))
 
     def record_adapter_fetch(self, seconds_per_adapter: float) -> None:
         self.adapter_fetch_s = _ewma(self.adapter_fetch_s, seconds_per_adapter)
@@ -197,10 +219,34 @@ class ReplicaControl:
         return used, max(0, self.gpu_budget - used), 0
 
     def busy_s(self) -> float:
-        """Seconds until the current work drains: mean compute per request x requests, plus the
-        expected remainder of the loads in progress."""
-        per_request = self.compute_s if self.compute_s is not None else COMPUTE_PRIOR_S
-        return per_request * self.queue_len + (self.cache.loading_remaining_s() if self.cache else 0.0)
+        """Seconds until the current work drains (policies.drain, as the simulator's replicas
+        report it): the running request's expected compute less its elapsed time, each queued
+        request's expected compute, plus the expected remainder of the loads in progress. With
+        `control.per_model_compute` off: the mean compute per request x the queue length, plus
+        the loads."""
+        loading = self.cache.loading_remaining_s() if self.cache else 0.0
+        if not self.config.control.per_model_compute:  # the replica's mean per request x queue
+            per_request = self.compute_s if self.compute_s is not None else COMPUTE_PRIOR_S
+            return per_request * self.queue_len + loading
+        running, queued = [], []
+        for spec, _ in self.in_flight:
+            started = self._computing.get(id(spec))
+            if started is not None:
+                running.append(started)
+            else:
+                queued.append(self.expected_compute_s(spec))
+        return drain_of(self.clock(), running, queued) + loading
+
+    def compute_table(self) -> dict[str, dict[str, float]]:
+        """The running means per step, {base model: {ControlNet count: seconds}}, for routers to
+        price a request's compute before it reaches a replica (empty with
+        `control.per_model_compute` off: routers fall back to the replica's mean)."""
+        table: dict[str, dict[str, float]] = {}
+        if not self.config.control.per_model_compute:
+            return table
+        for (base, n_cn), per in self.per_step.items():
+            table.setdefault(base, {})[str(n_cn)] = per
+        return table
 
     def routing_stats(self) -> dict:
         _, gpu_free, host_free = self._bytes()
@@ -209,7 +255,8 @@ class ReplicaControl:
                 "gpu_free_bytes": gpu_free, "host_free_bytes": host_free,
                 "load_cost_s": self.load_cost_s(), "pool": self.pool,
                 "service_s": self.service_s if self.service_s is not None else 0.0,
-                "compute_s": self.compute_s if self.compute_s is not None else 0.0}
+                "compute_s": self.compute_s if self.compute_s is not None else 0.0,
+                "compute_per_step_s": self.compute_table()}
 
     def autoscaling_stats(self) -> dict[str, float]:
         used, _, _ = self._bytes()

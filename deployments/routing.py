@@ -9,16 +9,21 @@ missing components, by tier). What it knows, per replica:
 
 - the replica's last ``record_routing_stats()`` (S1 in the issue-10 plan: ``t``, ``queue_len``,
   ``busy_s``, ``tiers``, ``loading``, free bytes, ``load_cost_s``, ``pool``, ``service_s``,
-  ``compute_s``), which Ray delivers as ``RunningReplica.routing_stats`` every
-  ``request_routing_stats_period_s``;
+  ``compute_s``, ``compute_per_step_s``), which Ray delivers as ``RunningReplica.routing_stats``
+  every ``request_routing_stats_period_s``. ``busy_s`` is the replica's drain time as the
+  simulator's replicas report it (``policies.drain``: the running request's expected compute less
+  its elapsed time, plus each queued request's); ``compute_per_step_s`` its running mean inference
+  seconds per step, by base model and ControlNet count, from which a request's expected compute
+  comes;
 - the node it runs on (``RunningReplica.node_id``): replicas on one node share its processors,
   which a policy with ``host_contention`` > 0 prices (``policies.routing``), with the request's
-  compute taken as the fresh replicas' mean ``compute_s``;
+  compute taken as the fresh replicas' mean expected compute for it;
 - what this router sent since those stats were measured (a *flight* per request, recorded the
   moment Ray assigns a replica to it, dropped when the request completes or when newer stats
   cover it; before that, a request counts on the replica it was ranked first for, since Ray may
-  await a queue probe between ranking and assigning): each adds its expected service time plus
-  the load it was expected to pay to the replica's wait, so a burst spreads instead of landing
+  await a queue probe between ranking and assigning): each adds its expected compute there
+  (else the replica's mean service time) plus the load it was expected to pay to the replica's
+  wait, so a burst spreads instead of landing
   on the one replica that held the model a period ago;
 - what it routed there since the stats: those components count as resident (loading) on that
   replica until stats newer than the routing say otherwise.
@@ -245,10 +250,9 @@ class CacheAwareRouter(RequestRouter):
         comps = self.components(spec)
         views = [self.view(r, now) for r in available]
         snap = self.snapshot(views, comps, now)
-        measured = [v.compute_s for v in views if v.fresh and v.compute_s > 0]
         req = RouteRequest(pipeline=0, components=np.arange(len(comps), dtype=np.int64),
                            band=self._band(views, snap), arrival_s=now,
-                           compute_s=float(np.mean(measured)) if measured else self.default_service_s)
+                           compute_s=self._request_compute_s(available, views, spec))
         first = self.policy.route(snap, req, self.rng)
         cost = expected_latency_s(snap, req, getattr(self.policy, "host_contention", 0.0),
                                   getattr(self.policy, "host_slots", 0))
@@ -353,7 +357,7 @@ class CacheAwareRouter(RequestRouter):
         now = self._get_curr_time_s()
         rid = replica.replica_id
         comps = tuple(self.components(spec)) if spec is not None else ()
-        expected = float(self._service_s(replica))
+        expected = self._expected_s(replica, spec)
         if comps:
             view = self.view(replica, now)
             for c in comps:
@@ -365,7 +369,7 @@ class CacheAwareRouter(RequestRouter):
     def _hold(self, pr: PendingRequest, replica: RunningReplica, comps: tuple, load_s: float,
               now: float) -> None:
         """Count ``pr`` on the replica ranked first for it until Ray assigns it somewhere."""
-        expected = float(self._service_s(replica)) + load_s
+        expected = self._expected_s(replica, find_spec(pr)) + load_s
         self._tentative[id(pr)] = (pr, replica.replica_id,
                                    _Flight(id(pr), pr.metadata.internal_request_id, now, comps, expected))
 
@@ -388,6 +392,25 @@ class CacheAwareRouter(RequestRouter):
         if res:
             for c in [c for c, at in res.items() if at < before]:
                 del res[c]
+
+    def _request_compute_s(self, replicas: list[RunningReplica], views: list[_View],
+                           spec: GenerationSpec) -> float:
+        """The request's expected compute, for the contention price: the mean of the fresh
+        replicas' running means for its base model and ControlNet count, else of their mean
+        compute per request, else ``default_service_s``."""
+        own = [c for r, v in zip(replicas, views) if v.fresh
+               and (c := _compute_of(r.routing_stats, spec)) is not None]
+        if own:
+            return float(np.mean(own))
+        measured = [v.compute_s for v in views if v.fresh and v.compute_s > 0]
+        return float(np.mean(measured)) if measured else self.default_service_s
+
+    def _expected_s(self, replica: RunningReplica, spec: GenerationSpec | None) -> float:
+        """Seconds one more request adds to the replica's wait: its own expected compute there
+        (the replica's running mean for its base model and ControlNet count: a heavy pipeline
+        adds its seconds, a light one its fraction), else ``_service_s``."""
+        own = _compute_of(replica.routing_stats, spec) if spec is not None else None
+        return own if own is not None else float(self._service_s(replica))
 
     def _service_s(self, replica: RunningReplica) -> float:
         """Expected seconds one more request adds to the replica's queue: the stats' optional
@@ -428,6 +451,17 @@ class CacheAwareRouter(RequestRouter):
             wait = np.array([float(self.replica_queue_len_cache.get(r.replica_id) or 0) for r in replicas])
         order = np.lexsort((self.rng.random(wait.size), wait))
         return [replicas[int(i)] for i in order]
+
+
+def _compute_of(stats: dict | None, spec: GenerationSpec) -> float | None:
+    """``spec``'s expected compute from a replica's ``compute_per_step_s`` ({base model:
+    {ControlNet count: seconds per step and image}}); None when it has no such figure."""
+    table = (stats or {}).get("compute_per_step_s")
+    per = table.get(spec.base_model) if isinstance(table, dict) else None
+    per = per.get(str(len(spec.controlnets))) if isinstance(per, dict) else None
+    if not isinstance(per, (int, float)) or not per >= 0:
+        return None
+    return float(per) * max(spec.steps, 1) * max(spec.n, 1)
 
 
 def _node(replica: RunningReplica) -> str:

@@ -254,6 +254,34 @@ def test_a_routed_pipeline_counts_as_loading_there_until_newer_stats():
     assert later != first
 
 
+def test_a_routed_request_adds_its_own_expected_compute_not_the_replicas_mean():
+    """A heavy request routed to ``a`` makes ``a`` busy for heavy's expected compute (the
+    replicas' ``compute_per_step_s``: 1 s per step x 2 steps), so the next light request pays a
+    0.5 s host reload on ``b`` rather than queue behind it. Priced at ``a``'s mean service time
+    (0.3 s, mostly light requests) it would queue behind the heavy one."""
+    def published(tiers):
+        return {**stats(tiers=tiers), "service_s": 0.3, "compute_s": 0.3,
+                "compute_per_step_s": {"h": {"0": 1.0}, "m": {"0": 0.05}}}
+
+    def request(base):
+        return pending(GenerationSpec(prompt="p", base_model=base, width=64, height=64, steps=2,
+                                      guidance_scale=0.0, seed=0))
+
+    async def main(table: bool):
+        reps = [FakeRunningReplica("a", published({"m": GPU, "h": GPU})),
+                FakeRunningReplica("b", published({"m": HOST}))]
+        if not table:
+            for r in reps:
+                del r.stats["compute_per_step_s"]
+        h = Harness(reps)
+        heavy = await h.route(request("h"))  # only a holds h: 10 s to load it on b
+        light = await h.route(request("m"))
+        return heavy, light
+
+    assert run(main(table=True)) == ("a", "b")
+    assert run(main(table=False)) == ("a", "a")  # without the figures: the mean, as before
+
+
 def test_loading_in_the_stats_counts_as_resident():
     async def main():
         h = Harness([FakeRunningReplica("a", stats(loading=["m"], busy_s=2.0, queue_len=1)),

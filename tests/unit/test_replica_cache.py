@@ -14,13 +14,13 @@ from deployments.base_model import BaseModel
 from deployments.lora_store import LoRAStore
 from deployments.model_cache import CacheBudgetError, ModelCache
 from deployments.pipeline_engine import EngineModels, PipelineEngine
-from deployments.spec import GenerationSpec
+from deployments.spec import GenerationResult, GenerationSpec
 from policies.eviction import EVICTION
 from policies.snapshot import GPU, HOST, SHARED
 
 MIB = 1 << 20
 S1_KEYS = {"t", "queue_len", "busy_s", "tiers", "loading", "gpu_free_bytes", "host_free_bytes",
-           "load_cost_s", "pool", "service_s", "compute_s"}
+           "load_cost_s", "pool", "service_s", "compute_s", "compute_per_step_s"}
 S2_KEYS = {"queue_len", "loads_in_progress", "busy_s", "requests_total", "service_s",
            "resident_bytes", "cache_value", "cascade_replicas"}
 
@@ -110,6 +110,12 @@ def test_generations_then_routing_and_autoscaling_stats(replica, control_image):
 
     stats = runner.run(model.record_routing_stats())
     assert set(stats) == S1_KEYS
+    # the running means per step, by base model and ControlNet count (two light requests, one
+    # heavy with a ControlNet), from which routers price a request's compute
+    per_step = stats["compute_per_step_s"]
+    assert set(per_step) == {"tiny-sd-light", "tiny-sd-heavy"}
+    assert set(per_step["tiny-sd-light"]) == {"0"} and set(per_step["tiny-sd-heavy"]) == {"1"}
+    assert per_step["tiny-sd-heavy"]["1"] == pytest.approx(results[2].timings["inference_s"] / 2)
     assert stats["queue_len"] == 0 and stats["loading"] == [] and stats["pool"] == SHARED
     assert stats["tiers"] == {"tiny-sd-light": HOST, "tiny-sd-heavy": GPU, "tiny-cn-canny": GPU,
                               "tiny-lora-ink": GPU}  # the LoRA sits in heavy's slots
@@ -267,6 +273,44 @@ def test_the_background_loop_reports_every_period_and_outlives_failures(demo_con
         control._task.cancel()
 
     asyncio.run(main())
+
+
+def test_busy_s_counts_each_requests_own_compute_and_the_running_ones_elapsed_time(demo_config):
+    """The drain time a replica reports (policies.drain): the running request's expected compute
+    less its elapsed time (at least a tenth of it once late), plus each queued request's expected
+    compute from the running means per step of its base model, not the mean per request times
+    the queue length."""
+    control = replica_control.ReplicaControl(_config(demo_config), PipelineEngine(demo_config, device="cpu"), dict)
+    clock = [100.0]
+    control.clock = lambda: clock[0]
+
+    def served(spec, inference_s):
+        with control.request(spec) as record:
+            record(GenerationResult(images=[], timings={"inference_s": inference_s}))
+
+    heavy, light = _spec(base_model="tiny-sd-heavy", steps=4), _spec(steps=2)
+    served(heavy, 4.0)  # 1 s per step
+    served(light, 0.2)  # 0.1 s per step
+    assert control.expected_compute_s(heavy) == 4.0 and control.expected_compute_s(light) == pytest.approx(0.2)
+    # a pipeline this replica never ran: its mean per request (EWMA of 4.0 and 0.2)
+    assert control.expected_compute_s(_spec(base_model="tiny-sd-b00")) == pytest.approx(4.0 + 0.2 * (0.2 - 4.0))
+    with control.request(heavy), control.request(light), control.request(_spec(steps=6)):
+        assert control.busy_s() == pytest.approx(4.0 + 0.2 + 0.6)  # nothing computing yet
+        control.computing(heavy)
+        clock[0] += 1.5
+        assert control.busy_s() == pytest.approx(2.5 + 0.2 + 0.6)
+        clock[0] += 10.0  # heavy is late: a tenth of its expectation is still expected
+        assert control.busy_s() == pytest.approx(0.4 + 0.2 + 0.6)
+    assert control.busy_s() == 0.0 and not control._computing
+    assert control.compute_table() == {"tiny-sd-heavy": {"0": 1.0}, "tiny-sd-light": {"0": pytest.approx(0.1)}}
+
+    # control.per_model_compute off: the mean per request x the queue, no per-model means
+    control.config = _config(demo_config, per_model_compute=False)
+    with control.request(heavy), control.request(light):
+        control.computing(heavy)
+        clock[0] += 1.5
+        assert control.busy_s() == pytest.approx(2 * control.compute_s)
+    assert control.compute_table() == {}
 
 
 @pytest.mark.gpu

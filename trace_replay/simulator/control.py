@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from policies.drain import drain_s
 from trace_replay.simulator.worker import Worker
 
 
@@ -96,7 +97,7 @@ class CacheAware:
         self.host_s, self.disk_s, self.remote_s = sim.cost_host, sim.cost_disk, sim.cost_remote
 
     def cost(self, w: Worker, comps: list, now: float) -> float:
-        c = (max(w.exp_end - now, w.exp_floor) if w.busy else 0.0) + w.exp_queue
+        c = drain_s(now, w.exp_end if w.busy else None, w.exp_floor, w.exp_queue)
         slot_of, host, disk = w.slot_of, w.host, w.disk
         for k in comps:
             if k in slot_of:

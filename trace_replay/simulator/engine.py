@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from policies.drain import drain_s, late_floor
 from policies.eviction import is_stateful
 from policies.load_ahead import keep, may_load_ahead
 from policies.snapshot import LORA
@@ -36,9 +37,6 @@ from trace_replay.simulator.worker import Worker
 from trace_replay.simulator.workload import BASE, Workload
 
 _CHUNK = 1 << 15  # requests converted to Python lists at a time (bounded memory at 3.5M)
-# A job that has run past its expected duration is expected to need this fraction of it more
-# (a replica knows it is late, not by how much)
-FLOOR_FRACTION = 0.1
 
 
 def tier_costs(wl: Workload, cfg: SimConfig) -> np.ndarray:
@@ -69,9 +67,9 @@ def tier_costs(wl: Workload, cfg: SimConfig) -> np.ndarray:
 
 
 def remaining_s(w: Worker, now: float) -> float:
-    """Expected seconds until ``w`` drains its running and queued jobs (what it could report)."""
-    run = max(w.exp_end - now, w.exp_floor) if w.busy else 0.0
-    return run + w.exp_queue
+    """Expected seconds until ``w`` drains its running and queued jobs (what it could report;
+    ``policies.drain``, as a live replica reports it)."""
+    return drain_s(now, w.exp_end if w.busy else None, w.exp_floor, w.exp_queue)
 
 
 @dataclass
@@ -324,7 +322,7 @@ class Simulation:
         w.busy_s += dur
         w.job_start = now
         w.exp_end = now + expected
-        w.exp_floor = FLOOR_FRACTION * expected
+        w.exp_floor = late_floor(expected)
 
     # -- contention_model "shared": each running job on a host progresses at 1 / stretch[m]
     # of its uncontended speed while m of the host's replicas are busy
