@@ -77,10 +77,11 @@ ARMS = {"ray-default": {"policies": "ray-default"},
         # them drains); the arm results/live_coordinator_900_seed2_u06_slots.json called
         # coordinator-slots is today's coordinator
         "coordinator-no-slots": _coordinator(host_slots=0),
-        # replicas report their drain time as mean compute x queue length and publish no per-model
-        # means (control.per_model_compute off; the default before it): a heavy request counts as
-        # the mean one, in the replica's busy_s and in the router's flights
-        "coordinator-mean-compute": {**_coordinator(), "per_model_compute": False},
+        # replicas report their drain time as the simulator's do, each request at its base model's
+        # running mean (control.per_model_compute on), and routers price flights with those means;
+        # in results/live_coordinator_500x2_seed2_u06_drain.json this arm is `coordinator` and
+        # today's coordinator (the mean compute x queue length) is `coordinator-mean-compute`
+        "coordinator-per-model": {**_coordinator(), "per_model_compute": True},
         # hot pipelines pinned on as many replicas as their demand share asks, down to one (the
         # default keeps at least two, for failover)
         "coordinator-min1": {**_coordinator(), "placement_args": {"fuse_top": 0, "min_replicas": 1}}}

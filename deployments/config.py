@@ -244,12 +244,15 @@ class ControlConfig(_Strict):
                              "replica's other queued or running requests need are never evicted for "
                              "(Ray's serve.multiplexed loads before the replica's lock the same way). "
                              "False: a request loads only once it holds the replica.")
-    per_model_compute: bool = Field(default=True, description="A replica's drain time (its routing "
+    # Off by default: measured live on the 2-core demo (results/live_coordinator_500x2_seed2_u06_drain.json,
+    # two repeats each) it cost x1.25 the load-seconds of the mean at equal violations and p99: with
+    # a heavy request's true wait in view the router moved light pipelines off its replica more.
+    per_model_compute: bool = Field(default=False, description="A replica's drain time (its routing "
                                     "stats' busy_s) counts each request at its own base model's mean "
                                     "compute per step, the running one less its elapsed time, as the "
-                                    "simulator's replicas report it; routers read the same means "
-                                    "(compute_per_step_s). False: the replica's mean compute per request "
-                                    "times its queue length, and no per-model means published.")
+                                    "simulator's replicas report it (policies.drain); routers read the same "
+                                    "means (compute_per_step_s). False (default): the replica's mean compute "
+                                    "per request times its queue length, and no per-model means published.")
     autoscaling: AutoscalingControl = Field(default_factory=AutoscalingControl)
 
     @model_validator(mode="after")

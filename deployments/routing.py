@@ -10,11 +10,10 @@ missing components, by tier). What it knows, per replica:
 - the replica's last ``record_routing_stats()`` (S1 in the issue-10 plan: ``t``, ``queue_len``,
   ``busy_s``, ``tiers``, ``loading``, free bytes, ``load_cost_s``, ``pool``, ``service_s``,
   ``compute_s``, ``compute_per_step_s``), which Ray delivers as ``RunningReplica.routing_stats``
-  every ``request_routing_stats_period_s``. ``busy_s`` is the replica's drain time as the
-  simulator's replicas report it (``policies.drain``: the running request's expected compute less
-  its elapsed time, plus each queued request's); ``compute_per_step_s`` its running mean inference
-  seconds per step, by base model and ControlNet count, from which a request's expected compute
-  comes;
+  every ``request_routing_stats_period_s``. ``busy_s`` is the replica's expected drain time
+  (with ``control.per_model_compute`` as the simulator's replicas report it, ``policies.drain``);
+  ``compute_per_step_s`` (empty unless ``per_model_compute``) its running mean inference seconds
+  per step, by base model and ControlNet count, from which a request's expected compute comes;
 - the node it runs on (``RunningReplica.node_id``): replicas on one node share its processors,
   which a policy with ``host_contention`` > 0 prices (``policies.routing``), with the request's
   compute taken as the fresh replicas' mean expected compute for it;

@@ -11,8 +11,10 @@ The expectation is per request, not the replica's mean times its queue length: a
 heavy pipeline (seconds) behind a light one's mean (a fraction of that) reported a fraction of its
 real wait, and the router queued short requests behind long ones.
 
-The simulator (``trace_replay.simulator.engine.remaining_s``) and the live replica
-(``deployments.replica_control.ReplicaControl.busy_s``) both report through ``drain_s``.
+The simulator (``trace_replay.simulator.engine.remaining_s``) reports through ``drain_s``, and so
+does the live replica (``deployments.replica_control.ReplicaControl.busy_s``) with
+``control.per_model_compute`` on; off (its default, measured better live on the 2-core demo), the
+replica reports its mean compute per request times its queue length.
 """
 
 from __future__ import annotations

@@ -111,11 +111,11 @@ def test_generations_then_routing_and_autoscaling_stats(replica, control_image):
     stats = runner.run(model.record_routing_stats())
     assert set(stats) == S1_KEYS
     # the running means per step, by base model and ControlNet count (two light requests, one
-    # heavy with a ControlNet), from which routers price a request's compute
-    per_step = stats["compute_per_step_s"]
-    assert set(per_step) == {"tiny-sd-light", "tiny-sd-heavy"}
-    assert set(per_step["tiny-sd-light"]) == {"0"} and set(per_step["tiny-sd-heavy"]) == {"1"}
-    assert per_step["tiny-sd-heavy"]["1"] == pytest.approx(results[2].timings["inference_s"] / 2)
+    # heavy with a ControlNet), are kept; routers see them only with control.per_model_compute
+    assert stats["compute_per_step_s"] == {} and not model.config.control.per_model_compute
+    per_step = model.control.per_step
+    assert set(per_step) == {("tiny-sd-light", 0), ("tiny-sd-heavy", 1)}
+    assert per_step[("tiny-sd-heavy", 1)] == pytest.approx(results[2].timings["inference_s"] / 2)
     assert stats["queue_len"] == 0 and stats["loading"] == [] and stats["pool"] == SHARED
     assert stats["tiers"] == {"tiny-sd-light": HOST, "tiny-sd-heavy": GPU, "tiny-cn-canny": GPU,
                               "tiny-lora-ink": GPU}  # the LoRA sits in heavy's slots
@@ -276,11 +276,12 @@ def test_the_background_loop_reports_every_period_and_outlives_failures(demo_con
 
 
 def test_busy_s_counts_each_requests_own_compute_and_the_running_ones_elapsed_time(demo_config):
-    """The drain time a replica reports (policies.drain): the running request's expected compute
-    less its elapsed time (at least a tenth of it once late), plus each queued request's expected
-    compute from the running means per step of its base model, not the mean per request times
-    the queue length."""
-    control = replica_control.ReplicaControl(_config(demo_config), PipelineEngine(demo_config, device="cpu"), dict)
+    """With control.per_model_compute, the drain time a replica reports (policies.drain): the
+    running request's expected compute less its elapsed time (at least a tenth of it once late),
+    plus each queued request's expected compute from the running means per step of its base
+    model, not the mean per request times the queue length."""
+    control = replica_control.ReplicaControl(_config(demo_config, per_model_compute=True),
+                                             PipelineEngine(demo_config, device="cpu"), dict)
     clock = [100.0]
     control.clock = lambda: clock[0]
 
@@ -304,7 +305,7 @@ def test_busy_s_counts_each_requests_own_compute_and_the_running_ones_elapsed_ti
     assert control.busy_s() == 0.0 and not control._computing
     assert control.compute_table() == {"tiny-sd-heavy": {"0": 1.0}, "tiny-sd-light": {"0": pytest.approx(0.1)}}
 
-    # control.per_model_compute off: the mean per request x the queue, no per-model means
+    # control.per_model_compute off (the default): the mean per request x the queue, no per-model means
     control.config = _config(demo_config, per_model_compute=False)
     with control.request(heavy), control.request(light):
         control.computing(heavy)
