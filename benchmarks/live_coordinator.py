@@ -152,11 +152,11 @@ def machine_probe_s(rounds: int = 5) -> float:
     return float(np.median(times))
 
 
-def run_arm(arm: str, tag: str, args, work: Path, base_config: Path, trace: Path, profile: Path,
-            contention: float) -> dict:
+def run_arm(arm: str, tag: str, args, load: list[str], work: Path, base_config: Path, trace: Path,
+            profile: Path, contention: float) -> dict:
     """One arm on a freshly started service: ``t2i parity``'s document, with the prefetch loads
-    and the machine probe taken just before it added to its ``live`` figures. Sizes ``args.rate``
-    from the profile on the first call, so every later arm replays the same slice."""
+    and the machine probe taken just before it added to its ``live`` figures. ``load``: the
+    parity arguments that set the arrival rate (``--utilisation U`` or ``--rate R``)."""
     config = arm_config(base_config, arm, work / f"config-{tag}.yaml", args.slo_s * args.slack_fraction, contention)
     probe = machine_probe_s()
     port = free_port()
@@ -164,20 +164,13 @@ def run_arm(arm: str, tag: str, args, work: Path, base_config: Path, trace: Path
     try:
         out = t2i("parity", "--trace", str(trace), "--format", "katz", "--url", f"http://127.0.0.1:{port}",
                   "--config", str(config), "--profile", str(profile), "--arrival", "poisson",
-                  *(("--utilisation", str(args.utilisation)) if args.utilisation else ("--rate", str(args.rate))),
+                  *load,
                   "--max-requests", str(args.requests), "--slo-s", str(args.slo_s), "--seed", str(args.seed),
                   "--no-progress", "--json", "--out", str(work / f"parity-{tag}"), capture=True)
         prefetch_s = prefetch_load_seconds(port)
     finally:
         stop_service(proc)
     doc = json.loads(out.strip().splitlines()[-1])
-    sized = doc.get("rate_from_capacity")
-    if sized:
-        args.rate, args.utilisation = sized["rate"], None  # later arms replay at this very rate
-        args.sized = sized
-        print(f"{tag}: {sized['rate']:.3f} req/s = {sized['utilisation']:g} x capacity "
-              f"{sized['capacity_rps']:.3f} req/s ({sized['parallel_service']:.2f} parallel service / "
-              f"{sized['mean_compute_s']:.3f} s mean compute)", flush=True)
     live = doc["live"]  # request load_s plus the prefetches' loads: all load work
     live["prefetch_load_seconds"] = prefetch_s
     live["load_seconds_with_prefetch"] = live["load_seconds"] + prefetch_s
@@ -250,7 +243,6 @@ def main() -> int:
         ap.error(f"unknown arms {unknown}; choose from {list(ARMS)}")
     if not args.slack_fraction >= 0:
         ap.error(f"--slack-fraction must be >= 0 (a fraction of the SLO), got {args.slack_fraction}")
-    args.sized = None  # the rate the first arm sized from the profile (--utilisation)
     if args.repeats < 1:
         ap.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.quick:
@@ -277,17 +269,24 @@ def main() -> int:
         print(f"host contention measured by the profile: +{contention:.0%} per busy neighbour "
               "(the coordinator arms' router prices it)", flush=True)
         repeats: list[dict] = []
+        sized = None  # the rate the first arm sized from the profile (--utilisation)
+        load = ["--utilisation", str(args.utilisation)] if args.utilisation else ["--rate", str(args.rate)]
         for r in range(args.repeats):
             runs = {}
             for arm in (arms if r % 2 == 0 else arms[::-1]):
                 tag = arm if args.repeats == 1 else f"{arm}-{r + 1}"
-                runs[arm] = run_arm(arm, tag, args, work, base_config, trace, profile, contention)
+                runs[arm] = run_arm(arm, tag, args, load, work, base_config, trace, profile, contention)
+                if sized is None and runs[arm].get("rate_from_capacity"):
+                    sized = runs[arm]["rate_from_capacity"]
+                    load = ["--rate", str(sized["rate"])]  # every later arm replays at this very rate
+                    print(f"{tag}: {sized['rate']:.3f} req/s = {sized['utilisation']:g} x capacity "
+                          f"{sized['capacity_rps']:.3f} req/s ({sized['parallel_service']:.2f} parallel service / "
+                          f"{sized['mean_compute_s']:.3f} s mean compute)", flush=True)
                 print(row(tag, runs[arm]["live"], runs[arm]["sim"]), flush=True)
             repeats.append({arm: runs[arm] for arm in arms})
-        runs = repeats[0]
-        sized = args.sized
-        load = f" (utilisation {sized['utilisation']:g} of the profile's capacity)" if sized else ""
-        print(f"\n{args.requests} requests per arm at {args.rate:.3g} req/s{load} (Poisson), SLO {args.slo_s:g} s, "
+        rate = sized["rate"] if sized else args.rate
+        util = f" (utilisation {sized['utilisation']:g} of the profile's capacity)" if sized else ""
+        print(f"\n{args.requests} requests per arm at {rate:.3g} req/s{util} (Poisson), SLO {args.slo_s:g} s, "
               f"4 BaseModel replicas on 2 CPU cores, fresh service per arm, {args.repeats} repeat(s)")
         print(f"{'arm':20s} | {'live load-s':>8s} {'prefetch':>8s} {'p50':>6s} {'p95':>6s} {'p99':>6s} {'viol.':>6s} | "
               f"{'sim load-s':>8s} {'p50':>6s} {'p99':>6s} {'viol.':>6s} | probe")
@@ -328,7 +327,7 @@ def main() -> int:
             "repeats": [slim(runs) for runs in repeats[1:]],
             "ratios_per_repeat": per_repeat, "median_ratios_vs_ray_default": ratios,
             "order": "arms in the given order in odd repeats, reversed in even ones",
-            "args": {k: v for k, v in vars(args).items() if k != "sized"}, "rate_from_capacity": sized,
+            "args": vars(args), "rate_from_capacity": sized,
             "host_contention": contention,
             "profile": profile.read_text() if profile.exists() else None,
             "wall_s": time.time() - t0, "machine": machine_info()})

@@ -244,9 +244,9 @@ class ControlConfig(_Strict):
                              "replica's other queued or running requests need are never evicted for "
                              "(Ray's serve.multiplexed loads before the replica's lock the same way). "
                              "False: a request loads only once it holds the replica.")
-    # Off by default: measured live on the 2-core demo (results/live_coordinator_500x2_seed2_u06_drain.json,
-    # two repeats each) it cost x1.25 the load-seconds of the mean at equal violations and p99: with
-    # a heavy request's true wait in view the router moved light pipelines off its replica more.
+    # Off by default: live on the 2-core demo (results/live_coordinator_500x2_seed2_u06_drain.json, two
+    # repeats) it cost x1.08 and x1.41 the load-seconds of the mean rule at equal violations and p99:
+    # seeing a heavy request's true wait, the router moved light pipelines off that replica more.
     per_model_compute: bool = Field(default=False, description="A replica's drain time (its routing "
                                     "stats' busy_s) counts each request at its own base model's mean "
                                     "compute per step, the running one less its elapsed time, as the "

@@ -132,8 +132,9 @@ class ReplicaControl:
         """Inference seconds `spec` is expected to take here: this replica's running mean per
         step for its base model and ControlNet count, else its mean per request, else the prior."""
         per = self.per_step.get((spec.base_model, len(spec.controlnets)))
-        if per is not None:
-            return per * max(spec.steps, 1) * max(spec.n, 1)
+        return per * spec.compute_units if per is not None else self._mean_compute_s()
+
+    def _mean_compute_s(self) -> float:
         return self.compute_s if self.compute_s is not None else COMPUTE_PRIOR_S
 
     def models_of(self, spec: GenerationSpec) -> list[str]:
@@ -163,7 +164,7 @@ class ReplicaControl:
         self.compute_s = _ewma(self.compute_s, compute)
         self.service_s = _ewma(self.service_s, total)
         key = (spec.base_model, len(spec.controlnets))
-        self.per_step[key] = _ewma(self.per_step.get(key), compute / (max(spec.steps, 1) * max(spec.n, 1)))
+        self.per_step[key] = _ewma(self.per_step.get(key), compute / spec.compute_units)
 
     def record_adapter_fetch(self, seconds_per_adapter: float) -> None:
         self.adapter_fetch_s = _ewma(self.adapter_fetch_s, seconds_per_adapter)
@@ -226,8 +227,7 @@ class ReplicaControl:
         the loads."""
         loading = self.cache.loading_remaining_s() if self.cache else 0.0
         if not self.config.control.per_model_compute:  # the replica's mean per request x queue
-            per_request = self.compute_s if self.compute_s is not None else COMPUTE_PRIOR_S
-            return per_request * self.queue_len + loading
+            return self._mean_compute_s() * self.queue_len + loading
         running, queued = [], []
         for spec, _ in self.in_flight:
             started = self._computing.get(id(spec))

@@ -244,7 +244,7 @@ class CacheAwareRouter(RequestRouter):
         if spec is None:
             ranked = self._by_queue(available, now) + self._by_queue(full, now)
             if pending_request is not None:
-                self._hold(pending_request, ranked[0], (), 0.0, now)
+                self._hold(pending_request, ranked[0], None, (), 0.0, now)
             return ranked
         comps = self.components(spec)
         views = [self.view(r, now) for r in available]
@@ -260,7 +260,7 @@ class CacheAwareRouter(RequestRouter):
         ranked = [available[i] for i in order] + self._by_queue(full, now)
         if pending_request is not None:
             load = float(snap.missing_load_s(req.components)[first])
-            self._hold(pending_request, ranked[0], tuple(comps), load, now)
+            self._hold(pending_request, ranked[0], spec, tuple(comps), load, now)
         return ranked
 
     def components(self, spec: GenerationSpec) -> list[str]:
@@ -365,10 +365,11 @@ class CacheAwareRouter(RequestRouter):
         self._flights[rid].append(_Flight(id(pr), pr.metadata.internal_request_id, now, comps,
                                           expected, accepted))
 
-    def _hold(self, pr: PendingRequest, replica: RunningReplica, comps: tuple, load_s: float,
-              now: float) -> None:
-        """Count ``pr`` on the replica ranked first for it until Ray assigns it somewhere."""
-        expected = self._expected_s(replica, find_spec(pr)) + load_s
+    def _hold(self, pr: PendingRequest, replica: RunningReplica, spec: GenerationSpec | None, comps: tuple,
+              load_s: float, now: float) -> None:
+        """Count ``pr`` (whose spec is ``spec``) on the replica ranked first for it until Ray
+        assigns it somewhere."""
+        expected = self._expected_s(replica, spec) + load_s
         self._tentative[id(pr)] = (pr, replica.replica_id,
                                    _Flight(id(pr), pr.metadata.internal_request_id, now, comps, expected))
 
@@ -460,7 +461,7 @@ def _compute_of(stats: dict | None, spec: GenerationSpec) -> float | None:
     per = per.get(str(len(spec.controlnets))) if isinstance(per, dict) else None
     if not isinstance(per, (int, float)) or not per >= 0:
         return None
-    return float(per) * max(spec.steps, 1) * max(spec.n, 1)
+    return float(per) * spec.compute_units
 
 
 def _node(replica: RunningReplica) -> str:

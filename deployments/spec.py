@@ -26,6 +26,12 @@ class GenerationSpec:
     # absolute wall-clock time (time.time()) after which the work is dropped; None: no deadline
     deadline: float | None = None
 
+    @property
+    def compute_units(self) -> int:
+        """Steps x images: what the request's inference time scales with for one base model
+        (replicas keep their running means of compute per unit)."""
+        return max(self.steps, 1) * max(self.n, 1)
+
 
 @dataclass
 class GenerationResult:
