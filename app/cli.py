@@ -242,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(see `t2i replay --help`)")
     sub.add_parser("parity", add_help=False, help="the same trace slice live and simulated, side "
                    "by side (see `t2i parity --help`)")
+    sub.add_parser("compare", add_help=False, help="two replays of the same slice, paired: ratios with "
+                   "95%% bootstrap intervals (see `t2i compare --help`)")
     return parser
 
 
@@ -263,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         from trace_replay.replay.parity_cli import main as parity_main
 
         return parity_main(argv[1:])
+    if argv and argv[0] == "compare":
+        from trace_replay.replay.compare import main as compare_main
+
+        return compare_main(argv[1:])
     if argv and argv[0] == "profile":
         from trace_replay.profile import main as profile_main
 

@@ -46,6 +46,7 @@ if str(REPO) not in sys.path:
 from benchmarks._common import RESULTS, machine_info, write_result  # noqa: E402
 from benchmarks.live_replay import (free_port, katz_trace, start_service, stop_service, t2i,  # noqa: E402
                                     with_policies)
+from trace_replay.replay.compare import compare, format_comparison, read_records  # noqa: E402
 
 # control-section overrides per arm; "{contention}" is the host contention this run's profile
 # measured (each busy neighbour's share of extra duration: four replicas share two cores), which
@@ -96,20 +97,31 @@ def arm_config(base: Path, arm: str, out: Path, slack_s: float = 0.0, contention
     return with_policies(base, **overrides, out=out)
 
 
-def prefetch_load_seconds(port: int, report_period_s: float = 1.0) -> float:
-    """Seconds the replicas spent loading prefetches (the coordinator's GET /v1/cache), read after
-    two report periods so the last loads are in; 0 for a service without a coordinator. These
-    loads are on no request's path, so the responses' load_s never shows them."""
+def cache_view(port: int, report_period_s: float = 1.0) -> dict:
+    """The coordinator's GET /v1/cache (each replica's last report, prefetch counters), read after
+    two report periods so the last loads are in; {} for a service without a coordinator."""
     import httpx
 
     time.sleep(2 * report_period_s)
     try:
         resp = httpx.get(f"http://127.0.0.1:{port}/v1/cache", timeout=10)
     except httpx.HTTPError:
-        return 0.0
-    if resp.status_code != 200:
-        return 0.0
-    return float((resp.json().get("prefetch") or {}).get("load_seconds") or 0.0)
+        return {}
+    return resp.json() if resp.status_code == 200 else {}
+
+
+def prefetch_load_seconds(view: dict) -> float:
+    """Seconds the replicas spent loading prefetches, from ``cache_view``: these loads are on no
+    request's path, so the responses' load_s never shows them."""
+    return float((view.get("prefetch") or {}).get("load_seconds") or 0.0)
+
+
+def replicas_serving(records: Path) -> int:
+    """How many BaseModel replicas answered at least one request of a replay."""
+    import csv
+
+    with records.open(newline="", encoding="utf-8") as fh:
+        return len({r["replica"] for r in csv.DictReader(fh) if r.get("replica")})
 
 
 def measured_contention(profile: Path) -> float:
@@ -154,8 +166,9 @@ def machine_probe_s(rounds: int = 5) -> float:
 
 def run_arm(arm: str, tag: str, args, load: list[str], work: Path, base_config: Path, trace: Path,
             profile: Path, contention: float) -> dict:
-    """One arm on a freshly started service: ``t2i parity``'s document, with the prefetch loads
-    and the machine probe taken just before it added to its ``live`` figures. ``load``: the
+    """One arm on a freshly started service: ``t2i parity``'s document, with the prefetch loads,
+    the replicas that served and the machine probe taken just before it added to its ``live``
+    figures. ``load``: the
     parity arguments that set the arrival rate (``--utilisation U`` or ``--rate R``)."""
     config = arm_config(base_config, arm, work / f"config-{tag}.yaml", args.slo_s * args.slack_fraction, contention)
     probe = machine_probe_s()
@@ -167,15 +180,27 @@ def run_arm(arm: str, tag: str, args, load: list[str], work: Path, base_config: 
                   *load,
                   "--max-requests", str(args.requests), "--slo-s", str(args.slo_s), "--seed", str(args.seed),
                   "--no-progress", "--json", "--out", str(work / f"parity-{tag}"), capture=True)
-        prefetch_s = prefetch_load_seconds(port)
+        view = cache_view(port)
     finally:
         stop_service(proc)
+    (work / f"cache-{tag}.json").write_text(json.dumps(view, indent=1))
     doc = json.loads(out.strip().splitlines()[-1])
     live = doc["live"]  # request load_s plus the prefetches' loads: all load work
+    prefetch_s = prefetch_load_seconds(view)
     live["prefetch_load_seconds"] = prefetch_s
+    # a replica that never answered leaves its arm with less capacity than the others: say so
+    live["replicas_serving"] = replicas_serving(work / f"parity-{tag}" / "records.csv")
+    if live["replicas_serving"] < doc["gpus"]:
+        print(f"WARNING {tag}: only {live['replicas_serving']} of {doc['gpus']} BaseModel replicas answered a "
+              f"request (the coordinator's last view of them: {work / f'cache-{tag}.json'})", flush=True)
     live["load_seconds_with_prefetch"] = live["load_seconds"] + prefetch_s
     live["machine_probe_s"] = probe
     return doc
+
+
+def run_tag(arm: str, repeat: int, repeats: int) -> str:
+    """The name of one arm's run (its config, log and parity folder): the arm, with the repeat."""
+    return arm if repeats == 1 else f"{arm}-{repeat + 1}"
 
 
 RATIO_KEYS = ("load_seconds", "load_seconds_with_prefetch", "latency_p50_s", "latency_p99_s", "slo_violation_rate")
@@ -274,7 +299,7 @@ def main() -> int:
         for r in range(args.repeats):
             runs = {}
             for arm in (arms if r % 2 == 0 else arms[::-1]):
-                tag = arm if args.repeats == 1 else f"{arm}-{r + 1}"
+                tag = run_tag(arm, r, args.repeats)
                 runs[arm] = run_arm(arm, tag, args, load, work, base_config, trace, profile, contention)
                 if sized is None and runs[arm].get("rate_from_capacity"):
                     sized = runs[arm]["rate_from_capacity"]
@@ -289,18 +314,19 @@ def main() -> int:
         print(f"\n{args.requests} requests per arm at {rate:.3g} req/s{util} (Poisson), SLO {args.slo_s:g} s, "
               f"4 BaseModel replicas on 2 CPU cores, fresh service per arm, {args.repeats} repeat(s)")
         print(f"{'arm':20s} | {'live load-s':>8s} {'prefetch':>8s} {'p50':>6s} {'p95':>6s} {'p99':>6s} {'viol.':>6s} | "
-              f"{'sim load-s':>8s} {'p50':>6s} {'p99':>6s} {'viol.':>6s} | probe")
+              f"{'sim load-s':>8s} {'p50':>6s} {'p99':>6s} {'viol.':>6s} | probe | replicas serving")
         for r, runs in enumerate(repeats):
             for arm, doc in runs.items():
-                tag = arm if args.repeats == 1 else f"{arm}-{r + 1}"
-                print(row(tag, doc["live"], doc["sim"]) + f" | {doc['live']['machine_probe_s'] * 1e3:.0f} ms")
+                tag = run_tag(arm, r, args.repeats)
+                print(row(tag, doc["live"], doc["sim"]) + f" | {doc['live']['machine_probe_s'] * 1e3:.0f} ms | "
+                      f"{doc['live']['replicas_serving']} of {doc['gpus']}")
         print("\nlive load-seconds by part (models: base pipelines, ControlNets, waits for room; fetch: "
               "LoRAs from the store; swap: LoRAs to the device; unmerge: previous LoRAs out; merge: this "
               "request's in)")
         for r, runs in enumerate(repeats):
             for arm, doc in runs.items():
                 parts = doc["live_summary"].get("load_seconds_parts") or {}
-                tag = arm if args.repeats == 1 else f"{arm}-{r + 1}"
+                tag = run_tag(arm, r, args.repeats)
                 print(f"{tag:20s} | " + "  ".join(f"{k[:-2]} {v:6.2f}" for k, v in parts.items()))
         for runs in repeats:
             print_by_base_model(runs)
@@ -314,6 +340,14 @@ def main() -> int:
                   f"load-seconds with prefetches x{med['load_seconds_with_prefetch'] or float('nan'):.2f} [{each}] "
                   f"(goal <= x{1 - GOAL_LOAD_S_CUT:.2f}), p99 x{med['latency_p99_s'] or float('nan'):.2f}, "
                   f"violations x{med['slo_violation_rate'] or float('nan'):.2f} [{viol}]")
+        # the same ratios pooled over the repeats, with 95% block-bootstrap intervals from the
+        # requests' own records (request load-seconds: prefetches are on no request's path)
+        intervals = {}
+        for arm in (a for a in arms if a != "ray-default" and "ray-default" in arms):
+            pairs = [tuple(read_records(work / f"parity-{run_tag(x, r, args.repeats)}") for x in ("ray-default", arm))
+                     for r in range(args.repeats)]
+            intervals[arm] = compare(pairs, args.slo_s)
+            print("\n" + format_comparison(intervals[arm], "ray-default", arm))
 
         def slim(runs: dict) -> dict:
             return {arm: {k: doc[k] for k in ("live", "sim", "relative_error", "difference", "gpus", "policy_set",
@@ -326,6 +360,7 @@ def main() -> int:
             "runs": slim(repeats[0]), "ratios_vs_ray_default": per_repeat[0] if per_repeat else {},
             "repeats": [slim(runs) for runs in repeats[1:]],
             "ratios_per_repeat": per_repeat, "median_ratios_vs_ray_default": ratios,
+            "paired_intervals_vs_ray_default": intervals,
             "order": "arms in the given order in odd repeats, reversed in even ones",
             "args": vars(args), "rate_from_capacity": sized,
             "host_contention": contention,
