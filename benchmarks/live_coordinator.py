@@ -85,7 +85,10 @@ ARMS = {"ray-default": {"policies": "ray-default"},
         "coordinator-per-model": {**_coordinator(), "per_model_compute": True},
         # hot pipelines pinned on as many replicas as their demand share asks, down to one (the
         # default keeps at least two, for failover)
-        "coordinator-min1": {**_coordinator(), "placement_args": {"fuse_top": 0, "min_replicas": 1}}}
+        "coordinator-min1": {**_coordinator(), "placement_args": {"fuse_top": 0, "min_replicas": 1}},
+        # a hot pipeline the hot pool has no room for is pinned on the least pinned replicas
+        # outside it (policies.placement spill), not nowhere
+        "coordinator-spill": {**_coordinator(), "placement_args": {"fuse_top": 0, "spill": True}}}
 GOAL_LOAD_S_CUT = 0.40
 
 

@@ -43,6 +43,9 @@ def ablations() -> list:
                                                              "placement": "none", "tick_s": 0.0}),
             # the coordinator without load ahead (a queued request loads only when it starts)
             get_policy_set("coordinator").model_copy(update={"name": "coordinator-no-ahead", "load_ahead": False}),
+            # a hot pipeline the hot pool has no room for pinned outside it (policies.placement spill)
+            get_policy_set("coordinator").model_copy(update={
+                "name": "coordinator-spill", "placement_args": {"placement_args": {"fuse_top": 0, "spill": True}}}),
             # the coordinator with band pools on (hot requests may use any replica, others only shared)
             get_policy_set("coordinator").model_copy(update={
                 "name": "coordinator+band-pools", "routing_args": {"policy": "least-expected-latency",

@@ -96,3 +96,23 @@ def test_k_from_the_replicas_the_demand_keeps_busy():
     with pytest.raises(ValueError, match="demand_replicas"):
         policy.plan(PlacementContext(c.snapshot, c.demand, c.bands, c.pipeline_components, c.gpu_bytes,
                                      demand_replicas=-1.0))
+
+
+def test_spill_pins_a_hot_pipeline_the_pool_has_no_room_for_outside_it():
+    """Pipelines 0 and 1 (bases 0 and 1, 6 GB each) are hot, 49% of demand: a hot pool of two
+    replicas, those holding base 0, each with room for one base under its 9 GB pin budget. Base 0
+    takes both; base 1 fits in the pool nowhere: without spill it is pinned nowhere, with spill on
+    the two empty replicas outside the pool."""
+    keys = [PipelineKey.of(0), PipelineKey.of(1), PipelineKey.of(0, (), (2,)), PipelineKey.of(1, (), (3,)),
+            PipelineKey.of(0, (), (4,))]
+    c = ctx(keys, [30, 19, 17, 17, 17], n_replicas=4, gpu_gb=15.0, held={0: [0], 1: [0]}, hot_frac=0.4,
+            warm_frac=0.0)
+    policy = PLACEMENT.create("popularity-bands", min_replicas=2, fuse_top=0)
+    plan = policy.plan(c)
+    assert plan.pool.tolist() == [HOT, HOT, SHARED, SHARED]
+    assert sorted(plan.pin_replica[plan.pin_pipeline == 0].tolist()) == [0, 1]
+    assert plan.pin_replica[plan.pin_pipeline == 1].size == 0  # hot, yet pinned nowhere
+    spilled = PLACEMENT.create("popularity-bands", min_replicas=2, fuse_top=0, spill=True).plan(c)
+    assert sorted(spilled.pin_replica[spilled.pin_pipeline == 1].tolist()) == [2, 3]
+    assert sorted(spilled.pin_replica[spilled.pin_pipeline == 0].tolist()) == [0, 1]  # the pool's as before
+    assert spilled.pool.tolist() == plan.pool.tolist()
