@@ -119,14 +119,6 @@ def prefetch_load_seconds(view: dict) -> float:
     return float((view.get("prefetch") or {}).get("load_seconds") or 0.0)
 
 
-def replicas_serving(records: Path) -> int:
-    """How many BaseModel replicas answered at least one request of a replay."""
-    import csv
-
-    with records.open(newline="", encoding="utf-8") as fh:
-        return len({r["replica"] for r in csv.DictReader(fh) if r.get("replica")})
-
-
 def measured_contention(profile: Path) -> float:
     """cluster.host_contention of a `t2i profile` output (0 when it measured none)."""
     import yaml
@@ -192,7 +184,7 @@ def run_arm(arm: str, tag: str, args, load: list[str], work: Path, base_config: 
     prefetch_s = prefetch_load_seconds(view)
     live["prefetch_load_seconds"] = prefetch_s
     # a replica that never answered leaves its arm with less capacity than the others: say so
-    live["replicas_serving"] = replicas_serving(work / f"parity-{tag}" / "records.csv")
+    live["replicas_serving"] = len(set(read_records(work / f"parity-{tag}").replica) - {""})
     if live["replicas_serving"] < doc["gpus"]:
         print(f"WARNING {tag}: only {live['replicas_serving']} of {doc['gpus']} BaseModel replicas answered a "
               f"request (the coordinator's last view of them: {work / f'cache-{tag}.json'})", flush=True)

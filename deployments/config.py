@@ -255,6 +255,19 @@ class ControlConfig(_Strict):
                                     "per request times its queue length, and no per-model means published.")
     autoscaling: AutoscalingControl = Field(default_factory=AutoscalingControl)
 
+    def coordinator_args(self) -> dict:
+        """The ``policies.coordination.Coordination`` arguments this section sets: what the live
+        coordinator runs and what ``t2i parity`` simulates it with."""
+        return {"popularity": self.popularity, "popularity_args": dict(self.popularity_args),
+                "placement": self.placement, "placement_args": dict(self.placement_args),
+                "prefetch": self.prefetch, "prefetch_args": dict(self.prefetch_args),
+                # live, the re-plan period is the config's; the request count still re-plans early
+                "replan_max_s": self.replan_period_s,
+                # the simulator's 0.5 GB floor assumes datacenter GPUs; a replica's byte budget is
+                # the config's, and the bandit only proposes what fits the free bytes anyway
+                "min_free_bytes": 0.0,
+                "prefetch_interval_s": self.prefetch_interval_s, "reward_window_s": self.prefetch_reward_window_s}
+
     @model_validator(mode="after")
     def _known_policies(self) -> "ControlConfig":
         from policies.autoscaling import AUTOSCALING, SCALE_DOWN

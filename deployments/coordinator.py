@@ -61,17 +61,7 @@ class CacheCoordinator:
         # prefetch_reward_window_s (600 s and 30 min by default, the simulator's values)
         self._dirty = False  # components interned since the core's table was built
         ctl = self.config.control
-        args = {"popularity": ctl.popularity, "popularity_args": dict(ctl.popularity_args),
-                "placement": ctl.placement, "placement_args": dict(ctl.placement_args),
-                "prefetch": ctl.prefetch, "prefetch_args": dict(ctl.prefetch_args),
-                # live, the re-plan period is the config's; the request count still re-plans early
-                "replan_max_s": ctl.replan_period_s,
-                # the simulator's 0.5 GB floor assumes datacenter GPUs; a replica's byte budget is
-                # the config's, and the bandit only proposes what fits the free bytes anyway
-                "min_free_bytes": 0.0,
-                "prefetch_interval_s": ctl.prefetch_interval_s, "reward_window_s": ctl.prefetch_reward_window_s}
-        args.update(core_args or {})
-        self.core = Coordination(**args)
+        self.core = Coordination(**{**ctl.coordinator_args(), **(core_args or {})})
         self.clock = clock
         self.rng = np.random.default_rng(seed)
         self.replan_period_s, self.report_period_s = ctl.replan_period_s, ctl.report_period_s

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import DegenerateDataWarning, bootstrap
 
+from trace_replay.replay.report import slice_stats
+
 FIGURES = ("load_seconds", "latency_p50_s", "latency_p99_s", "slo_violation_rate")
 DEFAULT_BLOCK = 25
 DEFAULT_RESAMPLES = 2000
@@ -41,6 +43,7 @@ class Replay:
     latency: np.ndarray
     completed: np.ndarray  # bool
     load_s: np.ndarray
+    replica: list[str]  # the BaseModel replica that answered ("" if none did)
 
 
 def read_records(path: str | Path) -> Replay:
@@ -65,7 +68,8 @@ def read_records(path: str | Path) -> Replay:
     return Replay(index=np.array([int(r["index"]) for r in rows]), base_model=[r["base_model"] for r in rows],
                   latency=np.array([num(r["latency_s"]) for r in rows]),
                   completed=np.array([r["outcome"] == "completed" for r in rows], bool),
-                  load_s=np.nan_to_num(np.array([num(r["load_s"]) for r in rows])))
+                  load_s=np.nan_to_num(np.array([num(r["load_s"]) for r in rows])),
+                  replica=[r.get("replica") or "" for r in rows])
 
 
 def check_paired(a: Replay, b: Replay) -> None:
@@ -79,11 +83,9 @@ def check_paired(a: Replay, b: Replay) -> None:
 
 
 def _figures(lat: np.ndarray, done: np.ndarray, load: np.ndarray, slo_s: float) -> np.ndarray:
-    """load-seconds, p50, p99 (completed requests) and the violation rate of a set of requests."""
-    ok = lat[done]
-    p50, p99 = np.quantile(ok, [0.5, 0.99]) if ok.size else (np.nan, np.nan)
-    late = ~done | (np.nan_to_num(lat, nan=np.inf) > slo_s)
-    return np.array([load.sum(), p50, p99, late.mean() if lat.size else np.nan])
+    """``FIGURES`` of a set of requests, as a replay's summary defines them (``slice_stats``)."""
+    stats = slice_stats(lat, done, load, slo_s)
+    return np.array([stats[f] for f in FIGURES])
 
 
 def _relative(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:

@@ -41,16 +41,8 @@ def live_policy_set(config):
                   "eviction": config.control.eviction,
                   "eviction_args": dict(config.control.eviction_args),
                   "routing_args": {"policy": config.control.routing, **config.control.routing_args},
-                  # the live coordinator's core arguments (deployments/coordinator.py)
-                  "placement_args": {"prefetch_interval_s": config.control.prefetch_interval_s,
-                                     "reward_window_s": config.control.prefetch_reward_window_s,
-                                     "replan_max_s": config.control.replan_period_s, "min_free_bytes": 0.0,
-                                     "popularity": config.control.popularity,
-                                     "popularity_args": dict(config.control.popularity_args),
-                                     "placement": config.control.placement,
-                                     "placement_args": dict(config.control.placement_args),
-                                     "prefetch": config.control.prefetch,
-                                     "prefetch_args": dict(config.control.prefetch_args)}}
+                  # the live coordinator's core arguments (deployments/coordinator.py reads the same)
+                  "placement_args": config.control.coordinator_args()}
         if dep.autoscaling is not None:
             update.update(autoscaling=config.control.autoscaling.policy,
                           autoscaling_args=dict(config.control.autoscaling.policy_args),
