@@ -8,6 +8,9 @@ profile given; the table shows the live figures beside each prediction and the m
 error of the violation rate over the arms. A profile may be the run's own, one measured later
 (`t2i profile` of the same models), or the run's with one field changed (``--set
 cluster.host_stretch=[1.12,1.59,2.08]``), to isolate what that field does to the prediction.
+Each arm is also predicted once with every request holding its replica for the seconds it
+computed live (``t2i parity``'s "sim | live service"): what is left of that error is the control
+plane's (queueing, placement, loads), not the profile's service times.
 
     python benchmarks/live_resimulate.py /tmp/t2i-live-coordinator-XXXX \\
         --profile /tmp/t2i-live-coordinator-XXXX/profile.yaml --profile /tmp/profile_curve.yaml \\
@@ -27,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._common import RESULTS, machine_info, write_result  # noqa: E402
 
 FIGURES = ("slo_violation_rate", "latency_p50_s", "latency_p99_s", "load_seconds")
+LIVE_SERVICE = "live service seconds"
 
 
 def with_fields(profile: Path, sets: list[str], out_dir: Path) -> Path:
@@ -63,6 +67,7 @@ def main() -> int:
                     help="also predict with the first profile plus these fields (repeatable, all applied together)")
     ap.add_argument("--out", default=str(RESULTS / "live_resimulate.json"))
     args = ap.parse_args()
+    from trace_replay.replay.compare import read_records
     from trace_replay.replay.parity import sim_arrays
     from trace_replay.replay.parity_cli import resimulate
     from trace_replay.replay.report import slice_stats
@@ -80,11 +85,15 @@ def main() -> int:
         trace = args.work / Path(doc["slice"]["trace"]).name if "slice" in doc else None
         for prof in profiles:
             try:
-                result, _, _ = resimulate(doc, config, prof, trace)
+                result, _, _, _ = resimulate(doc, config, prof, trace)
             except ValueError as exc:
                 raise SystemExit(f"{args.work}/parity-{arm}: {exc}") from None
             st = slice_stats(*sim_arrays(result), doc["live_summary"]["slo_s"], doc.get("warmup_requests", 0))
             rows[arm]["sim"][prof.name] = {k: st[k] for k in FIGURES}
+        # the first profile again, each request holding its replica for the seconds it computed live
+        result, _, _, outside = resimulate(doc, config, profiles[0], trace, live=read_records(args.work / f"parity-{arm}"))
+        st = slice_stats(*sim_arrays(result, outside), doc["live_summary"]["slo_s"], doc.get("warmup_requests", 0))
+        rows[arm]["sim"][LIVE_SERVICE] = {k: st[k] for k in FIGURES}
     print(f"{'arm':22s} {'prediction from':34s} {'viol.':>7s} {'p50':>6s} {'p99':>6s} {'load-s':>7s}")
     errors = {}
     for arm, row in rows.items():

@@ -49,15 +49,18 @@ class Scripted:
             if kind == "error":
                 return JSONResponse({"error": {"message": "scripted failure", "param": None}},
                                     status_code=value)
+            queue_s = 0.0
             if kind == "serial":
-                async with self.lock:
+                waited = time.perf_counter()
+                async with self.lock:  # the wait is the queue, as BaseModel reports its lock's
                     started = time.perf_counter()
+                    queue_s = started - waited
                     await asyncio.sleep(value * body["num_inference_steps"])
                     value = time.perf_counter() - started
             else:
                 await asyncio.sleep(value)
             return JSONResponse({"model": body["base_model"], "data": [{"b64_json": ""}],
-                                 "timings": {"queue_s": 0.0, "load_s": 0.01, "inference_s": value,
+                                 "timings": {"queue_s": queue_s, "load_s": 0.01, "inference_s": value,
                                              "total_s": value + 0.01, "fetch_s": 0.004, "swap_s": 0.001,
                                              "unknown_s": 9.0},
                                  "t2i": {"replica": replica}})

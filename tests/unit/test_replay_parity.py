@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 
 from app.cli import main as t2i
 from tests.unit.replay_server import server  # noqa: F401  (the fixture)
-from trace_replay.replay.parity import compare, live_policy_set, load_profile
+from trace_replay.replay.parity import compare, live_policy_set, live_service, load_profile
 
 S_PER_STEP = 0.04  # b0 and b1 default to 2 steps: 80 ms a request
 
@@ -32,8 +33,8 @@ def _config(tmp_path, replicas: int = 1, policies: str = "ray-default") -> str:
     return str(path)
 
 
-def _profile(tmp_path) -> str:
-    step = {"s_per_step": S_PER_STEP, "fixed_s": 0.0, "ref_pixels": 4096}
+def _profile(tmp_path, s_per_step: float = S_PER_STEP) -> str:
+    step = {"s_per_step": s_per_step, "fixed_s": 0.0, "ref_pixels": 4096}
     doc = {"inference": {"default_pixels": 4096, "jitter_cv": 0.0, "lora_overhead": 0.0,
                          "controlnet_overhead": 0.0, "per_model": {"b0": step, "b1": step}},
            "components": {"reload_overhead_s": {"base_model": 0.0, "controlnet": 0.0, "lora": 0.0},
@@ -69,10 +70,49 @@ def test_live_and_simulated_agree_on_a_service_with_known_costs(server, tmp_path
     from trace_replay.replay.report import slice_stats
 
     assert doc["slice"]["seed"] == 2 and doc["slice"]["rate"] == 10
-    again, _, _ = resimulate(doc, load_config(_config(tmp_path)), _profile(tmp_path))
+    again, _, _, _ = resimulate(doc, load_config(_config(tmp_path)), _profile(tmp_path))
     assert slice_stats(*sim_arrays(again), doc["live_summary"]["slo_s"], 0) == pytest.approx(doc["sim"])
     with pytest.raises(ValueError, match="no 'slice'"):
         resimulate({k: v for k, v in doc.items() if k != "slice"}, load_config(_config(tmp_path)), _profile(tmp_path))
+
+
+def test_live_service_seconds_correct_a_wrong_profile(server, tmp_path, capsys):  # noqa: F811
+    """A profile that says half the real cost mispredicts the queue; the second simulation, each
+    request holding the server for the seconds it computed live, does not (and would not if those
+    seconds held the queue wait: the scripted server reports its lock's wait as queue_s, as
+    BaseModel does)."""
+    from tests.trace_fixtures import FIX
+
+    server.mode = ("serial", S_PER_STEP)
+    rc = t2i(["parity", "--trace", str(FIX / "katz_small.json"), "--format", "katz", "--url", server.url,
+              "--config", _config(tmp_path), "--profile", _profile(tmp_path, S_PER_STEP / 2), "--arrival",
+              "gamma", "--rate", "10", "--cv", "1.5", "--seed", "2", "--out", str(tmp_path / "p"), "--json",
+              "--no-progress"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["relative_error"]["latency_mean_s"] < -0.3, (doc["live"], doc["sim"])  # the profile is wrong
+    for key in ("latency_mean_s", "latency_p50_s", "latency_p95_s"):
+        assert abs(doc["live_service"]["relative_error"][key]) < 0.2, (key, doc["live"][key],
+                                                                      doc["sim_live_service"][key])
+    # the same seconds read back from records.csv simulate to the same prediction
+    from deployments.config import load_config
+    from trace_replay.replay.compare import read_records
+    from trace_replay.replay.parity import sim_arrays
+    from trace_replay.replay.parity_cli import resimulate
+    from trace_replay.replay.report import slice_stats
+
+    again, _, _, outside = resimulate(doc, load_config(_config(tmp_path)), _profile(tmp_path, S_PER_STEP / 2),
+                                      live=read_records(tmp_path / "p"))
+    assert slice_stats(*sim_arrays(again, outside), doc["live_summary"]["slo_s"], 0) == pytest.approx(
+        doc["sim_live_service"], rel=1e-4)
+
+
+def test_live_service_splits_compute_from_outside():
+    compute, outside = live_service(inference_s=[0.4, 1.5, np.nan, 0.5], sent_s=[0.0, 1.0, 2.0, 3.0],
+                                    done_s=[1.0, 4.0, np.nan, 3.5], queue_s=[0.2, 1.0, 0.0, np.nan],
+                                    load_s=[0.3, np.nan, 0.0, 0.0], completed=[True, True, False, True])
+    assert compute[[0, 1, 3]] == pytest.approx([0.4, 1.5, 0.5]) and np.isnan(compute[2])
+    assert outside[[0, 1, 3]] == pytest.approx([0.1, 0.5, 0.0]) and np.isnan(outside[2])
 
 
 def test_live_policy_set_follows_the_deployment(tmp_path):

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import DegenerateDataWarning, bootstrap
 
+from trace_replay.replay.parity import live_service
 from trace_replay.replay.report import slice_stats
 
 FIGURES = ("load_seconds", "latency_p50_s", "latency_p99_s", "slo_violation_rate")
@@ -44,6 +45,8 @@ class Replay:
     completed: np.ndarray  # bool
     load_s: np.ndarray
     replica: list[str]  # the BaseModel replica that answered ("" if none did)
+    compute_s: np.ndarray  # seconds holding the replica, NaN if not completed (parity.live_service)
+    outside_s: np.ndarray  # seconds on the service outside the replica's queue, load and compute
 
 
 def read_records(path: str | Path) -> Replay:
@@ -65,11 +68,13 @@ def read_records(path: str | Path) -> Replay:
     def num(v: str) -> float:
         return float(v) if v not in ("", None) else float("nan")
 
+    col = lambda name: np.array([num(r.get(name, "")) for r in rows])  # noqa: E731
+    completed = np.array([r["outcome"] == "completed" for r in rows], bool)
+    load = np.nan_to_num(col("load_s"))
+    compute, outside = live_service(col("inference_s"), col("sent_s"), col("done_s"), col("queue_s"), load, completed)
     return Replay(index=np.array([int(r["index"]) for r in rows]), base_model=[r["base_model"] for r in rows],
-                  latency=np.array([num(r["latency_s"]) for r in rows]),
-                  completed=np.array([r["outcome"] == "completed" for r in rows], bool),
-                  load_s=np.nan_to_num(np.array([num(r["load_s"]) for r in rows])),
-                  replica=[r.get("replica") or "" for r in rows])
+                  latency=col("latency_s"), completed=completed, load_s=load,
+                  replica=[r.get("replica") or "" for r in rows], compute_s=compute, outside_s=outside)
 
 
 def check_paired(a: Replay, b: Replay) -> None:

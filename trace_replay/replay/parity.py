@@ -88,14 +88,55 @@ def load_profile(path: str | Path, gpus: int, slo_s: float, seed: int, control=N
         raise ValueError(f"{path}: not a valid simulator profile: {exc}") from None
 
 
-def simulate_slice(requests, registry, config, profile_path: str | Path, slo_s: float, seed: int):
-    """Simulate the mapped ``requests`` as the live deployment ``config`` would serve them."""
+def live_service(inference_s, sent_s, done_s, queue_s, load_s, completed) -> tuple[np.ndarray, np.ndarray]:
+    """Each request's (compute, outside) seconds on the live service, NaN where it did not complete.
+    Compute: its ``inference_s``, the time it held the replica (the engine's run under the replica's
+    lock), host contention and the machine's slow spells included. Outside: response minus send,
+    minus the replica's queue wait, load and that compute: hops, ControlNet preprocessing, HTTP,
+    which add to its latency but hold no replica. A simulation given both
+    (``simulate_slice(service_s=compute)``, ``sim_arrays(result, outside)``) keeps only the
+    control plane's part of the parity error: queueing, placement, loads."""
+    f = lambda v: np.asarray(v, np.float64)  # noqa: E731
+    ok = np.asarray(completed, bool) & np.isfinite(f(inference_s))
+    compute = np.where(ok, np.maximum(np.nan_to_num(f(inference_s)), 0.0), np.nan)
+    outside = f(done_s) - f(sent_s) - np.nan_to_num(f(queue_s)) - np.nan_to_num(f(load_s)) - compute
+    return compute, np.where(ok & np.isfinite(outside), np.maximum(outside, 0.0), np.nan)
+
+
+def record_service(records) -> tuple[np.ndarray, np.ndarray]:
+    """``live_service`` of a replay's records (``driver.Record``, one per request, in order)."""
+    t = lambda name: [r.timings.get(name, np.nan) for r in records]  # noqa: E731
+    return live_service(t("inference_s"), [r.sent_s for r in records], [r.done_s for r in records],
+                        t("queue_s"), t("load_s"), [r.outcome == "completed" for r in records])
+
+
+def given_service(cfg):
+    """``cfg`` replaying measured service seconds: each request takes its ``service_s`` (the profile's
+    formula where NaN), decisions still expect the profile's formula (as the live router does), and
+    the host stretches nothing (the measured seconds already hold the contention)."""
+    inference = cfg.inference.model_copy(update={"use_trace_exec": True, "exec_expected": "profile"})
+    cluster = cfg.cluster.model_copy(update={"host_contention": 0.0, "host_stretch": []})
+    return cfg.model_copy(update={"inference": inference, "cluster": cluster})
+
+
+def simulate_slice(requests, registry, config, profile_path: str | Path, slo_s: float, seed: int,
+                   service_s: np.ndarray | None = None):
+    """Simulate the mapped ``requests`` as the live deployment ``config`` would serve them; with
+    ``service_s`` (one per request, ``live_service``'s compute), each request's measured compute
+    seconds instead of the profile's (``given_service``)."""
+    import dataclasses
+
     from trace_replay.replay.mapping import to_table
     from trace_replay.simulator import simulate
 
     spec, gpus = live_policy_set(config)
     cfg = load_profile(profile_path, gpus, slo_s, seed, config.control)
     table = to_table(requests, registry)
+    if service_s is not None:
+        if len(service_s) != len(table):
+            raise ValueError(f"service_s: {len(service_s)} values for {len(table)} requests")
+        table = dataclasses.replace(table, exec_s=np.asarray(service_s, np.float32))
+        cfg = given_service(cfg)
     # Arrivals are relative to the first request; the table keeps them (time_scale 1).
     result = simulate(table, spec, cfg, data_dir=None)
     return result, cfg, spec
@@ -137,9 +178,14 @@ def capacity_rps(requests, registry, config, profile_path: str | Path, slo_s: fl
             "host_stretch": cl.host_stretch}
 
 
-def sim_arrays(result) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sim_arrays(result, outside_s: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(latency, completed, load_s) of a simulated slice; ``outside_s``: seconds to add to each
+    request's latency that held no replica (``live_service``'s outside, 0 where NaN)."""
     rec, wl = result.records, result.workload
-    return rec.finish - wl.arrival, np.isfinite(rec.finish), rec.load_s
+    latency = rec.finish - wl.arrival
+    if outside_s is not None:
+        latency = latency + np.nan_to_num(np.asarray(outside_s, np.float64))
+    return latency, np.isfinite(rec.finish), rec.load_s
 
 
 def compare(live: dict, sim: dict, keys=KEYS) -> dict:
@@ -151,12 +197,16 @@ def compare(live: dict, sim: dict, keys=KEYS) -> dict:
     return {"relative_error": rel, "difference": diff}
 
 
-def side_by_side(live: dict, sim: dict, cmp: dict) -> str:
-    lines = [f"{'':24s}{'live':>12s}{'sim':>12s}{'rel. error':>12s}"]
+def side_by_side(live: dict, sims: list[tuple[str, dict, dict]]) -> str:
+    """Live beside each (label, sim figures, ``compare(live, sim)``), with its relative error."""
+    width = max(12, *(len(label) + 2 for label, _, _ in sims))
+    lines = [f"{'':24s}{'live':>12s}" + "".join(f"{label:>{width}s}{'rel. error':>12s}" for label, _, _ in sims)]
     for k in KEYS + ("requests", "completed"):
-        a, b = live.get(k), sim.get(k)
-        r = cmp["relative_error"].get(k)
-        fmt = (lambda v: f"{v:12.2%}") if k == "slo_violation_rate" else (lambda v: f"{v:12.3f}")
-        cell = lambda v: fmt(v) if isinstance(v, float) else f"{v!s:>12s}"  # noqa: E731
-        lines.append(f"{k:24s}{cell(a)}{cell(b)}{'' if r is None else f'{r:+12.1%}'}")
+        fmt = (lambda v, w: f"{v:{w}.2%}") if k == "slo_violation_rate" else (lambda v, w: f"{v:{w}.3f}")
+        cell = lambda v, w: fmt(v, w) if isinstance(v, float) else f"{v!s:>{w}s}"  # noqa: E731
+        row = f"{k:24s}{cell(live.get(k), 12)}"
+        for _, sim, cmp in sims:
+            r = cmp["relative_error"].get(k)
+            row += cell(sim.get(k), width) + (" " * 12 if r is None else f"{r:+12.1%}")
+        lines.append(row)
     return "\n".join(lines)

@@ -20,11 +20,19 @@ Ray's max_ongoing_requests, no autoscaling when num_replicas is fixed) or coordi
 GPUs, each with the replica cache's control.gpu_budget_bytes and host_budget_bytes). Service and
 load times come from --profile (write one with `t2i profile --url URL --out profile.yaml`).
 
-JSON: {"live": {...}, "sim": {...}, "relative_error": {...}, "difference": {...}, "live_summary",
-"sim_summary"}: live and sim are the compared figures, computed from both sides' per-request
-latencies by one function (--warmup-requests N leaves the first N out of both); the summaries
-are the full `t2i replay` and `t2i simulate` ones. Relative error is (sim - live) / live, None
-where live is 0 (see "difference").
+After the live run the slice is simulated a second time with each request holding its replica
+for the seconds it computed live (its inference_s; no host stretch, since those seconds hold it)
+and its latency adding what it spent outside the replica live (hops, preprocessing, HTTP):
+"sim | live service". Its error is the control plane's alone (queueing, placement, loads); what
+the first prediction adds to it comes from the profile's service times (a stale profile,
+contention, the machine's slow spells).
+
+JSON: {"live": {...}, "sim": {...}, "relative_error": {...}, "difference": {...},
+"sim_live_service": {...}, "live_service": {"relative_error", "difference"}, "live_summary",
+"sim_summary"}: live and the sims are the compared figures, computed from each side's
+per-request latencies by one function (--warmup-requests N leaves the first N out of all); the
+summaries are the full `t2i replay` and `t2i simulate` ones. Relative error is (sim - live) /
+live, None where live is 0 (see "difference").
 
 example:
   t2i demo-models --out models/many --bases 8 --loras 64
@@ -56,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from deployments.config import ConfigError, load_config
-    from trace_replay.replay.parity import compare, side_by_side, sim_arrays, simulate_slice
+    from trace_replay.replay.parity import compare, record_service, side_by_side, sim_arrays, simulate_slice
     from trace_replay.replay.report import record_arrays, slice_stats, write_records
 
     args = build_parser().parse_args(argv)
@@ -85,7 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     live = slice_stats(*record_arrays(result.records), slo, skip)
     sim = slice_stats(*sim_arrays(sim_result), slo, skip)
     cmp = compare(live, sim)
-    doc = {"live": live, "sim": sim, **cmp, "warmup_requests": skip,
+    compute_s, outside_s = record_service(result.records)
+    given, _, _ = simulate_slice(requests, registry, config, args.profile, slo, args.seed, service_s=compute_s)
+    sim_given = slice_stats(*sim_arrays(given, outside_s), slo, skip)
+    cmp_given = compare(live, sim_given)
+    doc = {"live": live, "sim": sim, **cmp, "sim_live_service": sim_given, "live_service": cmp_given,
+           "warmup_requests": skip,
            "live_summary": live_summary,
            "sim_summary": dict(sim_result.summary),
            "policy_set": spec.model_dump(), "profile": str(args.profile), "gpus": cfg.cluster.gpus,
@@ -103,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{sized['mean_compute_s']:.3f} s mean compute)")
         print(f"parity: {live['requests']} requests compared ({skip} warm-up left out), live {args.url} vs simulated {spec.name} on "
               f"{cfg.cluster.gpus} GPUs ({args.profile})")
-        print(side_by_side(live, sim, cmp))
+        print(side_by_side(live, [("sim", sim, cmp), ("sim | live service", sim_given, cmp_given)]))
         print(f"wrote {Path(args.out) / 'parity.json'} and records.csv (the live side, per request)")
     return 1 if result.aborted else 0
 
@@ -112,11 +125,16 @@ SLICE_ARGS = ("trace", "format", "max_requests", "skip", "lenient", "service", "
               "arrival", "rate", "cv", "speedup")
 
 
-def resimulate(doc: dict, config, profile: str | Path, trace: str | Path | None = None):
+def resimulate(doc: dict, config, profile: str | Path, trace: str | Path | None = None,
+               live=None):
     """Simulate again the slice a ``parity.json`` document (``doc``) replayed, under ``profile``:
     the same requests and arrival times (its recorded ``slice``), the deployment ``config`` it ran,
-    and its SLO; ``trace``: where the trace file is now, if it moved. Returns ``simulate_slice``'s
-    (result, SimConfig, policy set)."""
+    and its SLO; ``trace``: where the trace file is now, if it moved; ``live``: the replay's records
+    (``compare.read_records``), to give each request the seconds it computed live (``simulate_slice``'s
+    ``service_s``). Returns ``simulate_slice``'s (result, SimConfig, policy set), and with ``live``
+    its outside seconds per request (for ``sim_arrays``), else None."""
+    import numpy as np
+
     from trace_replay.replay.mapping import Registry
     from trace_replay.replay.parity import simulate_slice
 
@@ -126,8 +144,14 @@ def resimulate(doc: dict, config, profile: str | Path, trace: str | Path | None 
     args = argparse.Namespace(**{**doc["slice"], **({"trace": str(trace)} if trace else {})})
     # the registry the service answered (GET /v1/models is the config's models_document)
     requests, _, registry = map_slice(args, Registry.from_models_response(config.models_document()))
-    return simulate_slice(timed(requests, args), registry, config, profile, float(doc["live_summary"]["slo_s"]),
-                          args.seed)
+    compute = outside = None
+    if live is not None:
+        if live.index.size and live.index.max() >= len(requests):
+            raise ValueError(f"these records go to request {live.index.max()}; the slice has {len(requests)}")
+        compute, outside = np.full(len(requests), np.nan), np.full(len(requests), np.nan)
+        compute[live.index], outside[live.index] = live.compute_s, live.outside_s
+    return (*simulate_slice(timed(requests, args), registry, config, profile, float(doc["live_summary"]["slo_s"]),
+                            args.seed, compute), outside)
 
 
 def rate_from_capacity(args: argparse.Namespace, requests, registry, config, slo: float) -> dict:

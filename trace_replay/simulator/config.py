@@ -190,6 +190,10 @@ class InferenceSpec(BaseModel):
                                                "as in the trace: that model's own per-step profile")
     jitter_cv: float = Field(0.1, ge=0, le=2, description="lognormal noise, coefficient of variation")
     use_trace_exec: bool = Field(False, description="use the trace's exec seconds where known")
+    exec_expected: Literal["learnt", "profile"] = Field(
+        "learnt", description="with use_trace_exec, what decisions expect such a request to take: the "
+        "mean of the requests completed so far (learnt), or this section's formula (profile: what a live "
+        "service's router is told, for replaying measured service seconds under the same decisions)")
 
     @model_validator(mode="after")
     def _apply_profile(self) -> InferenceSpec:

@@ -125,7 +125,8 @@ def build_workload(table: RequestTable, cfg: SimConfig, data_dir: Path | None = 
     if inf.use_trace_exec:
         known = np.isfinite(t.exec_s) & (t.exec_s > 0)
         infer[known] = t.exec_s[known]
-        expect[known] = np.nan  # learnt from completed requests (engine.py)
+        if inf.exec_expected == "learnt":
+            expect[known] = np.nan  # learnt from completed requests (engine.py)
         notes.append(f"service time: trace exec seconds for {int(known.sum())} of {n} requests")
     pools, means, source = _latency_pools(cfg, rng, pool_size, data_dir)
     notes.append(f"remote load times: {source}")
