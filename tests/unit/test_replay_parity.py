@@ -16,7 +16,7 @@ import yaml
 
 from app.cli import main as t2i
 from tests.unit.replay_server import server  # noqa: F401  (the fixture)
-from trace_replay.replay.parity import compare, live_policy_set, live_service, load_profile
+from trace_replay.replay.parity import compare, live_policy_set, live_service, load_profile, side_by_side
 
 S_PER_STEP = 0.04  # b0 and b1 default to 2 steps: 80 ms a request
 
@@ -113,6 +113,21 @@ def test_live_service_splits_compute_from_outside():
                                     load_s=[0.3, np.nan, 0.0, 0.0], completed=[True, True, False, True])
     assert compute[[0, 1, 3]] == pytest.approx([0.4, 1.5, 0.5]) and np.isnan(compute[2])
     assert outside[[0, 1, 3]] == pytest.approx([0.1, 0.5, 0.0]) and np.isnan(outside[2])
+
+
+def test_side_by_side_prints_each_prediction_in_its_own_columns():
+    live = {"latency_p50_s": 2.0, "slo_violation_rate": 0.0, "requests": 10}
+    sims = [{"latency_p50_s": 3.0, "slo_violation_rate": 0.1, "requests": 10},
+            {"latency_p50_s": 2.2, "slo_violation_rate": 0.0, "requests": 10}]
+    text = side_by_side(live, [("sim", sims[0], compare(live, sims[0])),
+                               ("sim | live service", sims[1], compare(live, sims[1]))])
+    lines = {line.split()[0]: line for line in text.splitlines()[1:]}
+    assert lines["latency_p50_s"].split()[1:] == ["2.000", "3.000", "+50.0%", "2.200", "+10.0%"]
+    assert lines["slo_violation_rate"].split()[1:] == ["0.00%", "10.00%", "0.00%"]  # no ratio of a 0
+    # the columns line up: the second prediction's value ends where its header does
+    header = text.splitlines()[0]
+    assert lines["slo_violation_rate"].rindex("0.00%") + 5 == lines["latency_p50_s"].index("2.200") + 5 \
+        == header.index("sim | live service") + len("sim | live service")
 
 
 def test_live_policy_set_follows_the_deployment(tmp_path):
