@@ -90,8 +90,9 @@ ARMS = {"ray-default": {"policies": "ray-default"},
         # outside it (policies.placement spill), not nowhere
         "coordinator-spill": {**_coordinator(), "placement_args": {"fuse_top": 0, "spill": True}},
         # replicas report (to the coordinator and, through Serve's controller, to the routers) every
-        # 3 s instead of every second: idle, the control plane's reports cost the 4-replica service
-        # 0.40 cores against Ray's 0.28, and 0.30 at 3 s, on a machine of 2 cores
+        # 3 s instead of every second: idle, the 4-replica service used 0.358 cores under the
+        # coordinator, 0.314 at 3 s and 0.279 under Ray, on a machine of 2 cores
+        # (control_plane_cpu.py, results/control_plane_cpu.json)
         "coordinator-p3": {**_coordinator(), "report_period_s": 3.0}}
 GOAL_LOAD_S_CUT = 0.40
 

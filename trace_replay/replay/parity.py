@@ -98,22 +98,25 @@ def live_service(inference_s, sent_s, done_s, queue_s, load_s, completed) -> tup
     control plane's part of the parity error: queueing, placement, loads."""
     f = lambda v: np.asarray(v, np.float64)  # noqa: E731
     ok = np.asarray(completed, bool) & np.isfinite(f(inference_s))
-    compute = np.where(ok, np.maximum(np.nan_to_num(f(inference_s)), 0.0), np.nan)
+    compute = np.where(ok, np.maximum(f(inference_s), 0.0), np.nan)
     outside = f(done_s) - f(sent_s) - np.nan_to_num(f(queue_s)) - np.nan_to_num(f(load_s)) - compute
     return compute, np.where(ok & np.isfinite(outside), np.maximum(outside, 0.0), np.nan)
 
 
-def record_service(records) -> tuple[np.ndarray, np.ndarray]:
-    """``live_service`` of a replay's records (``driver.Record``, one per request, in order)."""
-    t = lambda name: [r.timings.get(name, np.nan) for r in records]  # noqa: E731
-    return live_service(t("inference_s"), [r.sent_s for r in records], [r.done_s for r in records],
-                        t("queue_s"), t("load_s"), [r.outcome == "completed" for r in records])
+def seconds_by_request(live, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A replay's (compute, outside) seconds (``compare.read_records``, which keeps the sent requests)
+    placed at each request's index in a slice of ``n`` requests, NaN for the others."""
+    if live.index.size and live.index.max() >= n:
+        raise ValueError(f"these records go to request {live.index.max()}; the slice has {n}")
+    compute, outside = np.full(n, np.nan), np.full(n, np.nan)
+    compute[live.index], outside[live.index] = live.compute_s, live.outside_s
+    return compute, outside
 
 
 def given_service(cfg):
-    """``cfg`` replaying measured service seconds: each request takes its ``service_s`` (the profile's
-    formula where NaN), decisions still expect the profile's formula (as the live router does), and
-    the host stretches nothing (the measured seconds already hold the contention)."""
+    """``cfg`` replaying measured service seconds: each request takes the table's ``exec_s`` (the
+    profile's formula where NaN), decisions still expect the profile's formula (as the live router
+    does), and the host stretches nothing (the measured seconds already hold the contention)."""
     inference = cfg.inference.model_copy(update={"use_trace_exec": True, "exec_expected": "profile"})
     cluster = cfg.cluster.model_copy(update={"host_contention": 0.0, "host_stretch": []})
     return cfg.model_copy(update={"inference": inference, "cluster": cluster})

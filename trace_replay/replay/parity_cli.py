@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from deployments.config import ConfigError, load_config
-    from trace_replay.replay.parity import compare, record_service, side_by_side, sim_arrays, simulate_slice
-    from trace_replay.replay.report import record_arrays, slice_stats, write_records
+    from trace_replay.replay.compare import read_records
+    from trace_replay.replay.parity import compare, seconds_by_request, side_by_side, sim_arrays, simulate_slice
+    from trace_replay.replay.report import record_arrays, slice_stats
 
     args = build_parser().parse_args(argv)
     try:
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     live = slice_stats(*record_arrays(result.records), slo, skip)
     sim = slice_stats(*sim_arrays(sim_result), slo, skip)
     cmp = compare(live, sim)
-    compute_s, outside_s = record_service(result.records)
+    # live_run wrote the records (records.csv, the live side per request); one reader for them
+    compute_s, outside_s = seconds_by_request(read_records(args.out), len(requests))
     given, _, _ = simulate_slice(requests, registry, config, args.profile, slo, args.seed, service_s=compute_s)
     sim_given = slice_stats(*sim_arrays(given, outside_s), slo, skip)
     cmp_given = compare(live, sim_given)
@@ -106,7 +108,6 @@ def main(argv: list[str] | None = None) -> int:
            # what chose and timed the slice, so it can be simulated again (benchmarks/live_resimulate.py)
            "slice": {k: getattr(args, k, None) for k in SLICE_ARGS}}
     (Path(args.out) / "parity.json").write_text(json.dumps(doc, indent=1, default=float))
-    write_records(Path(args.out) / "records.csv", result.records)  # the live side, per request
     if args.json:
         print(json.dumps(doc, default=float))
     else:
@@ -133,10 +134,8 @@ def resimulate(doc: dict, config, profile: str | Path, trace: str | Path | None 
     (``compare.read_records``), to give each request the seconds it computed live (``simulate_slice``'s
     ``service_s``). Returns ``simulate_slice``'s (result, SimConfig, policy set), and with ``live``
     its outside seconds per request (for ``sim_arrays``), else None."""
-    import numpy as np
-
     from trace_replay.replay.mapping import Registry
-    from trace_replay.replay.parity import simulate_slice
+    from trace_replay.replay.parity import seconds_by_request, simulate_slice
 
     if "slice" not in doc:
         raise ValueError("this parity.json records no 'slice' (written before t2i parity kept one): "
@@ -144,12 +143,7 @@ def resimulate(doc: dict, config, profile: str | Path, trace: str | Path | None 
     args = argparse.Namespace(**{**doc["slice"], **({"trace": str(trace)} if trace else {})})
     # the registry the service answered (GET /v1/models is the config's models_document)
     requests, _, registry = map_slice(args, Registry.from_models_response(config.models_document()))
-    compute = outside = None
-    if live is not None:
-        if live.index.size and live.index.max() >= len(requests):
-            raise ValueError(f"these records go to request {live.index.max()}; the slice has {len(requests)}")
-        compute, outside = np.full(len(requests), np.nan), np.full(len(requests), np.nan)
-        compute[live.index], outside[live.index] = live.compute_s, live.outside_s
+    compute, outside = seconds_by_request(live, len(requests)) if live is not None else (None, None)
     return (*simulate_slice(timed(requests, args), registry, config, profile, float(doc["live_summary"]["slo_s"]),
                             args.seed, compute), outside)
 
