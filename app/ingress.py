@@ -470,7 +470,7 @@ def _add(timings: dict, replica: dict) -> None:
         timings[key] += replica.get(key, 0.0)
     # fetch_s, swap_s, unmerge_s and merge_s are parts of load_s (the LoRAs' fetch from the store;
     # their copy or swap; the previous request's merged LoRAs out of the weights; these in)
-    for key in ("fetch_s", "swap_s", "unmerge_s", "merge_s"):
+    for key in ("fetch_s", "swap_s", "unmerge_s", "merge_s", "slot_s"):  # slot_s: part of queue_s
         if key in replica:
             timings[key] = timings.get(key, 0.0) + replica[key]
 

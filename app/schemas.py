@@ -92,6 +92,8 @@ class ImageDatum(BaseModel):
 
 class Timings(BaseModel):
     queue_s: float = 0.0
+    slot_s: float = Field(0.0, description="Part of queue_s: the wait for one of the machine's "
+                          "compute slots (control.compute_slots); 0 without them.")
     load_s: float = 0.0
     preprocess_s: float = 0.0
     inference_s: float = 0.0

@@ -93,7 +93,10 @@ ARMS = {"ray-default": {"policies": "ray-default"},
         # 3 s instead of every second: idle, the 4-replica service used 0.358 cores under the
         # coordinator, 0.314 at 3 s and 0.279 under Ray, on a machine of 2 cores
         # (control_plane_cpu.py, results/control_plane_cpu.json)
-        "coordinator-p3": {**_coordinator(), "report_period_s": 3.0}}
+        "coordinator-p3": {**_coordinator(), "report_period_s": 3.0},
+        # at most as many replicas compute at once as the machine has cores (control.compute_slots):
+        # a request finding them all busy waits for one instead of time-sharing the cores
+        "coordinator-compute-slots": {**_coordinator(), "compute_slots": "{cores}"}}
 GOAL_LOAD_S_CUT = 0.40
 
 

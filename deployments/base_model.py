@@ -5,6 +5,8 @@
   it, victims from the `control.eviction` policy, pins and idle prefetches from the coordinator
   (replica_control.py runs the report loop). The replica publishes what it holds to the cache-
   aware router (`record_routing_stats`) and the autoscaler (`record_autoscaling_stats`).
+  With `control.compute_slots` k, at most k replicas on the machine compute at once
+  (deployments/compute_slots.py); a request waiting for a slot counts it as queueing.
 - `ray-default`: Ray Serve's `serve.multiplexed`, at most `cache.base_models_per_replica`
   pipelines, count-based LRU, as before this issue (the baseline the benchmark compares against).
 
@@ -17,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import asynccontextmanager
 
+from deployments.compute_slots import ComputeSlots
 from deployments.config import ServeConfig
 from deployments.errors import check_deadline
 from deployments.lora_format import pin_adapter
@@ -41,6 +45,9 @@ class BaseModel:
         self._remote_nets: dict[str, object] = {}
         self._ahead_tasks: set[asyncio.Task] = set()  # loads ahead being started (kept referenced)
         self.coordinated = self.config.control.policies == "coordinator"
+        # at most compute_slots replicas on this machine compute at once (coordinator set only)
+        slots = self.config.control.compute_slots
+        self.slots = ComputeSlots(slots) if self.coordinated and slots else None
         # queue, timings, cache and coordinator loop; the stats methods below read it
         self.control = ReplicaControl(self.config, self.engine, self._multiplexed_pipelines,
                                       replica_id=_replica_id)
@@ -237,14 +244,16 @@ class BaseModel:
                     [a for a in loaded.slots.missing(wanted) if a not in adapters])
                 adapters.update(more)
                 fetch_s += more_s
-                self.control.computing(spec)  # the drain time counts its compute down from here
-                result = await asyncio.to_thread(
-                    self.engine.generate, loaded, spec, adapters, control_images, factory)
+                async with (self.slots.hold() if self.slots is not None else _no_wait()) as slot_s:
+                    self.control.computing(spec)  # the drain time counts its compute down from here
+                    result = await asyncio.to_thread(
+                        self.engine.generate, loaded, spec, adapters, control_images, factory)
             finally:
                 if leases:
                     self.cache.release(leases)
         self.control.record_adapter_swap(result)
-        result.timings["queue_s"] = queue_s
+        result.timings["queue_s"] = queue_s + slot_s  # the machine's compute slots are a queue too
+        result.timings["slot_s"] = slot_s
         result.timings["load_s"] += before_lock_s + lease_s
         result.timings["fetch_s"] = fetch_s  # the store fetches (before and under the lock)
         result.replica = _replica_id()
@@ -254,6 +263,11 @@ class BaseModel:
         self._ahead_tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:  # the request's acquire meets it again
             logger.warning("load ahead failed: %r", task.exception())
+
+
+@asynccontextmanager
+async def _no_wait():
+    yield 0.0
 
 
 def _replica_id() -> str | None:

@@ -253,6 +253,11 @@ class ControlConfig(_Strict):
                                     "simulator's replicas report it (policies.drain); routers read the same "
                                     "means (compute_per_step_s). False (default): the replica's mean compute "
                                     "per request times its queue length, and no per-model means published.")
+    compute_slots: int = Field(default=0, ge=0, description="Under the coordinator: at most this many "
+                               "BaseModel replicas on one machine run a pipeline at once (its cores, or 1 "
+                               "for replicas sharing a GPU); a request finding them all taken waits, counted "
+                               "as queueing (deployments/compute_slots.py). 0 (default): no limit, replicas "
+                               "time-share the machine. Ray's defaults (policies: ray-default) ignore it.")
     autoscaling: AutoscalingControl = Field(default_factory=AutoscalingControl)
 
     def coordinator_args(self) -> dict:

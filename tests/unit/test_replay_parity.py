@@ -152,6 +152,12 @@ def test_coordinator_deployment_is_simulated_as_the_coordinator_set_with_its_bud
     # a ray-default deployment keeps the profile's memory: its cache counts models, not bytes
     ray_cfg = load_profile(_profile(tmp_path), gpus, 5.0, 0, load_config(_config(tmp_path)).control)
     assert ray_cfg.cluster.gpu_model_gb != cfg.cluster.gpu_model_gb
+    # compute slots per host go with the coordinator's control set; Ray's defaults ignore them
+    assert cfg.cluster.compute_slots == 0
+    slotted = config.control.model_copy(update={"compute_slots": 2})
+    assert load_profile(_profile(tmp_path), gpus, 5.0, 0, slotted).cluster.compute_slots == 2
+    ray_slotted = load_config(_config(tmp_path)).control.model_copy(update={"compute_slots": 2})
+    assert load_profile(_profile(tmp_path), gpus, 5.0, 0, ray_slotted).cluster.compute_slots == 0
 
 
 def test_bad_profile_names_the_file_and_field(tmp_path):

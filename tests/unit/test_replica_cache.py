@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -428,3 +429,37 @@ def test_a_queued_request_loads_its_pipeline_while_another_request_runs(demo_con
     assert loaded and not second_loaded and ahead == {"started": 1, "used": 1, "wasted": 0}
     loaded, _, ahead = asyncio.run(main(False))
     assert not loaded and ahead["started"] == 0
+
+
+def test_replicas_on_one_machine_compute_one_at_a_time_with_one_compute_slot(demo_config, tmp_path, monkeypatch):
+    """control.compute_slots 1: two replicas (two BaseModels here, as two processes would be) never
+    run a pipeline at the same time; the request that waited for the slot reports the wait as
+    slot_s, inside its queue_s."""
+    from deployments import compute_slots
+
+    monkeypatch.setattr(compute_slots, "slots_dir", lambda slots: tmp_path / f"of-{slots}")
+    config = _config(demo_config, compute_slots=1)
+
+    async def main():
+        models = [BaseModel(config) for _ in range(2)]
+        spans = []
+        for model in models:
+            model.control.start = lambda: None
+            run = model.engine.generate
+
+            def timed(*args, run=run):
+                started = time.perf_counter()
+                try:
+                    return run(*args)
+                finally:
+                    spans.append((started, time.perf_counter()))
+            model.engine.generate = timed
+        results = await asyncio.gather(*(m.generate(_spec(seed=i)) for i in range(2) for m in models))
+        return spans, results
+
+    spans, results = asyncio.run(main())
+    spans.sort()
+    assert len(spans) == 4 and all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+    slot = [r.timings["slot_s"] for r in results]
+    assert max(slot) > 0.01  # at least one request waited for the other replica's compute
+    assert all(r.timings["queue_s"] >= s for r, s in zip(results, slot))

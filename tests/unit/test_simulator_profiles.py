@@ -193,13 +193,14 @@ def test_cli_table_shows_active_gpu_seconds_beside_violations(capsys):
 
 
 def _contention_run(contention: float, per_host: int, n: int = 12, model: str = "at-start", records=False,
-                    stretch: list | None = None):
+                    stretch: list | None = None, slots: int = 0):
     """n requests 0.3 s apart for three bases on three GPUs, no loads (zero overhead, tiny sizes),
     1 s of compute each: (start, duration, others busy at the start) per request."""
     step = {"s_per_step": 0.5, "fixed_s": 0.0, "ref_pixels": 4096}
     cfg = SimConfig.model_validate({
         "cluster": {"gpus": 3, "load_model": "bandwidth", "remote_gbps": 1e6, "contention_model": model,
-                    "replicas_per_host": per_host, "host_contention": contention, "host_stretch": stretch or []},
+                    "replicas_per_host": per_host, "host_contention": contention, "host_stretch": stretch or [],
+                    "compute_slots": slots},
         "components": {"reload_overhead_s": {"base_model": 0, "controlnet": 0, "lora": 0},
                        "base_gb": [1e-9, 1e-9]},
         "inference": {"default_pixels": 4096, "default_steps": 2, "jitter_cv": 0.0,
@@ -239,6 +240,37 @@ def test_shared_contention_gives_every_job_exactly_its_work():
         if m:
             done[running] += (hi - lo) / (1 + c * (m - 1))
     assert np.allclose(done, 1.0)
+
+
+def _most_at_once(start: np.ndarray, finish: np.ndarray) -> int:
+    return max(np.count_nonzero((start <= t) & (finish > t)) for t in start)
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_compute_slots_cap_the_jobs_a_host_runs_at_once(slots):
+    """ClusterSpec.compute_slots: three replicas on one host, requests 0.3 s apart, 1 s of compute
+    each. Without slots all three run at once (and stretch); with k slots never more than k do, a
+    waiting request starts the moment one frees, and each job runs at the stretch of the k or fewer
+    running beside it."""
+    free = _contention_run(0.25, 3, n=30, model="shared", records=True)
+    assert _most_at_once(free.start, free.finish) == 3
+    rec = _contention_run(0.25, 3, n=30, model="shared", records=True, slots=slots)
+    start, finish = rec.start, rec.finish
+    assert np.all(rec.completions == 1)
+    assert _most_at_once(start, finish) == slots
+    waited = start > np.arange(30) * 0.3 + 1e-9
+    assert waited.any()
+    # a waiting request started when a job on the host finished
+    assert all(np.isclose(finish, s).any() for s in start[waited])
+    edges = np.unique(np.concatenate([start, finish]))  # 1 s of work at 1 / (1 + 0.25 (m - 1))
+    done = np.zeros(start.size)
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        running = (start <= lo) & (finish >= hi)
+        if running.any():
+            done[running] += (hi - lo) / (1 + 0.25 * (np.count_nonzero(running) - 1))
+    assert np.allclose(done, 1.0)
+    with pytest.raises(ValidationError, match="compute_slots"):
+        SimConfig.model_validate({"cluster": {"compute_slots": -1}})
 
 
 @pytest.mark.parametrize("model", ["at-start", "shared"])

@@ -28,6 +28,8 @@ STAGES = ("queue_s", "load_s", "preprocess_s", "inference_s", "discriminator_s",
 # request's merged in; the rest of load_s is model loads (base pipelines, ControlNets, from disk
 # or the host tier) and waits for room
 LOAD_PARTS = ("fetch_s", "swap_s", "unmerge_s", "merge_s")
+# part of queue_s: the wait for one of the machine's compute slots (control.compute_slots)
+QUEUE_PARTS = ("slot_s",)
 
 
 @dataclass
@@ -89,7 +91,7 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict, rec: Record, t0:
             rec.model = str(doc.get("model", ""))
             rec.replica = str((doc.get("t2i") or {}).get("replica") or "")
             rec.timings = {k: float(v) for k, v in (doc.get("timings") or {}).items()
-                           if k in STAGES or k in LOAD_PARTS}
+                           if k in STAGES or k in LOAD_PARTS or k in QUEUE_PARTS}
         else:
             rec.outcome = "failed"
             err = doc.get("error") if isinstance(doc, dict) else None

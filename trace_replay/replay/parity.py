@@ -69,7 +69,8 @@ def live_policy_set(config):
 def load_profile(path: str | Path, gpus: int, slo_s: float, seed: int, control=None):
     """The profile YAML as a SimConfig for this run (GPUs, SLO and seed from the live side; with
     the live config's ``control`` under the coordinator, its replica-cache budgets as each simulated
-    worker's GPU and host memory, and no disk tier, which the live cache does not have)."""
+    worker's GPU and host memory, no disk tier, which the live cache does not have, and its compute
+    slots per host)."""
     import yaml
 
     from trace_replay.simulator.config import SimConfig
@@ -81,6 +82,8 @@ def load_profile(path: str | Path, gpus: int, slo_s: float, seed: int, control=N
     if control is not None and control.policies == "coordinator" and control.gpu_budget_bytes:
         doc["cluster"].update(gpu_model_gb=control.gpu_budget_bytes / 1e9,
                               host_gb=control.host_budget_bytes / 1e9, disk_gb=0.0)
+    if control is not None and control.policies == "coordinator":
+        doc["cluster"]["compute_slots"] = control.compute_slots
     doc.update(slo_s=slo_s, seed=seed, time_scale=1.0)
     try:
         return SimConfig.model_validate(doc)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trace_replay.replay.driver import LOAD_PARTS, STAGES, Record, RunResult
+from trace_replay.replay.driver import LOAD_PARTS, QUEUE_PARTS, STAGES, Record, RunResult
 
 
 def _q(values: np.ndarray, p: float) -> float:
@@ -131,7 +131,7 @@ def per_model(run: RunResult, slo_s: float) -> dict[str, dict]:
 
 COLUMNS = ("index", "scheduled_s", "sent_s", "done_s", "latency_s", "outcome", "http_status",
            "base_model", "n_loras", "n_controlnets", "steps", "model", "replica", *STAGES, *LOAD_PARTS,
-           "error")
+           *QUEUE_PARTS, "error")
 
 
 def write_records(path: Path, records: list[Record]) -> Path:
@@ -143,7 +143,8 @@ def write_records(path: Path, records: list[Record]) -> Path:
             w.writerow([r.index, f"{r.scheduled_s:.6f}", f"{r.sent_s:.6f}", f"{r.done_s:.6f}",
                         f"{r.latency_s:.6f}", r.outcome, r.http_status, r.base_model, r.n_loras,
                         r.n_controlnets, r.steps, r.model, r.replica,
-                        *(f"{r.timings[s]:.6f}" if s in r.timings else "" for s in (*STAGES, *LOAD_PARTS)),
+                        *(f"{r.timings[s]:.6f}" if s in r.timings else ""
+                          for s in (*STAGES, *LOAD_PARTS, *QUEUE_PARTS)),
                         r.error])
     return path
 

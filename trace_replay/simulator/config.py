@@ -51,6 +51,11 @@ class ClusterSpec(BaseModel):
         "takes while 2, 3, ... replicas of its host are busy (itself included), one value per count "
         "up to replicas_per_host (t2i profile measures it); empty = 1 + host_contention x (busy - 1)")
 
+    compute_slots: int = Field(0, ge=0, description="at most this many requests run at once per host "
+                               "(control.compute_slots live: deployments/compute_slots.py); a replica whose "
+                               "request finds them all taken waits, first come first served on its host. "
+                               "0 = no limit (the replicas time-share the host)")
+
     @model_validator(mode="after")
     def _stretch_per_busy_count(self) -> ClusterSpec:
         s = self.host_stretch

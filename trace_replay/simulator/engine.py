@@ -13,6 +13,10 @@ completed jobs' durations. The sampled durations (jitter, remote-load draws) dri
 Each worker keeps ``exp_end`` (start + expected duration of its running job), ``exp_floor`` and
 ``exp_queue`` (sum of its queued jobs' expected compute), kept current in O(1) per event;
 ``remaining_s`` turns them into an expected drain time.
+With ``ClusterSpec.compute_slots`` k, at most k request jobs run per host at once; a worker whose
+request finds them taken is busy to the router and waits first come first served on its host. The
+slot covers the job's loads and compute here; live (``deployments/compute_slots.py``) only the
+compute, loads (a small share of a job on the demo) run before it.
 Policies come from a ``PolicyRuntime`` (``policy_sets.py``): a router, an eviction policy from the
 ``policies.eviction`` registry, optional control (autoscaling, placement, prefetch) on ticks.
 """
@@ -121,6 +125,11 @@ class Simulation:
         self.stretch.append(2 * self.stretch[-1] - self.stretch[-2])
         self.contention = any(x != 1.0 for x in self.stretch)
         self.host_busy = [0] * (c.gpus // c.replicas_per_host + 1)
+        # compute slots: at most compute_slots requests run per host; a replica whose request
+        # finds them taken holds it (busy to the router) in its host's first-come queue
+        self.compute_slots = c.compute_slots
+        self.host_computing = [0] * len(self.host_busy)
+        self.slot_queue: list[deque] = [deque() for _ in self.host_busy]
         # contention_model "shared": the stretch follows the busy count as it changes (a job
         # that started alone slows when neighbours start, and speeds up when they finish)
         self.shared = self.contention and self.per_host > 1 and c.contention_model == "shared"
@@ -235,7 +244,19 @@ class Simulation:
             self.holders[key].discard(w.idx)
 
     def start(self, w: Worker, i: int, comps: list, now: float) -> None:
-        """Begin request ``i`` on idle worker ``w``: loads of what it lacks, then compute."""
+        """Begin request ``i`` on idle worker ``w``: loads of what it lacks, then compute (with
+        compute slots, once its host has one free)."""
+        if self.compute_slots:
+            h = w.idx // self.per_host
+            if self.host_computing[h] >= self.compute_slots:
+                w.busy = True  # its request waits for a slot (Worker.idle_s counts the wait)
+                e = self.expect(i)
+                w.exp_end, w.exp_floor = now + e, late_floor(e)
+                self.slot_queue[h].append((w, i, comps))
+                if self.watch is not None:
+                    self.watch(w)
+                return
+            self.host_computing[h] += 1
         w.clock += 1
         clock = w.clock
         load = 0.0
@@ -290,6 +311,16 @@ class Simulation:
             self.push(now + dur, FINISH, w.idx, i)
         if self.watch is not None:
             self.watch(w)
+
+    def _free_slot(self, h: int, now: float) -> None:
+        """A request on host ``h`` finished: its slot goes to the longest waiting one there."""
+        self.host_computing[h] -= 1
+        if self.slot_queue[h]:
+            w, i, comps = self.slot_queue[h].popleft()
+            w.busy = False
+            self.start(w, i, comps, now)
+            if self.watch is not None:
+                self.watch(w)
 
     def start_prefetch(self, w: Worker, keys: list[int], now: float) -> float:
         """An idle worker loads ``keys`` ahead of demand (a job like any other: it is busy);
@@ -519,6 +550,8 @@ class Simulation:
                 w.busy = False
                 self.host_busy[w.idx // self.per_host] -= 1
                 w.free_since = now
+                if j >= 0 and self.compute_slots:
+                    self._free_slot(w.idx // self.per_host, now)
                 if w.queue:
                     j, comps, e = w.queue.popleft()
                     w.exp_queue = w.exp_queue - e if w.queue else 0.0  # no drift left behind
