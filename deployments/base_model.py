@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from contextlib import asynccontextmanager
+from contextlib import nullcontext
 
 from deployments.compute_slots import ComputeSlots
 from deployments.config import ServeConfig
@@ -244,7 +244,7 @@ class BaseModel:
                     [a for a in loaded.slots.missing(wanted) if a not in adapters])
                 adapters.update(more)
                 fetch_s += more_s
-                async with (self.slots.hold() if self.slots is not None else _no_wait()) as slot_s:
+                async with (self.slots.hold() if self.slots is not None else nullcontext(0.0)) as slot_s:
                     self.control.computing(spec)  # the drain time counts its compute down from here
                     result = await asyncio.to_thread(
                         self.engine.generate, loaded, spec, adapters, control_images, factory)
@@ -263,11 +263,6 @@ class BaseModel:
         self._ahead_tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:  # the request's acquire meets it again
             logger.warning("load ahead failed: %r", task.exception())
-
-
-@asynccontextmanager
-async def _no_wait():
-    yield 0.0
 
 
 def _replica_id() -> str | None:

@@ -20,7 +20,6 @@ across processes no order is kept. The simulator's ``ClusterSpec.compute_slots``
 from __future__ import annotations
 
 import asyncio
-import random
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -51,13 +50,10 @@ class ComputeSlots:
         self._locks = [FileLock(self.directory / f"slot-{i}.lock", thread_local=False)
                        for i in range(slots)]
         self._poll_s = poll_s
-        self._rng = random.Random()
 
     def try_take(self) -> FileLock | None:
         """A free slot, now taken, or None when all ``slots`` are held (by any process)."""
-        start = self._rng.randrange(self.slots)  # spread the tries, so no file is always tried first
-        for j in range(self.slots):
-            lock = self._locks[(start + j) % self.slots]
+        for lock in self._locks:
             if lock.is_locked:  # this process holds it already (another request here)
                 continue
             try:

@@ -318,9 +318,7 @@ class Simulation:
         if self.slot_queue[h]:
             w, i, comps = self.slot_queue[h].popleft()
             w.busy = False
-            self.start(w, i, comps, now)
-            if self.watch is not None:
-                self.watch(w)
+            self.start(w, i, comps, now)  # which tells the router's index (watch)
 
     def start_prefetch(self, w: Worker, keys: list[int], now: float) -> float:
         """An idle worker loads ``keys`` ahead of demand (a job like any other: it is busy);
@@ -548,10 +546,11 @@ class Simulation:
                         self.exec_sum += self.infer[j]
                         self.exec_n += 1
                 w.busy = False
-                self.host_busy[w.idx // self.per_host] -= 1
+                h = w.idx // self.per_host
+                self.host_busy[h] -= 1
                 w.free_since = now
                 if j >= 0 and self.compute_slots:
-                    self._free_slot(w.idx // self.per_host, now)
+                    self._free_slot(h, now)
                 if w.queue:
                     j, comps, e = w.queue.popleft()
                     w.exp_queue = w.exp_queue - e if w.queue else 0.0  # no drift left behind
