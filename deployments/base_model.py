@@ -29,6 +29,7 @@ from deployments.model_cache import room_wait_s
 from deployments.pipeline_engine import LoadedPipeline, PipelineEngine
 from deployments.replica_control import ReplicaControl
 from deployments.spec import GenerationResult, GenerationSpec
+from policies.load_ahead import ahead_tiers
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class BaseModel:
         self._lock = asyncio.Lock()
         self._remote_nets: dict[str, object] = {}
         self._ahead_tasks: set[asyncio.Task] = set()  # loads ahead being started (kept referenced)
+        # where a load ahead may read from: on a GPU only host-tier copies (policies.load_ahead)
+        self._ahead_tiers = ahead_tiers(self.config.control.load_ahead_from, self.engine.device.startswith("cuda"))
         self.coordinated = self.config.control.policies == "coordinator"
         # at most compute_slots replicas on this machine compute at once (coordinator set only)
         slots = self.config.control.compute_slots
@@ -211,7 +214,8 @@ class BaseModel:
             # lock first and evicts what was loaded for this one). It never evicts what the
             # replica's other requests need.
             task = asyncio.get_running_loop().create_task(
-                self.cache.load_ahead(self.control.models_of(spec), self.control.needed_by_others(spec)))
+                self.cache.load_ahead(self.control.models_of(spec), self.control.needed_by_others(spec),
+                                      self._ahead_tiers))
             self._ahead_tasks.add(task)
             task.add_done_callback(self._ahead_done)
         wanted = [a for a, _ in spec.loras]

@@ -299,18 +299,23 @@ class ModelCache:
             return False
         return True
 
-    async def load_ahead(self, model_ids: Sequence[str], keep: frozenset) -> list[str]:
+    async def load_ahead(self, model_ids: Sequence[str], keep: frozenset,
+                         tiers: frozenset = frozenset({HOST, DISK, REMOTE})) -> list[str]:
         """Start loading the models of `model_ids` missing from the device while their request
         waits for the replica, so the load overlaps the running request's compute (as Ray's
-        `serve.multiplexed` loads before a replica's lock). Room comes only from idle entries not
-        in `keep` (the models the replica's other queued or running requests need) nor pinned;
-        a model without such room is left to the request's `acquire`. The request's `acquire`
-        takes the load over (its miss); loads are not awaited here. Returns the ids started."""
+        `serve.multiplexed` loads before a replica's lock). Only loads from `tiers`
+        (policies.load_ahead.ahead_tiers: the host tier, or any). Room comes only from idle
+        entries not in `keep` (the models the replica's other queued or running requests need)
+        nor pinned; a model without such room is left to the request's `acquire`. The request's
+        `acquire` takes the load over (its miss); loads are not awaited here. Returns the ids
+        started."""
         started = []
         keep = keep | frozenset(model_ids) | self.pins
         for model_id in model_ids:
             entry = self._entries.get(model_id)
             if entry is not None and (entry.tier == GPU or entry.loading is not None or entry.moving is not None):
+                continue
+            if (HOST if entry is not None and entry.tier == HOST else self.source.source_tier(model_id)) not in tiers:
                 continue
             try:
                 entry, began = await self._start_load(model_id, prefetch=False, keep=keep)

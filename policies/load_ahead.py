@@ -13,6 +13,16 @@ way, without the two rules here). Two rules keep it from hurting the requests be
   replica a request's own load evicts those last (``spare`` there), since the requests queued
   behind it would load them again.
 
+- ``ahead_tiers``: which tiers a load ahead may read from. Measured on an NVIDIA H200 with
+  real-size SD 1.5 (benchmarks/load_overlap.py, results/load_overlap_h200*.json): a read of
+  page-cached files beside a running 25-step generation slowed that generation x1.36-1.59 and
+  itself x1.2-1.5, and the pair took 1.19-1.56x as long as one after the other (the replica's
+  Python thread launching the generation's kernels competes for the GIL with the loader); a
+  cold read hid 20% of itself; a host-tier reload (pinned memory to the device) hid 66% and left
+  the generation at x1.02. A replica cannot tell a page-cached read from a cold one, so on a GPU
+  the default loads ahead only from the host tier. On a CPU (the demo) loading ahead from files
+  measured a gain live (README), so there it reads from any tier.
+
 Keys are whatever the caller names models by (registry ids live, integer keys in the simulator).
 The live replica (deployments/replica_control.py, base_model.py) and the simulator
 (trace_replay/simulator/engine.py) both decide through these functions.
@@ -21,6 +31,10 @@ The live replica (deployments/replica_control.py, base_model.py) and the simulat
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
+
+from policies.snapshot import DISK, HOST, REMOTE
+
+AHEAD_FROM = ("auto", "host", "any")  # the settings ahead_tiers understands
 
 
 def may_load_ahead(earlier: Iterable[Iterable[Hashable]], ready: Callable[[Hashable], bool]) -> bool:
@@ -33,3 +47,16 @@ def keep(others: Iterable[Iterable[Hashable]]) -> frozenset:
     """The models a load ahead (or, as a last resort, a load at the replica) must not evict:
     those the replica's other requests (``others``: the models of each) need."""
     return frozenset(m for models in others for m in models)
+
+
+def ahead_from(setting: str, on_gpu: bool) -> str:
+    """``setting`` (one of AHEAD_FROM) resolved for a device: ``any`` or ``host``; ``auto`` is
+    ``host`` on a GPU and ``any`` elsewhere (see the module docstring for the measurements)."""
+    if setting not in AHEAD_FROM:
+        raise ValueError(f"load ahead from {setting!r}: expected one of {', '.join(AHEAD_FROM)}")
+    return ("host" if on_gpu else "any") if setting == "auto" else setting
+
+
+def ahead_tiers(setting: str, on_gpu: bool) -> frozenset[int]:
+    """The tiers (policies.snapshot HOST, DISK, REMOTE) a load ahead may read from."""
+    return frozenset({HOST, DISK, REMOTE}) if ahead_from(setting, on_gpu) == "any" else frozenset({HOST})

@@ -107,3 +107,29 @@ def test_controlnet_wrapper_on_cuda_keeps_float16_and_draws_what_from_pipe_draws
     StableDiffusionControlNetPipeline.from_pipe(base, controlnet=net)  # the old call
     assert base.unet.dtype == torch.float32  # the hazard the wrapper removed
     base.to(torch.float16)
+
+
+def test_a_load_beside_a_running_generation_on_cuda_leaves_both_whole(gpu_engine):
+    """Load ahead on a GPU replica: a queued request's base model loads in another thread while
+    the running request computes on the same device; the image is the one made alone, and the
+    pipeline loaded beside it is on the device and draws what a plain load of it draws."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deployments.spec import GenerationSpec
+
+    running = gpu_engine.load_pipeline("tiny-sd-light")
+    spec = GenerationSpec(prompt="a kite", base_model="tiny-sd-light", width=64, height=64,
+                          steps=8, guidance_scale=5.0, seed=3)
+    heavy = GenerationSpec(**{**spec.__dict__, "base_model": "tiny-sd-heavy", "steps": 2})
+    alone = gpu_engine.generate(running, spec).images[0]
+    plain = gpu_engine.load_pipeline("tiny-sd-heavy")
+    expected = gpu_engine.generate(plain, heavy).images[0]
+    plain._free()
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(3):
+            image = pool.submit(lambda: gpu_engine.generate(running, spec).images[0])
+            loaded = pool.submit(gpu_engine.load_pipeline, "tiny-sd-heavy").result()
+            assert np.array_equal(image.result(), alone)
+            assert all(p.device.type == "cuda" for p in loaded.pipe.unet.parameters())
+            assert np.array_equal(gpu_engine.generate(loaded, heavy).images[0], expected)
+            loaded._free()

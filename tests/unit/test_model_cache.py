@@ -13,6 +13,7 @@ import pytest
 from deployments.errors import ModelLoadError
 from deployments.model_cache import CacheBudgetError, ModelCache
 from policies.eviction import EVICTION
+from policies.load_ahead import ahead_tiers
 from policies.snapshot import BASE, CONTROLNET, DISK, GPU, HOST
 
 
@@ -410,6 +411,31 @@ def test_load_ahead_overlaps_the_running_request_and_its_acquire_takes_the_load_
         cache.release([b])
         cache.release(await cache.acquire(["b"]))  # later uses are hits again
         assert cache.counters()["hits"]["gpu"] == 1
+    run(main())
+
+
+def test_load_ahead_from_the_host_tier_only_leaves_a_read_from_disk_to_acquire():
+    """On a GPU replica (policies.load_ahead.ahead_tiers 'auto'): a model whose copy is in host
+    memory comes back ahead; one that must be read from its files waits for its request."""
+    async def main():
+        cache, source = make({"a": 100, "b": 100, "c": 100, "e": 100}, gpu=200, host=100)
+        for model in ("a", "b", "c"):  # a -> host when c comes (LRU); c and b on the device
+            cache.release(await cache.acquire([model]))
+        assert cache.tiers() == {"a": HOST, "b": GPU, "c": GPU}
+        running = await cache.acquire(["c"])
+        host_only = ahead_tiers("auto", on_gpu=True)
+        assert await cache.load_ahead(["a"], keep=frozenset({"c"}), tiers=host_only) == ["a"]
+        (a,) = await cache.acquire(["a"])
+        assert source.to_device_calls == ["a"] and cache.counters()["ahead"]["used"] == 1
+        cache.release([a])
+        # e has never been loaded: it must be read from its files, so it waits for its request
+        assert await cache.load_ahead(["e"], keep=frozenset({"c"}), tiers=host_only) == []
+        assert source.loads == ["a", "b", "c"] and not cache.resident("e")
+        assert await cache.load_ahead(["e"], keep=frozenset({"c"}), tiers=ahead_tiers("any", on_gpu=True)) == ["e"]
+        cache.release(running)
+        cache.release(await cache.acquire(["e"]))
+        assert source.loads == ["a", "b", "c", "e"]
+        assert_within_budgets(cache)
     run(main())
 
 

@@ -17,6 +17,7 @@ import yaml
 from app.cli import main as t2i
 from tests.unit.replay_server import server  # noqa: F401  (the fixture)
 from trace_replay.replay.parity import compare, live_policy_set, live_service, load_profile, side_by_side
+from trace_replay.simulator.policy_sets import POLICY_SETS
 
 S_PER_STEP = 0.04  # b0 and b1 default to 2 steps: 80 ms a request
 
@@ -146,6 +147,13 @@ def test_coordinator_deployment_is_simulated_as_the_coordinator_set_with_its_bud
     spec, gpus = live_policy_set(config)
     assert gpus == 4 and spec.placement == "coordinator" and spec.eviction == "cost-aware"
     assert spec.max_models_per_replica is None and spec.host_cache
+    # load ahead as the live replicas do it: these are CPU replicas, which read ahead from files
+    # (the simulator's own coordinator sets are GPUs': host-tier copies only)
+    assert spec.load_ahead and spec.load_ahead_from == "any"
+    assert POLICY_SETS["coordinator"].load_ahead_from == "auto"
+    on_gpu = config.model_copy(update={"deployments": config.deployments.model_copy(update={
+        "base_model": config.deployments.base_model.model_copy(update={"num_gpus": 1.0})})})
+    assert live_policy_set(on_gpu)[0].load_ahead_from == "host"
     cfg = load_profile(_profile(tmp_path), gpus, 5.0, 0, config.control)
     assert cfg.cluster.gpu_model_gb == pytest.approx((8 << 20) / 1e9)
     assert cfg.cluster.host_gb == pytest.approx((16 << 20) / 1e9) and cfg.cluster.disk_gb == 0

@@ -32,12 +32,16 @@ def live_policy_set(config):
     (cost-aware byte-budgeted caches, least-expected-latency routing, popularity placement and
     bandit prefetch) or ``ray-default`` (count-based LRU, Ray's multiplex routing), as the
     config's ``control.policies`` says, on as many GPUs as BaseModel replicas."""
+    from policies.load_ahead import ahead_from
     from trace_replay.simulator.policy_sets import POLICY_SETS
 
     dep = config.deployments.base_model
     if config.control.policies == "coordinator":
         update = {"name": "coordinator-live", "tick_s": config.control.replan_period_s,
                   "load_ahead": config.control.load_ahead,
+                  # the live replica's setting resolved for its device (a CPU demo reads ahead from
+                  # files; the simulator's own default is a GPU's, the host tier only)
+                  "load_ahead_from": ahead_from(config.control.load_ahead_from, dep.num_gpus > 0),
                   "eviction": config.control.eviction,
                   "eviction_args": dict(config.control.eviction_args),
                   "routing_args": {"policy": config.control.routing, **config.control.routing_args},

@@ -33,7 +33,7 @@ import numpy as np
 from policies.drain import drain_s, late_floor
 from policies.eviction import is_stateful
 from policies.load_ahead import keep, may_load_ahead
-from policies.snapshot import LORA
+from policies.snapshot import DISK, HOST, LORA, REMOTE
 from trace_replay.simulator.config import SimConfig
 from trace_replay.simulator.events import ARRIVAL, FINISH, READY, TICK
 from trace_replay.simulator.oracle import NextUseOracle
@@ -170,6 +170,7 @@ class Simulation:
         self.watch = None  # called with a worker whose queue, job or GPU changed (router indexes)
         self.held: deque = deque()  # requests the router holds until a replica has room (Ray)
         self.load_ahead = bool(getattr(runtime, "load_ahead", False))
+        self.ahead_tiers = getattr(runtime, "ahead_tiers", frozenset({HOST, DISK, REMOTE}))
 
     # -- mechanism -----------------------------------------------------------------------------
     def push(self, t: float, prio: int, *payload) -> None:
@@ -415,8 +416,10 @@ class Simulation:
         """A request queued on busy ``w`` starts loading what it lacks (policies.load_ahead, as the
         live replica does): only when every request before it has its keys on the GPU or loading
         (a load inserts its key when it starts), into room that no other request there needs.
-        The load runs beside the worker's job; it does not slow the host's other work (on a GPU
-        it is the disk and the copy engine's; the CPU demo's loads do contend, left out here).
+        Only from the policy set's tiers (ahead_tiers: on a GPU the host tier; measured there, a
+        file read beside a generation slowed both, benchmarks/load_overlap.py). The load runs
+        beside the worker's job; it does not slow the host's other work (a host-tier copy on an
+        H200 left the generation at x1.02; the CPU demo's loads do contend, left out here).
         The request's start pays what is left of it."""
         slot_of = w.slot_of
         missing = [k for k in comps if k not in slot_of]
@@ -427,8 +430,13 @@ class Simulation:
             return
         protect = tuple(keep(earlier) | set(comps))
         rt = self.rt
+        host, disk, tiers = w.host, w.disk, self.ahead_tiers
         for k in missing:
             if k in slot_of:  # named twice, and loaded ahead for its first mention
+                continue
+            tier = HOST if host is not None and k in host.items else DISK if disk is not None and k in disk.items \
+                else REMOTE
+            if tier not in tiers:  # (policies.load_ahead.ahead_tiers) it loads at its start
                 continue
             size, need_base = self.key_size[k], self.key_kind[k] == BASE
             # asked here before bring asks again: bring reports the miss to a stateful memory

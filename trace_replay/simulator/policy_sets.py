@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from policies.eviction import EVICTION
+from policies.load_ahead import ahead_tiers
 from trace_replay.simulator.config import SimConfig
 from trace_replay.simulator.control import CacheAware, Pow2Holder
 from trace_replay.simulator.worker import Worker
@@ -54,6 +55,9 @@ class PolicySetSpec(BaseModel):
     tick_s: float = Field(0.0, ge=0, description="control period (autoscaling, placement); 0 = none")
     load_ahead: bool = Field(False, description="a request queued on a busy replica starts loading what "
                              "it lacks while it waits (policies.load_ahead; the live control.load_ahead)")
+    load_ahead_from: Literal["auto", "host", "any"] = Field(
+        "auto", description="which tiers a load ahead reads from (policies.load_ahead.ahead_tiers; the "
+        "simulated workers are GPUs, so auto is host: only host-tier copies load ahead)")
 
 
 POLICY_SETS: dict[str, PolicySetSpec] = {s.name: s for s in (
@@ -120,6 +124,7 @@ class PolicyRuntime:
         self.host_cache = spec.host_cache
         self.tick_s = spec.tick_s
         self.load_ahead = spec.load_ahead
+        self.ahead_tiers = ahead_tiers(spec.load_ahead_from, on_gpu=True)
         self.autoscaler = None
         if spec.autoscaling != "none":
             from trace_replay.simulator.scaling import Autoscaler
