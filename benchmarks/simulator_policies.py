@@ -43,10 +43,12 @@ def ablations() -> list:
                                                              "placement": "none", "tick_s": 0.0}),
             # the coordinator without load ahead (a queued request loads only when it starts)
             get_policy_set("coordinator").model_copy(update={"name": "coordinator-no-ahead", "load_ahead": False}),
-            # load ahead from any tier, as before the H200 overlap measurement (the coordinator's
-            # default on a GPU is host-tier copies only: benchmarks/load_overlap.py)
+            # load ahead from any tier, the local disk tier too, as before the H200 overlap
+            # measurement (benchmarks/load_overlap.py); and from the host tier only
             get_policy_set("coordinator").model_copy(update={"name": "coordinator-ahead-any",
                                                              "load_ahead_from": "any"}),
+            get_policy_set("coordinator").model_copy(update={"name": "coordinator-ahead-host",
+                                                             "load_ahead_from": "host"}),
             # a hot pipeline the hot pool has no room for pinned outside it (policies.placement spill)
             get_policy_set("coordinator").model_copy(update={
                 "name": "coordinator-spill", "placement_args": {"placement_args": {"fuse_top": 0, "spill": True}}}),

@@ -45,7 +45,7 @@ class BaseModel:
         self._lock = asyncio.Lock()
         self._remote_nets: dict[str, object] = {}
         self._ahead_tasks: set[asyncio.Task] = set()  # loads ahead being started (kept referenced)
-        # where a load ahead may read from: on a GPU only host-tier copies (policies.load_ahead)
+        # where a load ahead may read from: on a GPU not local files (policies.load_ahead)
         self._ahead_tiers = ahead_tiers(self.config.control.load_ahead_from, self.engine.device.startswith("cuda"))
         self.coordinated = self.config.control.policies == "coordinator"
         # at most compute_slots replicas on this machine compute at once (coordinator set only)

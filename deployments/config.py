@@ -244,11 +244,12 @@ class ControlConfig(_Strict):
                              "replica's other queued or running requests need are never evicted for "
                              "(Ray's serve.multiplexed loads before the replica's lock the same way). "
                              "False: a request loads only once it holds the replica.")
-    load_ahead_from: Literal["auto", "host", "any"] = Field(
+    load_ahead_from: Literal["auto", "host", "host+remote", "any"] = Field(
         default="auto", description="Which tiers a load ahead reads from (policies.load_ahead.ahead_tiers): "
-        "any; host (only host-tier copies back to the device); auto: host on a GPU replica, any on a "
-        "CPU one. On an H200 a file read beside a running generation made the pair 1.2-1.6x slower "
-        "than one after the other, a host-tier reload hid 66% of itself "
+        "host (only host-tier copies back to the device), host+remote (also fetches from remote "
+        "storage, not local files), any; auto: host+remote on a GPU replica, any on a CPU one. On an "
+        "H200 a page-cached file read beside a running generation made the pair 1.2-1.6x slower "
+        "than one after the other; a host-tier reload hid 66% of itself "
         "(benchmarks/results/load_overlap_h200*.json).")
     # Off by default: live on the 2-core demo (results/live_coordinator_500x2_seed2_u06_drain.json, two
     # repeats) it cost x1.08 and x1.41 the load-seconds of the mean rule at equal violations and p99:

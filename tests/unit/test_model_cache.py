@@ -416,7 +416,7 @@ def test_load_ahead_overlaps_the_running_request_and_its_acquire_takes_the_load_
 
 def test_load_ahead_from_the_host_tier_only_leaves_a_read_from_disk_to_acquire():
     """On a GPU replica (policies.load_ahead.ahead_tiers 'auto'): a model whose copy is in host
-    memory comes back ahead; one that must be read from its files waits for its request."""
+    memory comes back ahead; one that must be read from its local files waits for its request."""
     async def main():
         cache, source = make({"a": 100, "b": 100, "c": 100, "e": 100}, gpu=200, host=100)
         for model in ("a", "b", "c"):  # a -> host when c comes (LRU); c and b on the device

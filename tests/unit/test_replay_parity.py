@@ -148,12 +148,12 @@ def test_coordinator_deployment_is_simulated_as_the_coordinator_set_with_its_bud
     assert gpus == 4 and spec.placement == "coordinator" and spec.eviction == "cost-aware"
     assert spec.max_models_per_replica is None and spec.host_cache
     # load ahead as the live replicas do it: these are CPU replicas, which read ahead from files
-    # (the simulator's own coordinator sets are GPUs': host-tier copies only)
+    # (the simulator's own coordinator sets are GPUs': no local file reads ahead)
     assert spec.load_ahead and spec.load_ahead_from == "any"
     assert POLICY_SETS["coordinator"].load_ahead_from == "auto"
     on_gpu = config.model_copy(update={"deployments": config.deployments.model_copy(update={
         "base_model": config.deployments.base_model.model_copy(update={"num_gpus": 1.0})})})
-    assert live_policy_set(on_gpu)[0].load_ahead_from == "host"
+    assert live_policy_set(on_gpu)[0].load_ahead_from == "host+remote"
     cfg = load_profile(_profile(tmp_path), gpus, 5.0, 0, config.control)
     assert cfg.cluster.gpu_model_gb == pytest.approx((8 << 20) / 1e9)
     assert cfg.cluster.host_gb == pytest.approx((16 << 20) / 1e9) and cfg.cluster.disk_gb == 0

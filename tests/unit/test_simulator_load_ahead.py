@@ -19,19 +19,20 @@ def test_the_rules_on_their_own():
     assert not may_load_ahead([["a"], ["c"]], ready)  # an earlier request still lacks "c"
     assert may_load_ahead([], ready)
     assert keep([["a"], ["b", "c"], []]) == {"a", "b", "c"}
-    # on a GPU only host-tier copies load ahead unless told otherwise; elsewhere any tier
-    assert ahead_tiers("auto", on_gpu=True) == ahead_tiers("host", on_gpu=False) == {HOST}
+    # on a GPU no load ahead reads local files unless told to; elsewhere any tier
+    assert ahead_tiers("auto", on_gpu=True) == ahead_tiers("host+remote", on_gpu=False) == {HOST, REMOTE}
     assert ahead_tiers("auto", on_gpu=False) == ahead_tiers("any", on_gpu=True) == {HOST, DISK, REMOTE}
-    assert ahead_from("auto", on_gpu=True) == "host" and ahead_from("auto", on_gpu=False) == "any"
-    with pytest.raises(ValueError, match="'disk'.*auto, host, any"):
+    assert ahead_tiers("host", on_gpu=False) == {HOST}
+    assert ahead_from("auto", on_gpu=True) == "host+remote" and ahead_from("auto", on_gpu=False) == "any"
+    with pytest.raises(ValueError, match="'disk'.*auto, host, host.remote, any"):
         ahead_tiers("disk", on_gpu=True)
 
 
-def _cfg(gpu_gb: float, host_gb: float = 0.0) -> SimConfig:
-    # bandwidth loads (1 s + size / 2 GB/s), 0.1 s per step, no jitter, one GPU, no disk tier
-    # (and no host tier unless host_gb)
+def _cfg(gpu_gb: float, host_gb: float = 0.0, disk_gb: float = 0.0) -> SimConfig:
+    # bandwidth loads (1 s + size / 2 GB/s), 0.1 s per step, no jitter, one GPU, no host or disk
+    # tier unless given
     return SimConfig.model_validate({
-        "cluster": {"gpus": 1, "gpu_model_gb": gpu_gb, "host_gb": host_gb, "disk_gb": 0.0,
+        "cluster": {"gpus": 1, "gpu_model_gb": gpu_gb, "host_gb": host_gb, "disk_gb": disk_gb,
                     "load_model": "bandwidth", "remote_gbps": 2.0},
         "components": {"sizes_gb": {"sd15": 2.0, "m2": 4.0, "m3": 0.5},
                        "reload_overhead_s": {"base_model": 1.0}},
@@ -39,12 +40,12 @@ def _cfg(gpu_gb: float, host_gb: float = 0.0) -> SimConfig:
             m: {"s_per_step": 0.1, "fixed_s": 0.0, "ref_pixels": 262144} for m in ("sd15", "m2", "m3")}}})
 
 
-def _run(times, bases, steps, gpu_gb, ahead, ahead_from="any", host_gb=0.0):
+def _run(times, bases, steps, gpu_gb, ahead, ahead_from="any", host_gb=0.0, disk_gb=0.0):
     table = build_table(len(times), time=np.array(times, float), base_model=np.array(bases, np.int32),
                         base_models=["sd15", "m2", "m3"], steps=np.array(steps, np.int32))
     spec = POLICY_SETS["lru"].model_copy(update={"name": "lru-ahead", "load_ahead": ahead,
                                                  "load_ahead_from": ahead_from})
-    return simulate(table, spec, _cfg(gpu_gb, host_gb))
+    return simulate(table, spec, _cfg(gpu_gb, host_gb, disk_gb))
 
 
 @pytest.mark.parametrize("ahead", [False, True])
@@ -79,11 +80,18 @@ def test_a_load_ahead_never_evicts_what_another_queued_request_needs():
 
 
 @pytest.mark.parametrize("host_gb", [0.0, 16.0])
-def test_on_a_gpu_only_a_host_tier_copy_loads_ahead_unless_any_tier_is_allowed(host_gb):
-    # 5 GB: m2 (4) runs first; sd15 (2) then evicts it (to the host tier when there is one); m3
-    # (0.5) runs from 10 while m2, queued at 10.1, needs room only idle sd15 holds
+def test_a_host_tier_copy_loads_ahead_and_a_local_disk_read_only_when_any_tier_is_allowed(host_gb):
+    # 5 GB: m2 (4) runs first; sd15 (2) then evicts it (to the host tier when there is one, else
+    # to the local disk tier); m3 (0.5) runs from 10 while m2, queued at 10.1, needs room only
+    # idle sd15 holds
     args = ([0.0, 5.0, 10.0, 10.1], [1, 0, 2, 1], [10, 20, 20, 10], 5.0, True)
-    auto = _run(*args, ahead_from="auto", host_gb=host_gb)
-    assert auto.summary["ahead_loads"] == (1 if host_gb else 0)  # remote: it loads at its start
-    assert (auto.records.load_s[3] == 0.0) == bool(host_gb)
-    assert _run(*args, ahead_from="any", host_gb=host_gb).summary["ahead_loads"] == 1
+    disk_gb = 0.0 if host_gb else 16.0
+    only = _run(*args, ahead_from="host", host_gb=host_gb, disk_gb=disk_gb)
+    assert only.summary["ahead_loads"] == (1 if host_gb else 0)  # from disk: it loads at its start
+    assert (only.records.load_s[3] == 0.0) == bool(host_gb)
+    # on a GPU (auto) a read from the local disk tier waits for its start; from remote it goes ahead
+    assert _run(*args, ahead_from="auto", host_gb=host_gb, disk_gb=disk_gb).summary["ahead_loads"] == (
+        1 if host_gb else 0)
+    assert _run(*args, ahead_from="auto").summary["ahead_loads"] == 1  # no tiers: m2 from remote
+    assert _run(*args, ahead_from="host").summary["ahead_loads"] == 0
+    assert _run(*args, ahead_from="any", host_gb=host_gb, disk_gb=disk_gb).summary["ahead_loads"] == 1

@@ -416,8 +416,8 @@ class Simulation:
         """A request queued on busy ``w`` starts loading what it lacks (policies.load_ahead, as the
         live replica does): only when every request before it has its keys on the GPU or loading
         (a load inserts its key when it starts), into room that no other request there needs.
-        Only from the policy set's tiers (ahead_tiers: on a GPU the host tier; measured there, a
-        file read beside a generation slowed both, benchmarks/load_overlap.py). The load runs
+        Only from the policy set's tiers (ahead_tiers: on a GPU not the local disk; measured
+        there, a page-cached read beside a generation slowed both, benchmarks/load_overlap.py). The load runs
         beside the worker's job; it does not slow the host's other work (a host-tier copy on an
         H200 left the generation at x1.02; the CPU demo's loads do contend, left out here).
         The request's start pays what is left of it."""

@@ -55,9 +55,9 @@ class PolicySetSpec(BaseModel):
     tick_s: float = Field(0.0, ge=0, description="control period (autoscaling, placement); 0 = none")
     load_ahead: bool = Field(False, description="a request queued on a busy replica starts loading what "
                              "it lacks while it waits (policies.load_ahead; the live control.load_ahead)")
-    load_ahead_from: Literal["auto", "host", "any"] = Field(
+    load_ahead_from: Literal["auto", "host", "host+remote", "any"] = Field(
         "auto", description="which tiers a load ahead reads from (policies.load_ahead.ahead_tiers; the "
-        "simulated workers are GPUs, so auto is host: only host-tier copies load ahead)")
+        "simulated workers are GPUs, so auto is host+remote: not from the local disk tier)")
 
 
 POLICY_SETS: dict[str, PolicySetSpec] = {s.name: s for s in (
