@@ -122,9 +122,10 @@ def cache_view(port: int, report_period_s: float = 1.0) -> dict:
 
 
 def prefetch_load_seconds(view: dict) -> float:
-    """Seconds the replicas spent loading prefetches, from ``cache_view``: these loads are on no
-    request's path, so the responses' load_s never shows them."""
-    return float((view.get("prefetch") or {}).get("load_seconds") or 0.0)
+    """Seconds the replicas spent loading bandit prefetches and pinned models placed while idle,
+    from ``cache_view``: these loads are on no request's path, so the responses' load_s never
+    shows them."""
+    return sum(float((view.get(part) or {}).get("load_seconds") or 0.0) for part in ("prefetch", "placement"))
 
 
 def measured_contention(profile: Path) -> float:
@@ -191,6 +192,7 @@ def run_arm(arm: str, tag: str, args, load: list[str], work: Path, base_config: 
     live = doc["live"]  # request load_s plus the prefetches' loads: all load work
     prefetch_s = prefetch_load_seconds(view)
     live["prefetch_load_seconds"] = prefetch_s
+    live["placement_load_seconds"] = float((view.get("placement") or {}).get("load_seconds") or 0.0)
     # a replica that never answered leaves its arm with less capacity than the others: say so
     live["replicas_serving"] = len(set(read_records(work / f"parity-{tag}").replica) - {""})
     if live["replicas_serving"] < doc["gpus"]:

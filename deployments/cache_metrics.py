@@ -35,6 +35,8 @@ class CacheMetrics:
                          ("kind", "source")),
         "prefetch": ("t2i_cache_prefetches_total", "Prefetches started, used while resident, or wasted",
                      ("outcome",)),
+        "placed": ("t2i_cache_pin_placements_total", "Pinned models loaded into free memory while the replica "
+                   "was idle, by outcome (started, used while resident, wasted)", ("outcome",)),
         "ahead": ("t2i_cache_loads_ahead_total", "Loads a queued request started while it waited, by outcome "
                   "(started; used by a request; wasted = evicted or failed before one came)", ("outcome",)),
         "evictions": ("t2i_cache_evictions_total", "Evictions from the device, by destination (host, remote = dropped)",

@@ -87,6 +87,7 @@ class CacheCoordinator:
         self.operator_pins: dict[str, list[str] | None] = {}  # model -> replica ids (None: next reporter)
         self.replica_prefetch_hits = 0
         self.prefetch_load_s = 0.0  # seconds replicas reported loading prefetches (on no request's path)
+        self.placement_load_s = 0.0  # and loading pinned models into free memory while idle
         cascade = self.config.cascade
         # With BaseModel autoscaling the planner plans over the deployment's max_replicas and its
         # stages' replicas become the autoscaler's floor (the replicas pass it on as a metric);
@@ -175,7 +176,9 @@ class CacheCoordinator:
             else:
                 later.append((p, t))
         for x in report.get("loads") or ():
-            if x.get("prefetch"):  # the core keeps only loads that were part of its latest prefetch
+            if x.get("placement"):  # a pin placed while idle: not the bandit's, not its cost
+                self.placement_load_s += float(x.get("seconds", 0.0))
+            elif x.get("prefetch"):  # the core keeps only loads that were part of its latest prefetch
                 seconds = float(x.get("seconds", 0.0))
                 self.prefetch_load_s += seconds
                 core.prefetch_loaded(st, r, seconds, self._component(x["id"]))
@@ -352,6 +355,7 @@ class CacheCoordinator:
                              "open": sum(len(o) for o in st.open),
                              "replica_reported_hits": self.replica_prefetch_hits,
                              "load_seconds": round(self.prefetch_load_s, 6)},
+                "placement": {"load_seconds": round(self.placement_load_s, 6)},
                 "plans": self.plans,
                 "last_plan_age_s": None if not math.isfinite(st.last_plan) else round(now - st.last_plan, 3)}
 

@@ -113,6 +113,7 @@ class _Entry:
     load_started: float = 0.0
     uses: int = 0  # requests served since it last came onto the device
     prefetched: bool = False  # came onto the device by prefetch and no request used it yet
+    placed: bool = False  # that prefetch placed a coordinator pin (not a bandit prefetch)
     ahead: bool = False  # loaded ahead for a queued request that has not taken it yet
     loaded_seq: int = 0
     last_seq: int = 0
@@ -269,9 +270,10 @@ class ModelCache:
     def _touch(self, entry: _Entry, hit: bool = True) -> None:
         """A request uses `entry` (`hit`: it found it on the device or loading; False: its own load)."""
         if entry.prefetched and entry.uses == 0:
-            self._counters["prefetch"]["used"] += 1
-            self._prefetch_hits.append(entry.model_id)
-        entry.prefetched = False
+            self._counters["placed" if entry.placed else "prefetch"]["used"] += 1
+            if not entry.placed:  # the coordinator credits its bandit's prefetches only
+                self._prefetch_hits.append(entry.model_id)
+        entry.prefetched = entry.placed = False
         entry.uses += 1
         entry.last_seq = self._seq
         entry.last_time = self._clock()
@@ -279,9 +281,11 @@ class ModelCache:
             gpu.hit(entry.model_id, entry.last_time)
 
     # -- prefetch and pins ------------------------------------------------------------------
-    async def prefetch(self, model_id: str) -> bool:
+    async def prefetch(self, model_id: str, placement: bool = False) -> bool:
         """Load `model_id` into free device budget (no eviction); False when it is already
-        there or does not fit. The caller decides when the replica is idle enough."""
+        there or does not fit. The caller decides when the replica is idle enough. `placement`:
+        it places a coordinator pin rather than a bandit prefetch (counted as `placed`, and its
+        load reported as a placement)."""
         entry = self._entries.get(model_id)
         if entry is not None and (entry.tier == GPU or entry.loading is not None or entry.moving):
             return False
@@ -291,7 +295,8 @@ class ModelCache:
             return False
         if not started:
             return False
-        self._counters["prefetch"]["started"] += 1
+        entry.placed = placement  # before its load lands and is reported (no await between)
+        self._counters["placed" if placement else "prefetch"]["started"] += 1
         try:
             await asyncio.shield(entry.loading)
         except Exception as exc:  # a prefetch failing is logged, never raised into a request
@@ -304,7 +309,7 @@ class ModelCache:
         """Start loading the models of `model_ids` missing from the device while their request
         waits for the replica, so the load overlaps the running request's compute (as Ray's
         `serve.multiplexed` loads before a replica's lock). Only loads from `tiers`
-        (policies.load_ahead.ahead_tiers: the host tier, or any). Room comes only from idle
+        (policies.load_ahead.ahead_tiers). Room comes only from idle
         entries not in `keep` (the models the replica's other queued or running requests need)
         nor pinned; a model without such room is left to the request's `acquire`. The request's
         `acquire` takes the load over (its miss); loads are not awaited here. Returns the ids
@@ -422,7 +427,8 @@ class ModelCache:
         kind = KIND_NAMES[entry.kind]
         self._counters["loads"][kind][TIER_NAMES[tier]] += 1
         self._counters["load_seconds"][kind][TIER_NAMES[tier]] += seconds
-        self._loads.append({"id": entry.model_id, "from": tier, "seconds": seconds, "prefetch": prefetch})
+        self._loads.append({"id": entry.model_id, "from": tier, "seconds": seconds,
+                            "prefetch": prefetch and not entry.placed, "placement": prefetch and entry.placed})
 
     # -- room -------------------------------------------------------------------------------
     async def _make_room(self, need: int, model_id: str, evict: bool, holding: frozenset = frozenset(),
@@ -476,8 +482,8 @@ class ModelCache:
         """Move `entry` off the device: to the host tier when it fits there (never dropping
         `keep`'s host copy for it: that is what is being loaded), else drop it."""
         if entry.prefetched and entry.uses == 0:
-            self._counters["prefetch"]["wasted"] += 1
-        entry.prefetched = False
+            self._counters["placed" if entry.placed else "prefetch"]["wasted"] += 1
+        entry.prefetched = entry.placed = False
         self._unclaimed(entry)
         if (gpu := self.memories.get(GPU)) is not None:
             gpu.evict(entry.model_id, self._clock())
@@ -658,6 +664,7 @@ def _zero_counters() -> dict:
     return {"hits": {"gpu": 0, "host": 0}, "misses": {"disk": 0, "remote": 0}, "joined": 0,
             "loads": by_kind, "load_seconds": {k: {t: 0.0 for t in v} for k, v in by_kind.items()},
             "prefetch": {"started": 0, "used": 0, "wasted": 0},
+            "placed": {"started": 0, "used": 0, "wasted": 0},
             "ahead": {"started": 0, "used": 0, "wasted": 0},
             "evictions": {"host": 0, "remote": 0}, "failures": {"budget": 0, "load": 0},
             "pins_overridden": 0}

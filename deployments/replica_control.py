@@ -94,6 +94,7 @@ class ReplicaControl:
         self.clock = time.monotonic  # of the drain time's elapsed seconds
         self.pool = SHARED
         self.prefetch_wanted: list[str] = []
+        self.placements: frozenset[str] = frozenset()  # of prefetch_wanted, those only pinned
         self.cascade_replicas = 0  # the cascade plan's replica target (0: none), for the autoscaler
         self._pending: dict[str, list] = {name: [] for name in _EVENTS}
         self._coordinator = None
@@ -360,8 +361,9 @@ class ReplicaControl:
         pins = [m for m in actions.get("pins") or () if m in known]
         self.cache.set_pins(pins)
         # pinned models not yet here are placed the way prefetches are: when idle, into free room
-        wanted = [m for m in [*pins, *(actions.get("prefetch") or ())] if m in known]
-        self.prefetch_wanted = list(dict.fromkeys(wanted))
+        prefetch = [m for m in actions.get("prefetch") or () if m in known]
+        self.prefetch_wanted = list(dict.fromkeys([*pins, *prefetch]))
+        self.placements = frozenset(pins) - frozenset(prefetch)  # loaded for a pin, not the bandit
         self.pool = int(actions.get("pool", SHARED))
         self.cascade_replicas = max(int(actions.get("cascade_replicas") or 0), 0)
 
@@ -375,7 +377,7 @@ class ReplicaControl:
             if not self.idle():  # a request came in: it has the replica to itself
                 return
             if not self.cache.resident(model_id):
-                await self.cache.prefetch(model_id)
+                await self.cache.prefetch(model_id, placement=model_id in self.placements)
 
     def _export_metrics(self) -> None:
         """Prometheus counters and gauges (deployments.cache_metrics) inside a Serve replica."""

@@ -344,3 +344,7 @@ def test_the_view_sums_the_load_seconds_replicas_spent_on_prefetches():
     c.report("r1", rep({"sd-b": GPU}, loads=[{"id": "sd-b", "from": 2, "seconds": 0.5, "prefetch": True},
                                              {"id": "ink", "from": 1, "seconds": 0.25, "prefetch": True}]))
     assert c.view()["prefetch"]["load_seconds"] == 0.75
+    # a pinned model placed while idle is an idle load too, but not a prefetch
+    c.report("r2", rep({"sd-a": GPU}, loads=[{"id": "sd-a", "from": 2, "seconds": 0.5, "prefetch": False,
+                                             "placement": True}]))
+    assert c.view()["prefetch"]["load_seconds"] == 0.75 and c.view()["placement"]["load_seconds"] == 0.5

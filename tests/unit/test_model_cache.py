@@ -314,6 +314,25 @@ def test_prefetch_only_into_free_budget_and_counts_used_and_wasted():
     run(main())
 
 
+def test_a_pinned_model_placed_while_idle_is_counted_and_reported_as_a_placement():
+    """The replica places coordinator pins the way it prefetches (idle, free room only), but
+    they are not the bandit's: counted under `placed`, reported as placement loads, and their
+    first use is no prefetch hit for the coordinator to credit."""
+    async def main():
+        cache, _ = make({"a": 100, "b": 100, "c": 100}, gpu=300)
+        assert await cache.prefetch("a", placement=True) and await cache.prefetch("b")
+        cache.release(await cache.acquire(["a"]))
+        cache.release(await cache.acquire(["b"]))
+        counters = cache.counters()
+        assert counters["placed"] == {"started": 1, "used": 1, "wasted": 0}
+        assert counters["prefetch"] == {"started": 1, "used": 1, "wasted": 0}
+        events = cache.drain_events()
+        assert [(e["id"], e["prefetch"], e["placement"]) for e in events["loads"]] == [
+            ("a", False, True), ("b", True, False)]
+        assert events["prefetch_hits"] == ["b"]
+    run(main())
+
+
 def test_an_unused_prefetch_evicted_counts_as_wasted():
     async def main():
         cache, _ = make({"a": 100, "b": 100, "c": 100}, gpu=200)

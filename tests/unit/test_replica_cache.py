@@ -174,6 +174,9 @@ def test_report_loop_applies_actions_and_survives_the_coordinator_going_away(rep
     assert report["served"][-1]["base"] == "tiny-sd-heavy" and report["gpu_budget_bytes"] == 12 * MIB
     assert report["sizes"]["tiny-sd-heavy"] == model.cache.state()["gpu"]["tiny-sd-heavy"]["bytes"]
     assert model.cache.pins == {"tiny-sd-heavy"}  # LoRAs are not this cache's to pin
+    # both are placed when idle; only the prefetch is the bandit's (a pin's load is a placement)
+    assert control.prefetch_wanted == ["tiny-sd-heavy", "tiny-cn-edges"]
+    assert control.placements == {"tiny-sd-heavy"}
     assert runner.run(model.record_routing_stats())["pool"] == 1
 
     async def prefetch():
