@@ -10,7 +10,8 @@ together), against each one alone, in the same rounds:
 - ``generate_x``: the overlapped generation's time over the generation alone (1.0: untouched);
 - ``load_x``: the overlapped load's time over the load alone;
 - ``hidden``: the share of the load's own time taken off the pair's serial time
-  ((generate + load - makespan) / load; 1.0: the load was free, 0: no overlap at all);
+  ((generate + load - makespan) / load; 1.0: the load was free, 0: no overlap at all), and
+  ``pair_x``: the pair's time at once over one after the other (above 1: worse than serial);
 - the overlapped image against the image alone (same seed): it must be identical.
 
 With CUDA the load is measured three ways: a read of page-cached files, a cold read (with root),
@@ -36,8 +37,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +158,9 @@ def measure(config, runner: str, loadee: str, spec_args: dict, device: str, roun
             "generate_x": round(float(np.median(np.divide(rows["generate_overlapped"], rows["generate_alone"]))), 3),
             "load_x": round(float(np.median(np.divide(rows["load_overlapped"], rows["load_alone"]))), 3),
             "hidden": round(float(np.median(hidden)), 3),
+            # both at once over one after the other (1.0: no gain; above: worse than serial)
+            "pair_x": round(float(np.median([m / (g + l) for g, l, m in zip(
+                rows["generate_alone"], rows["load_alone"], rows["makespan"])])), 3),
             "images_identical": identical, "samples_s": {k: [round(x, 4) for x in v] for k, v in rows.items()}}
 
 
@@ -190,9 +194,9 @@ def print_part(title: str, part: dict) -> None:
           f"{m['generate_overlapped']:.3f} s  (x{part['generate_x']:.2f})")
     print(f"  load     {part['loadee']:<14} alone {m['load_alone']:.3f} s, beside a request "
           f"{m['load_overlapped']:.3f} s  (x{part['load_x']:.2f})")
+    hidden = f"{part['hidden']:.0%} of the load hidden" if part["hidden"] > 0 else "none of the load hidden"
     print(f"  both at once {m['makespan']:.3f} s against {m['generate_alone'] + m['load_alone']:.3f} s "
-          f"one after the other: {part['hidden']:.0%} of the load hidden; images identical: "
-          f"{part['images_identical']}")
+          f"one after the other (x{part['pair_x']:.2f}): {hidden}; images identical: {part['images_identical']}")
 
 
 def main(argv: list[str] | None = None) -> int:
