@@ -11,7 +11,7 @@ applies the actions it gets back (S3 in the issue's plan):
                "load_cost_s": {id: [gpu, host, disk, remote]}, "served": [{"base", "controlnets",
                "loras", "t"}], "loads": [{"id", "from", "seconds", "prefetch"}],
                "evicted": [{"id", "to"}], "prefetch_hits": [id], "sizes": {id: bytes} (optional)}
-    actions = {"pins": [id], "prefetch": [id], "pool": int, "cascade_replicas": int}
+    actions = {"pins": [id], "prefetch": [id], "place": [id], "pool": int, "cascade_replicas": int}
 
 Each report becomes the same core calls the simulator's adapter makes for the same events:
 served requests -> ``routed`` (pipeline = base + ControlNets + LoRAs, interned in order of first
@@ -205,8 +205,11 @@ class CacheCoordinator:
         load = None
         if int(report.get("queue_len", 0)) == 0 and not report.get("loading"):
             load = core.idle(st, r, now, float(report.get("gpu_free_bytes") or 0), self.rng)
+        names = [self.comp_name[c] for c in load.components] if load is not None else []
+        # a bandit prefetch, or the placement's pins the replica still lacks (core.idle says which)
         return {"pins": self._pins(r, replica_id),
-                "prefetch": [self.comp_name[c] for c in load.components] if load is not None else [],
+                "prefetch": names if load is not None and load.prefetch else [],
+                "place": names if load is not None and not load.prefetch else [],
                 "pool": int(st.pool[r]), "cascade_replicas": self._cascade_target()}
 
     def _learn(self, report: dict) -> None:

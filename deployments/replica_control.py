@@ -94,7 +94,7 @@ class ReplicaControl:
         self.clock = time.monotonic  # of the drain time's elapsed seconds
         self.pool = SHARED
         self.prefetch_wanted: list[str] = []
-        self.placements: frozenset[str] = frozenset()  # of prefetch_wanted, those only pinned
+        self.placements: frozenset[str] = frozenset()  # of prefetch_wanted, those for the placement
         self.cascade_replicas = 0  # the cascade plan's replica target (0: none), for the autoscaler
         self._pending: dict[str, list] = {name: [] for name in _EVENTS}
         self._coordinator = None
@@ -362,8 +362,9 @@ class ReplicaControl:
         self.cache.set_pins(pins)
         # pinned models not yet here are placed the way prefetches are: when idle, into free room
         prefetch = [m for m in actions.get("prefetch") or () if m in known]
-        self.prefetch_wanted = list(dict.fromkeys([*pins, *prefetch]))
-        self.placements = frozenset(pins) - frozenset(prefetch)  # loaded for a pin, not the bandit
+        place = [m for m in actions.get("place") or () if m in known]  # the placement's, not the bandit's
+        self.prefetch_wanted = list(dict.fromkeys([*pins, *place, *prefetch]))
+        self.placements = frozenset([*pins, *place]) - frozenset(prefetch)
         self.pool = int(actions.get("pool", SHARED))
         self.cascade_replicas = max(int(actions.get("cascade_replicas") or 0), 0)
 

@@ -144,7 +144,7 @@ class Harness:
         self.co.on_idle(w, t)
         w.busy = False
         self.report(r)  # the load it began, as the next report says
-        return sorted(self.sim_loaded), sorted(action["prefetch"])
+        return sorted(self.sim_loaded), sorted(action["prefetch"] + action["place"])
 
     def tick(self, t: float):
         self.now = t
@@ -297,9 +297,13 @@ def test_an_idle_replica_gets_a_prefetch_of_a_warm_pipeline_and_a_busy_one_does_
     assert c.report("r0", rep({"sd-a": GPU}, served))["prefetch"] == []  # busy
     clock.t = 1.0
     acts = c.report("r1", rep({}, queue_len=0, free=12 << 30))
-    assert acts["prefetch"]  # idle with room: pins it lacks first, or a warm pipeline
+    assert acts["prefetch"] or acts["place"]  # idle with room: pins it lacks first, or a warm pipeline
     clock.t = 2.0
     assert c.report("r0", rep({"sd-a": GPU}, queue_len=3))["prefetch"] == []
+    # after a re-plan pins r1 too, the pins it lacks come as placements, not as a bandit prefetch
+    clock.t = 5.0
+    acts = c.report("r1", rep({"sd-a": GPU}, queue_len=0, free=12 << 30))
+    assert acts["place"] and set(acts["place"]) <= set(acts["pins"]) - {"sd-a"} and acts["prefetch"] == []
 
 
 def test_actions_and_view_are_plain_json():
