@@ -248,8 +248,8 @@ class ControlConfig(_Strict):
         default="auto", description="Which tiers a load ahead reads from (policies.load_ahead.ahead_tiers): "
         "host (only host-tier copies back to the device), host+remote (also fetches from remote "
         "storage, not local files), any; auto: host+remote on a GPU replica, any on a CPU one. On an "
-        "H200 a page-cached file read beside a running generation made the pair 1.2-1.6x slower "
-        "than one after the other; a host-tier reload hid 66% of itself "
+        "H200 a page-cached file read beside a running generation slowed it x1.36-1.59, about what "
+        "the load would save; a host-tier reload hid 66% of itself "
         "(benchmarks/results/load_overlap_h200*.json).")
     # Off by default: live on the 2-core demo (results/live_coordinator_500x2_seed2_u06_drain.json, two
     # repeats) it cost x1.08 and x1.41 the load-seconds of the mean rule at equal violations and p99:

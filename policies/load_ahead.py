@@ -15,10 +15,11 @@ way, without the two rules here). Two rules keep it from hurting the requests be
 
 - ``ahead_tiers``: which tiers a load ahead may read from. Measured on an NVIDIA H200 with
   real-size SD 1.5 (benchmarks/load_overlap.py, results/load_overlap_h200*.json): a read of
-  page-cached files beside a running 25-step generation slowed that generation x1.36-1.59 and
-  itself x1.2-1.5, and the pair took 1.19-1.56x as long as one after the other (the replica's
-  Python thread launching the generation's kernels competes for the GIL with the loader); a
-  cold read, which waits on the disk, slowed the generation x1.15 and hid 20% of itself; a
+  page-cached files beside a running 25-step generation slowed that generation x1.36-1.59 (the
+  replica's Python thread launching the generation's kernels competes for the GIL with the
+  loader): the running request lost about what the queued one would gain (a 0.36-0.56 s load),
+  and the pair's work took x0.95-x1.58 the serial time (the bounds that run's timing allows); a
+  cold read, which waits on the disk, slowed the generation x1.15 and hid 20-65% of itself; a
   host-tier reload (pinned memory to the device) hid 66% and left the generation at x1.02. A
   replica cannot tell a page-cached local read from a cold one, so on a GPU the default
   (``auto``) loads ahead from the host tier and from remote storage, not from local files. The
