@@ -121,11 +121,11 @@ def cache_view(port: int, report_period_s: float = 1.0) -> dict:
     return resp.json() if resp.status_code == 200 else {}
 
 
-def prefetch_load_seconds(view: dict) -> float:
-    """Seconds the replicas spent loading bandit prefetches and pinned models placed while idle,
-    from ``cache_view``: these loads are on no request's path, so the responses' load_s never
-    shows them."""
-    return sum(float((view.get(part) or {}).get("load_seconds") or 0.0) for part in ("prefetch", "placement"))
+def idle_load_seconds(view: dict, part: str) -> float:
+    """Seconds the replicas spent on ``part`` of their idle loads, from ``cache_view``: ``prefetch``
+    (the bandit's) or ``placement`` (pinned models placed). These loads are on no request's path,
+    so the responses' load_s never shows them."""
+    return float((view.get(part) or {}).get("load_seconds") or 0.0)
 
 
 def measured_contention(profile: Path) -> float:
@@ -190,9 +190,10 @@ def run_arm(arm: str, tag: str, args, load: list[str], work: Path, base_config: 
     (work / f"cache-{tag}.json").write_text(json.dumps(view, indent=1))
     doc = json.loads(out.strip().splitlines()[-1])
     live = doc["live"]  # request load_s plus the prefetches' loads: all load work
-    prefetch_s = prefetch_load_seconds(view)
+    live["placement_load_seconds"] = idle_load_seconds(view, "placement")
+    # "prefetch" in the results (as before placements were told apart): every idle load
+    prefetch_s = idle_load_seconds(view, "prefetch") + live["placement_load_seconds"]
     live["prefetch_load_seconds"] = prefetch_s
-    live["placement_load_seconds"] = float((view.get("placement") or {}).get("load_seconds") or 0.0)
     # a replica that never answered leaves its arm with less capacity than the others: say so
     live["replicas_serving"] = len(set(read_records(work / f"parity-{tag}").replica) - {""})
     if live["replicas_serving"] < doc["gpus"]:

@@ -162,17 +162,20 @@ def measure(config, runner: str, loadee: str, spec_args: dict, device: str, roun
         identical &= bool(np.array_equal(image, reference))
     gen_pool.shutdown()
     load_pool.shutdown()
-    med = {k: float(np.median(v)) for k, v in rows.items()}
-    hidden = [(g + l - m) / l for g, l, m in zip(rows["generate_alone"], rows["load_alone"], rows["makespan"])]
+    a = {k: np.array(v) for k, v in rows.items()}
+    serial = a["generate_alone"] + a["load_alone"]
+
+    def median(x) -> float:  # of the per-round values
+        return round(float(np.median(x)), 3)
+
     return {"runner": runner, "loadee": loadee, "device": device, "rounds": rounds, "cold": cold,
-            "from_host": from_host,
-            "spec": spec_args, "median_s": {k: round(v, 4) for k, v in med.items()},
-            "generate_x": round(float(np.median(np.divide(rows["generate_overlapped"], rows["generate_alone"]))), 3),
-            "load_x": round(float(np.median(np.divide(rows["load_overlapped"], rows["load_alone"]))), 3),
-            "hidden": round(float(np.median(hidden)), 3),
+            "from_host": from_host, "spec": spec_args,
+            "median_s": {k: round(float(np.median(v)), 4) for k, v in a.items()},
+            "generate_x": median(a["generate_overlapped"] / a["generate_alone"]),
+            "load_x": median(a["load_overlapped"] / a["load_alone"]),
+            "hidden": median((serial - a["makespan"]) / a["load_alone"]),
             # both at once over one after the other (1.0: no gain; above: worse than serial)
-            "pair_x": round(float(np.median([m / (g + l) for g, l, m in zip(
-                rows["generate_alone"], rows["load_alone"], rows["makespan"])])), 3),
+            "pair_x": median(a["makespan"] / serial),
             "images_identical": identical, "samples_s": {k: [round(x, 4) for x in v] for k, v in rows.items()}}
 
 

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from policies.defaults import DEFAULT_EVICTION
+from policies.load_ahead import AheadFrom
 
 LISTED_IDS = 20  # an unknown id's error lists up to this many valid ones, else points to /v1/models
 
@@ -244,7 +245,7 @@ class ControlConfig(_Strict):
                              "replica's other queued or running requests need are never evicted for "
                              "(Ray's serve.multiplexed loads before the replica's lock the same way). "
                              "False: a request loads only once it holds the replica.")
-    load_ahead_from: Literal["auto", "host", "host+remote", "any"] = Field(
+    load_ahead_from: AheadFrom = Field(
         default="auto", description="Which tiers a load ahead reads from (policies.load_ahead.ahead_tiers): "
         "host (only host-tier copies back to the device), host+remote (also fetches from remote "
         "storage, not local files), any; auto: host+remote on a GPU replica, any on a CPU one. On an "

@@ -320,7 +320,7 @@ class ModelCache:
             entry = self._entries.get(model_id)
             if entry is not None and (entry.tier == GPU or entry.loading is not None or entry.moving is not None):
                 continue
-            if (HOST if entry is not None and entry.tier == HOST else self.source.source_tier(model_id)) not in tiers:
+            if self._load_from(model_id, entry) not in tiers:
                 continue
             try:
                 entry, began = await self._start_load(model_id, prefetch=False, keep=keep)
@@ -363,7 +363,7 @@ class ModelCache:
             if entry is None:
                 key = self._keys.setdefault(model_id, len(self._keys))
                 entry = self._entries[model_id] = _Entry(model_id, key, self.source.kind(model_id))
-            entry.load_from = HOST if entry.tier == HOST else self.source.source_tier(model_id)
+            entry.load_from = self._load_from(model_id, entry)
             entry.gpu_bytes = need
             entry.load_started = time.perf_counter()
             entry.prefetched = prefetch
@@ -371,6 +371,10 @@ class ModelCache:
                 self._remember_load_start(entry, prefetch)
             entry.loading = asyncio.create_task(self._run_load(entry, prefetch))
             return entry, True
+
+    def _load_from(self, model_id: str, entry: _Entry | None) -> int:
+        """The tier a load of `model_id` reads from: its host copy, else its source."""
+        return HOST if entry is not None and entry.tier == HOST else self.source.source_tier(model_id)
 
     def _remember_load_start(self, entry: _Entry, prefetch: bool) -> None:
         """A load starts: on the GPU its miss (not for a prefetch), then the evictions that made

@@ -35,11 +35,14 @@ The live replica (deployments/replica_control.py, base_model.py) and the simulat
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
+from typing import Literal, get_args
 
 from policies.snapshot import DISK, HOST, REMOTE
 
-# the settings ahead_tiers understands, and the tiers of each but auto
-AHEAD_FROM = ("auto", "host", "host+remote", "any")
+# the settings ahead_tiers understands (the live control.load_ahead_from and the simulator's
+# PolicySetSpec.load_ahead_from are typed with it), and the tiers of each but auto
+AheadFrom = Literal["auto", "host", "host+remote", "any"]
+AHEAD_FROM = get_args(AheadFrom)
 _TIERS = {"host": frozenset({HOST}), "host+remote": frozenset({HOST, REMOTE}),
           "any": frozenset({HOST, DISK, REMOTE})}
 

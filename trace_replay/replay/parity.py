@@ -40,7 +40,7 @@ def live_policy_set(config):
         update = {"name": "coordinator-live", "tick_s": config.control.replan_period_s,
                   "load_ahead": config.control.load_ahead,
                   # the live replica's setting resolved for its device (a CPU demo reads ahead from
-                  # files; the simulator's own default is a GPU's, the host tier only)
+                  # files; the simulator's own default is a GPU's: not from the local disk)
                   "load_ahead_from": ahead_from(config.control.load_ahead_from, dep.num_gpus > 0),
                   "eviction": config.control.eviction,
                   "eviction_args": dict(config.control.eviction_args),

@@ -430,13 +430,11 @@ class Simulation:
             return
         protect = tuple(keep(earlier) | set(comps))
         rt = self.rt
-        host, disk, tiers = w.host, w.disk, self.ahead_tiers
+        tiers = self.ahead_tiers
         for k in missing:
             if k in slot_of:  # named twice, and loaded ahead for its first mention
                 continue
-            tier = HOST if host is not None and k in host.items else DISK if disk is not None and k in disk.items \
-                else REMOTE
-            if tier not in tiers:  # (policies.load_ahead.ahead_tiers) it loads at its start
+            if w.tier_of(k) not in tiers:  # (policies.load_ahead.ahead_tiers) it loads at its start
                 continue
             size, need_base = self.key_size[k], self.key_kind[k] == BASE
             # asked here before bring asks again: bring reports the miss to a stateful memory

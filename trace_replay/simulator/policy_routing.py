@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from policies.routing import ROUTING, LatencyIndex
-from policies.snapshot import COLD, DISK, GPU, HOST, REMOTE, SHARED, ClusterSnapshot, ReplicaTable, RouteRequest
+from policies.snapshot import COLD, REMOTE, SHARED, ClusterSnapshot, ReplicaTable, RouteRequest
 from trace_replay.simulator.snapshots import component_table
 from trace_replay.simulator.worker import Worker
 
@@ -196,15 +196,7 @@ class PolicyRouter:
     def keys(self, w: Worker, keys) -> None:
         """Re-derive the tier of ``keys`` on ``w``: the fastest tier that holds each."""
         row = self.tier[w.idx]
-        host, disk, gpu = w.host, w.disk, w.slot_of
         for k in keys:
-            if k in gpu:
-                row[k] = GPU
-            elif host is not None and k in host.items:
-                row[k] = HOST
-            elif disk is not None and k in disk.items:
-                row[k] = DISK
-            else:
-                row[k] = REMOTE
+            row[k] = w.tier_of(k)
         if self.index is not None:
             self.index.set_tiers(w.idx, keys, row[keys].tolist())

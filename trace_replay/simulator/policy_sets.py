@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from policies.eviction import EVICTION
-from policies.load_ahead import ahead_tiers
+from policies.load_ahead import AheadFrom, ahead_tiers
 from trace_replay.simulator.config import SimConfig
 from trace_replay.simulator.control import CacheAware, Pow2Holder
 from trace_replay.simulator.worker import Worker
@@ -55,7 +55,7 @@ class PolicySetSpec(BaseModel):
     tick_s: float = Field(0.0, ge=0, description="control period (autoscaling, placement); 0 = none")
     load_ahead: bool = Field(False, description="a request queued on a busy replica starts loading what "
                              "it lacks while it waits (policies.load_ahead; the live control.load_ahead)")
-    load_ahead_from: Literal["auto", "host", "host+remote", "any"] = Field(
+    load_ahead_from: AheadFrom = Field(
         "auto", description="which tiers a load ahead reads from (policies.load_ahead.ahead_tiers; the "
         "simulated workers are GPUs, so auto is host+remote: not from the local disk tier)")
 

@@ -19,6 +19,7 @@ from collections import OrderedDict, deque
 import numpy as np
 
 from policies.eviction import EMPTY, CacheView, EvictionMemory, EvictionPolicy
+from policies.snapshot import DISK, GPU, HOST, REMOTE
 
 _INT_MAX = np.iinfo(np.int64).max
 
@@ -148,6 +149,14 @@ class Worker:
             self.n_base += 1
         if self.memory is not None:  # uses 0: a prefetch (CacheView's "unused prefetch")
             self.memory.on_insert(key, kind, size, cost, now, prefetch=uses == 0)
+
+    def tier_of(self, key: int) -> int:
+        """The fastest tier holding ``key`` here: GPU, HOST, DISK or REMOTE (policies.snapshot)."""
+        if key in self.slot_of:
+            return GPU
+        if self.host is not None and key in self.host.items:
+            return HOST
+        return DISK if self.disk is not None and key in self.disk.items else REMOTE
 
     def lacks_room(self, size: float, need_base: bool, max_base: int | None) -> bool:
         """Whether ``size`` more bytes (a base model when ``need_base``, under a fixed count
