@@ -10,7 +10,10 @@ error of the violation rate over the arms. A profile may be the run's own, one m
 cluster.host_stretch=[1.12,1.59,2.08]``), to isolate what that field does to the prediction.
 Each arm is also predicted once with every request holding its replica for the seconds it
 computed live (``t2i parity``'s "sim | live service"): what is left of that error is the control
-plane's (queueing, placement, loads), not the profile's service times.
+plane's (queueing, placement, loads), not the profile's service times. With ``--seeds`` every
+arm is predicted again at other seeds of its slice (another mapping of the trace onto the models
+and other arrival times, as another ``live_coordinator.py --seed`` would replay): how far one
+live run's draw is from the others.
 
     python benchmarks/live_resimulate.py /tmp/t2i-live-coordinator-XXXX \\
         --profile /tmp/t2i-live-coordinator-XXXX/profile.yaml --profile /tmp/profile_curve.yaml \\
@@ -57,6 +60,23 @@ def arm_doc(work: Path, arm: str):
             load_config(str(work / f"config-{arm}.yaml")))
 
 
+def other_draws(work: Path, arm: str, profile: Path, seeds: list[int]) -> dict[int, dict]:
+    """{seed: FIGURES} of ``arm`` simulated under ``profile`` with its slice's seed replaced."""
+    from trace_replay.replay.parity import sim_arrays
+    from trace_replay.replay.parity_cli import resimulate
+    from trace_replay.replay.report import slice_stats
+
+    doc, config = arm_doc(work, arm)
+    trace = work / Path(doc["slice"]["trace"]).name
+    out = {}
+    for seed in seeds:
+        other = {**doc, "slice": {**doc["slice"], "seed": seed}}
+        result, _, _, _ = resimulate(other, config, profile, trace)
+        st = slice_stats(*sim_arrays(result), doc["live_summary"]["slo_s"], doc.get("warmup_requests", 0))
+        out[seed] = {k: st[k] for k in FIGURES}
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,8 +85,16 @@ def main() -> int:
                     help="a simulator profile to predict with (repeat for several)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=JSON",
                     help="also predict with the first profile plus these fields (repeatable, all applied together)")
+    ap.add_argument("--seeds", default="", metavar="S1,S2,...",
+                    help="also predict every arm with the first profile at these seeds of its slice (the "
+                    "seed that maps the trace's requests onto the models and draws their arrivals; same trace "
+                    "and rate): how much one live run's draw moves the figures")
     ap.add_argument("--out", default=str(RESULTS / "live_resimulate.json"))
     args = ap.parse_args()
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--seeds wants comma-separated integers, got {args.seeds!r}")
     from trace_replay.replay.compare import read_records
     from trace_replay.replay.parity import sim_arrays
     from trace_replay.replay.parity_cli import resimulate
@@ -104,9 +132,16 @@ def main() -> int:
                 errors.setdefault(label, []).append(abs(fig["slo_violation_rate"] - row["live"]["slo_violation_rate"]))
     for label, e in errors.items():
         print(f"mean |violation error| over {len(e)} arms, {label}: {100 * sum(e) / len(e):.1f} points")
+    by_seed = {arm: other_draws(args.work, arm, profiles[0], seeds) for arm in arms} if seeds else {}
+    if seeds:
+        print(f"\n{profiles[0].name} at other seeds of each arm's slice: violations per seed, mean")
+        for arm, figs in by_seed.items():
+            viol = [f["slo_violation_rate"] for f in figs.values()]
+            print(f"{arm:22s} " + " ".join(f"{s}: {v:5.1%}" for s, v in zip(figs, viol))
+                  + f"  mean {sum(viol) / len(viol):5.1%}")
     write_result(args.out, {"benchmark": "live_resimulate", "work": str(args.work), "arms": rows,
                             "mean_abs_violation_error": {k: sum(v) / len(v) for k, v in errors.items()},
-                            "profiles": [str(p) for p in profiles], "sets": args.set,
+                            "profiles": [str(p) for p in profiles], "sets": args.set, "by_seed": by_seed,
                             "machine": machine_info()})
     return 0
 
