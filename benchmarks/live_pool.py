@@ -20,10 +20,13 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks._common import RESULTS, machine_info, write_result  # noqa: E402
 from trace_replay.replay.compare import compare, format_comparison, read_records  # noqa: E402
+from trace_replay.replay.report import slice_stats  # noqa: E402
 
 
 def runs_of(work: Path, arm: str) -> dict[str, Path]:
@@ -57,13 +60,14 @@ def late_by_base_model(pairs: list, slo_s: float, top: int = 6) -> dict[str, lis
     Ray's model affinity kept the light model on one replica, the coordinator mixed it with heavy
     requests)."""
     out: dict[str, list[int]] = {}
-    for a, b in pairs:
-        for model in a.base_model:  # the pair's two replays sent the same requests
-            out.setdefault(model, [0, 0, 0])[0] += 1
-        for side, rep in ((1, a), (2, b)):
-            late = ~rep.completed | ~(rep.latency <= slo_s)
-            for model, bad in zip(rep.base_model, late):
-                out[model][side] += int(bad)
+    for a, b in pairs:  # the pair's two replays sent the same requests
+        models = np.array(a.base_model)
+        for model in np.unique(models):
+            m = models == model
+            row = out.setdefault(str(model), [0, 0, 0])
+            row[0] += int(m.sum())
+            for side, rep in ((1, a), (2, b)):  # a violation as a replay's summary counts it
+                row[side] += slice_stats(rep.latency[m], rep.completed[m], rep.load_s[m], slo_s)["slo_violations"]
     return dict(sorted(out.items(), key=lambda kv: -kv[1][0])[:top])
 
 
@@ -97,9 +101,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{res['a']['slo_violation_rate']:7.1%} {res['b']['slo_violation_rate']:7.1%} "
               f"{pts[0]:+5.1f} [{pts[1]:+5.1f},{pts[2]:+5.1f}] | "
               f"x{load[0]:.2f} [x{load[1]:.2f},x{load[2]:.2f}] | x{p99[0]:.2f} [x{p99[1]:.2f},x{p99[2]:.2f}]")
-    pooled = compare([p for d in draws for p in d["pairs"]], slo)
+    pairs = [p for d in draws for p in d["pairs"]]
+    pooled = compare(pairs, slo)
     print(f"\npooled over {len(draws)} draw(s):\n" + format_comparison(pooled, args.baseline, args.arm))
-    by_model = late_by_base_model([p for d in draws for p in d["pairs"]], slo)
+    by_model = late_by_base_model(pairs, slo)
     print(f"\nviolations by base model, pooled: {'requests':>8s} {'A':>5s} {'B':>5s}")
     for model, (n, va, vb) in by_model.items():
         print(f"{model:34s} {n:8d} {va:5d} {vb:5d}")

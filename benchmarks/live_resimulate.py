@@ -60,14 +60,13 @@ def arm_doc(work: Path, arm: str):
             load_config(str(work / f"config-{arm}.yaml")))
 
 
-def other_draws(work: Path, arm: str, profile: Path, seeds: list[int]) -> dict[int, dict]:
-    """{seed: FIGURES} of ``arm`` simulated under ``profile`` with its slice's seed replaced."""
+def other_draws(doc: dict, config, trace: Path, profile: Path, seeds: list[int]) -> dict[int, dict]:
+    """{seed: FIGURES} of one arm (its ``arm_doc`` and trace) simulated under ``profile`` with its
+    slice's seed replaced."""
     from trace_replay.replay.parity import sim_arrays
     from trace_replay.replay.parity_cli import resimulate
     from trace_replay.replay.report import slice_stats
 
-    doc, config = arm_doc(work, arm)
-    trace = work / Path(doc["slice"]["trace"]).name
     out = {}
     for seed in seeds:
         other = {**doc, "slice": {**doc["slice"], "seed": seed}}
@@ -107,6 +106,7 @@ def main() -> int:
     if args.set:
         profiles.append(with_fields(profiles[0], args.set, Path(tempfile.mkdtemp(prefix="t2i-resim-"))))
     rows: dict = {}
+    by_seed: dict = {}  # arm -> {seed: FIGURES}, with --seeds
     for arm in arms:
         doc, config = arm_doc(args.work, arm)
         rows[arm] = {"live": {k: doc["live"][k] for k in FIGURES}, "sim": {}}
@@ -122,6 +122,8 @@ def main() -> int:
         result, _, _, outside = resimulate(doc, config, profiles[0], trace, live=read_records(args.work / f"parity-{arm}"))
         st = slice_stats(*sim_arrays(result, outside), doc["live_summary"]["slo_s"], doc.get("warmup_requests", 0))
         rows[arm]["sim"][LIVE_SERVICE] = {k: st[k] for k in FIGURES}
+        if seeds:
+            by_seed[arm] = other_draws(doc, config, trace, profiles[0], seeds)
     print(f"{'arm':22s} {'prediction from':34s} {'viol.':>7s} {'p50':>6s} {'p99':>6s} {'load-s':>7s}")
     errors = {}
     for arm, row in rows.items():
@@ -132,7 +134,6 @@ def main() -> int:
                 errors.setdefault(label, []).append(abs(fig["slo_violation_rate"] - row["live"]["slo_violation_rate"]))
     for label, e in errors.items():
         print(f"mean |violation error| over {len(e)} arms, {label}: {100 * sum(e) / len(e):.1f} points")
-    by_seed = {arm: other_draws(args.work, arm, profiles[0], seeds) for arm in arms} if seeds else {}
     if seeds:
         print(f"\n{profiles[0].name} at other seeds of each arm's slice: violations per seed, mean")
         for arm, figs in by_seed.items():
