@@ -15,9 +15,16 @@ arm is predicted again at other seeds of its slice (another mapping of the trace
 and other arrival times, as another ``live_coordinator.py --seed`` would replay): how far one
 live run's draw is from the others.
 
+Several work folders (one per draw) are predicted in one run, each with its own ``profile.yaml``
+unless ``--profile`` names others; the errors are then over every arm of every folder, and the
+signed error (prediction minus live) is also given per policy, the repeats of an arm together: a
+simulator that models one side's router worse than the other's shows there as a bias.
+
     python benchmarks/live_resimulate.py /tmp/t2i-live-coordinator-XXXX \\
         --profile /tmp/t2i-live-coordinator-XXXX/profile.yaml --profile /tmp/profile_curve.yaml \\
         --out benchmarks/results/live_resimulate.json
+    python benchmarks/live_resimulate.py /tmp/t2i-live-coordinator-A /tmp/t2i-live-coordinator-B \\
+        --out benchmarks/results/live_resimulate_draws.json
 """
 
 from __future__ import annotations
@@ -76,12 +83,19 @@ def other_draws(doc: dict, config, trace: Path, profile: Path, seeds: list[int])
     return out
 
 
+def policy_of(arm: str) -> str:
+    """An arm's policy: its name without the repeat number ``live_coordinator --repeats`` adds."""
+    head, sep, tail = arm.rpartition("-")
+    return head if sep and tail.isdigit() else arm
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("work", type=Path, help="a live_coordinator.py --keep work folder")
-    ap.add_argument("--profile", type=Path, action="append", required=True,
-                    help="a simulator profile to predict with (repeat for several)")
+    ap.add_argument("work", type=Path, nargs="+", help="live_coordinator.py --keep work folders (one per draw)")
+    ap.add_argument("--profile", type=Path, action="append", default=[],
+                    help="a simulator profile to predict with (repeat for several; default: each folder's own "
+                    "profile.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=JSON",
                     help="also predict with the first profile plus these fields (repeatable, all applied together)")
     ap.add_argument("--seeds", default="", metavar="S1,S2,...",
@@ -99,51 +113,68 @@ def main() -> int:
     from trace_replay.replay.parity_cli import resimulate
     from trace_replay.replay.report import slice_stats
 
-    arms = sorted(p.name[len("parity-"):] for p in args.work.glob("parity-*") if (p / "parity.json").exists())
-    if not arms:
-        ap.error(f"{args.work} holds no parity-ARM/parity.json")
-    profiles = list(args.profile)
-    if args.set:
-        profiles.append(with_fields(profiles[0], args.set, Path(tempfile.mkdtemp(prefix="t2i-resim-"))))
+    folders = {}
+    for work in args.work:
+        arms = sorted(p.name[len("parity-"):] for p in work.glob("parity-*") if (p / "parity.json").exists())
+        if not arms:
+            ap.error(f"{work} holds no parity-ARM/parity.json")
+        profiles = list(args.profile) or [work / "profile.yaml"]
+        missing = [str(p) for p in profiles if not p.is_file()]
+        if missing:
+            ap.error(f"no such profile: {', '.join(missing)}")
+        if args.set:
+            profiles.append(with_fields(profiles[0], args.set, Path(tempfile.mkdtemp(prefix="t2i-resim-"))))
+        folders[work] = (arms, profiles)
+    several = len(folders) > 1
     rows: dict = {}
     by_seed: dict = {}  # arm -> {seed: FIGURES}, with --seeds
-    for arm in arms:
-        doc, config = arm_doc(args.work, arm)
-        rows[arm] = {"live": {k: doc["live"][k] for k in FIGURES}, "sim": {}}
-        trace = args.work / Path(doc["slice"]["trace"]).name if "slice" in doc else None
-        for prof in profiles:
-            try:
-                result, _, _, _ = resimulate(doc, config, prof, trace)
-            except ValueError as exc:
-                raise SystemExit(f"{args.work}/parity-{arm}: {exc}") from None
-            st = slice_stats(*sim_arrays(result), doc["live_summary"]["slo_s"], doc.get("warmup_requests", 0))
-            rows[arm]["sim"][prof.name] = {k: st[k] for k in FIGURES}
-        # the first profile again, each request holding its replica for the seconds it computed live
-        result, _, _, outside = resimulate(doc, config, profiles[0], trace, live=read_records(args.work / f"parity-{arm}"))
-        st = slice_stats(*sim_arrays(result, outside), doc["live_summary"]["slo_s"], doc.get("warmup_requests", 0))
-        rows[arm]["sim"][LIVE_SERVICE] = {k: st[k] for k in FIGURES}
-        if seeds:
-            by_seed[arm] = other_draws(doc, config, trace, profiles[0], seeds)
+    for work, (arms, profiles) in folders.items():
+        for arm in arms:
+            key = f"{work.name}/{arm}" if several else arm
+            doc, config = arm_doc(work, arm)
+            rows[key] = {"live": {k: doc["live"][k] for k in FIGURES}, "sim": {}}
+            trace = work / Path(doc["slice"]["trace"]).name if "slice" in doc else None
+            for prof in profiles:
+                try:
+                    result, _, _, _ = resimulate(doc, config, prof, trace)
+                except ValueError as exc:
+                    raise SystemExit(f"{work}/parity-{arm}: {exc}") from None
+                st = slice_stats(*sim_arrays(result), doc["live_summary"]["slo_s"], doc.get("warmup_requests", 0))
+                rows[key]["sim"][prof.name] = {k: st[k] for k in FIGURES}
+            # the first profile again, each request holding its replica for the seconds it computed live
+            result, _, _, outside = resimulate(doc, config, profiles[0], trace, live=read_records(work / f"parity-{arm}"))
+            st = slice_stats(*sim_arrays(result, outside), doc["live_summary"]["slo_s"], doc.get("warmup_requests", 0))
+            rows[key]["sim"][LIVE_SERVICE] = {k: st[k] for k in FIGURES}
+            if seeds:
+                by_seed[key] = other_draws(doc, config, trace, profiles[0], seeds)
     print(f"{'arm':22s} {'prediction from':34s} {'viol.':>7s} {'p50':>6s} {'p99':>6s} {'load-s':>7s}")
-    errors = {}
+    errors: dict = {}
+    signed: dict = {}  # label -> policy -> [prediction - live]
     for arm, row in rows.items():
         for label, fig in [("live", row["live"]), *row["sim"].items()]:
-            print(f"{arm:22s} {label[:34]:34s} {fig['slo_violation_rate']:7.1%} {fig['latency_p50_s']:6.2f} "
+            print(f"{arm[-22:]:22s} {label[:34]:34s} {fig['slo_violation_rate']:7.1%} {fig['latency_p50_s']:6.2f} "
                   f"{fig['latency_p99_s']:6.2f} {fig['load_seconds']:7.1f}")
             if label != "live":
-                errors.setdefault(label, []).append(abs(fig["slo_violation_rate"] - row["live"]["slo_violation_rate"]))
+                d = fig["slo_violation_rate"] - row["live"]["slo_violation_rate"]
+                errors.setdefault(label, []).append(abs(d))
+                signed.setdefault(label, {}).setdefault(policy_of(arm.rpartition("/")[2]), []).append(d)
     for label, e in errors.items():
         print(f"mean |violation error| over {len(e)} arms, {label}: {100 * sum(e) / len(e):.1f} points")
+        for policy, d in signed[label].items():
+            print(f"    {policy}: prediction - live, mean over {len(d)} arms: {100 * sum(d) / len(d):+.1f} points")
     if seeds:
-        print(f"\n{profiles[0].name} at other seeds of each arm's slice: violations per seed, mean")
+        print(f"\n{next(iter(folders.values()))[1][0].name} at other seeds of each arm's slice: violations per seed, mean")
         for arm, figs in by_seed.items():
             viol = [f["slo_violation_rate"] for f in figs.values()]
-            print(f"{arm:22s} " + " ".join(f"{s}: {v:5.1%}" for s, v in zip(figs, viol))
+            print(f"{arm[-22:]:22s} " + " ".join(f"{s}: {v:5.1%}" for s, v in zip(figs, viol))
                   + f"  mean {sum(viol) / len(viol):5.1%}")
-    write_result(args.out, {"benchmark": "live_resimulate", "work": str(args.work), "arms": rows,
+    write_result(args.out, {"benchmark": "live_resimulate", "work": [str(w) for w in folders] if several else str(args.work[0]),
+                            "arms": rows,
                             "mean_abs_violation_error": {k: sum(v) / len(v) for k, v in errors.items()},
-                            "profiles": [str(p) for p in profiles], "sets": args.set, "by_seed": by_seed,
-                            "machine": machine_info()})
+                            "mean_violation_error_by_policy": {k: {p: sum(d) / len(d) for p, d in v.items()}
+                                                               for k, v in signed.items()},
+                            "profiles": sorted({str(p) for _, profs in folders.values() for p in profs}),
+                            "sets": args.set, "by_seed": by_seed, "machine": machine_info()})
     return 0
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import heapq
+import random
+from collections import Counter
 
 import numpy as np
 import pytest
 
 from trace_replay.simulator import PolicySetSpec, SimConfig, simulate
+from trace_replay.simulator.control import two_distinct
 from trace_replay.simulator.config import ClusterSpec, ComponentSpec, InferenceSpec, ReloadOverhead
 from trace_replay.simulator.events import ARRIVAL, FINISH, READY, TICK, arrival_first
 from trace_replay.simulator.metrics import summarize
@@ -58,6 +61,26 @@ def test_a_completion_frees_its_worker_before_an_arrival_at_the_same_instant():
     assert res.records.worker[1] == res.records.worker[0]
     assert res.records.load_s.tolist() == [4.0, 0.0]
     assert latency(res).tolist() == [6.0, 2.0]
+
+
+def test_ray_router_compares_two_distinct_replicas():
+    # Ray's power of two choices draws two different replicas: a request for a model no replica
+    # holds, arriving while one of two replicas is busy, always goes to the idle one. Drawn with
+    # replacement (as this router once did), a quarter of seeds would queue it behind the busy one.
+    for seed in range(24):
+        cfg = exact_cfg(gpus=2).model_copy(update={"seed": seed})
+        res = simulate(table([0.0, 0.1], [0, 1]), "lru", cfg)
+        assert res.records.worker[1] != res.records.worker[0], seed
+        assert res.records.start[1] == 0.1
+
+
+def test_two_distinct_positions_are_uniform_over_ordered_pairs():
+    rnd = random.Random(0).random
+    for n in (2, 3, 5):
+        pairs = Counter(two_distinct(rnd, n) for _ in range(6000))
+        assert all(x != y for x, y in pairs) and len(pairs) == n * (n - 1)
+        assert max(pairs.values()) < 1.3 * min(pairs.values())
+    assert two_distinct(rnd, 1) == (0, 0)
 
 
 def test_simultaneous_arrivals_are_served_in_trace_order():
