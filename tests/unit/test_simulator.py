@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections import Counter
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from trace_replay.simulator import PolicySetSpec, SimConfig, simulate
-from trace_replay.simulator.control import two_distinct
+from trace_replay.simulator.control import Pow2Holder
 from trace_replay.simulator.config import ClusterSpec, ComponentSpec, InferenceSpec, ReloadOverhead
 from trace_replay.simulator.events import ARRIVAL, FINISH, READY, TICK, arrival_first
 from trace_replay.simulator.metrics import summarize
@@ -74,13 +74,16 @@ def test_ray_router_compares_two_distinct_replicas():
         assert res.records.start[1] == 0.1
 
 
-def test_two_distinct_positions_are_uniform_over_ordered_pairs():
-    rnd = random.Random(0).random
-    for n in (2, 3, 5):
-        pairs = Counter(two_distinct(rnd, n) for _ in range(6000))
-        assert all(x != y for x, y in pairs) and len(pairs) == n * (n - 1)
-        assert max(pairs.values()) < 1.3 * min(pairs.values())
-    assert two_distinct(rnd, 1) == (0, 0)
+def test_ray_router_compares_two_distinct_holders():
+    # two replicas hold the model, one idle and one with a queue: two distinct draws compare both,
+    # so the idle one always wins (with replacement, a quarter of the draws would see only the busy)
+    workers = [SimpleNamespace(idx=j, queue=[], busy=False, n_base=1, routable=True) for j in range(4)]
+    workers[1].busy, workers[1].queue = True, [object()] * 3
+    for seed in range(5):
+        sim = SimpleNamespace(workers=workers, holders={0: {0, 1}}, rnd=random.Random(seed), watch=None)
+        router = Pow2Holder(max_ongoing=8)
+        router.attach(sim, workers)
+        assert {router(0, [0], 0.0).idx for _ in range(200)} == {0}
 
 
 def test_simultaneous_arrivals_are_served_in_trace_order():

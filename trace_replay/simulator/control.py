@@ -19,16 +19,6 @@ def qlen(w: Worker) -> int:
     return len(w.queue) + w.busy
 
 
-def two_distinct(rnd, n: int) -> tuple[int, int]:
-    """Two distinct positions in ``range(n)``, uniform over ordered pairs (the same position twice
-    when n == 1), from two draws of ``rnd`` (uniform in [0, 1))."""
-    x = int(rnd() * n)
-    if n < 2:
-        return x, x
-    y = int(rnd() * (n - 1))
-    return x, y + (y >= x)
-
-
 class Pow2Holder:
     """Ray Serve multiplexing: power-of-two choices among replicas holding the model (here: the
     base model) by queue length; if none holds it, or the pick is at ``max_ongoing`` (Ray's
@@ -85,14 +75,21 @@ class Pow2Holder:
                 w = ws[next(iter(hold))]
             else:
                 h = tuple(hold)
-                x, y = two_distinct(rnd, len(h))
-                a, b = ws[h[x]], ws[h[y]]
+                n = len(h)
+                x = int(rnd() * n)  # two distinct positions, inlined (this runs per request)
+                y = int(rnd() * (n - 1))
+                a, b = ws[h[x]], ws[h[y + (y >= x)]]
                 w = a if qlen(a) <= qlen(b) else b
             if qlen(w) < cap:
                 return w
         r = self.routable
-        x, y = two_distinct(rnd, len(r))
-        a, b = r[x], r[y]
+        n = len(r)
+        x = int(rnd() * n)
+        if n > 1:
+            y = int(rnd() * (n - 1))
+            a, b = r[x], r[y + (y >= x)]
+        else:
+            a = b = r[x]
         ka, kb = (qlen(a), a.n_base), (qlen(b), b.n_base)
         w = a if ka <= kb else b
         if not self.hold_when_full or ka[0] < cap:
