@@ -67,20 +67,23 @@ def arm_doc(work: Path, arm: str):
             load_config(str(work / f"config-{arm}.yaml")))
 
 
+def figures(result, doc: dict, outside=None) -> dict:
+    """FIGURES of a simulated slice, counted as its live replay's summary counts them (the arm's
+    SLO and warm-up from its parity document)."""
+    from trace_replay.replay.parity import sim_arrays
+    from trace_replay.replay.report import slice_stats
+
+    st = slice_stats(*sim_arrays(result, outside), doc["live_summary"]["slo_s"], doc.get("warmup_requests", 0))
+    return {k: st[k] for k in FIGURES}
+
+
 def other_draws(doc: dict, config, trace: Path, profile: Path, seeds: list[int]) -> dict[int, dict]:
     """{seed: FIGURES} of one arm (its ``arm_doc`` and trace) simulated under ``profile`` with its
     slice's seed replaced."""
-    from trace_replay.replay.parity import sim_arrays
     from trace_replay.replay.parity_cli import resimulate
-    from trace_replay.replay.report import slice_stats
 
-    out = {}
-    for seed in seeds:
-        other = {**doc, "slice": {**doc["slice"], "seed": seed}}
-        result, _, _, _ = resimulate(other, config, profile, trace)
-        st = slice_stats(*sim_arrays(result), doc["live_summary"]["slo_s"], doc.get("warmup_requests", 0))
-        out[seed] = {k: st[k] for k in FIGURES}
-    return out
+    return {seed: figures(resimulate({**doc, "slice": {**doc["slice"], "seed": seed}}, config, profile, trace)[0], doc)
+            for seed in seeds}
 
 
 def policy_of(arm: str) -> str:
@@ -109,9 +112,7 @@ def main() -> int:
     except ValueError:
         ap.error(f"--seeds wants comma-separated integers, got {args.seeds!r}")
     from trace_replay.replay.compare import read_records
-    from trace_replay.replay.parity import sim_arrays
     from trace_replay.replay.parity_cli import resimulate
-    from trace_replay.replay.report import slice_stats
 
     folders = {}
     for work in args.work:
@@ -139,12 +140,10 @@ def main() -> int:
                     result, _, _, _ = resimulate(doc, config, prof, trace)
                 except ValueError as exc:
                     raise SystemExit(f"{work}/parity-{arm}: {exc}") from None
-                st = slice_stats(*sim_arrays(result), doc["live_summary"]["slo_s"], doc.get("warmup_requests", 0))
-                rows[key]["sim"][prof.name] = {k: st[k] for k in FIGURES}
+                rows[key]["sim"][prof.name] = figures(result, doc)
             # the first profile again, each request holding its replica for the seconds it computed live
             result, _, _, outside = resimulate(doc, config, profiles[0], trace, live=read_records(work / f"parity-{arm}"))
-            st = slice_stats(*sim_arrays(result, outside), doc["live_summary"]["slo_s"], doc.get("warmup_requests", 0))
-            rows[key]["sim"][LIVE_SERVICE] = {k: st[k] for k in FIGURES}
+            rows[key]["sim"][LIVE_SERVICE] = figures(result, doc, outside)
             if seeds:
                 by_seed[key] = other_draws(doc, config, trace, profiles[0], seeds)
     print(f"{'arm':22s} {'prediction from':34s} {'viol.':>7s} {'p50':>6s} {'p99':>6s} {'load-s':>7s}")
@@ -163,7 +162,7 @@ def main() -> int:
         for policy, d in signed[label].items():
             print(f"    {policy}: prediction - live, mean over {len(d)} arms: {100 * sum(d) / len(d):+.1f} points")
     if seeds:
-        print(f"\n{next(iter(folders.values()))[1][0].name} at other seeds of each arm's slice: violations per seed, mean")
+        print("\nthe first profile at other seeds of each arm's slice: violations per seed, mean")
         for arm, figs in by_seed.items():
             viol = [f["slo_violation_rate"] for f in figs.values()]
             print(f"{arm[-22:]:22s} " + " ".join(f"{s}: {v:5.1%}" for s, v in zip(figs, viol))

@@ -29,13 +29,9 @@ class Pow2Holder:
     re-routing when a replica frees a place or a new one becomes ready (``hold_when_full``).
 
     The two choices are two *distinct* replicas, as Ray's ``PowerOfTwoChoicesRequestRouter``
-    draws them (``pow_2_router.py``: i, then j among the others). Drawing with replacement, as
-    this router once did, made one fallback in four on a 4-replica cluster a single random pick:
-    a heavy request could join the one busy replica while three stood idle (seen re-simulating
-    `results/live_coordinator_500x2_seed3_u06_b16.json`). Over the ten Ray arms of the five
-    16-model draws, with each request's live compute seconds, it predicted 2.9 points more
-    violations than live on average; drawing distinct replicas, 0.0
-    (`results/live_resimulate_draws_b16.json`)."""
+    draws them (``pow_2_router.py``: i, then j among the others). Drawn with replacement, one
+    fallback in four on four replicas was a single random pick, and the simulated Ray had more
+    violations than the live one (README.md, "The simulator's Ray was worse than Ray")."""
 
     def __init__(self, max_ongoing: int = 5, hold_when_full: bool = True) -> None:
         self.max_ongoing = max_ongoing
