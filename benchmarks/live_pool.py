@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks._common import RESULTS, machine_info, write_result  # noqa: E402
 from trace_replay.replay.compare import compare, format_comparison, read_records  # noqa: E402
-from trace_replay.replay.report import slice_stats  # noqa: E402
+from trace_replay.replay.report import violating  # noqa: E402
 
 
 def runs_of(work: Path, arm: str) -> dict[str, Path]:
@@ -61,13 +61,14 @@ def late_by_base_model(pairs: list, slo_s: float, top: int = 6) -> dict[str, lis
     requests)."""
     out: dict[str, list[int]] = {}
     for a, b in pairs:  # the pair's two replays sent the same requests
-        models = np.array(a.base_model)
-        for model in np.unique(models):
-            m = models == model
+        models, of = np.unique(np.array(a.base_model), return_inverse=True)
+        counts = [np.bincount(of, minlength=models.size)]
+        counts += [np.bincount(of, weights=violating(rep.latency, rep.completed, slo_s), minlength=models.size)
+                   for rep in (a, b)]  # a violation as a replay's summary counts it
+        for j, model in enumerate(models):
             row = out.setdefault(str(model), [0, 0, 0])
-            row[0] += int(m.sum())
-            for side, rep in ((1, a), (2, b)):  # a violation as a replay's summary counts it
-                row[side] += slice_stats(rep.latency[m], rep.completed[m], rep.load_s[m], slo_s)["slo_violations"]
+            for side in range(3):
+                row[side] += int(counts[side][j])
     return dict(sorted(out.items(), key=lambda kv: -kv[1][0])[:top])
 
 

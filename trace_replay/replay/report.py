@@ -22,6 +22,11 @@ def _q(values: np.ndarray, p: float) -> float:
     return float(np.quantile(values, p)) if values.size else float("nan")
 
 
+def violating(latency: np.ndarray, completed: np.ndarray, slo_s: float) -> np.ndarray:
+    """Which requests violate the SLO: late, or not completed (a NaN latency counts as late)."""
+    return ~completed | (np.nan_to_num(latency, nan=np.inf) > slo_s)
+
+
 def slice_stats(latency: np.ndarray, completed: np.ndarray, load_s: np.ndarray, slo_s: float,
                 skip: int = 0) -> dict:
     """Latency and SLO figures from per-request arrays in request order: quantiles over completed
@@ -30,10 +35,10 @@ def slice_stats(latency: np.ndarray, completed: np.ndarray, load_s: np.ndarray, 
     lat, done, load = latency[skip:], completed[skip:], load_s[skip:]
     ok = lat[done]
     q = np.quantile(ok, [0.5, 0.95, 0.99]) if ok.size else np.full(3, np.nan)
-    late = ~done | (np.nan_to_num(lat, nan=np.inf) > slo_s)
+    bad = violating(lat, done, slo_s)
     return {"requests": int(lat.size), "completed": int(done.sum()),
-            "slo_violations": int(late.sum()),
-            "slo_violation_rate": float(late.mean()) if lat.size else 0.0,
+            "slo_violations": int(bad.sum()),
+            "slo_violation_rate": float(bad.mean()) if lat.size else 0.0,
             "latency_mean_s": float(ok.mean()) if ok.size else float("nan"),
             "latency_p50_s": float(q[0]), "latency_p95_s": float(q[1]), "latency_p99_s": float(q[2]),
             "load_seconds": float(np.nansum(load))}

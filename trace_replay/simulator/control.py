@@ -19,6 +19,17 @@ def qlen(w: Worker) -> int:
     return len(w.queue) + w.busy
 
 
+def two_distinct(seq, rnd) -> tuple:
+    """Two different items of ``seq`` drawn uniformly (the only one twice when it has one), as
+    Ray's ``pow_2_router.py`` draws its two choices; ``rnd()`` is uniform in [0, 1)."""
+    n = len(seq)
+    x = int(rnd() * n)
+    if n == 1:
+        return seq[x], seq[x]
+    y = int(rnd() * (n - 1))
+    return seq[x], seq[y + (y >= x)]
+
+
 class Pow2Holder:
     """Ray Serve multiplexing: power-of-two choices among replicas holding the model (here: the
     base model) by queue length; if none holds it, or the pick is at ``max_ongoing`` (Ray's
@@ -70,22 +81,12 @@ class Pow2Holder:
             if len(hold) == 1:
                 w = ws[next(iter(hold))]
             else:
-                h = tuple(hold)
-                n = len(h)
-                x = int(rnd() * n)  # two distinct positions, inlined (this runs per request)
-                y = int(rnd() * (n - 1))
-                a, b = ws[h[x]], ws[h[y + (y >= x)]]
+                x, y = two_distinct(tuple(hold), rnd)
+                a, b = ws[x], ws[y]
                 w = a if qlen(a) <= qlen(b) else b
             if qlen(w) < cap:
                 return w
-        r = self.routable
-        n = len(r)
-        x = int(rnd() * n)
-        if n > 1:
-            y = int(rnd() * (n - 1))
-            a, b = r[x], r[y + (y >= x)]
-        else:
-            a = b = r[x]
+        a, b = two_distinct(self.routable, rnd)
         ka, kb = (qlen(a), a.n_base), (qlen(b), b.n_base)
         w = a if ka <= kb else b
         if not self.hold_when_full or ka[0] < cap:
