@@ -159,13 +159,16 @@ class FakeCoordinator:
         self.report = type("M", (), {"remote": staticmethod(report)})()
 
 
-def test_report_loop_applies_actions_and_survives_the_coordinator_going_away(replica, monkeypatch, caplog):
+def test_report_loop_applies_actions_and_survives_the_coordinator_going_away(replica, control_image, monkeypatch,
+                                                                            caplog):
     model, runner = replica
     control = model.control
     coordinator = FakeCoordinator({"pins": ["tiny-sd-heavy", "tiny-lora-ink"], "prefetch": ["tiny-cn-edges"],
                                    "pool": 1})
     control._resolve = lambda: coordinator
-    runner.run(model.generate(_spec(base_model="tiny-sd-heavy")))
+    # heavy with canny: the device holds both whatever the module's earlier tests left there
+    runner.run(model.generate(_spec(base_model="tiny-sd-heavy", controlnets=(("tiny-cn-canny", 1.0),)),
+                              [control_image]))
     assert runner.run(control.report_once())
     replica_id, report = coordinator.reports[-1]
     assert replica_id == "local"
